@@ -1,0 +1,60 @@
+-- Foundation schema: workspaces, API keys, lists, fields, contacts, memberships.
+-- Times are BIGINT milliseconds since the epoch (UTC) in both stores.
+CREATE TABLE workspaces (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+    name         TEXT,
+    scope        TEXT NOT NULL CHECK (scope IN ('admin', 'ingest')),
+    prefix       TEXT NOT NULL,
+    hash         BYTEA NOT NULL UNIQUE,
+    created_at   BIGINT NOT NULL,
+    revoked_at   BIGINT
+);
+
+CREATE TABLE lists (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    CONSTRAINT lists_name_unique UNIQUE (workspace_id, name)
+);
+CREATE INDEX lists_by_workspace ON lists (workspace_id, id);
+
+CREATE TABLE list_fields (
+    list_id  TEXT NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    name     TEXT NOT NULL,
+    type     TEXT NOT NULL CHECK (type IN ('text', 'number', 'date', 'boolean', 'enum')),
+    options  JSONB NOT NULL DEFAULT '[]',
+    position INTEGER NOT NULL,
+    PRIMARY KEY (list_id, name)
+);
+
+CREATE TABLE contacts (
+    id           TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+    email        TEXT NOT NULL,
+    phone        TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('subscribed', 'unsubscribed', 'bounced', 'complained')),
+    fields       JSONB NOT NULL DEFAULT '{}',
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    CONSTRAINT contacts_email_unique UNIQUE (workspace_id, email)
+);
+CREATE INDEX contacts_by_workspace ON contacts (workspace_id, id);
+
+CREATE TABLE memberships (
+    list_id      TEXT NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    contact_id   TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    workspace_id TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('subscribed', 'unsubscribed')),
+    since        BIGINT NOT NULL,
+    PRIMARY KEY (list_id, contact_id)
+);
+CREATE INDEX memberships_by_contact ON memberships (contact_id, list_id);

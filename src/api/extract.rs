@@ -1,0 +1,233 @@
+//! Extractors that turn requests into typed values or an [`ApiError`] in the
+//! one error shape: JSON bodies, path and query parameters, API keys.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::keys::{hash_presented, hashes_match};
+use crate::domain::{Scope, WorkspaceId};
+
+/// A JSON request body. Checks the content type (415), the size (413), the
+/// syntax (400) and the shape (422 naming the JSON path at fault).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, sent with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the body is larger than the limit",
+                )
+            } else {
+                ApiError::bad_request(
+                    "unreadable_body",
+                    format!("the body could not be read: {e}"),
+                )
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Deserialises `bytes`, mapping serde's errors to precise API errors.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        json_error(&path, &inner)
+    })?;
+    de.end().map_err(|e| json_error(".", &e))?;
+    Ok(value)
+}
+
+fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {msg}"),
+        ),
+        Category::Data => {
+            // serde's messages end with " at line L column C"; the path says more.
+            let clean = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            let field = if path == "." {
+                None
+            } else {
+                Some(path.to_owned())
+            };
+            let (code, field) = if let Some(name) = quoted_after(&clean, "unknown field `") {
+                ("unknown_field", Some(join_path(field.as_deref(), &name)))
+            } else if let Some(name) = quoted_after(&clean, "missing field `") {
+                ("missing_field", Some(join_path(field.as_deref(), &name)))
+            } else {
+                ("invalid_value", field)
+            };
+            let mut err = ApiError::invalid(code, "", clean);
+            err.field = field;
+            err
+        }
+    }
+}
+
+fn quoted_after(msg: &str, prefix: &str) -> Option<String> {
+    let rest = msg.strip_prefix(prefix)?;
+    rest.split('`').next().map(str::to_owned)
+}
+
+fn join_path(parent: Option<&str>, name: &str) -> String {
+    match parent {
+        Some(p) if !p.is_empty() && p != "." => {
+            // serde_path_to_error already points at the unknown key for
+            // some shapes; don't repeat it.
+            if p.ends_with(name) {
+                p.to_owned()
+            } else {
+                format!("{p}.{name}")
+            }
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// A path parameter, with rejections in the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathParam<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", e.body_text())
+    }
+}
+
+/// Query parameters, with rejections in the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryParams<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        let text = e.body_text();
+        let text = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text);
+        ApiError::bad_request("invalid_query", format!("invalid query string: {text}"))
+    }
+}
+
+/// Who is calling: the workspace and scope of a valid, unrevoked API key.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub workspace_id: WorkspaceId,
+    pub scope: Scope,
+}
+
+/// Any valid key of the workspace, `admin` or `ingest`: for inbound calls
+/// and events.
+pub struct AnyKey(pub Principal);
+
+/// An `admin` key: for everything else.
+pub struct AdminKey(pub Principal);
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, state).await.map(AnyKey)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let p = authenticate(parts, state).await?;
+        if p.scope != Scope::Admin {
+            return Err(ApiError::forbidden(
+                "this endpoint needs an `admin` key; `ingest` keys may only send inbound calls and events",
+            ));
+        }
+        Ok(AdminKey(p))
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let presented = presented_key(parts)?;
+    let hash = hash_presented(presented);
+    let record = state.store.api_key_by_hash(&hash).await?;
+    match record {
+        Some(k) if k.revoked_at.is_none() && hashes_match(&k.hash, &hash) => Ok(Principal {
+            workspace_id: k.workspace_id,
+            scope: k.scope,
+        }),
+        Some(k) if k.revoked_at.is_some() => {
+            Err(ApiError::unauthorized("this API key has been revoked"))
+        }
+        _ => Err(ApiError::unauthorized("the API key is not valid")),
+    }
+}
+
+fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(ApiError::unauthorized(
+                "use `Authorization: Bearer <API key>` or `X-Api-Key: <API key>`",
+            ));
+        }
+        return Ok(token.trim());
+    }
+    if let Some(v) = parts.headers.get("x-api-key") {
+        return v
+            .to_str()
+            .map(str::trim)
+            .map_err(|_| ApiError::unauthorized("the X-Api-Key header is not valid text"));
+    }
+    Err(ApiError::unauthorized(
+        "an API key is required: send `Authorization: Bearer <API key>` or `X-Api-Key: <API key>`",
+    ))
+}

@@ -1,0 +1,142 @@
+//! The HTTP API (axum only; no SQL here).
+//!
+//! Every route is registered through utoipa's `OpenApiRouter`, so the
+//! OpenAPI document is generated from the same table that routes requests
+//! and cannot forget a route (a test also checks it).
+
+pub mod contacts;
+pub mod error;
+pub mod extract;
+pub mod lists;
+pub mod ops;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::store::Store;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub metrics: PrometheusHandle,
+    /// The OpenAPI document, rendered once at start.
+    pub openapi: Bytes,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hookflow", description = "Marketing automation built around webhooks."),
+    modifiers(&SecurityAddon),
+    security(("bearer" = []), ("api_key" = [])),
+    components(schemas(error::ErrorBody))
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
+        );
+    }
+}
+
+/// The routes and the OpenAPI document they produce, before state is bound.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(ops::whoami))
+        .routes(routes!(lists::create_list, lists::list_lists))
+        .routes(routes!(
+            lists::get_list,
+            lists::rename_list,
+            lists::delete_list
+        ))
+        .routes(routes!(lists::add_field))
+        .routes(routes!(lists::remove_field))
+        .routes(routes!(lists::list_members, lists::add_member))
+        .routes(routes!(lists::remove_member))
+        .routes(routes!(contacts::upsert_contact, contacts::list_contacts))
+        .routes(routes!(contacts::lookup_contact))
+        .routes(routes!(
+            contacts::get_contact,
+            contacts::update_contact,
+            contacts::delete_contact
+        ))
+        .routes(routes!(contacts::contact_lists))
+        .split_for_parts()
+}
+
+/// The OpenAPI document as served at `/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = routes().1;
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+/// The complete application: routes, error fallbacks and middleware.
+pub fn app(store: Arc<dyn Store>, max_body_bytes: usize) -> Router {
+    let (router, _) = routes();
+    let doc = openapi_document();
+    let state = AppState {
+        store,
+        metrics: crate::telemetry::metrics_handle(),
+        openapi: Bytes::from(doc.to_json().unwrap_or_default()),
+    };
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .route_layer(axum::middleware::from_fn(ops::track_metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+        })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a request handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ))
+}

@@ -1,0 +1,120 @@
+//! Operational endpoints: liveness, readiness, metrics, the OpenAPI document,
+//! and "who am I" for a key.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::AnyKey;
+use crate::domain::Scope;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(), responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: &'static str,
+    /// `sqlite` or `postgres`.
+    pub store: &'static str,
+}
+
+/// The store answers; 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(),
+    responses((status = 200, body = Readiness), (status = 503, body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    state.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database does not answer",
+        )
+    })?;
+    Ok(Json(Readiness {
+        status: "ready",
+        store: state.store.kind(),
+    }))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(),
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(),
+    responses((status = 200, content_type = "application/json", body = Object)))]
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WhoAmI {
+    pub workspace_id: String,
+    pub workspace_name: String,
+    pub scope: Scope,
+}
+
+/// The workspace and scope of the calling key (any scope).
+#[utoipa::path(get, path = "/v1/workspace", tag = "workspace",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+pub async fn whoami(
+    State(state): State<AppState>,
+    AnyKey(p): AnyKey,
+) -> Result<Json<WhoAmI>, ApiError> {
+    let all = state.store.list_workspaces().await?;
+    let name = all
+        .into_iter()
+        .find(|w| w.id == p.workspace_id)
+        .map(|w| w.name)
+        .unwrap_or_default();
+    Ok(Json(WhoAmI {
+        workspace_id: p.workspace_id.to_string(),
+        workspace_name: name,
+        scope: p.scope,
+    }))
+}
+
+/// Counts requests and times them, labelled by route template (never the
+/// raw path, whose ids would explode the label set) and status.
+pub async fn track_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("hookflow_http_requests_total", &labels).increment(1);
+    metrics::histogram!("hookflow_http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,166 @@
+//! What the API returns: the JSON shapes of stored records, with times as
+//! RFC 3339 strings. Separate from the store's records so the wire format
+//! changes only on purpose.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::{ContactStatus, FieldType, MembershipStatus, millis_to_rfc3339};
+use crate::store::{ContactRecord, ListRecord, Member, Membership};
+
+#[derive(Serialize, ToSchema)]
+pub struct FieldView {
+    /// Letters, digits and `_`, starting with a letter.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    /// Allowed values (enum fields only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ListView {
+    #[schema(example = "ls_01j9zq3k0f8x5m2v7c4b6n1d0e")]
+    pub id: String,
+    pub name: String,
+    pub fields: Vec<FieldView>,
+    pub member_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<ListRecord> for ListView {
+    fn from(l: ListRecord) -> Self {
+        Self {
+            id: l.id.to_string(),
+            name: l.name,
+            fields: l
+                .fields
+                .into_iter()
+                .map(|f| FieldView {
+                    name: f.name.to_string(),
+                    kind: f.kind,
+                    options: f.options,
+                })
+                .collect(),
+            member_count: l.member_count,
+            created_at: millis_to_rfc3339(l.created_at),
+            updated_at: millis_to_rfc3339(l.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ContactView {
+    #[schema(example = "ct_01j9zq3k0f8x5m2v7c4b6n1d0e")]
+    pub id: String,
+    pub email: String,
+    pub phone: Option<String>,
+    pub status: ContactStatus,
+    /// Custom field values, typed by the lists' field definitions.
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<ContactRecord> for ContactView {
+    fn from(c: ContactRecord) -> Self {
+        Self {
+            id: c.id.to_string(),
+            email: c.email.to_string(),
+            phone: c.phone.map(|p| p.to_string()),
+            status: c.status,
+            fields: c.fields,
+            created_at: millis_to_rfc3339(c.created_at),
+            updated_at: millis_to_rfc3339(c.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MembershipView {
+    pub list_id: String,
+    pub contact_id: String,
+    pub status: MembershipStatus,
+    /// When the contact joined (or re-joined) the list.
+    pub since: String,
+}
+
+impl From<Membership> for MembershipView {
+    fn from(m: Membership) -> Self {
+        Self {
+            list_id: m.list_id.to_string(),
+            contact_id: m.contact_id.to_string(),
+            status: m.status,
+            since: millis_to_rfc3339(m.since),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MemberView {
+    pub contact: ContactView,
+    pub status: MembershipStatus,
+    pub since: String,
+}
+
+impl From<Member> for MemberView {
+    fn from(m: Member) -> Self {
+        Self {
+            contact: m.contact.into(),
+            status: m.status,
+            since: millis_to_rfc3339(m.since),
+        }
+    }
+}
+
+macro_rules! page_type {
+    ($name:ident, $item:ty) => {
+        /// One page of results; pass `next_cursor` as `cursor` for the next.
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            pub data: Vec<$item>,
+            pub next_cursor: Option<String>,
+        }
+
+        impl<R: Into<$item>> From<crate::domain::Page<R>> for $name {
+            fn from(p: crate::domain::Page<R>) -> Self {
+                Self {
+                    data: p.items.into_iter().map(Into::into).collect(),
+                    next_cursor: p.next.map(|c| c.encode()),
+                }
+            }
+        }
+    };
+}
+
+page_type!(ListPage, ListView);
+page_type!(ContactPage, ContactView);
+page_type!(MemberPage, MemberView);
+
+/// Cursor pagination parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+}
+
+impl PageQuery {
+    pub fn to_request(&self) -> Result<crate::domain::PageRequest, super::error::ApiError> {
+        let after = self
+            .cursor
+            .as_deref()
+            .map(crate::domain::Cursor::decode)
+            .transpose()
+            .map_err(|m| super::error::ApiError::bad_request("invalid_cursor", m))?;
+        crate::domain::PageRequest::new(after, self.limit)
+            .map_err(|m| super::error::ApiError::bad_request("invalid_limit", m))
+    }
+}

@@ -1,0 +1,268 @@
+//! Typed, layered configuration: built-in defaults < config file (TOML) <
+//! `HOOKFLOW_*` environment variables < command-line flags. Validated once at
+//! start: every bad key is reported together, then the process exits.
+//! Passed by value into the server; never global.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Every setting, with the reason it exists.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds (`HOOKFLOW_LISTEN`).
+    pub listen: String,
+    /// `sqlite://PATH` (embedded default) or `postgres://…`.
+    pub database_url: String,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// `text` for people, `json` for log pipelines.
+    pub log_format: String,
+    /// A `tracing` filter such as `info` or `hookflow=debug,info`.
+    pub log_level: String,
+    /// How long shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace_secs: u64,
+    /// PostgreSQL pool size, or SQLite read connections.
+    pub db_pool_size: u32,
+    /// Most writes SQLite commits in one transaction (group commit).
+    pub sqlite_max_batch: usize,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            database_url: "sqlite://hookflow.db".into(),
+            max_body_bytes: 1024 * 1024,
+            log_format: "text".into(),
+            log_level: "info".into(),
+            shutdown_grace_secs: 20,
+            db_pool_size: 8,
+            sqlite_max_batch: 512,
+        }
+    }
+}
+
+/// Every problem found in the configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads the layers, from `file` if given, and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(vec![format!(
+                    "config file {} does not exist",
+                    path.display()
+                )]));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // HOOKFLOW_CONFIG names the file itself; HOOKFLOW_TEST_* belongs to
+        // the test suite. Neither is a setting.
+        figment = figment
+            .merge(Env::prefixed("HOOKFLOW_").filter(|k| {
+                k != "config" && !k.as_str().to_ascii_lowercase().starts_with("test_")
+            }));
+        if let Some(l) = &overrides.listen {
+            figment = figment.merge(Serialized::default("listen", l));
+        }
+        if let Some(d) = &overrides.database_url {
+            figment = figment.merge(Serialized::default("database_url", d));
+        }
+        Self::extract_all(&figment)
+    }
+
+    fn extract_all(figment: &Figment) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let raw: BTreeMap<String, figment::value::Value> = figment
+            .extract()
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let known = serde_json::to_value(Config::default()).expect("config serialises");
+        let known = known.as_object().expect("config is a map");
+        for key in raw.keys() {
+            if !known.contains_key(key) {
+                errors.push(format!(
+                    "unknown setting `{key}` (from {})",
+                    source(figment, key)
+                ));
+            }
+        }
+        for key in known.keys() {
+            let ok = match key.as_str() {
+                "listen" | "database_url" | "log_format" | "log_level" => {
+                    figment.extract_inner::<String>(key).map(|_| ())
+                }
+                "max_body_bytes" | "sqlite_max_batch" => {
+                    figment.extract_inner::<usize>(key).map(|_| ())
+                }
+                "shutdown_grace_secs" => figment.extract_inner::<u64>(key).map(|_| ()),
+                "db_pool_size" => figment.extract_inner::<u32>(key).map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(e) = ok {
+                errors.push(format!(
+                    "`{key}` (from {}): {}",
+                    source(figment, key),
+                    e.kind
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        config.validate(figment)?;
+        Ok(config)
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, why: String| {
+            errors.push(format!("`{key}` (from {}): {why}", source(figment, key)))
+        };
+        if self.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "listen",
+                format!("`{}` is not an IP:port address", self.listen),
+            );
+        }
+        let db = &self.database_url;
+        let sqlite_ok = db.strip_prefix("sqlite://").is_some_and(|p| !p.is_empty());
+        if !sqlite_ok && !db.starts_with("postgres://") && !db.starts_with("postgresql://") {
+            bad(
+                "database_url",
+                format!(
+                    "`{}` is neither sqlite://PATH nor postgres://…",
+                    crate::store::redact_url(db)
+                ),
+            );
+        }
+        if self.max_body_bytes < 1024 {
+            bad("max_body_bytes", "must be at least 1024".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bad(
+                "log_format",
+                format!("`{}` is not `text` or `json`", self.log_format),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            bad(
+                "log_level",
+                format!("`{}` is not a valid log filter", self.log_level),
+            );
+        }
+        if self.db_pool_size == 0 || self.db_pool_size > 256 {
+            bad("db_pool_size", "must be between 1 and 256".into());
+        }
+        if self.sqlite_max_batch == 0 || self.sqlite_max_batch > 10_000 {
+            bad("sqlite_max_batch", "must be between 1 and 10000".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_batch: self.sqlite_max_batch,
+            pool_size: self.db_pool_size,
+        }
+    }
+}
+
+/// Where a key's value came from, e.g. `HOOKFLOW_LISTEN` or the file's name.
+fn source(figment: &Figment, key: &str) -> String {
+    figment
+        .find_metadata(key)
+        .map(|m| {
+            let name = m.interpolate(&figment::Profile::Default, &[key]);
+            match &m.source {
+                Some(src) => format!("{} {name} in {src}", m.name),
+                None => format!("{} {name}", m.name),
+            }
+        })
+        .unwrap_or_else(|| "defaults".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_key_is_listed() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "h.toml",
+                "listen = \"nope\"\nmax_body_bytes = \"big\"\ncolour = 1\n",
+            )?;
+            jail.set_env("HOOKFLOW_LOG_FORMAT", "xml");
+            jail.set_env("HOOKFLOW_TEST_PG", "ignored");
+            let err = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("colour"), "{text}");
+            assert!(text.contains("max_body_bytes"), "{text}");
+            // Semantic checks run once the types are right.
+            let err = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.0.len() >= 2, "{:?}", err.0);
+            jail.create_file("h.toml", "listen = \"nope\"\n")?;
+            let err = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("listen") && text.contains("log_format"),
+                "{text}"
+            );
+            assert!(text.contains("HOOKFLOW_LOG_FORMAT"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "h.toml",
+                "listen = \"127.0.0.1:1\"\nlog_level = \"debug\"\n",
+            )?;
+            jail.set_env("HOOKFLOW_LISTEN", "127.0.0.1:2");
+            let c = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap();
+            assert_eq!(
+                (c.listen.as_str(), c.log_level.as_str()),
+                ("127.0.0.1:2", "debug")
+            );
+            let o = Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                database_url: None,
+            };
+            let c = Config::load(Some(Path::new("h.toml")), &o).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:3");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,304 @@
+//! The store: the only module with SQL.
+//!
+//! [`Store`] is the contract; [`sqlite`] (embedded default) and [`postgres`]
+//! (several processes sharing one database) implement it, and the same
+//! contract tests run against both. Every method that touches tenant data
+//! takes the [`WorkspaceId`] and puts it in the `WHERE` clause: a row of
+//! another workspace is indistinguishable from a row that does not exist.
+//!
+//! Rules that decide *what* to write (field coercion, upsert merging) live in
+//! [`plan`], shared by both implementations, so the two stores differ only in
+//! *how* they read and write.
+
+pub mod plan;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::domain::{
+    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, ListId, MembershipStatus, Millis, Page,
+    PageRequest, Phone, Scope, WorkspaceId,
+};
+
+/// What can go wrong in the store, in terms the API can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist in this workspace (or at all).
+    #[error("{kind} `{id}` does not exist")]
+    NotFound { kind: &'static str, id: String },
+    /// A uniqueness rule would be broken.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The input breaks a rule that needs the stored state to check (a field
+    /// value that does not fit its list's definition).
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
+    /// The database failed or is unreachable; details are logged, not shown.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// A new key's stored part: everything but the secret.
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    pub id: ApiKeyId,
+    pub name: Option<String>,
+    pub scope: Scope,
+    pub prefix: String,
+    pub hash: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: ApiKeyId,
+    pub workspace_id: WorkspaceId,
+    pub workspace_name: String,
+    pub name: Option<String>,
+    pub scope: Scope,
+    pub prefix: String,
+    pub hash: Vec<u8>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListRecord {
+    pub id: ListId,
+    pub name: String,
+    pub fields: Vec<FieldDef>,
+    pub member_count: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContactRecord {
+    pub id: ContactId,
+    pub email: Email,
+    pub phone: Option<Phone>,
+    pub status: ContactStatus,
+    pub fields: Map<String, Value>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub list_id: ListId,
+    pub contact_id: ContactId,
+    pub status: MembershipStatus,
+    pub since: Millis,
+}
+
+/// A list member as listed from the list's side.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub contact: ContactRecord,
+    pub status: MembershipStatus,
+    pub since: Millis,
+}
+
+/// Create-or-update of a contact keyed by email. `None` means "leave as is".
+#[derive(Clone, Debug, Default)]
+pub struct ContactUpsert {
+    pub email: Option<Email>,
+    /// `Some(None)` clears the phone.
+    pub phone: Option<Option<Phone>>,
+    pub status: Option<ContactStatus>,
+    /// Values to merge; `null` removes one.
+    pub fields: Map<String, Value>,
+    /// Lists to add the contact to (in the same transaction).
+    pub lists: Vec<ListId>,
+}
+
+/// Partial update of a contact found by id.
+#[derive(Clone, Debug, Default)]
+pub struct ContactPatch {
+    pub email: Option<Email>,
+    pub phone: Option<Option<Phone>>,
+    pub status: Option<ContactStatus>,
+    pub fields: Map<String, Value>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upserted {
+    pub contact: ContactRecord,
+    pub created: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ContactFilter {
+    pub list_id: Option<ListId>,
+    pub status: Option<ContactStatus>,
+}
+
+/// The store contract. Implementations must make every write atomic (all of
+/// it or none of it) and durable before returning `Ok`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which implementation this is, for logs and `/readyz`.
+    fn kind(&self) -> &'static str;
+    /// Succeeds when the database answers a trivial query.
+    async fn ping(&self) -> Result<()>;
+    /// Finishes queued writes and closes connections.
+    async fn close(&self);
+
+    async fn create_workspace(&self, name: &str) -> Result<Workspace>;
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
+    async fn workspace_by_name(&self, name: &str) -> Result<Workspace>;
+    /// Creates workspace `name` with `key` only if there is no workspace at
+    /// all; `None` if there already was one. Atomic across processes.
+    async fn bootstrap(
+        &self,
+        name: &str,
+        key: NewApiKey,
+    ) -> Result<Option<(Workspace, ApiKeyRecord)>>;
+
+    async fn create_api_key(&self, workspace: &WorkspaceId, key: NewApiKey)
+    -> Result<ApiKeyRecord>;
+    async fn list_api_keys(&self, workspace: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>>;
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord>;
+    /// The key whose hash is `hash`, revoked or not.
+    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>>;
+
+    async fn create_list(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        fields: Vec<FieldDef>,
+    ) -> Result<ListRecord>;
+    async fn get_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord>;
+    async fn list_lists(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<ListRecord>>;
+    async fn rename_list(&self, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<ListRecord>;
+    /// Deletes the list and its memberships; contacts stay.
+    async fn delete_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<()>;
+    async fn add_list_field(
+        &self,
+        ws: &WorkspaceId,
+        id: &ListId,
+        field: FieldDef,
+    ) -> Result<ListRecord>;
+    async fn remove_list_field(
+        &self,
+        ws: &WorkspaceId,
+        id: &ListId,
+        name: &str,
+    ) -> Result<ListRecord>;
+
+    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted>;
+    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord>;
+    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord>;
+    async fn list_contacts(
+        &self,
+        ws: &WorkspaceId,
+        filter: &ContactFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ContactRecord>>;
+    async fn update_contact(
+        &self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+        patch: ContactPatch,
+    ) -> Result<ContactRecord>;
+    /// Deletes the contact and its memberships.
+    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()>;
+
+    /// Adds (or re-subscribes) a contact to a list; idempotent.
+    async fn add_membership(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<Membership>;
+    async fn remove_membership(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<()>;
+    async fn list_members(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        page: &PageRequest,
+    ) -> Result<Page<Member>>;
+    async fn contact_lists(&self, ws: &WorkspaceId, contact: &ContactId)
+    -> Result<Vec<Membership>>;
+}
+
+/// Opens the store a database URL names: `sqlite://PATH` (created if
+/// missing) or `postgres://…`. Migrations are applied before it returns.
+pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(path, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::Internal(format!(
+            "unsupported database URL (expected sqlite://PATH or postgres://…): {}",
+            redact_url(url)
+        )))
+    }
+}
+
+/// Tuning shared by both stores.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Most writes committed in one SQLite transaction (group commit).
+    pub max_batch: usize,
+    /// Pooled connections (PostgreSQL) or read connections (SQLite).
+    pub pool_size: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 512,
+            pool_size: 8,
+        }
+    }
+}
+
+/// A URL fit for logs: the password, if any, replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}

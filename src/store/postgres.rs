@@ -1,0 +1,391 @@
+//! The PostgreSQL store, for several hookflow processes sharing one
+//! database. Each write is one transaction; rows a write depends on are read
+//! inside that transaction, and concurrent upserts of the same email are
+//! serialised with a transaction-scoped advisory lock so that two processes
+//! never both decide "new contact".
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::{
+    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, ListRecord, Member,
+    Membership, NewApiKey, Result, Store, StoreError, StoreOptions, Upserted, Workspace,
+    now_millis, plan,
+};
+use crate::domain::{
+    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, ListId,
+    MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
+};
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn internal(e: sqlx::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+fn constraint(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.constraint().map(str::to_owned))
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let opts: PgConnectOptions = url.parse().map_err(internal)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size.max(2))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(internal)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        Ok(Self { pool })
+    }
+}
+
+// ---- row mapping ---------------------------------------------------------------
+
+fn workspace_row(r: &PgRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: WorkspaceId::from_trusted(r.try_get("id").map_err(internal)?),
+        name: r.try_get("name").map_err(internal)?,
+        created_at: r.try_get("created_at").map_err(internal)?,
+    })
+}
+
+const KEY_SELECT: &str =
+    "SELECT k.id, k.workspace_id, w.name AS workspace_name, k.name, k.scope, k.prefix, k.hash,
+    k.created_at, k.revoked_at FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
+
+fn key_row(r: &PgRow) -> Result<ApiKeyRecord> {
+    let scope: String = r.try_get("scope").map_err(internal)?;
+    Ok(ApiKeyRecord {
+        id: ApiKeyId::from_trusted(r.try_get("id").map_err(internal)?),
+        workspace_id: WorkspaceId::from_trusted(r.try_get("workspace_id").map_err(internal)?),
+        workspace_name: r.try_get("workspace_name").map_err(internal)?,
+        name: r.try_get("name").map_err(internal)?,
+        scope: Scope::parse(&scope).unwrap_or(Scope::Ingest),
+        prefix: r.try_get("prefix").map_err(internal)?,
+        hash: r.try_get("hash").map_err(internal)?,
+        created_at: r.try_get("created_at").map_err(internal)?,
+        revoked_at: r.try_get("revoked_at").map_err(internal)?,
+    })
+}
+
+const CONTACT_COLS: &str = "c.id, c.email, c.phone, c.status, c.fields, c.created_at, c.updated_at";
+
+fn contact_row(r: &PgRow) -> Result<ContactRecord> {
+    let status: String = r.try_get("status").map_err(internal)?;
+    let fields: Value = r.try_get("fields").map_err(internal)?;
+    Ok(ContactRecord {
+        id: ContactId::from_trusted(r.try_get("id").map_err(internal)?),
+        email: Email::from_trusted(r.try_get("email").map_err(internal)?),
+        phone: r
+            .try_get::<Option<String>, _>("phone")
+            .map_err(internal)?
+            .map(Phone::from_trusted),
+        status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Subscribed),
+        fields: match fields {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        created_at: r.try_get("created_at").map_err(internal)?,
+        updated_at: r.try_get("updated_at").map_err(internal)?,
+    })
+}
+
+fn field_row(r: &PgRow) -> Result<FieldDef> {
+    let name: String = r.try_get("name").map_err(internal)?;
+    let kind: String = r.try_get("type").map_err(internal)?;
+    let options: Value = r.try_get("options").map_err(internal)?;
+    Ok(FieldDef {
+        name: FieldName::parse(&name).map_err(StoreError::Internal)?,
+        kind: FieldType::parse(&kind).unwrap_or(FieldType::Text),
+        options: serde_json::from_value(options).unwrap_or_default(),
+    })
+}
+
+fn membership_row(r: &PgRow) -> Result<Membership> {
+    let status: String = r.try_get("status").map_err(internal)?;
+    Ok(Membership {
+        list_id: ListId::from_trusted(r.try_get("list_id").map_err(internal)?),
+        contact_id: ContactId::from_trusted(r.try_get("contact_id").map_err(internal)?),
+        status: MembershipStatus::parse(&status).unwrap_or(MembershipStatus::Subscribed),
+        since: r.try_get("since").map_err(internal)?,
+    })
+}
+
+// ---- queries usable inside or outside a transaction -------------------------------
+
+async fn insert_workspace(c: &mut PgConnection, name: &str) -> Result<Workspace> {
+    let ws = Workspace {
+        id: WorkspaceId::generate(),
+        name: name.to_owned(),
+        created_at: now_millis(),
+    };
+    sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(ws.id.as_str())
+        .bind(&ws.name)
+        .bind(ws.created_at)
+        .execute(&mut *c)
+        .await
+        .map_err(|e| {
+            if constraint(&e).is_some() {
+                plan::workspace_name_taken(name)
+            } else {
+                internal(e)
+            }
+        })?;
+    Ok(ws)
+}
+
+async fn insert_key(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    key: &NewApiKey,
+) -> Result<ApiKeyRecord> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, workspace_id, name, scope, prefix, hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(key.id.as_str())
+    .bind(ws.as_str())
+    .bind(&key.name)
+    .bind(key.scope.as_str())
+    .bind(&key.prefix)
+    .bind(&key.hash)
+    .bind(now_millis())
+    .execute(&mut *c)
+    .await
+    .map_err(|e| if constraint(&e).is_some() { StoreError::not_found("workspace", ws) } else { internal(e) })?;
+    key_by_id(c, &key.id).await
+}
+
+async fn key_by_id(c: &mut PgConnection, id: &ApiKeyId) -> Result<ApiKeyRecord> {
+    let row = sqlx::query(&format!("{KEY_SELECT} WHERE k.id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("API key", id))?;
+    key_row(&row)
+}
+
+async fn list_fields(c: &mut PgConnection, list: &ListId) -> Result<Vec<FieldDef>> {
+    sqlx::query("SELECT name, type, options FROM list_fields WHERE list_id = $1 ORDER BY position")
+        .bind(list.as_str())
+        .fetch_all(&mut *c)
+        .await
+        .map_err(internal)?
+        .iter()
+        .map(field_row)
+        .collect()
+}
+
+const LIST_SELECT: &str = "SELECT l.id, l.name, l.created_at, l.updated_at,
+    (SELECT COUNT(*) FROM memberships m WHERE m.list_id = l.id) AS member_count FROM lists l";
+
+fn list_row(r: &PgRow) -> Result<ListRecord> {
+    Ok(ListRecord {
+        id: ListId::from_trusted(r.try_get("id").map_err(internal)?),
+        name: r.try_get("name").map_err(internal)?,
+        fields: vec![],
+        member_count: r.try_get("member_count").map_err(internal)?,
+        created_at: r.try_get("created_at").map_err(internal)?,
+        updated_at: r.try_get("updated_at").map_err(internal)?,
+    })
+}
+
+async fn load_list(c: &mut PgConnection, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
+    let row = sqlx::query(&format!(
+        "{LIST_SELECT} WHERE l.workspace_id = $1 AND l.id = $2"
+    ))
+    .bind(ws.as_str())
+    .bind(id.as_str())
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(internal)?
+    .ok_or_else(|| StoreError::not_found("list", id))?;
+    let mut list = list_row(&row)?;
+    list.fields = list_fields(c, id).await?;
+    Ok(list)
+}
+
+async fn insert_field(
+    c: &mut PgConnection,
+    list: &ListId,
+    f: &FieldDef,
+    position: i32,
+) -> Result<()> {
+    sqlx::query("INSERT INTO list_fields (list_id, name, type, options, position) VALUES ($1, $2, $3, $4, $5)")
+        .bind(list.as_str())
+        .bind(f.name.as_str())
+        .bind(f.kind.as_str())
+        .bind(serde_json::to_value(&f.options).map_err(json_err)?)
+        .bind(position)
+        .execute(&mut *c)
+        .await
+        .map_err(|e| if constraint(&e).is_some() { plan::field_exists(f.name.as_str()) } else { internal(e) })?;
+    Ok(())
+}
+
+/// Locks the list row (so a concurrent delete waits) and fails unless it is
+/// in the workspace.
+async fn lock_list(c: &mut PgConnection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+    sqlx::query("UPDATE lists SET updated_at = $3 WHERE workspace_id = $1 AND id = $2")
+        .bind(ws.as_str())
+        .bind(id.as_str())
+        .bind(now_millis())
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?
+        .rows_affected()
+        .eq(&1)
+        .then_some(())
+        .ok_or_else(|| StoreError::not_found("list", id))
+}
+
+async fn contact_where(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    col: &str,
+    val: &str,
+    lock: bool,
+) -> Result<Option<ContactRecord>> {
+    let sql = format!(
+        "SELECT {CONTACT_COLS} FROM contacts c WHERE c.workspace_id = $1 AND c.{col} = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query(&sql)
+        .bind(ws.as_str())
+        .bind(val)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(internal)?
+        .as_ref()
+        .map(contact_row)
+        .transpose()
+}
+
+async fn contact_by_id(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    id: &ContactId,
+    lock: bool,
+) -> Result<ContactRecord> {
+    contact_where(c, ws, "id", id.as_str(), lock)
+        .await?
+        .ok_or_else(|| StoreError::not_found("contact", id))
+}
+
+async fn field_defs_for(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    contact: Option<&ContactId>,
+    extra: &[ListId],
+) -> Result<Vec<FieldDef>> {
+    let mut defs = Vec::new();
+    for (i, list) in extra.iter().enumerate() {
+        let exists =
+            sqlx::query("SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2 FOR SHARE")
+                .bind(ws.as_str())
+                .bind(list.as_str())
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(internal)?
+                .is_some();
+        if !exists {
+            return Err(StoreError::Invalid {
+                code: "unknown_list",
+                field: format!("lists[{i}]"),
+                message: format!("list `{list}` does not exist"),
+            });
+        }
+        defs.extend(list_fields(c, list).await?);
+    }
+    if let Some(id) = contact {
+        let rows = sqlx::query(
+            "SELECT f.name, f.type, f.options FROM list_fields f JOIN memberships m ON m.list_id = f.list_id
+             WHERE m.contact_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *c)
+        .await
+        .map_err(internal)?;
+        for r in &rows {
+            defs.push(field_row(r)?);
+        }
+    }
+    Ok(defs)
+}
+
+async fn write_contact(c: &mut PgConnection, ws: &WorkspaceId, ct: &ContactRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, phone = EXCLUDED.phone,
+           status = EXCLUDED.status, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(ct.id.as_str())
+    .bind(ws.as_str())
+    .bind(ct.email.as_str())
+    .bind(ct.phone.as_ref().map(Phone::as_str))
+    .bind(ct.status.as_str())
+    .bind(Value::Object(ct.fields.clone()))
+    .bind(ct.created_at)
+    .bind(ct.updated_at)
+    .execute(&mut *c)
+    .await
+    .map_err(|e| {
+        if constraint(&e).as_deref() == Some("contacts_email_unique") {
+            plan::email_taken(ct.email.as_str())
+        } else {
+            internal(e)
+        }
+    })?;
+    Ok(())
+}
+
+async fn upsert_membership(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    list: &ListId,
+    contact: &ContactId,
+) -> Result<Membership> {
+    let row = sqlx::query(
+        "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES ($1, $2, $3, 'subscribed', $4)
+         ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
+           since = CASE WHEN memberships.status = 'subscribed' THEN memberships.since ELSE EXCLUDED.since END
+         RETURNING list_id, contact_id, status, since",
+    )
+    .bind(list.as_str())
+    .bind(contact.as_str())
+    .bind(ws.as_str())
+    .bind(now_millis())
+    .fetch_one(&mut *c)
+    .await
+    .map_err(internal)?;
+    membership_row(&row)
+}
+
+/// Serialises upserts of one email across processes until the transaction
+/// ends, so "is there a contact with this email?" has one answer.
+async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("{ws}/{email}"))
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+    Ok(())
+}
+
+mod store_impl;

@@ -1,0 +1,438 @@
+//! The [`Store`] contract on PostgreSQL: each method is one transaction (or
+//! one statement) built from the queries of the parent module.
+
+use super::*;
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn create_workspace(&self, name: &str) -> Result<Workspace> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        insert_workspace(&mut c, name).await
+    }
+
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
+        sqlx::query("SELECT id, name, created_at FROM workspaces ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)?
+            .iter()
+            .map(workspace_row)
+            .collect()
+    }
+
+    async fn workspace_by_name(&self, name: &str) -> Result<Workspace> {
+        let row = sqlx::query("SELECT id, name, created_at FROM workspaces WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| StoreError::not_found("workspace", name))?;
+        workspace_row(&row)
+    }
+
+    async fn bootstrap(
+        &self,
+        name: &str,
+        key: NewApiKey,
+    ) -> Result<Option<(Workspace, ApiKeyRecord)>> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        // Two processes starting at once must not both create a default
+        // workspace: serialise on a fixed advisory lock.
+        sqlx::query("SELECT pg_advisory_xact_lock(7242001)")
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        let any: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(internal)?;
+        if any > 0 {
+            return Ok(None);
+        }
+        let ws = insert_workspace(&mut tx, name).await?;
+        let key = insert_key(&mut tx, &ws.id, &key).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(Some((ws, key)))
+    }
+
+    async fn create_api_key(&self, ws: &WorkspaceId, key: NewApiKey) -> Result<ApiKeyRecord> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        insert_key(&mut c, ws, &key).await
+    }
+
+    async fn list_api_keys(&self, ws: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
+        sqlx::query(&format!(
+            "{KEY_SELECT} WHERE ($1::text IS NULL OR k.workspace_id = $1) ORDER BY k.id"
+        ))
+        .bind(ws.map(|w| w.as_str()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)?
+        .iter()
+        .map(key_row)
+        .collect()
+    }
+
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+            .bind(id.as_str())
+            .bind(now_millis())
+            .execute(&mut *c)
+            .await
+            .map_err(internal)?;
+        key_by_id(&mut c, id).await
+    }
+
+    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
+        sqlx::query(&format!("{KEY_SELECT} WHERE k.hash = $1"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)?
+            .as_ref()
+            .map(key_row)
+            .transpose()
+    }
+
+    async fn create_list(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        fields: Vec<FieldDef>,
+    ) -> Result<ListRecord> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let id = ListId::generate();
+        let now = now_millis();
+        sqlx::query("INSERT INTO lists (id, workspace_id, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+            .bind(id.as_str())
+            .bind(ws.as_str())
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if constraint(&e).is_some() { plan::list_name_taken(name) } else { internal(e) })?;
+        for (i, f) in fields.iter().enumerate() {
+            insert_field(&mut tx, &id, f, i as i32).await?;
+        }
+        let list = load_list(&mut tx, ws, &id).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(list)
+    }
+
+    async fn get_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        load_list(&mut c, ws, id).await
+    }
+
+    async fn list_lists(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<ListRecord>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        let rows = sqlx::query(&format!(
+            "{LIST_SELECT} WHERE l.workspace_id = $1 AND l.id > $2 ORDER BY l.id LIMIT $3"
+        ))
+        .bind(ws.as_str())
+        .bind(page.after_id())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(internal)?;
+        let lists = rows.iter().map(list_row).collect::<Result<Vec<_>>>()?;
+        let mut out = Page::from_overfetch(lists, page.limit, |l| l.id.as_str());
+        for l in &mut out.items {
+            l.fields = list_fields(&mut c, &l.id).await?;
+        }
+        Ok(out)
+    }
+
+    async fn rename_list(&self, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<ListRecord> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let n = sqlx::query(
+            "UPDATE lists SET name = $3, updated_at = $4 WHERE workspace_id = $1 AND id = $2",
+        )
+        .bind(ws.as_str())
+        .bind(id.as_str())
+        .bind(name)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if constraint(&e).is_some() {
+                plan::list_name_taken(name)
+            } else {
+                internal(e)
+            }
+        })?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("list", id));
+        }
+        let list = load_list(&mut tx, ws, id).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(list)
+    }
+
+    async fn delete_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+        let n = sqlx::query("DELETE FROM lists WHERE workspace_id = $1 AND id = $2")
+            .bind(ws.as_str())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?
+            .rows_affected();
+        if n == 0 {
+            Err(StoreError::not_found("list", id))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn add_list_field(
+        &self,
+        ws: &WorkspaceId,
+        id: &ListId,
+        field: FieldDef,
+    ) -> Result<ListRecord> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        lock_list(&mut tx, ws, id).await?;
+        let pos: i32 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(position) + 1, 0) FROM list_fields WHERE list_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(internal)?;
+        insert_field(&mut tx, id, &field, pos).await?;
+        let list = load_list(&mut tx, ws, id).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(list)
+    }
+
+    async fn remove_list_field(
+        &self,
+        ws: &WorkspaceId,
+        id: &ListId,
+        name: &str,
+    ) -> Result<ListRecord> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        lock_list(&mut tx, ws, id).await?;
+        let n = sqlx::query("DELETE FROM list_fields WHERE list_id = $1 AND name = $2")
+            .bind(id.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("field", name));
+        }
+        let list = load_list(&mut tx, ws, id).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(list)
+    }
+
+    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
+        let email = input.email.clone().ok_or_else(|| StoreError::Invalid {
+            code: "missing_field",
+            field: "email".into(),
+            message: "email is required".into(),
+        })?;
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        lock_email(&mut tx, ws, &email).await?;
+        let existing = contact_where(&mut tx, ws, "email", email.as_str(), true).await?;
+        let defs =
+            field_defs_for(&mut tx, ws, existing.as_ref().map(|e| &e.id), &input.lists).await?;
+        let out = plan::upsert(existing, &defs, &input, now_millis())?;
+        write_contact(&mut tx, ws, &out.contact).await?;
+        for list in &input.lists {
+            upsert_membership(&mut tx, ws, list, &out.contact.id).await?;
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(out)
+    }
+
+    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        contact_by_id(&mut c, ws, id, false).await
+    }
+
+    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        contact_where(&mut c, ws, "email", email.as_str(), false)
+            .await?
+            .ok_or_else(|| StoreError::not_found("contact", email))
+    }
+
+    async fn list_contacts(
+        &self,
+        ws: &WorkspaceId,
+        filter: &ContactFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ContactRecord>> {
+        let sql = format!(
+            "SELECT {CONTACT_COLS} FROM contacts c
+             WHERE c.workspace_id = $1 AND c.id > $2
+               AND ($3::text IS NULL OR c.status = $3)
+               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = $4 AND m.contact_id = c.id))
+             ORDER BY c.id LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ws.as_str())
+            .bind(page.after_id())
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(filter.list_id.as_ref().map(|l| l.as_str()))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(internal)?;
+        let contacts = rows.iter().map(contact_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(contacts, page.limit, |c| {
+            c.id.as_str()
+        }))
+    }
+
+    async fn update_contact(
+        &self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+        patch: ContactPatch,
+    ) -> Result<ContactRecord> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        if let Some(email) = &patch.email {
+            lock_email(&mut tx, ws, email).await?;
+        }
+        let existing = contact_by_id(&mut tx, ws, id, true).await?;
+        let defs = field_defs_for(&mut tx, ws, Some(id), &[]).await?;
+        let updated = plan::patch(existing, &defs, &patch, now_millis())?;
+        write_contact(&mut tx, ws, &updated).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(updated)
+    }
+
+    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
+        let n = sqlx::query("DELETE FROM contacts WHERE workspace_id = $1 AND id = $2")
+            .bind(ws.as_str())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(internal)?
+            .rows_affected();
+        if n == 0 {
+            Err(StoreError::not_found("contact", id))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn add_membership(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<Membership> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        lock_list(&mut tx, ws, list).await?;
+        contact_by_id(&mut tx, ws, contact, true).await?;
+        let m = upsert_membership(&mut tx, ws, list, contact).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(m)
+    }
+
+    async fn remove_membership(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        load_list(&mut tx, ws, list).await?;
+        contact_by_id(&mut tx, ws, contact, false).await?;
+        let n = sqlx::query(
+            "DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3",
+        )
+        .bind(ws.as_str())
+        .bind(list.as_str())
+        .bind(contact.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found(
+                "membership",
+                format!("{list}/{contact}"),
+            ));
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(())
+    }
+
+    async fn list_members(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        page: &PageRequest,
+    ) -> Result<Page<Member>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        load_list(&mut c, ws, list).await?;
+        let sql = format!(
+            "SELECT {CONTACT_COLS}, m.status AS m_status, m.since FROM memberships m JOIN contacts c ON c.id = m.contact_id
+             WHERE m.list_id = $1 AND c.workspace_id = $2 AND m.contact_id > $3 ORDER BY m.contact_id LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(list.as_str())
+            .bind(ws.as_str())
+            .bind(page.after_id())
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(internal)?;
+        let members = rows
+            .iter()
+            .map(|r| {
+                let status: String = r.try_get("m_status").map_err(internal)?;
+                Ok(Member {
+                    contact: contact_row(r)?,
+                    status: MembershipStatus::parse(&status)
+                        .unwrap_or(MembershipStatus::Subscribed),
+                    since: r.try_get("since").map_err(internal)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(members, page.limit, |m| {
+            m.contact.id.as_str()
+        }))
+    }
+
+    async fn contact_lists(
+        &self,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+    ) -> Result<Vec<Membership>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        contact_by_id(&mut c, ws, contact, false).await?;
+        sqlx::query("SELECT list_id, contact_id, status, since FROM memberships WHERE contact_id = $1 ORDER BY list_id")
+            .bind(contact.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(internal)?
+            .iter()
+            .map(membership_row)
+            .collect()
+    }
+}

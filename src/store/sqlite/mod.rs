@@ -1,0 +1,384 @@
+//! The embedded SQLite store: one file, WAL mode, `synchronous=FULL` (a
+//! committed write survives power loss), one writer thread doing group
+//! commit ([`writer`]) and a pool of read-only connections ([`readers`]).
+//!
+//! rusqlite rather than sqlx here: SQLite is a library, not a server, and the
+//! group-commit writer needs a plain synchronous connection it owns on one
+//! thread; sqlx's SQLite driver would add an async hop per statement on top
+//! of its own worker thread.
+
+mod queries;
+mod readers;
+mod writer;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+
+use super::{
+    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, ListRecord, Member,
+    Membership, NewApiKey, Result, Store, StoreError, StoreOptions, Upserted, Workspace,
+    now_millis, plan,
+};
+use crate::domain::{ApiKeyId, ContactId, Email, FieldDef, ListId, Page, PageRequest, WorkspaceId};
+use queries as q;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init.sql")];
+
+pub struct SqliteStore {
+    writer: writer::Writer,
+    readers: readers::Readers,
+}
+
+pub(crate) fn internal(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str, options: &StoreOptions) -> Result<Self> {
+        let path = PathBuf::from(path);
+        let opts = options.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, &opts))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    fn open_blocking(path: PathBuf, options: &StoreOptions) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(&path).map_err(internal)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(internal)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;",
+        )
+        .map_err(internal)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn)?;
+        let readers = readers::Readers::open(path, options.pool_size.max(1) as usize)?;
+        Ok(Self {
+            writer: writer::Writer::start(conn, options.max_batch.max(1)),
+            readers,
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(internal)? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Internal(format!(
+            "the database has schema version {applied}, newer than this binary knows ({}); upgrade hookflow",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(internal)?;
+        tx.execute_batch(sql).map_err(internal)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        tracing::info!(migration = i + 1, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.readers
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+            .await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close();
+    }
+
+    async fn create_workspace(&self, name: &str) -> Result<Workspace> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c| q::insert_workspace(c, &name))
+            .await
+    }
+
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
+        self.readers.read(q::list_workspaces).await
+    }
+
+    async fn workspace_by_name(&self, name: &str) -> Result<Workspace> {
+        let name = name.to_owned();
+        self.readers
+            .read(move |c| q::workspace_by_name(c, &name))
+            .await
+    }
+
+    async fn bootstrap(
+        &self,
+        name: &str,
+        key: NewApiKey,
+    ) -> Result<Option<(Workspace, ApiKeyRecord)>> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |c| {
+                if q::count_workspaces(c)? > 0 {
+                    return Ok(None);
+                }
+                let ws = q::insert_workspace(c, &name)?;
+                let key = q::insert_key(c, &ws.id, &key)?;
+                Ok(Some((ws, key)))
+            })
+            .await
+    }
+
+    async fn create_api_key(&self, ws: &WorkspaceId, key: NewApiKey) -> Result<ApiKeyRecord> {
+        let ws = ws.clone();
+        self.writer
+            .write(move |c| q::insert_key(c, &ws, &key))
+            .await
+    }
+
+    async fn list_api_keys(&self, ws: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
+        let ws = ws.cloned();
+        self.readers
+            .read(move |c| q::list_keys(c, ws.as_ref()))
+            .await
+    }
+
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord> {
+        let id = id.clone();
+        self.writer.write(move |c| q::revoke_key(c, &id)).await
+    }
+
+    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
+        let hash = hash.to_vec();
+        self.readers.read(move |c| q::key_by_hash(c, &hash)).await
+    }
+
+    async fn create_list(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        fields: Vec<FieldDef>,
+    ) -> Result<ListRecord> {
+        let (ws, name) = (ws.clone(), name.to_owned());
+        self.writer
+            .write(move |c| {
+                let id = q::insert_list(c, &ws, &name, &fields)?;
+                q::load_list(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn get_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.readers.read(move |c| q::load_list(c, &ws, &id)).await
+    }
+
+    async fn list_lists(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<ListRecord>> {
+        let (ws, page) = (ws.clone(), page.clone());
+        self.readers
+            .read(move |c| q::page_lists(c, &ws, &page))
+            .await
+    }
+
+    async fn rename_list(&self, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<ListRecord> {
+        let (ws, id, name) = (ws.clone(), id.clone(), name.to_owned());
+        self.writer
+            .write(move |c| {
+                q::rename_list(c, &ws, &id, &name)?;
+                q::load_list(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn delete_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| q::delete_list(c, &ws, &id))
+            .await
+    }
+
+    async fn add_list_field(
+        &self,
+        ws: &WorkspaceId,
+        id: &ListId,
+        field: FieldDef,
+    ) -> Result<ListRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| {
+                q::touch_list(c, &ws, &id)?;
+                let pos = q::next_field_position(c, &id)?;
+                q::insert_field(c, &id, &field, pos)?;
+                q::load_list(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn remove_list_field(
+        &self,
+        ws: &WorkspaceId,
+        id: &ListId,
+        name: &str,
+    ) -> Result<ListRecord> {
+        let (ws, id, name) = (ws.clone(), id.clone(), name.to_owned());
+        self.writer
+            .write(move |c| {
+                q::remove_field(c, &ws, &id, &name)?;
+                q::load_list(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
+        let ws = ws.clone();
+        self.writer
+            .write(move |c| {
+                let email = input.email.as_ref().ok_or_else(|| StoreError::Invalid {
+                    code: "missing_field",
+                    field: "email".into(),
+                    message: "email is required".into(),
+                })?;
+                let existing = q::contact_by_email(c, &ws, email)?;
+                let defs =
+                    q::field_defs_for(c, &ws, existing.as_ref().map(|e| &e.id), &input.lists)?;
+                let out = plan::upsert(existing, &defs, &input, now_millis())?;
+                q::write_contact(c, &ws, &out.contact)?;
+                for list in &input.lists {
+                    q::upsert_membership(c, &ws, list, &out.contact.id)?;
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.readers
+            .read(move |c| q::contact_by_id(c, &ws, &id))
+            .await
+    }
+
+    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord> {
+        let (ws, email) = (ws.clone(), email.clone());
+        self.readers
+            .read(move |c| {
+                q::contact_by_email(c, &ws, &email)?
+                    .ok_or_else(|| StoreError::not_found("contact", &email))
+            })
+            .await
+    }
+
+    async fn list_contacts(
+        &self,
+        ws: &WorkspaceId,
+        filter: &ContactFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ContactRecord>> {
+        let (ws, filter, page) = (ws.clone(), filter.clone(), page.clone());
+        self.readers
+            .read(move |c| q::page_contacts(c, &ws, &filter, &page))
+            .await
+    }
+
+    async fn update_contact(
+        &self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+        patch: ContactPatch,
+    ) -> Result<ContactRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| {
+                let existing = q::contact_by_id(c, &ws, &id)?;
+                let defs = q::field_defs_for(c, &ws, Some(&id), &[])?;
+                let updated = plan::patch(existing, &defs, &patch, now_millis())?;
+                q::write_contact(c, &ws, &updated)?;
+                Ok(updated)
+            })
+            .await
+    }
+
+    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| q::delete_contact(c, &ws, &id))
+            .await
+    }
+
+    async fn add_membership(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<Membership> {
+        let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
+        self.writer
+            .write(move |c| {
+                q::load_list(c, &ws, &list)?;
+                q::contact_by_id(c, &ws, &contact)?;
+                q::upsert_membership(c, &ws, &list, &contact)
+            })
+            .await
+    }
+
+    async fn remove_membership(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<()> {
+        let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
+        self.writer
+            .write(move |c| {
+                q::load_list(c, &ws, &list)?;
+                q::contact_by_id(c, &ws, &contact)?;
+                q::delete_membership(c, &ws, &list, &contact)
+            })
+            .await
+    }
+
+    async fn list_members(
+        &self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        page: &PageRequest,
+    ) -> Result<Page<Member>> {
+        let (ws, list, page) = (ws.clone(), list.clone(), page.clone());
+        self.readers
+            .read(move |c| q::page_members(c, &ws, &list, &page))
+            .await
+    }
+
+    async fn contact_lists(
+        &self,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+    ) -> Result<Vec<Membership>> {
+        let (ws, contact) = (ws.clone(), contact.clone());
+        self.readers
+            .read(move |c| q::contact_memberships(c, &ws, &contact))
+            .await
+    }
+}

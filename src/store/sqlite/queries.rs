@@ -1,0 +1,573 @@
+//! Synchronous SQL for SQLite, run either on the writer thread (inside the
+//! group transaction) or on a reader connection.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+
+use super::{internal, is_unique_violation};
+use crate::domain::{
+    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, ListId,
+    MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
+};
+use crate::store::{
+    ApiKeyRecord, ContactFilter, ContactRecord, ListRecord, Member, Membership, NewApiKey, Result,
+    StoreError, Workspace, now_millis, plan,
+};
+
+// ---- workspaces and keys ----------------------------------------------------
+
+pub fn insert_workspace(conn: &Connection, name: &str) -> Result<Workspace> {
+    let ws = Workspace {
+        id: WorkspaceId::generate(),
+        name: name.to_owned(),
+        created_at: now_millis(),
+    };
+    conn.prepare_cached("INSERT INTO workspaces (id, name, created_at) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![ws.id.as_str(), ws.name, ws.created_at]))
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                plan::workspace_name_taken(name)
+            } else {
+                internal(e)
+            }
+        })?;
+    Ok(ws)
+}
+
+fn workspace_row(r: &Row) -> rusqlite::Result<Workspace> {
+    Ok(Workspace {
+        id: WorkspaceId::from_trusted(r.get(0)?),
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
+pub fn list_workspaces(conn: &Connection) -> Result<Vec<Workspace>> {
+    let mut s = conn
+        .prepare_cached("SELECT id, name, created_at FROM workspaces ORDER BY id")
+        .map_err(internal)?;
+    let rows = s.query_map([], workspace_row).map_err(internal)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(internal)
+}
+
+pub fn workspace_by_name(conn: &Connection, name: &str) -> Result<Workspace> {
+    conn.prepare_cached("SELECT id, name, created_at FROM workspaces WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], workspace_row).optional())
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("workspace", name))
+}
+
+pub fn count_workspaces(conn: &Connection) -> Result<i64> {
+    conn.query_row("SELECT COUNT(*) FROM workspaces", [], |r| r.get(0))
+        .map_err(internal)
+}
+
+const KEY_COLS: &str =
+    "k.id, k.workspace_id, w.name, k.name, k.scope, k.prefix, k.hash, k.created_at, k.revoked_at";
+
+fn key_row(r: &Row) -> rusqlite::Result<ApiKeyRecord> {
+    let scope: String = r.get(4)?;
+    Ok(ApiKeyRecord {
+        id: ApiKeyId::from_trusted(r.get(0)?),
+        workspace_id: WorkspaceId::from_trusted(r.get(1)?),
+        workspace_name: r.get(2)?,
+        name: r.get(3)?,
+        scope: Scope::parse(&scope).unwrap_or(Scope::Ingest),
+        prefix: r.get(5)?,
+        hash: r.get(6)?,
+        created_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+    })
+}
+
+pub fn insert_key(conn: &Connection, ws: &WorkspaceId, key: &NewApiKey) -> Result<ApiKeyRecord> {
+    conn.prepare_cached(
+        "INSERT INTO api_keys (id, workspace_id, name, scope, prefix, hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            key.id.as_str(),
+            ws.as_str(),
+            key.name,
+            key.scope.as_str(),
+            key.prefix,
+            key.hash,
+            now_millis()
+        ])
+    })
+    .map_err(|e| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+            StoreError::not_found("workspace", ws)
+        } else {
+            internal(e)
+        }
+    })?;
+    key_by_id(conn, &key.id)
+}
+
+pub fn key_by_id(conn: &Connection, id: &ApiKeyId) -> Result<ApiKeyRecord> {
+    let sql = format!(
+        "SELECT {KEY_COLS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.id = ?1"
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([id.as_str()], key_row).optional())
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("API key", id))
+}
+
+pub fn key_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
+    let sql = format!(
+        "SELECT {KEY_COLS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.hash = ?1"
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([hash], key_row).optional())
+        .map_err(internal)
+}
+
+pub fn list_keys(conn: &Connection, ws: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
+    let sql = format!(
+        "SELECT {KEY_COLS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
+         WHERE (?1 IS NULL OR k.workspace_id = ?1) ORDER BY k.id"
+    );
+    let mut s = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows = s
+        .query_map([ws.map(|w| w.as_str())], key_row)
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(internal)
+}
+
+pub fn revoke_key(conn: &Connection, id: &ApiKeyId) -> Result<ApiKeyRecord> {
+    conn.prepare_cached("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id.as_str(), now_millis()]))
+        .map_err(internal)?;
+    key_by_id(conn, id)
+}
+
+// ---- lists --------------------------------------------------------------------
+
+pub fn insert_list(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    name: &str,
+    fields: &[FieldDef],
+) -> Result<ListId> {
+    let id = ListId::generate();
+    let now = now_millis();
+    conn.prepare_cached("INSERT INTO lists (id, workspace_id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)")
+        .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), name, now]))
+        .map_err(|e| if is_unique_violation(&e) { plan::list_name_taken(name) } else { internal(e) })?;
+    for (i, f) in fields.iter().enumerate() {
+        insert_field(conn, &id, f, i as i64)?;
+    }
+    Ok(id)
+}
+
+pub fn insert_field(conn: &Connection, list: &ListId, f: &FieldDef, position: i64) -> Result<()> {
+    let options =
+        serde_json::to_string(&f.options).map_err(|e| StoreError::Internal(e.to_string()))?;
+    conn.prepare_cached("INSERT INTO list_fields (list_id, name, type, options, position) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![list.as_str(), f.name.as_str(), f.kind.as_str(), options, position]))
+        .map_err(|e| if is_unique_violation(&e) { plan::field_exists(f.name.as_str()) } else { internal(e) })?;
+    Ok(())
+}
+
+fn field_row(r: &Row) -> rusqlite::Result<(String, FieldDef)> {
+    let list: String = r.get(0)?;
+    let name: String = r.get(1)?;
+    let kind: String = r.get(2)?;
+    let options: String = r.get(3)?;
+    Ok((
+        list,
+        FieldDef {
+            name: FieldName::parse(&name)
+                .unwrap_or_else(|_| FieldName::parse("invalid").expect("static")),
+            kind: FieldType::parse(&kind).unwrap_or(FieldType::Text),
+            options: serde_json::from_str(&options).unwrap_or_default(),
+        },
+    ))
+}
+
+pub fn list_fields(conn: &Connection, list: &ListId) -> Result<Vec<FieldDef>> {
+    let mut s = conn
+        .prepare_cached("SELECT list_id, name, type, options FROM list_fields WHERE list_id = ?1 ORDER BY position")
+        .map_err(internal)?;
+    let rows = s.query_map([list.as_str()], field_row).map_err(internal)?;
+    rows.map(|r| r.map(|(_, f)| f))
+        .collect::<rusqlite::Result<_>>()
+        .map_err(internal)
+}
+
+pub fn load_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
+    let row = conn
+        .prepare_cached(
+            "SELECT l.id, l.name, l.created_at, l.updated_at,
+                    (SELECT COUNT(*) FROM memberships m WHERE m.list_id = l.id)
+             FROM lists l WHERE l.workspace_id = ?1 AND l.id = ?2",
+        )
+        .and_then(|mut s| s.query_row([ws.as_str(), id.as_str()], list_row).optional())
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("list", id))?;
+    Ok(ListRecord {
+        fields: list_fields(conn, id)?,
+        ..row
+    })
+}
+
+fn list_row(r: &Row) -> rusqlite::Result<ListRecord> {
+    Ok(ListRecord {
+        id: ListId::from_trusted(r.get(0)?),
+        name: r.get(1)?,
+        fields: vec![],
+        member_count: r.get(4)?,
+        created_at: r.get(2)?,
+        updated_at: r.get(3)?,
+    })
+}
+
+pub fn page_lists(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    page: &PageRequest,
+) -> Result<Page<ListRecord>> {
+    let mut s = conn
+        .prepare_cached(
+            "SELECT l.id, l.name, l.created_at, l.updated_at,
+                    (SELECT COUNT(*) FROM memberships m WHERE m.list_id = l.id)
+             FROM lists l WHERE l.workspace_id = ?1 AND l.id > ?2 ORDER BY l.id LIMIT ?3",
+        )
+        .map_err(internal)?;
+    let rows: Vec<ListRecord> = s
+        .query_map(
+            params![ws.as_str(), page.after_id(), page.limit + 1],
+            list_row,
+        )
+        .and_then(|r| r.collect())
+        .map_err(internal)?;
+    let mut page = Page::from_overfetch(rows, page.limit, |l| l.id.as_str());
+    for l in &mut page.items {
+        l.fields = list_fields(conn, &l.id)?;
+    }
+    Ok(page)
+}
+
+/// Fails with NotFound unless the list exists in the workspace.
+pub fn touch_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+    let n = conn
+        .prepare_cached("UPDATE lists SET updated_at = ?3 WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), now_millis()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("list", id))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn rename_list(conn: &Connection, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<()> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE lists SET name = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND id = ?2",
+        )
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), name, now_millis()]))
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                plan::list_name_taken(name)
+            } else {
+                internal(e)
+            }
+        })?;
+    if n == 0 {
+        Err(StoreError::not_found("list", id))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn delete_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+    let n = conn
+        .prepare_cached("DELETE FROM lists WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("list", id))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn remove_field(conn: &Connection, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<()> {
+    touch_list(conn, ws, id)?;
+    let n = conn
+        .prepare_cached("DELETE FROM list_fields WHERE list_id = ?1 AND name = ?2")
+        .and_then(|mut s| s.execute([id.as_str(), name]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("field", name))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn next_field_position(conn: &Connection, id: &ListId) -> Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(position) + 1, 0) FROM list_fields WHERE list_id = ?1",
+        [id.as_str()],
+        |r| r.get(0),
+    )
+    .map_err(internal)
+}
+
+// ---- contacts -------------------------------------------------------------------
+
+const CONTACT_COLS: &str = "c.id, c.email, c.phone, c.status, c.fields, c.created_at, c.updated_at";
+
+fn contact_row(r: &Row) -> rusqlite::Result<ContactRecord> {
+    let status: String = r.get(3)?;
+    let fields: String = r.get(4)?;
+    Ok(ContactRecord {
+        id: ContactId::from_trusted(r.get(0)?),
+        email: Email::from_trusted(r.get(1)?),
+        phone: r.get::<_, Option<String>>(2)?.map(Phone::from_trusted),
+        status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Subscribed),
+        fields: serde_json::from_str::<Map<String, Value>>(&fields).unwrap_or_default(),
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+pub fn contact_by_email(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    email: &Email,
+) -> Result<Option<ContactRecord>> {
+    let sql =
+        format!("SELECT {CONTACT_COLS} FROM contacts c WHERE c.workspace_id = ?1 AND c.email = ?2");
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_row([ws.as_str(), email.as_str()], contact_row)
+                .optional()
+        })
+        .map_err(internal)
+}
+
+pub fn contact_by_id(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
+    let sql =
+        format!("SELECT {CONTACT_COLS} FROM contacts c WHERE c.workspace_id = ?1 AND c.id = ?2");
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_row([ws.as_str(), id.as_str()], contact_row)
+                .optional()
+        })
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("contact", id))
+}
+
+/// Field definitions of the contact's lists plus `extra` lists, checking
+/// that each extra list exists in the workspace.
+pub fn field_defs_for(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    contact: Option<&ContactId>,
+    extra: &[ListId],
+) -> Result<Vec<FieldDef>> {
+    let mut defs = Vec::new();
+    for (i, list) in extra.iter().enumerate() {
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM lists WHERE workspace_id = ?1 AND id = ?2")
+            .and_then(|mut s| s.exists([ws.as_str(), list.as_str()]))
+            .map_err(internal)?;
+        if !exists {
+            return Err(StoreError::Invalid {
+                code: "unknown_list",
+                field: format!("lists[{i}]"),
+                message: format!("list `{list}` does not exist"),
+            });
+        }
+        defs.extend(list_fields(conn, list)?);
+    }
+    if let Some(c) = contact {
+        let mut s = conn
+            .prepare_cached(
+                "SELECT f.list_id, f.name, f.type, f.options FROM list_fields f
+                 JOIN memberships m ON m.list_id = f.list_id WHERE m.contact_id = ?1",
+            )
+            .map_err(internal)?;
+        let rows = s.query_map([c.as_str()], field_row).map_err(internal)?;
+        for r in rows {
+            defs.push(r.map_err(internal)?.1);
+        }
+    }
+    Ok(defs)
+}
+
+pub fn write_contact(conn: &Connection, ws: &WorkspaceId, c: &ContactRecord) -> Result<()> {
+    let fields =
+        serde_json::to_string(&c.fields).map_err(|e| StoreError::Internal(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET email = excluded.email, phone = excluded.phone,
+           status = excluded.status, fields = excluded.fields, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            c.id.as_str(),
+            ws.as_str(),
+            c.email.as_str(),
+            c.phone.as_ref().map(Phone::as_str),
+            c.status.as_str(),
+            fields,
+            c.created_at,
+            c.updated_at
+        ])
+    })
+    .map_err(|e| if is_unique_violation(&e) { plan::email_taken(c.email.as_str()) } else { internal(e) })?;
+    Ok(())
+}
+
+pub fn page_contacts(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    filter: &ContactFilter,
+    page: &PageRequest,
+) -> Result<Page<ContactRecord>> {
+    let sql = format!(
+        "SELECT {CONTACT_COLS} FROM contacts c
+         WHERE c.workspace_id = ?1 AND c.id > ?2
+           AND (?3 IS NULL OR c.status = ?3)
+           AND (?4 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = ?4 AND m.contact_id = c.id))
+         ORDER BY c.id LIMIT ?5"
+    );
+    let mut s = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows: Vec<ContactRecord> = s
+        .query_map(
+            params![
+                ws.as_str(),
+                page.after_id(),
+                filter.status.map(|s| s.as_str()),
+                filter.list_id.as_ref().map(|l| l.as_str()),
+                page.limit + 1
+            ],
+            contact_row,
+        )
+        .and_then(|r| r.collect())
+        .map_err(internal)?;
+    Ok(Page::from_overfetch(rows, page.limit, |c| c.id.as_str()))
+}
+
+pub fn delete_contact(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
+    let n = conn
+        .prepare_cached("DELETE FROM contacts WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("contact", id))
+    } else {
+        Ok(())
+    }
+}
+
+// ---- memberships ------------------------------------------------------------------
+
+pub fn upsert_membership(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    list: &ListId,
+    contact: &ContactId,
+) -> Result<Membership> {
+    conn.prepare_cached(
+        "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES (?1, ?2, ?3, 'subscribed', ?4)
+         ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
+           since = CASE WHEN memberships.status = 'subscribed' THEN memberships.since ELSE excluded.since END",
+    )
+    .and_then(|mut s| s.execute(params![list.as_str(), contact.as_str(), ws.as_str(), now_millis()]))
+    .map_err(internal)?;
+    membership(conn, list, contact)
+}
+
+pub fn membership(conn: &Connection, list: &ListId, contact: &ContactId) -> Result<Membership> {
+    conn.prepare_cached("SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = ?1 AND contact_id = ?2")
+        .and_then(|mut s| s.query_row([list.as_str(), contact.as_str()], membership_row).optional())
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("membership", format!("{list}/{contact}")))
+}
+
+fn membership_row(r: &Row) -> rusqlite::Result<Membership> {
+    let status: String = r.get(2)?;
+    Ok(Membership {
+        list_id: ListId::from_trusted(r.get(0)?),
+        contact_id: ContactId::from_trusted(r.get(1)?),
+        status: MembershipStatus::parse(&status).unwrap_or(MembershipStatus::Subscribed),
+        since: r.get(3)?,
+    })
+}
+
+pub fn delete_membership(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    list: &ListId,
+    contact: &ContactId,
+) -> Result<()> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM memberships WHERE workspace_id = ?1 AND list_id = ?2 AND contact_id = ?3",
+        )
+        .and_then(|mut s| s.execute([ws.as_str(), list.as_str(), contact.as_str()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found(
+            "membership",
+            format!("{list}/{contact}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn page_members(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    list: &ListId,
+    page: &PageRequest,
+) -> Result<Page<Member>> {
+    load_list(conn, ws, list)?;
+    let sql = format!(
+        "SELECT {CONTACT_COLS}, m.status, m.since FROM memberships m JOIN contacts c ON c.id = m.contact_id
+         WHERE m.list_id = ?1 AND c.workspace_id = ?2 AND m.contact_id > ?3 ORDER BY m.contact_id LIMIT ?4"
+    );
+    let mut s = conn.prepare_cached(&sql).map_err(internal)?;
+    let rows: Vec<Member> = s
+        .query_map(
+            params![list.as_str(), ws.as_str(), page.after_id(), page.limit + 1],
+            |r| {
+                let status: String = r.get(7)?;
+                Ok(Member {
+                    contact: contact_row(r)?,
+                    status: MembershipStatus::parse(&status)
+                        .unwrap_or(MembershipStatus::Subscribed),
+                    since: r.get(8)?,
+                })
+            },
+        )
+        .and_then(|r| r.collect())
+        .map_err(internal)?;
+    Ok(Page::from_overfetch(rows, page.limit, |m| {
+        m.contact.id.as_str()
+    }))
+}
+
+pub fn contact_memberships(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    contact: &ContactId,
+) -> Result<Vec<Membership>> {
+    contact_by_id(conn, ws, contact)?;
+    let mut s = conn
+        .prepare_cached("SELECT list_id, contact_id, status, since FROM memberships WHERE contact_id = ?1 ORDER BY list_id")
+        .map_err(internal)?;
+    let rows = s
+        .query_map([contact.as_str()], membership_row)
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(internal)
+}
