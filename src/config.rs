@@ -197,21 +197,24 @@ impl Config {
     }
 }
 
-/// Where a key's value came from, e.g. `HOOKFLOW_LISTEN` or the file's name.
+/// Where a key's value came from: `environment variable HOOKFLOW_LISTEN`,
+/// `h.toml`, `command line` or `defaults`.
 fn source(figment: &Figment, key: &str) -> String {
-    figment
-        .find_metadata(key)
-        .map(|m| {
-            let name = m.interpolate(&figment::Profile::Default, &[key]);
-            match &m.source {
-                Some(src) => format!("{} {name} in {src}", m.name),
-                None => format!("{} {name}", m.name),
-            }
-        })
-        .unwrap_or_else(|| "defaults".into())
+    match figment.find_metadata(key) {
+        Some(m) if m.name.contains("environment") => {
+            format!("environment variable HOOKFLOW_{}", key.to_ascii_uppercase())
+        }
+        Some(m) => match &m.source {
+            Some(src) => src.to_string(),
+            None if m.name.contains("Serialized") => "command line".into(),
+            None => m.name.to_string(),
+        },
+        None => "defaults".into(),
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
 mod tests {
     use super::*;
 

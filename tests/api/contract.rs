@@ -1,0 +1,477 @@
+//! The store contract, checked directly on both implementations.
+
+use std::collections::HashSet;
+
+use hookflow::domain::keys::hash_presented;
+use hookflow::domain::{
+    ApiKeyId, ContactStatus, Email, FieldDef, FieldType, ListId, PageRequest, Phone, Scope,
+};
+use hookflow::store::{ContactFilter, ContactPatch, ContactUpsert, NewApiKey, StoreError};
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::{Backend, open_store, test_db};
+
+both_stores!(
+    workspaces_and_keys,
+    lists_and_fields,
+    contacts_upsert_and_fields,
+    memberships_and_cascades,
+    pagination_is_complete_and_stable,
+    concurrent_upserts_of_one_email_make_one_contact,
+    committed_writes_survive_reopening,
+);
+
+fn email(s: &str) -> Email {
+    Email::parse(s).unwrap()
+}
+
+fn new_key(scope: Scope) -> (NewApiKey, String) {
+    let secret = hookflow::domain::ApiKeySecret::generate();
+    let key = NewApiKey {
+        id: ApiKeyId::generate(),
+        name: Some("t".into()),
+        scope,
+        prefix: secret.display_prefix(),
+        hash: secret.hash(),
+    };
+    (key, secret.expose().to_owned())
+}
+
+async fn workspaces_and_keys(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let (k, secret) = new_key(Scope::Admin);
+    let (ws, rec) = s
+        .bootstrap("default", k)
+        .await
+        .unwrap()
+        .expect("first bootstrap creates");
+    assert_eq!(rec.workspace_id, ws.id);
+    assert!(
+        s.bootstrap("default", new_key(Scope::Admin).0)
+            .await
+            .unwrap()
+            .is_none(),
+        "bootstrap runs once"
+    );
+    assert!(matches!(
+        s.create_workspace("default").await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let other = s.create_workspace("other").await.unwrap();
+    assert_eq!(s.list_workspaces().await.unwrap().len(), 2);
+    assert_eq!(s.workspace_by_name("other").await.unwrap(), other);
+
+    let found = s
+        .api_key_by_hash(&hash_presented(&secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.id.clone(), found.scope, found.revoked_at),
+        (rec.id.clone(), Scope::Admin, None)
+    );
+    assert!(
+        s.api_key_by_hash(&hash_presented("hfk_nope"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (ik, _) = new_key(Scope::Ingest);
+    s.create_api_key(&other.id, ik).await.unwrap();
+    assert_eq!(s.list_api_keys(Some(&other.id)).await.unwrap().len(), 1);
+    assert_eq!(s.list_api_keys(None).await.unwrap().len(), 2);
+    let revoked = s.revoke_api_key(&rec.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(
+        s.api_key_by_hash(&hash_presented(&secret))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert!(matches!(
+        s.revoke_api_key(&ApiKeyId::generate()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.close().await;
+}
+
+async fn lists_and_fields(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let age = FieldDef::new("age", FieldType::Number, vec![]).unwrap();
+    let list = s
+        .create_list(&ws, "Buyers", vec![age.clone()])
+        .await
+        .unwrap();
+    assert_eq!(list.fields, vec![age.clone()]);
+    assert!(matches!(
+        s.create_list(&ws, "Buyers", vec![]).await,
+        Err(StoreError::Conflict {
+            code: "list_name_taken",
+            ..
+        })
+    ));
+    let renamed = s.rename_list(&ws, &list.id, "Customers").await.unwrap();
+    assert_eq!(renamed.name, "Customers");
+    let tier = FieldDef::new("tier", FieldType::Enum, vec!["gold".into()]).unwrap();
+    let with = s.add_list_field(&ws, &list.id, tier.clone()).await.unwrap();
+    assert_eq!(with.fields, vec![age.clone(), tier.clone()]);
+    assert!(matches!(
+        s.add_list_field(&ws, &list.id, tier).await,
+        Err(StoreError::Conflict {
+            code: "field_exists",
+            ..
+        })
+    ));
+    let without = s.remove_list_field(&ws, &list.id, "age").await.unwrap();
+    assert_eq!(without.fields.len(), 1);
+    assert!(matches!(
+        s.remove_list_field(&ws, &list.id, "age").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.delete_list(&ws, &list.id).await.unwrap();
+    assert!(matches!(
+        s.get_list(&ws, &list.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete_list(&ws, &list.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.close().await;
+}
+
+async fn contacts_upsert_and_fields(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let defs = vec![
+        FieldDef::new("age", FieldType::Number, vec![]).unwrap(),
+        FieldDef::new("vip", FieldType::Boolean, vec![]).unwrap(),
+    ];
+    let list = s.create_list(&ws, "L", defs).await.unwrap();
+    let first = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("Ann@Example.com")),
+                phone: Some(Some(Phone::parse("+380631234567").unwrap())),
+                fields: json!({"age": "41"}).as_object().unwrap().clone(),
+                lists: vec![list.id.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert_eq!(first.contact.email.as_str(), "Ann@example.com");
+    assert_eq!(first.contact.fields["age"], json!(41));
+    let again = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("Ann@EXAMPLE.COM")),
+                fields: json!({"vip": "yes"}).as_object().unwrap().clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!again.created, "same normalised email updates");
+    assert_eq!(again.contact.id, first.contact.id);
+    assert_eq!(
+        again.contact.fields,
+        *json!({"age": 41, "vip": true}).as_object().unwrap()
+    );
+    assert_eq!(again.contact.phone, first.contact.phone);
+
+    // A field no list of the contact defines is refused and nothing changes.
+    let err = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("new@example.com")),
+                fields: json!({"age": 1}).as_object().unwrap().clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                code: "unknown_field",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        s.contact_by_email(&ws, &email("new@example.com")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let err = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("new@example.com")),
+                lists: vec![ListId::generate()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                code: "unknown_list",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let patched = s
+        .update_contact(
+            &ws,
+            &first.contact.id,
+            ContactPatch {
+                status: Some(ContactStatus::Unsubscribed),
+                phone: Some(None),
+                fields: json!({"age": null}).as_object().unwrap().clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status, ContactStatus::Unsubscribed);
+    assert_eq!(patched.phone, None);
+    assert_eq!(patched.fields, *json!({"vip": true}).as_object().unwrap());
+    assert_eq!(
+        s.get_contact(&ws, &first.contact.id).await.unwrap(),
+        patched
+    );
+
+    let other = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("b@example.com")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let clash = s
+        .update_contact(
+            &ws,
+            &other.contact.id,
+            ContactPatch {
+                email: Some(email("Ann@example.com")),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            clash,
+            Err(StoreError::Conflict {
+                code: "email_taken",
+                ..
+            })
+        ),
+        "{clash:?}"
+    );
+    s.delete_contact(&ws, &other.contact.id).await.unwrap();
+    assert!(matches!(
+        s.get_contact(&ws, &other.contact.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.close().await;
+}
+
+async fn memberships_and_cascades(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let l1 = s.create_list(&ws, "one", vec![]).await.unwrap().id;
+    let l2 = s.create_list(&ws, "two", vec![]).await.unwrap().id;
+    let c = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("c@example.com")),
+                lists: vec![l1.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .contact;
+    let m = s.add_membership(&ws, &l2, &c.id).await.unwrap();
+    let again = s.add_membership(&ws, &l2, &c.id).await.unwrap();
+    assert_eq!(m, again, "adding twice is idempotent");
+    let lists: Vec<_> = s
+        .contact_lists(&ws, &c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.list_id)
+        .collect();
+    assert_eq!(lists.len(), 2);
+    assert_eq!(s.get_list(&ws, &l1).await.unwrap().member_count, 1);
+    let members = s
+        .list_members(&ws, &l2, &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(members.items[0].contact.id, c.id);
+    let filter = ContactFilter {
+        list_id: Some(l2.clone()),
+        status: None,
+    };
+    assert_eq!(
+        s.list_contacts(&ws, &filter, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    s.remove_membership(&ws, &l2, &c.id).await.unwrap();
+    assert!(matches!(
+        s.remove_membership(&ws, &l2, &c.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.delete_list(&ws, &l1).await.unwrap();
+    assert!(
+        s.contact_lists(&ws, &c.id).await.unwrap().is_empty(),
+        "deleting a list removes its memberships"
+    );
+    assert!(
+        s.get_contact(&ws, &c.id).await.is_ok(),
+        "…but not its contacts"
+    );
+    s.add_membership(&ws, &l2, &c.id).await.unwrap();
+    s.delete_contact(&ws, &c.id).await.unwrap();
+    assert_eq!(
+        s.get_list(&ws, &l2).await.unwrap().member_count,
+        0,
+        "deleting a contact removes its memberships"
+    );
+    s.close().await;
+}
+
+async fn pagination_is_complete_and_stable(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let list = s.create_list(&ws, "all", vec![]).await.unwrap().id;
+    for i in 0..23 {
+        s.upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email(&format!("p{i}@example.com"))),
+                lists: vec![list.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = HashSet::new();
+    let mut page = PageRequest::first(5);
+    let mut pages = 0;
+    loop {
+        let got = s
+            .list_contacts(&ws, &ContactFilter::default(), &page)
+            .await
+            .unwrap();
+        pages += 1;
+        for c in &got.items {
+            assert!(seen.insert(c.id.clone()), "a contact appeared twice");
+        }
+        match got.next {
+            Some(next) => {
+                page = PageRequest {
+                    after: Some(next),
+                    limit: 5,
+                }
+            }
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (23, 5));
+    let members = s
+        .list_members(&ws, &list, &PageRequest::first(100))
+        .await
+        .unwrap();
+    assert_eq!(members.items.len(), 23);
+    assert!(members.next.is_none());
+    s.close().await;
+}
+
+async fn concurrent_upserts_of_one_email_make_one_contact(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (s, ws) = (s.clone(), ws.clone());
+        tasks.push(tokio::spawn(async move {
+            s.upsert_contact(
+                &ws,
+                ContactUpsert {
+                    email: Some(email(&format!("same{}@example.com", i % 10))),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|u| u.created)
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        if t.await.unwrap().expect("every upsert succeeds") {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 10, "exactly one upsert per email creates");
+    let all = s
+        .list_contacts(&ws, &ContactFilter::default(), &PageRequest::first(500))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 10);
+    s.close().await;
+}
+
+async fn committed_writes_survive_reopening(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let c = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("keep@example.com")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    s.close().await;
+    drop(s);
+    let reopened = open_store(&db).await;
+    assert_eq!(
+        reopened.get_contact(&ws, &c.contact.id).await.unwrap(),
+        c.contact
+    );
+    reopened.close().await;
+}

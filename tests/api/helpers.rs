@@ -1,0 +1,253 @@
+//! Test harness: a real server on a random loopback port, a real database
+//! (a temporary SQLite file or a fresh PostgreSQL schema), a real HTTP client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookflow::bootstrap;
+use hookflow::domain::Scope;
+use hookflow::store::{self, Store, StoreOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `mod NAME { sqlite, postgres }` tests from `async fn NAME(Backend)`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A database for one test, removed when dropped.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = self.pg.take() {
+            // Drop runs outside async context guarantees: use a private
+            // runtime on a plain thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let pool = sqlx::PgPool::connect(&base).await.ok()?;
+                    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .execute(&pool)
+                        .await
+                        .ok()?;
+                    pool.close().await;
+                    Some(())
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// The PostgreSQL URL to test against, or `None` to skip. Under CI a missing
+/// URL fails the test instead of hiding the store from the suite.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("HOOKFLOW_TEST_PG") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("CI").is_ok() => {
+            panic!("CI is set but HOOKFLOW_TEST_PG is not: PostgreSQL tests cannot run")
+        }
+        _ => None,
+    }
+}
+
+pub async fn test_db(backend: Backend) -> Option<TestDb> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("hookflow.db").display());
+            Some(TestDb {
+                url,
+                _dir: Some(dir),
+                pg: None,
+            })
+        }
+        Backend::Postgres => {
+            let Some(base) = pg_url() else {
+                eprintln!("skipped: HOOKFLOW_TEST_PG is not set");
+                return None;
+            };
+            let schema = format!("hf_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+            let pool = sqlx::PgPool::connect(&base)
+                .await
+                .expect("connect to HOOKFLOW_TEST_PG");
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&pool)
+                .await
+                .expect("create schema");
+            pool.close().await;
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}options[search_path]={schema}");
+            Some(TestDb {
+                url,
+                _dir: None,
+                pg: Some((base, schema)),
+            })
+        }
+    }
+}
+
+pub async fn open_store(db: &TestDb) -> Arc<dyn Store> {
+    let opts = StoreOptions {
+        max_batch: 64,
+        pool_size: 4,
+    };
+    store::connect(&db.url, &opts).await.expect("open store")
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub base: String,
+    pub admin_key: String,
+    pub store: Arc<dyn Store>,
+    pub http: reqwest::Client,
+    _db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub const TEST_BODY_LIMIT: usize = 64 * 1024;
+
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let db = test_db(backend).await?;
+    let store = open_store(&db).await;
+    let key = bootstrap::ensure_default_workspace(&*store)
+        .await
+        .expect("bootstrap")
+        .expect("a fresh database has no workspace");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(hookflow::server::serve(
+        store.clone(),
+        listener,
+        TEST_BODY_LIMIT,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    Some(TestApp {
+        base: format!("http://{addr}"),
+        admin_key: key.secret,
+        store,
+        http: reqwest::Client::new(),
+        _db: db,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+impl TestApp {
+    /// Stops the server and waits until it has closed the store.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server exits cleanly");
+        }
+    }
+
+    /// A new workspace with a key of the given scope.
+    pub async fn workspace_key(&self, workspace: &str, scope: Scope) -> String {
+        if self.store.workspace_by_name(workspace).await.is_err() {
+            self.store
+                .create_workspace(workspace)
+                .await
+                .expect("create workspace");
+        }
+        bootstrap::issue_key(&*self.store, workspace, scope, None)
+            .await
+            .expect("issue key")
+            .secret
+    }
+
+    pub async fn call(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        self.call(key, Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(key, Method::POST, path, Some(body)).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Asserts an error response's status and code and returns its body.
+#[track_caller]
+pub fn assert_error(got: &(StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(got.0.as_u16(), status, "unexpected status; body: {}", got.1);
+    assert_eq!(
+        got.1["error"]["code"], code,
+        "unexpected code; body: {}",
+        got.1
+    );
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "no message: {}",
+        got.1
+    );
+}

@@ -1,0 +1,99 @@
+//! The OpenAPI document is complete and true: every handler annotated for
+//! it is routed and documented, no route bypasses the documented router, and
+//! every documented operation is served.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+
+use crate::helpers::{Backend, spawn_app};
+
+/// `(METHOD, path)` of every `#[utoipa::path(...)]` in `src/api`.
+fn annotated_operations() -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let src = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for chunk in src.split("#[utoipa::path(").skip(1) {
+            let method = chunk.split(',').next().unwrap().trim().to_uppercase();
+            let path = chunk
+                .split("path = \"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned();
+            ops.insert((method, path));
+        }
+        assert!(
+            !src.contains(".route(\"") && !src.contains(".nest("),
+            "a route is added outside OpenApiRouter; register it with routes!() so it is documented"
+        );
+    }
+    ops
+}
+
+fn documented_operations() -> BTreeSet<(String, String)> {
+    let doc = hookflow::api::openapi_document();
+    let mut ops = BTreeSet::new();
+    for (path, item) in &doc.paths.paths {
+        for (present, m) in [
+            (item.get.is_some(), "GET"),
+            (item.post.is_some(), "POST"),
+            (item.put.is_some(), "PUT"),
+            (item.patch.is_some(), "PATCH"),
+            (item.delete.is_some(), "DELETE"),
+        ] {
+            if present {
+                ops.insert((m.to_owned(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+#[test]
+fn every_annotated_handler_is_in_the_document() {
+    let annotated = annotated_operations();
+    let documented = documented_operations();
+    assert!(annotated.len() >= 20, "{annotated:?}");
+    let missing: Vec<_> = annotated.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "handlers missing from the OpenAPI document (not registered with routes!()): {missing:?}"
+    );
+    let stray: Vec<_> = documented.difference(&annotated).collect();
+    assert!(stray.is_empty(), "documented but not annotated: {stray:?}");
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let served = app.get("", "/openapi.json").await.1;
+    assert_eq!(
+        served["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true),
+        "OpenAPI 3.1"
+    );
+    for (method, path) in documented_operations() {
+        assert!(
+            served["paths"][&path][method.to_lowercase()].is_object(),
+            "{method} {path} not in /openapi.json"
+        );
+        let concrete = path
+            .replace("{id}", "ls_00000000000000000000000000")
+            .replace("{contact_id}", "ct_00000000000000000000000000")
+            .replace("{name}", "x");
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, body) = app.call(&app.admin_key, m, &concrete, None).await;
+        assert!(
+            body["error"]["code"] != "route_not_found"
+                && body["error"]["code"] != "method_not_allowed",
+            "{method} {path} is documented but not routed: {status} {body}"
+        );
+    }
+    app.stop().await;
+}
