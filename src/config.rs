@@ -193,6 +193,7 @@ impl Config {
         crate::store::StoreOptions {
             max_batch: self.sqlite_max_batch,
             pool_size: self.db_pool_size,
+            ..Default::default()
         }
     }
 }

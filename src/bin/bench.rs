@@ -1,1 +1,319 @@
-fn main() {}
+//! `hookflow-bench`: load benchmarks against a real release server.
+//!
+//! `cargo run --release --bin hookflow-bench -- upserts` builds the release
+//! `hookflow` binary (through cargo, so it is never stale), starts it in a
+//! temporary folder on a free loopback port with its durable SQLite default,
+//! drives contact upserts over HTTP from concurrent keep-alive clients, and
+//! prints throughput, latency percentiles and the server's peak RSS.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "hookflow load benchmarks (release build, loopback only)")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Contact upserts (POST /v1/contacts) into one list with typed fields.
+    Upserts {
+        /// Requests to send after the warm-up.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        /// Concurrent clients (each one keep-alive connection).
+        #[arg(long, default_value_t = 64)]
+        clients: u64,
+        /// Distinct emails; requests beyond this many update existing contacts.
+        #[arg(long, default_value_t = 100_000)]
+        distinct: u64,
+        /// Database URL for the server (default: SQLite in a temporary folder).
+        #[arg(long)]
+        database: Option<String>,
+        /// Use this server binary instead of building target/release/hookflow.
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn build_server() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building the release server…");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "hookflow"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build --release failed");
+    let exe = std::env::current_exe().expect("current exe");
+    exe.with_file_name("hookflow")
+}
+
+fn start_server(bin: &PathBuf, database: Option<&str>) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HOOKFLOW_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(db) = database {
+        cmd.args(["--database", db]);
+    }
+    let mut child = cmd.spawn().expect("start hookflow");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut key, mut base) = (None, None);
+    while base.is_none() {
+        let line = lines.next().expect("server exited early").unwrap();
+        if line.starts_with("hfk_") {
+            key = Some(line.clone());
+        }
+        if let Some(addr) = line.strip_prefix("hookflow listening on ") {
+            base = Some(addr.to_owned());
+        }
+    }
+    let key = key.expect("a fresh database prints a bootstrap key (is --database empty?)");
+    Server {
+        child,
+        base: base.unwrap(),
+        key,
+        _dir: dir,
+    }
+}
+
+/// Peak resident set (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// User + system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn upserts(
+    requests: u64,
+    clients: u64,
+    distinct: u64,
+    database: Option<String>,
+    server_bin: Option<PathBuf>,
+) {
+    let bin = server_bin.map_or_else(build_server, |p| {
+        std::fs::canonicalize(p).expect("--server-bin exists")
+    });
+    let server = start_server(&bin, database.as_deref());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients as usize)
+        .build()
+        .unwrap();
+    let list: Value = http
+        .post(format!("{}/v1/lists", server.base))
+        .bearer_auth(&server.key)
+        .json(&json!({"name": "bench", "fields": [
+            {"name": "first_name", "type": "text"}, {"name": "age", "type": "number"},
+            {"name": "plan", "type": "enum", "options": ["free", "pro"]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list_id = list["id"].as_str().expect("list created").to_owned();
+
+    let run = |total: u64| {
+        let (http, base, key, list_id) = (
+            http.clone(),
+            server.base.clone(),
+            server.key.clone(),
+            list_id.clone(),
+        );
+        async move {
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..clients {
+                let (http, base, key, list_id, next) = (
+                    http.clone(),
+                    base.clone(),
+                    key.clone(),
+                    list_id.clone(),
+                    next.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let mut hist = Histogram::<u64>::new(3).unwrap();
+                    let mut errors = 0u64;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let body = json!({
+                            "email": format!("user{}@bench.example.com", i % distinct),
+                            "fields": {"first_name": "Ada", "age": "36", "plan": "pro"},
+                            "lists": [list_id],
+                        });
+                        let t = Instant::now();
+                        let ok = match http
+                            .post(format!("{base}/v1/contacts"))
+                            .bearer_auth(&key)
+                            .json(&body)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => {
+                                let s = r.status();
+                                let _ = r.bytes().await;
+                                s.is_success()
+                            }
+                            Err(_) => false,
+                        };
+                        hist.record(t.elapsed().as_micros() as u64).unwrap();
+                        if !ok {
+                            errors += 1;
+                        }
+                    }
+                    (hist, errors)
+                }));
+            }
+            let mut hist = Histogram::<u64>::new(3).unwrap();
+            let mut errors = 0;
+            for t in tasks {
+                let (h, e) = t.await.unwrap();
+                hist.add(h).unwrap();
+                errors += e;
+            }
+            (hist, errors)
+        }
+    };
+
+    let warmup = (requests / 20).clamp(1_000, 10_000);
+    let _ = run(warmup).await;
+    let pid = server.child.id();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let (hist, errors) = run(requests).await;
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(pid) - cpu_before;
+
+    let got: Value = http
+        .get(format!("{}/v1/lists/{list_id}", server.base))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let batch = metric_mean(&metrics, "hookflow_sqlite_commit_batch_size");
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "benchmark: contact upserts over HTTP ({})",
+        database.as_deref().unwrap_or("SQLite, synchronous=FULL")
+    );
+    println!("  clients            {clients}");
+    println!("  requests           {requests} (+{warmup} warm-up), errors {errors}");
+    println!(
+        "  throughput         {:.0} upserts/s",
+        requests as f64 / elapsed.as_secs_f64()
+    );
+    println!("  latency p50        {:.2} ms", ms(0.50));
+    println!("  latency p99        {:.2} ms", ms(0.99));
+    println!("  latency max        {:.2} ms", hist.max() as f64 / 1000.0);
+    println!(
+        "  server CPU         {:.1} µs/request ({:.2} cores)",
+        cpu * 1e6 / requests as f64,
+        cpu / elapsed.as_secs_f64()
+    );
+    println!("  server peak RSS    {:.1} MiB", peak_rss_mib(pid));
+    if let Some(b) = batch {
+        println!("  SQLite group size  {b:.1} writes/commit (mean)");
+    }
+    println!(
+        "  list members       {} (expected {})",
+        got["member_count"],
+        distinct.min(requests + warmup)
+    );
+}
+
+/// Mean of a Prometheus summary/histogram from its `_sum` and `_count`.
+fn metric_mean(text: &str, name: &str) -> Option<f64> {
+    let value = |suffix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{suffix}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some(value("_sum")? / value("_count")?.max(1.0))
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.bench {
+        Bench::Upserts {
+            requests,
+            clients,
+            distinct,
+            database,
+            server_bin,
+        } => {
+            rt.block_on(upserts(
+                requests,
+                clients,
+                distinct.max(1),
+                database,
+                server_bin,
+            ));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(10));
+}

@@ -10,6 +10,7 @@
 //! [`plan`], shared by both implementations, so the two stores differ only in
 //! *how* they read and write.
 
+pub mod key_cache;
 pub mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -274,6 +275,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Pooled connections (PostgreSQL) or read connections (SQLite).
     pub pool_size: u32,
+    /// How long an API key lookup is cached (0 disables the cache).
+    pub key_cache_ttl: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -281,6 +284,7 @@ impl Default for StoreOptions {
         Self {
             max_batch: 512,
             pool_size: 8,
+            key_cache_ttl: std::time::Duration::from_secs(2),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::domain::{
 
 pub struct PgStore {
     pool: PgPool,
+    keys: super::key_cache::KeyCache,
 }
 
 fn internal(e: sqlx::Error) -> StoreError {
@@ -49,7 +50,10 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            keys: super::key_cache::KeyCache::new(options.key_cache_ttl),
+        })
     }
 }
 

@@ -118,6 +118,7 @@ pub async fn open_store(db: &TestDb) -> Arc<dyn Store> {
     let opts = StoreOptions {
         max_batch: 64,
         pool_size: 4,
+        ..Default::default()
     };
     store::connect(&db.url, &opts).await.expect("open store")
 }

@@ -97,18 +97,26 @@ impl Store for PgStore {
             .execute(&mut *c)
             .await
             .map_err(internal)?;
+        self.keys.evict(id);
         key_by_id(&mut c, id).await
     }
 
     async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
-        sqlx::query(&format!("{KEY_SELECT} WHERE k.hash = $1"))
+        if let Some(rec) = self.keys.get(hash) {
+            return Ok(Some(rec));
+        }
+        let rec = sqlx::query(&format!("{KEY_SELECT} WHERE k.hash = $1"))
             .bind(hash)
             .fetch_optional(&self.pool)
             .await
             .map_err(internal)?
             .as_ref()
             .map(key_row)
-            .transpose()
+            .transpose()?;
+        if let Some(r) = &rec {
+            self.keys.put(r);
+        }
+        Ok(rec)
     }
 
     async fn create_list(

@@ -7,6 +7,7 @@
 //! thread; sqlx's SQLite driver would add an async hop per statement on top
 //! of its own worker thread.
 
+mod checkpoint;
 mod queries;
 mod readers;
 mod writer;
@@ -31,6 +32,8 @@ const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init
 pub struct SqliteStore {
     writer: writer::Writer,
     readers: readers::Readers,
+    keys: super::key_cache::KeyCache,
+    checkpointer: checkpoint::Checkpointer,
 }
 
 pub(crate) fn internal(e: rusqlite::Error) -> StoreError {
@@ -64,15 +67,19 @@ impl SqliteStore {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             PRAGMA foreign_keys = ON;",
+             PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -32768;
+             PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(internal)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
-        let readers = readers::Readers::open(path, options.pool_size.max(1) as usize)?;
+        let readers = readers::Readers::open(path.clone(), options.pool_size.max(1) as usize)?;
         Ok(Self {
             writer: writer::Writer::start(conn, options.max_batch.max(1)),
             readers,
+            keys: super::key_cache::KeyCache::new(options.key_cache_ttl),
+            checkpointer: checkpoint::Checkpointer::start(path)?,
         })
     }
 }
@@ -112,6 +119,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.writer.close().await;
+        self.checkpointer.close();
         self.readers.close();
     }
 
@@ -166,13 +174,22 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord> {
-        let id = id.clone();
-        self.writer.write(move |c| q::revoke_key(c, &id)).await
+        let id2 = id.clone();
+        let rec = self.writer.write(move |c| q::revoke_key(c, &id2)).await;
+        self.keys.evict(id);
+        rec
     }
 
     async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
-        let hash = hash.to_vec();
-        self.readers.read(move |c| q::key_by_hash(c, &hash)).await
+        if let Some(rec) = self.keys.get(hash) {
+            return Ok(Some(rec));
+        }
+        let h = hash.to_vec();
+        let rec = self.readers.read(move |c| q::key_by_hash(c, &h)).await?;
+        if let Some(r) = &rec {
+            self.keys.put(r);
+        }
+        Ok(rec)
     }
 
     async fn create_list(
@@ -338,7 +355,8 @@ impl Store for SqliteStore {
             .write(move |c| {
                 q::load_list(c, &ws, &list)?;
                 q::contact_by_id(c, &ws, &contact)?;
-                q::upsert_membership(c, &ws, &list, &contact)
+                q::upsert_membership(c, &ws, &list, &contact)?;
+                q::membership(c, &list, &contact)
             })
             .await
     }

@@ -475,7 +475,7 @@ pub fn upsert_membership(
     ws: &WorkspaceId,
     list: &ListId,
     contact: &ContactId,
-) -> Result<Membership> {
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES (?1, ?2, ?3, 'subscribed', ?4)
          ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
@@ -483,7 +483,7 @@ pub fn upsert_membership(
     )
     .and_then(|mut s| s.execute(params![list.as_str(), contact.as_str(), ws.as_str(), now_millis()]))
     .map_err(internal)?;
-    membership(conn, list, contact)
+    Ok(())
 }
 
 pub fn membership(conn: &Connection, list: &ListId, contact: &ContactId) -> Result<Membership> {
