@@ -273,12 +273,31 @@ async fn upserts(
     println!("  server peak RSS    {:.1} MiB", peak_rss_mib(pid));
     if let Some(b) = batch {
         println!("  SQLite group size  {b:.1} writes/commit (mean)");
+        let exec = metric_mean(&metrics, "hookflow_sqlite_batch_exec_seconds").unwrap_or(0.0);
+        let commit = metric_mean(&metrics, "hookflow_sqlite_commit_seconds").unwrap_or(0.0);
+        println!(
+            "  SQLite cycle       {:.0} µs executing ({:.1} µs/write) + {:.0} µs COMMIT/fsync (means)",
+            exec * 1e6,
+            exec * 1e6 / b,
+            commit * 1e6
+        );
     }
     println!(
         "  list members       {} (expected {})",
         got["member_count"],
         distinct.min(requests + warmup)
     );
+    if database.is_none() {
+        let size = |name: &str| {
+            std::fs::metadata(server._dir.path().join(name)).map_or(0, |m| m.len()) as f64
+                / 1048576.0
+        };
+        println!(
+            "  SQLite files       {:.1} MiB database, {:.1} MiB WAL",
+            size("hookflow.db"),
+            size("hookflow.db-wal")
+        );
+    }
 }
 
 /// Mean of a Prometheus summary/histogram from its `_sum` and `_count`.

@@ -69,17 +69,19 @@ impl SqliteStore {
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -32768;
-             PRAGMA wal_autocheckpoint = 0;",
+             PRAGMA wal_autocheckpoint = 0;
+             PRAGMA journal_size_limit = 67108864;",
         )
         .map_err(internal)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         let readers = readers::Readers::open(path.clone(), options.pool_size.max(1) as usize)?;
+        let restart_wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         Ok(Self {
-            writer: writer::Writer::start(conn, options.max_batch.max(1)),
+            writer: writer::Writer::start(conn, options.max_batch.max(1), restart_wanted.clone()),
             readers,
             keys: super::key_cache::KeyCache::new(options.key_cache_ttl),
-            checkpointer: checkpoint::Checkpointer::start(path)?,
+            checkpointer: checkpoint::Checkpointer::start(path, restart_wanted)?,
         })
     }
 }

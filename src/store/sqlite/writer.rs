@@ -10,7 +10,8 @@
 //! commit fails them all. No request is answered before its data is on disk.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +30,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(conn: Connection, max_batch: usize) -> Self {
+    /// `restart_wanted` is raised by the checkpoint thread when the WAL is
+    /// large; the writer then rewinds it between two batches.
+    pub fn start(conn: Connection, max_batch: usize, restart_wanted: Arc<AtomicBool>) -> Self {
         // Bounded: when the disk cannot keep up, callers wait here rather
         // than growing an unbounded queue of accepted-but-unwritten work.
         let (tx, rx) = mpsc::channel::<Job>(max_batch * 4);
@@ -37,7 +40,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                run(conn, rx, max_batch);
+                run(conn, rx, max_batch, &restart_wanted);
                 let _ = done_tx.send(());
             })
             .expect("spawning the SQLite writer thread");
@@ -91,7 +94,12 @@ fn closed() -> StoreError {
     StoreError::Internal("the SQLite writer is closed".into())
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    restart_wanted: &AtomicBool,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -103,6 +111,14 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
         }
         metrics::histogram!("hookflow_sqlite_commit_batch_size").record(batch.len() as f64);
         commit_batch(&conn, &mut batch);
+        if restart_wanted.swap(false, Ordering::Relaxed) {
+            let started = std::time::Instant::now();
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL restart checkpoint failed; will retry");
+            }
+            metrics::histogram!("hookflow_sqlite_wal_restart_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
     }
     // The connection drops here: SQLite checkpoints and closes the WAL.
 }
@@ -110,18 +126,24 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
 fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let result = (|| -> rusqlite::Result<()> {
+        let started = std::time::Instant::now();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for job in batch.drain(..) {
-            conn.execute_batch("SAVEPOINT job")?;
+            conn.prepare_cached("SAVEPOINT job")?.execute([])?;
             let (ok, reply) = job(conn);
             replies.push(reply);
-            if ok {
-                conn.execute_batch("RELEASE job")?;
-            } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            if !ok {
+                conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
             }
+            conn.prepare_cached("RELEASE job")?.execute([])?;
         }
-        conn.execute_batch("COMMIT")
+        let executed = std::time::Instant::now();
+        conn.execute_batch("COMMIT")?;
+        metrics::histogram!("hookflow_sqlite_batch_exec_seconds")
+            .record((executed - started).as_secs_f64());
+        metrics::histogram!("hookflow_sqlite_commit_seconds")
+            .record(executed.elapsed().as_secs_f64());
+        Ok(())
     })();
     match result {
         Ok(()) => replies.into_iter().for_each(|r| r(Ok(()))),
