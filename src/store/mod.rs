@@ -151,6 +151,9 @@ pub struct ContactPatch {
 pub struct Upserted {
     pub contact: ContactRecord,
     pub created: bool,
+    /// False when the upsert repeated what was stored: nothing was written
+    /// and `updated_at` kept its value (CRM syncs resend unchanged contacts).
+    pub changed: bool,
 }
 
 #[derive(Clone, Debug, Default)]

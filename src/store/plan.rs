@@ -33,15 +33,22 @@ pub fn upsert(
         updated_at: now,
     });
     let fields = apply_field_values(defs, &base.fields, &input.fields).map_err(field_error)?;
-    let contact = ContactRecord {
+    let mut contact = ContactRecord {
         email,
-        phone: input.phone.clone().unwrap_or(base.phone),
+        phone: input.phone.clone().unwrap_or_else(|| base.phone.clone()),
         status: input.status.unwrap_or(base.status),
         fields,
-        updated_at: now,
-        ..base
+        ..base.clone()
     };
-    Ok(Upserted { contact, created })
+    let changed = created || contact != base;
+    if changed {
+        contact.updated_at = now;
+    }
+    Ok(Upserted {
+        contact,
+        created,
+        changed,
+    })
 }
 
 /// The contact row a partial update must write.
@@ -132,12 +139,26 @@ mod tests {
         )
         .unwrap();
         assert!(!second.created);
+        assert!(!second.changed, "repeating stored values changes nothing");
         assert_eq!(second.contact.id, first.contact.id);
         assert_eq!(second.contact.status, ContactStatus::Unsubscribed);
         assert_eq!(second.contact.fields["age"], json!(30));
         assert_eq!(
             (second.contact.created_at, second.contact.updated_at),
-            (1, 2)
+            (1, 1)
         );
+        let third = upsert(
+            Some(second.contact),
+            &defs,
+            &ContactUpsert {
+                email: Some(Email::parse("a@b.co").unwrap()),
+                fields: json!({"age": 31}).as_object().unwrap().clone(),
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+        assert!(third.changed);
+        assert_eq!(third.contact.updated_at, 3);
     }
 }

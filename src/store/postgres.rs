@@ -368,17 +368,29 @@ async fn upsert_membership(
     let row = sqlx::query(
         "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES ($1, $2, $3, 'subscribed', $4)
          ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
-           since = CASE WHEN memberships.status = 'subscribed' THEN memberships.since ELSE EXCLUDED.since END
+           since = EXCLUDED.since WHERE memberships.status <> 'subscribed'
          RETURNING list_id, contact_id, status, since",
     )
     .bind(list.as_str())
     .bind(contact.as_str())
     .bind(ws.as_str())
     .bind(now_millis())
-    .fetch_one(&mut *c)
+    .fetch_optional(&mut *c)
     .await
     .map_err(internal)?;
-    membership_row(&row)
+    match row {
+        Some(row) => membership_row(&row),
+        // Already subscribed: the conditional update wrote nothing.
+        None => {
+            let row = sqlx::query("SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = $1 AND contact_id = $2")
+                .bind(list.as_str())
+                .bind(contact.as_str())
+                .fetch_one(&mut *c)
+                .await
+                .map_err(internal)?;
+            membership_row(&row)
+        }
+    }
 }
 
 /// Serialises upserts of one email across processes until the transaction

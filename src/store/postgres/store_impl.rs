@@ -266,7 +266,9 @@ impl Store for PgStore {
         let defs =
             field_defs_for(&mut tx, ws, existing.as_ref().map(|e| &e.id), &input.lists).await?;
         let out = plan::upsert(existing, &defs, &input, now_millis())?;
-        write_contact(&mut tx, ws, &out.contact).await?;
+        if out.changed {
+            write_contact(&mut tx, ws, &out.contact).await?;
+        }
         for list in &input.lists {
             upsert_membership(&mut tx, ws, list, &out.contact.id).await?;
         }

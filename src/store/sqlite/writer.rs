@@ -1,13 +1,14 @@
 //! Group commit: one thread owns SQLite's only write connection and commits
-//! many requests' writes in one durable transaction.
+//! many requests' writes in one transaction.
 //!
-//! Why: with `synchronous=FULL` every commit waits for an fsync (about 6,000
-//! a second on the reference disk), so one transaction per request caps
-//! throughput there. Instead, requests queue closures on a channel; the thread
-//! takes whatever is queued (up to `max_batch`), runs each inside its own
-//! SAVEPOINT, commits once, and only then answers every request. A failed job
-//! rolls back to its savepoint without touching its neighbours; a failed
-//! commit fails them all. No request is answered before its data is on disk.
+//! Why: a durable commit waits for an fsync (about 6,000 a second on the
+//! reference disk), so one transaction per request caps throughput there.
+//! Instead, requests queue closures on a channel; the thread takes whatever
+//! is queued (up to `max_batch`), runs each inside its own SAVEPOINT, commits
+//! once, and hands the batch's replies to [`super::durable`], which fsyncs the
+//! WAL and only then answers. A failed job rolls back to its savepoint without
+//! touching its neighbours; a failed commit fails them all. No request is
+//! answered before its data is on disk.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Result, StoreError};
 
-type Reply = Box<dyn FnOnce(Result<()>) + Send>;
+use super::durable::{Reply, Syncer};
 /// A job runs on the writer thread and says whether it succeeded (so the
 /// thread knows to roll back its savepoint) and how to answer once the
 /// commit's outcome is known.
@@ -32,7 +33,12 @@ pub struct Writer {
 impl Writer {
     /// `restart_wanted` is raised by the checkpoint thread when the WAL is
     /// large; the writer then rewinds it between two batches.
-    pub fn start(conn: Connection, max_batch: usize, restart_wanted: Arc<AtomicBool>) -> Self {
+    pub fn start(
+        conn: Connection,
+        max_batch: usize,
+        restart_wanted: Arc<AtomicBool>,
+        syncer: Syncer,
+    ) -> Self {
         // Bounded: when the disk cannot keep up, callers wait here rather
         // than growing an unbounded queue of accepted-but-unwritten work.
         let (tx, rx) = mpsc::channel::<Job>(max_batch * 4);
@@ -40,7 +46,10 @@ impl Writer {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                run(conn, rx, max_batch, &restart_wanted);
+                run(conn, rx, max_batch, &restart_wanted, &syncer);
+                // Answer what is still waiting for its fsync before reporting
+                // the writer closed.
+                syncer.finish();
                 let _ = done_tx.send(());
             })
             .expect("spawning the SQLite writer thread");
@@ -99,6 +108,7 @@ fn run(
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     restart_wanted: &AtomicBool,
+    syncer: &Syncer,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -110,7 +120,9 @@ fn run(
             }
         }
         metrics::histogram!("hookflow_sqlite_commit_batch_size").record(batch.len() as f64);
-        commit_batch(&conn, &mut batch);
+        if let Some(replies) = commit_batch(&conn, &mut batch) {
+            syncer.submit(replies);
+        }
         if restart_wanted.swap(false, Ordering::Relaxed) {
             let started = std::time::Instant::now();
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
@@ -123,7 +135,9 @@ fn run(
     // The connection drops here: SQLite checkpoints and closes the WAL.
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
+/// Runs and commits one batch; returns the replies to send once durable, or
+/// `None` when the batch failed (its callers have been answered).
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Vec<Reply>> {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     let result = (|| -> rusqlite::Result<()> {
         let started = std::time::Instant::now();
@@ -146,7 +160,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
         Ok(())
     })();
     match result {
-        Ok(()) => replies.into_iter().for_each(|r| r(Ok(()))),
+        Ok(()) => Some(replies),
         Err(e) => {
             tracing::error!(error = %e, "SQLite group commit failed; every write in it is refused");
             let _ = conn.execute_batch("ROLLBACK");
@@ -157,6 +171,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
             for r in replies {
                 r(Err(StoreError::Internal(format!("commit failed: {e}"))));
             }
+            None
         }
     }
 }
