@@ -165,50 +165,23 @@ async fn upserts(
         format!("Bearer {}", server.key).parse().unwrap(),
     );
     headers.insert("content-type", "application/json".parse().unwrap());
-    let load = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients as usize)
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let auth = format!("Bearer {}", server.key);
     let run = |total: u64| {
-        let (http, base, list_id) = (load.clone(), server.base.clone(), list_id.clone());
+        let (auth, list_id) = (auth.clone(), list_id.clone());
         async move {
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
             for _ in 0..clients {
-                let (http, list_id, next) = (http.clone(), list_id.clone(), next.clone());
-                let url = reqwest::Url::parse(&format!("{base}/v1/contacts")).unwrap();
-                tasks.push(tokio::spawn(async move {
-                    let mut hist = Histogram::<u64>::new(3).unwrap();
-                    let mut errors = 0u64;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
-                            break;
-                        }
-                        // Formatted directly: the client shares the machine's two cores
-                        // with the server, so it must stay cheap per request.
-                        let body = format!(
-                            r#"{{"email":"user{}@bench.example.com","fields":{{"first_name":"Ada","age":"{}","plan":"pro"}},"lists":["{list_id}"]}}"#,
-                            i % distinct,
-                            20 + i / distinct, // a repeated email carries a new age: every update writes
-                        );
-                        let t = Instant::now();
-                        let ok = match http.post(url.clone()).body(body).send().await {
-                            Ok(r) => {
-                                let s = r.status();
-                                let _ = r.bytes().await;
-                                s.is_success()
-                            }
-                            Err(_) => false,
-                        };
-                        hist.record(t.elapsed().as_micros() as u64).unwrap();
-                        if !ok {
-                            errors += 1;
-                        }
-                    }
-                    (hist, errors)
-                }));
+                let job = ClientJob {
+                    addr,
+                    auth: auth.clone(),
+                    list_id: list_id.clone(),
+                    next: next.clone(),
+                    total,
+                    distinct,
+                };
+                tasks.push(tokio::spawn(job.run()));
             }
             let mut hist = Histogram::<u64>::new(3).unwrap();
             let mut errors = 0;
@@ -225,10 +198,12 @@ async fn upserts(
     let _ = run(warmup).await;
     let pid = server.child.id();
     let cpu_before = cpu_seconds(pid);
+    let own_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     let (hist, errors) = run(requests).await;
     let elapsed = started.elapsed();
     let cpu = cpu_seconds(pid) - cpu_before;
+    let own = cpu_seconds(std::process::id()) - own_before;
 
     let got: Value = http
         .get(format!("{}/v1/lists/{list_id}", server.base))
@@ -262,10 +237,31 @@ async fn upserts(
     println!("  latency p50        {:.2} ms", ms(0.50));
     println!("  latency p99        {:.2} ms", ms(0.99));
     println!("  latency max        {:.2} ms", hist.max() as f64 / 1000.0);
+    if let Some(server_mean) = metric_mean_where(
+        &metrics,
+        "hookflow_http_request_duration_seconds",
+        "route=\"/v1/contacts\"",
+    ) {
+        println!(
+            "  server-side mean   {:.2} ms (inside hookflow, from its own histogram)",
+            server_mean * 1e3
+        );
+        if let Some(w) = metric_mean(&metrics, "hookflow_sqlite_write_seconds") {
+            println!(
+                "  of which store     {:.2} ms (queue + batch + commit + fsync)",
+                w * 1e3
+            );
+        }
+    }
     println!(
         "  server CPU         {:.1} µs/request ({:.2} cores)",
         cpu * 1e6 / requests as f64,
         cpu / elapsed.as_secs_f64()
+    );
+    println!(
+        "  client CPU         {:.1} µs/request ({:.2} cores; the load generator shares the machine)",
+        own * 1e6 / requests as f64,
+        own / elapsed.as_secs_f64()
     );
     println!("  server peak RSS    {:.1} MiB", peak_rss_mib(pid));
     if let Some(b) = batch {
@@ -298,11 +294,86 @@ async fn upserts(
     }
 }
 
+/// One load-generating client: a single keep-alive HTTP/1.1 connection
+/// driven with hyper's low-level API. The client shares the machine's two
+/// cores with the server, so it must cost as little as possible per request
+/// (reqwest cost about 28 µs of CPU per request here; this about a third).
+struct ClientJob {
+    addr: std::net::SocketAddr,
+    auth: String,
+    list_id: String,
+    next: Arc<AtomicU64>,
+    total: u64,
+    distinct: u64,
+}
+
+impl ClientJob {
+    async fn run(self) -> (Histogram<u64>, u64) {
+        use http_body_util::{BodyExt, Full};
+        use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        let host = HeaderValue::from_str(&self.addr.to_string()).unwrap();
+        let auth = HeaderValue::from_str(&self.auth).unwrap();
+        let json = HeaderValue::from_static("application/json");
+        let mut hist = Histogram::<u64>::new(3).unwrap();
+        let mut errors = 0u64;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.total {
+                break;
+            }
+            let body = format!(
+                r#"{{"email":"user{}@bench.example.com","fields":{{"first_name":"Ada","age":"{}","plan":"pro"}},"lists":["{}"]}}"#,
+                i % self.distinct,
+                20 + i / self.distinct, // a repeated email carries a new age: every update writes
+                self.list_id,
+            );
+            let mut req = hyper::Request::new(Full::new(bytes::Bytes::from(body)));
+            *req.method_mut() = hyper::Method::POST;
+            *req.uri_mut() = hyper::Uri::from_static("/v1/contacts");
+            let h = req.headers_mut();
+            h.insert(HOST, host.clone());
+            h.insert(AUTHORIZATION, auth.clone());
+            h.insert(CONTENT_TYPE, json.clone());
+            let t = Instant::now();
+            let ok = match sender.send_request(req).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let drained = resp.into_body().collect().await.is_ok();
+                    status.is_success() && drained
+                }
+                Err(_) => false,
+            };
+            hist.record(t.elapsed().as_micros() as u64).unwrap();
+            if !ok {
+                errors += 1;
+                if sender.ready().await.is_err() {
+                    break;
+                }
+            }
+        }
+        (hist, errors)
+    }
+}
+
 /// Mean of a Prometheus summary/histogram from its `_sum` and `_count`.
 fn metric_mean(text: &str, name: &str) -> Option<f64> {
+    metric_mean_where(text, name, "")
+}
+
+/// Like [`metric_mean`], for the series whose labels contain `labels`.
+fn metric_mean_where(text: &str, name: &str, labels: &str) -> Option<f64> {
     let value = |suffix: &str| {
         text.lines()
-            .find(|l| l.starts_with(&format!("{name}{suffix}")))
+            .find(|l| l.starts_with(&format!("{name}{suffix}")) && l.contains(labels))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
     };

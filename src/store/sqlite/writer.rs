@@ -84,8 +84,13 @@ impl Writer {
             .map_err(|_| closed())?
             .clone()
             .ok_or_else(closed)?;
+        let started = std::time::Instant::now();
         sender.send(job).await.map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let out = rx.await.map_err(|_| closed())?;
+        // Queueing + batch execution + commit + fsync, as a caller sees it.
+        metrics::histogram!("hookflow_sqlite_write_seconds")
+            .record(started.elapsed().as_secs_f64());
+        out
     }
 
     /// Stops taking writes, lets queued ones commit, and waits for the thread.
