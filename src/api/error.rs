@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Send `Retry-After: 1` (429 and retryable 503s).
+    pub retry_after: bool,
 }
 
 /// The body of every error response.
@@ -45,6 +47,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: status == StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -99,6 +102,16 @@ impl From<StoreError> for ApiError {
                 field,
                 message,
             } => Self::invalid(code, field, message),
+            StoreError::Busy(cause) => {
+                tracing::warn!(%cause, "transaction aborted by the database; the client may retry");
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_busy",
+                    "the request collided with a concurrent one and was not applied; retry it",
+                );
+                e.retry_after = true;
+                e
+            }
             StoreError::Internal(cause) => {
                 tracing::error!(%cause, "store failure");
                 Self::internal()
@@ -115,7 +128,7 @@ impl From<crate::domain::IdError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry = self.status == StatusCode::TOO_MANY_REQUESTS;
+        let retry = self.retry_after;
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
         let body = ErrorBody {
             error: ErrorDetail {

@@ -84,7 +84,13 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
         ),
         Category::Data => {
             // serde's messages end with " at line L column C"; the path says more.
-            let clean = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            let clean = msg.split(" at line ").next().unwrap_or(&msg);
+            // serde quotes the offending value; never echo a huge one back.
+            let clean = if clean.chars().count() > 300 {
+                format!("{}…", clean.chars().take(300).collect::<String>())
+            } else {
+                clean.to_owned()
+            };
             let field = if path == "." {
                 None
             } else {
@@ -154,6 +160,7 @@ impl From<QueryRejection> for ApiError {
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub workspace_id: WorkspaceId,
+    pub workspace_name: String,
     pub scope: Scope,
 }
 
@@ -199,6 +206,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     match record {
         Some(k) if k.revoked_at.is_none() && hashes_match(&k.hash, &hash) => Ok(Principal {
             workspace_id: k.workspace_id,
+            workspace_name: k.workspace_name,
             scope: k.scope,
         }),
         Some(k) if k.revoked_at.is_some() => {

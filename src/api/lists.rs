@@ -47,19 +47,30 @@ pub struct AddMember {
 
 pub(super) fn list_name(raw: &str) -> Result<String, ApiError> {
     let name = raw.trim();
-    if name.is_empty() || name.chars().count() > 200 {
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "invalid_name",
             "name",
-            "a list name must be 1 to 200 characters",
+            "a list name must be 1 to 200 characters, none of them control characters",
         ));
     }
     Ok(name.to_owned())
 }
 
 fn field_def(input: FieldInput, path: &str) -> Result<FieldDef, ApiError> {
+    // Point at the part at fault: the name, or else the options.
+    let part = if crate::domain::FieldName::parse(&input.name).is_err() {
+        "name"
+    } else {
+        "options"
+    };
+    let at = if path.is_empty() {
+        part.to_owned()
+    } else {
+        format!("{path}.{part}")
+    };
     FieldDef::new(&input.name, input.kind, input.options)
-        .map_err(|m| ApiError::invalid("invalid_field_definition", path, m))
+        .map_err(|m| ApiError::invalid("invalid_field_definition", at, m))
 }
 
 /// Create a list, optionally with field definitions.
@@ -184,10 +195,16 @@ pub async fn remove_field(
     PathParam((id, name)): PathParam<(String, String)>,
 ) -> Result<Json<ListView>, ApiError> {
     let id = ListId::parse(&id)?;
+    let name = crate::domain::FieldName::parse(&name).map_err(|_| {
+        ApiError::not_found(format!(
+            "the list has no field named `{}`",
+            name.chars().take(64).collect::<String>()
+        ))
+    })?;
     Ok(Json(
         state
             .store
-            .remove_list_field(&p.workspace_id, &id, &name)
+            .remove_list_field(&p.workspace_id, &id, name.as_str())
             .await?
             .into(),
     ))

@@ -12,7 +12,6 @@ pub mod ops;
 pub mod views;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -119,8 +118,13 @@ pub fn app(store: Arc<dyn Store>, max_body_bytes: usize) -> Router {
         })
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
-            tracing::error!("a request handler panicked");
+        .layer(CatchPanicLayer::custom(|payload: Box<dyn std::any::Any + Send>| {
+            let cause = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%cause, "a request handler panicked");
             ApiError::internal().into_response()
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -135,8 +139,4 @@ pub fn app(store: Arc<dyn Store>, max_body_bytes: usize) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(60),
-        ))
 }

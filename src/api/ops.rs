@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::AnyKey;
+use super::extract::AdminKey;
 use crate::domain::Scope;
 
 #[derive(Serialize, ToSchema)]
@@ -81,24 +81,15 @@ pub struct WhoAmI {
     pub scope: Scope,
 }
 
-/// The workspace and scope of the calling key (any scope).
+/// The workspace of the calling key.
 #[utoipa::path(get, path = "/v1/workspace", tag = "workspace",
-    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
-pub async fn whoami(
-    State(state): State<AppState>,
-    AnyKey(p): AnyKey,
-) -> Result<Json<WhoAmI>, ApiError> {
-    let all = state.store.list_workspaces().await?;
-    let name = all
-        .into_iter()
-        .find(|w| w.id == p.workspace_id)
-        .map(|w| w.name)
-        .unwrap_or_default();
-    Ok(Json(WhoAmI {
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn whoami(AdminKey(p): AdminKey) -> Json<WhoAmI> {
+    Json(WhoAmI {
         workspace_id: p.workspace_id.to_string(),
-        workspace_name: name,
+        workspace_name: p.workspace_name,
         scope: p.scope,
-    }))
+    })
 }
 
 /// Counts requests and times them, labelled by route template (never the

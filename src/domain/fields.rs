@@ -102,8 +102,8 @@ impl FieldDef {
             FieldType::Enum => {
                 let mut seen = std::collections::HashSet::new();
                 for o in &options {
-                    if o.is_empty() || o.len() > 256 {
-                        return Err("enum options must be 1 to 256 characters".into());
+                    if o.is_empty() || o.len() > 256 || o.chars().any(char::is_control) {
+                        return Err("enum options must be 1 to 256 characters, none of them control characters".into());
                     }
                     if !seen.insert(o) {
                         return Err(format!("enum option `{o}` is listed twice"));
@@ -141,6 +141,10 @@ impl FieldDef {
         };
         match self.kind {
             FieldType::Text => match value {
+                Value::String(s) if s.contains('\0') => Err(format!(
+                    "text field `{}` cannot hold a NUL character",
+                    self.name
+                )),
                 Value::String(s) if s.chars().count() <= MAX_TEXT_LEN => Ok(value.clone()),
                 Value::String(_) => Err(format!(
                     "text field `{}` holds at most {MAX_TEXT_LEN} characters",
@@ -219,13 +223,17 @@ fn parse_number(s: &str) -> Option<Value> {
 /// Dates are kept as `YYYY-MM-DD`; date-times as RFC 3339 in UTC, so that
 /// string order is time order in both stores.
 fn parse_date(s: &str) -> Option<String> {
+    use chrono::Datelike;
+    // Years outside 1..=9999 do not format as four digits, which would
+    // break "string order is time order".
+    let sane = |y: i32| (1..=9999).contains(&y);
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Some(d.format("%Y-%m-%d").to_string());
+        return sane(d.year()).then(|| d.format("%Y-%m-%d").to_string());
     }
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|dt| {
-        dt.with_timezone(&chrono::Utc)
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-    })
+    let dt = chrono::DateTime::parse_from_rfc3339(s)
+        .ok()?
+        .with_timezone(&chrono::Utc);
+    sane(dt.year()).then(|| dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 /// A failure to apply custom field values, naming the field at fault.
@@ -252,6 +260,11 @@ pub fn apply_field_values(
     for (name, value) in input {
         let path = format!("fields.{name}");
         let Some(candidates) = by_name.get(name.as_str()) else {
+            // A value whose definition was removed can still be cleared.
+            if value.is_null() && out.contains_key(name) {
+                out.remove(name);
+                continue;
+            }
             return Err(FieldValueError {
                 field: path,
                 code: "unknown_field",
@@ -261,18 +274,33 @@ pub fn apply_field_values(
                 ),
             });
         };
-        let mut coerced = Value::Null;
+        let mut coerced: Option<Value> = None;
         for def in candidates {
-            coerced = def.coerce(value).map_err(|message| FieldValueError {
+            let v = def.coerce(value).map_err(|message| FieldValueError {
                 field: path.clone(),
                 code: "invalid_field_value",
                 message,
             })?;
+            // Lists may define the same name with different types; the
+            // stored value must be what every definition makes of it.
+            if coerced.as_ref().is_some_and(|c| *c != v) {
+                return Err(FieldValueError {
+                    field: path,
+                    code: "conflicting_field_definitions",
+                    message: format!(
+                        "the contact's lists define field `{name}` with different types; the value fits them differently"
+                    ),
+                });
+            }
+            coerced = Some(v);
         }
-        if coerced.is_null() {
-            out.remove(name);
-        } else {
-            out.insert(name.clone(), coerced);
+        match coerced {
+            Some(v) if !v.is_null() => {
+                out.insert(name.clone(), v);
+            }
+            _ => {
+                out.remove(name);
+            }
         }
     }
     Ok(out)
@@ -366,6 +394,36 @@ mod tests {
         assert_eq!(
             (err.field.as_str(), err.code),
             ("fields.age", "invalid_field_value")
+        );
+    }
+
+    #[test]
+    fn removed_definitions_can_be_cleared_and_conflicts_are_refused() {
+        let current = json!({"old": 1}).as_object().unwrap().clone();
+        let out =
+            apply_field_values(&[], &current, json!({"old": null}).as_object().unwrap()).unwrap();
+        assert!(out.is_empty());
+        let defs = vec![
+            def("score", FieldType::Number),
+            def("score", FieldType::Text),
+        ];
+        let err = apply_field_values(
+            &defs,
+            &Map::new(),
+            json!({"score": "42"}).as_object().unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "conflicting_field_definitions");
+        assert!(def("t", FieldType::Text).coerce(&json!("a\u{0}b")).is_err());
+        assert!(
+            def("d", FieldType::Date)
+                .coerce(&json!("+10000-01-01"))
+                .is_err()
+        );
+        assert!(
+            def("d", FieldType::Date)
+                .coerce(&json!("0000-01-01"))
+                .is_err()
         );
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::ApiKeyRecord;
@@ -20,13 +21,20 @@ const MAX_ENTRIES: usize = 10_000;
 pub struct KeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<Vec<u8>, (ApiKeyRecord, Instant)>>,
+    /// Bumped by every eviction. A lookup that started before a revocation
+    /// must not put the key it read (still unrevoked) back into the cache.
+    evictions: AtomicU64,
 }
+
+/// Taken before reading a key from the database; see [`KeyCache::put`].
+pub struct Ticket(u64);
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -39,11 +47,21 @@ impl KeyCache {
         (at.elapsed() < self.ttl).then(|| rec.clone())
     }
 
-    pub fn put(&self, rec: &ApiKeyRecord) {
-        if self.ttl.is_zero() {
+    /// Call before reading the key from the database.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.evictions.load(Ordering::SeqCst))
+    }
+
+    /// Caches `rec`, unless an eviction happened since `ticket` was taken
+    /// (the record read may predate a revocation).
+    pub fn put(&self, ticket: Ticket, rec: &ApiKeyRecord) {
+        if self.ttl.is_zero() || rec.revoked_at.is_some() {
             return;
         }
         if let Ok(mut map) = self.entries.lock() {
+            if self.evictions.load(Ordering::SeqCst) != ticket.0 {
+                return;
+            }
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
@@ -53,7 +71,41 @@ impl KeyCache {
 
     pub fn evict(&self, id: &ApiKeyId) {
         if let Ok(mut map) = self.entries.lock() {
+            self.evictions.fetch_add(1, Ordering::SeqCst);
             map.retain(|_, (rec, _)| &rec.id != id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Scope, WorkspaceId};
+
+    fn rec() -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: ApiKeyId::generate(),
+            workspace_id: WorkspaceId::generate(),
+            workspace_name: "w".into(),
+            name: None,
+            scope: Scope::Admin,
+            prefix: "hfk_abc".into(),
+            hash: vec![1, 2, 3],
+            created_at: 0,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_lookup_racing_a_revocation_does_not_resurrect_the_key() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let r = rec();
+        let ticket = cache.ticket(); // a request starts reading the key…
+        cache.evict(&r.id); // …the key is revoked meanwhile…
+        cache.put(ticket, &r); // …and the stale read must not be cached.
+        assert!(cache.get(&r.hash).is_none());
+        let fresh = cache.ticket();
+        cache.put(fresh, &r);
+        assert!(cache.get(&r.hash).is_some());
     }
 }

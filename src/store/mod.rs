@@ -42,6 +42,10 @@ pub enum StoreError {
         field: String,
         message: String,
     },
+    /// The database aborted the transaction to resolve contention (a
+    /// deadlock or serialization failure); retrying the request is safe.
+    #[error("the database is busy: {0}")]
+    Busy(String),
     /// The database failed or is unreachable; details are logged, not shown.
     #[error("store failure: {0}")]
     Internal(String),

@@ -25,7 +25,12 @@ pub struct PgStore {
 }
 
 fn internal(e: sqlx::Error) -> StoreError {
-    StoreError::Internal(e.to_string())
+    // 40P01 deadlock_detected, 40001 serialization_failure: the transaction
+    // was rolled back whole, so the request can be retried as is.
+    match e.as_database_error().and_then(|d| d.code()) {
+        Some(code) if code == "40P01" || code == "40001" => StoreError::Busy(e.to_string()),
+        _ => StoreError::Internal(e.to_string()),
+    }
 }
 
 fn constraint(e: &sqlx::Error) -> Option<String> {

@@ -92,7 +92,8 @@ async fn malformed_requests_are_refused_and_change_nothing(b: Backend) {
     let (_, list) = app
         .post(&k, "/v1/lists", json!({"name": "Shop", "fields": [
             {"name": "age", "type": "number"}, {"name": "vip", "type": "boolean"},
-            {"name": "birthday", "type": "date"}, {"name": "tier", "type": "enum", "options": ["gold", "silver"]}]}))
+            {"name": "birthday", "type": "date"}, {"name": "tier", "type": "enum", "options": ["gold", "silver"]},
+            {"name": "nickname", "type": "text"}]}))
         .await;
     let l = list["id"].as_str().unwrap().to_owned();
     let (_, c1) = app
@@ -162,11 +163,17 @@ async fn malformed_requests_are_refused_and_change_nothing(b: Backend) {
         case("patch with bad field value", M::PATCH, format!("/v1/contacts/{c1}"), Body::Json(json!({"fields": {"age": "old"}})), 422, "invalid_field_value").field("fields.age"),
         case("patch unknown contact", M::PATCH, format!("/v1/contacts/{unknown_ct}"), Body::Json(json!({"status": "bounced"})), 404, "not_found"),
         case("delete unknown contact", M::DELETE, format!("/v1/contacts/{unknown_ct}"), Body::None, 404, "not_found"),
+        case("NUL in a list name", M::POST, "/v1/lists", Body::Json(json!({"name": "a\u{0}b"})), 422, "invalid_name").field("name"),
+        case("NUL in an enum option", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "t", "type": "enum", "options": ["a\u{0}"]}]})), 422, "invalid_field_definition").field("fields[0].options"),
+        case("NUL in a text value", M::POST, "/v1/contacts", contact(json!({"lists": [l], "fields": {"nickname": "a\u{0}b"}})), 422, "invalid_field_value").field("fields.nickname"),
+        case("NUL in a field name path", M::DELETE, format!("/v1/lists/{l}/fields/a%00"), Body::None, 404, "not_found"),
+        case("date out of range", M::POST, "/v1/contacts", contact(json!({"lists": [l], "fields": {"birthday": "+10000-01-01"}})), 422, "invalid_field_value").field("fields.birthday"),
+        case("huge bad value is not echoed whole", M::POST, "/v1/contacts", contact(json!({"status": "x".repeat(50_000)})), 422, "invalid_value").field("status"),
         case("empty list name", M::POST, "/v1/lists", Body::Json(json!({"name": "  "})), 422, "invalid_name").field("name"),
         case("list name taken", M::POST, "/v1/lists", Body::Json(json!({"name": "Shop"})), 409, "list_name_taken"),
-        case("bad field name", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "1st", "type": "text"}]})), 422, "invalid_field_definition").field("fields[0]"),
+        case("bad field name", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "1st", "type": "text"}]})), 422, "invalid_field_definition").field("fields[0].name"),
         case("unknown field type", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "c", "type": "color"}]})), 422, "invalid_value").field("fields[0].type"),
-        case("enum without options", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "t", "type": "enum"}]})), 422, "invalid_field_definition").field("fields[0]"),
+        case("enum without options", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "t", "type": "enum"}]})), 422, "invalid_field_definition").field("fields[0].options"),
         case("field defined twice", M::POST, "/v1/lists", Body::Json(json!({"name": "N", "fields": [{"name": "a", "type": "text"}, {"name": "a", "type": "number"}]})), 422, "duplicate_field").field("fields[1]"),
         case("existing field added again", M::POST, format!("/v1/lists/{l}/fields"), Body::Json(json!({"name": "age", "type": "text"})), 409, "field_exists"),
         case("remove unknown field", M::DELETE, format!("/v1/lists/{l}/fields/nope"), Body::None, 404, "not_found"),

@@ -105,6 +105,7 @@ impl Store for PgStore {
         if let Some(rec) = self.keys.get(hash) {
             return Ok(Some(rec));
         }
+        let ticket = self.keys.ticket();
         let rec = sqlx::query(&format!("{KEY_SELECT} WHERE k.hash = $1"))
             .bind(hash)
             .fetch_optional(&self.pool)
@@ -114,7 +115,7 @@ impl Store for PgStore {
             .map(key_row)
             .transpose()?;
         if let Some(r) = &rec {
-            self.keys.put(r);
+            self.keys.put(ticket, r);
         }
         Ok(rec)
     }
@@ -356,7 +357,20 @@ impl Store for PgStore {
         contact: &ContactId,
     ) -> Result<Membership> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        lock_list(&mut tx, ws, list).await?;
+        // Same lock order as upsert_contact (list shared, then contact), so
+        // the two cannot deadlock; a shared lock also keeps the list's
+        // updated_at untouched, as on SQLite.
+        let exists =
+            sqlx::query("SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2 FOR SHARE")
+                .bind(ws.as_str())
+                .bind(list.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(internal)?
+                .is_some();
+        if !exists {
+            return Err(StoreError::not_found("list", list));
+        }
         contact_by_id(&mut tx, ws, contact, true).await?;
         let m = upsert_membership(&mut tx, ws, list, contact).await?;
         tx.commit().await.map_err(internal)?;

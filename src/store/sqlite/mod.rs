@@ -194,10 +194,11 @@ impl Store for SqliteStore {
         if let Some(rec) = self.keys.get(hash) {
             return Ok(Some(rec));
         }
+        let ticket = self.keys.ticket();
         let h = hash.to_vec();
         let rec = self.readers.read(move |c| q::key_by_hash(c, &h)).await?;
         if let Some(r) = &rec {
-            self.keys.put(r);
+            self.keys.put(ticket, r);
         }
         Ok(rec)
     }
