@@ -71,7 +71,7 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL; -- plus our own WAL fsync per batch: see durable.rs
              PRAGMA foreign_keys = ON;
-             PRAGMA cache_size = -32768;
+             PRAGMA cache_size = -8192;
              PRAGMA wal_autocheckpoint = 0;
              PRAGMA journal_size_limit = 67108864;",
         )
