@@ -251,6 +251,13 @@ async fn upserts(
                 "  of which store     {:.2} ms (queue + batch + commit + fsync)",
                 w * 1e3
             );
+            let q = metric_mean(&metrics, "hookflow_sqlite_queue_wait_seconds").unwrap_or(0.0);
+            let fw = metric_mean(&metrics, "hookflow_sqlite_fsync_wait_seconds").unwrap_or(0.0);
+            println!(
+                "    queue wait       {:.2} ms before the writer runs the job; fsync wait {:.2} ms (oldest batch)",
+                q * 1e3,
+                fw * 1e3
+            );
         }
     }
     println!(

@@ -29,7 +29,7 @@ use crate::store::{Result, StoreError};
 pub type Reply = Box<dyn FnOnce(Result<()>) + Send>;
 
 pub struct Syncer {
-    tx: mpsc::Sender<Vec<Reply>>,
+    tx: mpsc::Sender<(Instant, Vec<Reply>)>,
     thread: JoinHandle<()>,
 }
 
@@ -49,7 +49,7 @@ impl Syncer {
                     Path::new(&wal).display()
                 ))
             })?;
-        let (tx, rx) = mpsc::channel::<Vec<Reply>>();
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<Reply>)>();
         let thread = std::thread::Builder::new()
             .name("sqlite-fsync".into())
             .spawn(move || run(file, rx))
@@ -60,7 +60,7 @@ impl Syncer {
     /// Queues a committed batch's replies; they are answered after the next
     /// fsync. If the thread is gone, they are answered with an error now.
     pub fn submit(&self, replies: Vec<Reply>) {
-        if let Err(mpsc::SendError(replies)) = self.tx.send(replies) {
+        if let Err(mpsc::SendError((_, replies))) = self.tx.send((Instant::now(), replies)) {
             for r in replies {
                 r(Err(StoreError::Internal(
                     "the WAL sync thread stopped".into(),
@@ -76,10 +76,13 @@ impl Syncer {
     }
 }
 
-fn run(wal: File, rx: mpsc::Receiver<Vec<Reply>>) {
-    while let Ok(first) = rx.recv() {
+fn run(wal: File, rx: mpsc::Receiver<(Instant, Vec<Reply>)>) {
+    while let Ok((queued, first)) = rx.recv() {
         let mut groups = vec![first];
-        while let Ok(more) = rx.try_recv() {
+        // How long the oldest committed batch waited for this thread.
+        metrics::histogram!("hookflow_sqlite_fsync_wait_seconds")
+            .record(queued.elapsed().as_secs_f64());
+        while let Ok((_, more)) = rx.try_recv() {
             groups.push(more);
         }
         let started = Instant::now();

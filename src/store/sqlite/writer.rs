@@ -67,7 +67,10 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T>>();
+        let enqueued = std::time::Instant::now();
         let job: Job = Box::new(move |conn| {
+            metrics::histogram!("hookflow_sqlite_queue_wait_seconds")
+                .record(enqueued.elapsed().as_secs_f64());
             let outcome = match catch_unwind(AssertUnwindSafe(|| f(conn))) {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::Internal("a write job panicked".into())),
