@@ -28,6 +28,17 @@ struct Server {
     stdout: Vec<String>,
 }
 
+/// A test that fails must not leave its server running (it would hold the
+/// test's output pipes open and outlive the run).
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `hookflow serve` and reads stdout until it says where it listens.
 fn start(dir: &Path) -> Server {
     let mut child = hookflow(dir)
@@ -55,7 +66,8 @@ fn start(dir: &Path) -> Server {
     }
 }
 
-fn terminate(mut server: Server) -> std::process::ExitStatus {
+fn terminate(server: Server) -> std::process::ExitStatus {
+    let mut server = server;
     let ok = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -232,4 +244,91 @@ fn bad_configuration_lists_every_problem_and_exits_non_zero() {
         !dir.path().join("hookflow.db").exists(),
         "nothing is created when the configuration is bad"
     );
+}
+
+/// Every upsert answered 2xx is there after the server is killed with
+/// SIGKILL mid-load (requests in flight, no shutdown, no final checkpoint)
+/// and started again. Catches any path that answers before its group commit
+/// has committed.
+#[test]
+fn acknowledged_upserts_survive_kill_9_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let key = server
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("hfk_"))
+        .unwrap()
+        .clone();
+    let (base, pid) = (server.base.clone(), server.child.id());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let acknowledged: Vec<String> = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for worker in 0..32 {
+            let (http, base, key, answered) =
+                (http.clone(), base.clone(), key.clone(), answered.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ok = Vec::new();
+                for i in 0..100 {
+                    let email = format!("crash{worker}x{i}@example.com");
+                    let sent = http
+                        .post(format!("{base}/v1/contacts"))
+                        .bearer_auth(&key)
+                        .json(&serde_json::json!({"email": email}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => ok.push(email),
+                        Ok(r) => panic!("unexpected status {}", r.status()),
+                        Err(_) => break, // the server is gone
+                    }
+                    // Kill once 500 upserts are acknowledged, with the
+                    // other clients' requests still in flight.
+                    if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 500 {
+                        Command::new("kill")
+                            .args(["-KILL", &pid.to_string()])
+                            .status()
+                            .unwrap();
+                    }
+                }
+                ok
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    server.child.wait().unwrap();
+    assert!(
+        acknowledged.len() >= 500 && acknowledged.len() < 3200,
+        "killed mid-load: {}",
+        acknowledged.len()
+    );
+
+    let server = start(dir.path());
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for email in &acknowledged {
+            let resp = http
+                .get(format!("{}/v1/contacts/lookup?email={email}", server.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status(),
+                200,
+                "{email} was acknowledged but is gone after kill -9"
+            );
+        }
+    });
+    assert!(terminate(server).success());
 }
