@@ -296,6 +296,22 @@ async fn contact_by_id(
         .ok_or_else(|| StoreError::not_found("contact", id))
 }
 
+/// Takes a shared lock on the list (so it cannot be deleted or its fields
+/// changed until the transaction ends); false if it is not in the workspace.
+/// Every write that depends on a list locks it this way, list before
+/// contact, so concurrent writes cannot deadlock.
+async fn share_list(c: &mut PgConnection, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2 FOR SHARE")
+            .bind(ws.as_str())
+            .bind(list.as_str())
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(internal)?
+            .is_some(),
+    )
+}
+
 async fn field_defs_for(
     c: &mut PgConnection,
     ws: &WorkspaceId,
@@ -304,15 +320,7 @@ async fn field_defs_for(
 ) -> Result<Vec<FieldDef>> {
     let mut defs = Vec::new();
     for (i, list) in extra.iter().enumerate() {
-        let exists =
-            sqlx::query("SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2 FOR SHARE")
-                .bind(ws.as_str())
-                .bind(list.as_str())
-                .fetch_optional(&mut *c)
-                .await
-                .map_err(internal)?
-                .is_some();
-        if !exists {
+        if !share_list(c, ws, list).await? {
             return Err(StoreError::Invalid {
                 code: "unknown_list",
                 field: format!("lists[{i}]"),
