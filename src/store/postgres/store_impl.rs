@@ -360,15 +360,7 @@ impl Store for PgStore {
         // Same lock order as upsert_contact (list shared, then contact), so
         // the two cannot deadlock; a shared lock also keeps the list's
         // updated_at untouched, as on SQLite.
-        let exists =
-            sqlx::query("SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2 FOR SHARE")
-                .bind(ws.as_str())
-                .bind(list.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(internal)?
-                .is_some();
-        if !exists {
+        if !share_list(&mut tx, ws, list).await? {
             return Err(StoreError::not_found("list", list));
         }
         contact_by_id(&mut tx, ws, contact, true).await?;
