@@ -7,6 +7,7 @@
 pub mod contact;
 pub mod email;
 pub mod fields;
+pub mod flow;
 pub mod ids;
 pub mod keys;
 pub mod page;

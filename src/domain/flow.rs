@@ -1,0 +1,666 @@
+//! The flow document: what a flow is made of, parsed into types, and the
+//! checks run when a flow is saved (FL-7).
+//!
+//! A document is JSON (or YAML, converted to the same value): a trigger, a
+//! list of steps whose first one is the entry, `repeat`, and exit conditions.
+//! Steps point at each other by id (`next`, `yes`/`no`, `on_event`/
+//! `on_timeout`). [`validate`] reports every problem at once, each naming the
+//! step id and the setting at fault, so an editor can underline them all.
+//!
+//! Pure: the lists and fields a flow refers to are looked up through the
+//! [`Catalog`] trait, which the store implements.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{FieldDef, ListId};
+
+/// How a contact enters the flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// A call to the flow's own inbound URL; the contact is put into `list_id`
+    /// and body values at `mapping`'s JSON paths go to the named list fields.
+    Inbound {
+        list_id: String,
+        #[serde(default)]
+        mapping: BTreeMap<String, String>,
+    },
+    /// An event of this name (events API).
+    Event { name: String },
+    /// The contact is added to a list (by API, a flow or an inbound call).
+    ListAdded { list_id: String },
+    /// A contact field changes value (optionally: to this value).
+    FieldChanged {
+        field: String,
+        #[serde(default)]
+        to: Option<Value>,
+    },
+    /// Another flow's `start_flow` step.
+    Flow,
+}
+
+/// One node of the flow graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: StepKind,
+}
+
+/// What a step does, with its settings and where it goes next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepKind {
+    /// Waits a duration (`3d`, `2h30m`), until a time, until a local time of
+    /// day, or until an event arrives (with a timeout and a branch for each).
+    Wait(Wait),
+    /// Branches on contact fields, list membership or event data.
+    Condition {
+        conditions: Vec<Condition>,
+        #[serde(default)]
+        r#match: Match,
+        yes: String,
+        no: String,
+    },
+    AddToList {
+        list_id: String,
+        next: Option<String>,
+    },
+    RemoveFromList {
+        list_id: String,
+        next: Option<String>,
+    },
+    MoveToList {
+        from_list_id: String,
+        to_list_id: String,
+        next: Option<String>,
+    },
+    UpdateField {
+        field: String,
+        value: Value,
+        next: Option<String>,
+    },
+    /// Records a conversion; the run ends unless `next` is given.
+    Goal {
+        name: String,
+        next: Option<String>,
+    },
+    StartFlow {
+        flow_id: String,
+        next: Option<String>,
+    },
+    Exit {},
+}
+
+/// The forms of `wait`; exactly one of `duration`, `until`, `time_of_day`
+/// or `event` is given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    pub duration: Option<String>,
+    /// An RFC 3339 time.
+    pub until: Option<String>,
+    /// `HH:MM`, in `time_zone` (an IANA name) or else the contact's.
+    pub time_of_day: Option<String>,
+    pub time_zone: Option<String>,
+    /// An event name to wait for, with `timeout`, `on_event` and `on_timeout`.
+    pub event: Option<String>,
+    pub timeout: Option<String>,
+    pub on_event: Option<String>,
+    pub on_timeout: Option<String>,
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Match {
+    #[default]
+    All,
+    Any,
+}
+
+/// `field` is `email`, `phone`, `status`, `fields.NAME`, `lists` (the ids
+/// of the contact's lists) or `event.PATH` (the run's event data).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub field: String,
+    pub op: Op,
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    Contains,
+    NotContains,
+    Exists,
+    NotExists,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    In,
+}
+
+/// A whole flow document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowDoc {
+    pub name: String,
+    pub trigger: Trigger,
+    /// The first step is the entry.
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub repeat: bool,
+    #[serde(default)]
+    pub exit_conditions: Vec<Condition>,
+}
+
+/// One problem found in a flow document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowError {
+    /// The step at fault; `None` for the trigger or the flow as a whole.
+    pub step: Option<String>,
+    /// The setting at fault, e.g. `duration`, `next`, `trigger.list_id`.
+    pub setting: String,
+    pub message: String,
+}
+
+/// What validation needs to know about the workspace.
+pub trait Catalog {
+    /// The field definitions of a list, or `None` if it does not exist.
+    fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>>;
+}
+
+/// Longest wait or timeout accepted: beyond this, a flow is a calendar.
+pub const MAX_WAIT: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
+
+/// Parses `3d`, `2h30m`, `90s`, `1w2d`: one or more `<number><unit>` with
+/// units `w`, `d`, `h`, `m`, `s`, in that order, each at most once.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let err = || {
+        format!(
+            "`{}` is not a duration such as `3d` or `2h30m`",
+            raw.chars().take(40).collect::<String>()
+        )
+    };
+    if raw.is_empty() {
+        return Err(err());
+    }
+    let units = [
+        ('w', 7 * 86_400u64),
+        ('d', 86_400),
+        ('h', 3_600),
+        ('m', 60),
+        ('s', 1),
+    ];
+    let mut total: u64 = 0;
+    let mut rest = raw;
+    let mut last_unit = 0usize;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        let unit = rest[digits..].chars().next().ok_or_else(err)?;
+        let pos = units.iter().position(|(u, _)| *u == unit).ok_or_else(err)?;
+        if pos < last_unit || (total > 0 && pos == last_unit) {
+            return Err(err());
+        }
+        last_unit = pos;
+        total = total
+            .checked_add(n.checked_mul(units[pos].1).ok_or_else(err)?)
+            .ok_or_else(err)?;
+        rest = &rest[digits + unit.len_utf8()..];
+    }
+    if total == 0 {
+        return Err(format!("`{raw}` is zero; a wait must be positive"));
+    }
+    let d = Duration::from_secs(total);
+    if d > MAX_WAIT {
+        return Err(format!("`{raw}` is longer than five years"));
+    }
+    Ok(d)
+}
+
+impl StepKind {
+    /// Every step id this step can go to, with the setting that names it.
+    pub fn targets(&self) -> Vec<(&'static str, &str)> {
+        fn opt<'a>(
+            setting: &'static str,
+            t: &'a Option<String>,
+        ) -> Option<(&'static str, &'a str)> {
+            t.as_deref().map(|t| (setting, t))
+        }
+        match self {
+            StepKind::Wait(w) => [
+                opt("next", &w.next),
+                opt("on_event", &w.on_event),
+                opt("on_timeout", &w.on_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            StepKind::Condition { yes, no, .. } => vec![("yes", yes.as_str()), ("no", no.as_str())],
+            StepKind::AddToList { next, .. }
+            | StepKind::RemoveFromList { next, .. }
+            | StepKind::MoveToList { next, .. }
+            | StepKind::UpdateField { next, .. }
+            | StepKind::Goal { next, .. }
+            | StepKind::StartFlow { next, .. } => opt("next", next).into_iter().collect(),
+            StepKind::Exit {} => vec![],
+        }
+    }
+
+    fn is_wait(&self) -> bool {
+        matches!(self, StepKind::Wait(_))
+    }
+}
+
+/// Every problem of `doc`, in document order; empty when the flow is valid.
+pub fn validate(doc: &FlowDoc, catalog: &dyn Catalog) -> Vec<FlowError> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        catalog,
+        known_fields: HashSet::new(),
+    };
+    v.check_flow(doc);
+    v.errors
+}
+
+struct Validator<'a> {
+    errors: Vec<FlowError>,
+    catalog: &'a dyn Catalog,
+    /// Fields defined by the lists this flow touches (trigger list and list
+    /// steps): the fields `update_field` and conditions may name.
+    known_fields: HashSet<String>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, step: Option<&str>, setting: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FlowError {
+            step: step.map(str::to_owned),
+            setting: setting.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Checks that `raw` is a list of the workspace; remembers its fields.
+    fn list(&mut self, step: Option<&str>, setting: &str, raw: &str) -> Option<Vec<FieldDef>> {
+        let Ok(id) = ListId::parse(raw) else {
+            self.err(step, setting, format!("`{raw}` is not a list id"));
+            return None;
+        };
+        match self.catalog.list_fields(&id) {
+            Some(fields) => {
+                self.known_fields
+                    .extend(fields.iter().map(|f| f.name.to_string()));
+                Some(fields)
+            }
+            None => {
+                self.err(step, setting, format!("list `{raw}` does not exist"));
+                None
+            }
+        }
+    }
+
+    fn check_flow(&mut self, doc: &FlowDoc) {
+        if doc.name.trim().is_empty() || doc.name.chars().count() > 200 {
+            self.err(None, "name", "a flow name must be 1 to 200 characters");
+        }
+        self.check_trigger(&doc.trigger);
+        // Lists first, so fields of every list the flow touches are known
+        // before fields are checked.
+        for s in &doc.steps {
+            match &s.kind {
+                StepKind::AddToList { list_id, .. } | StepKind::RemoveFromList { list_id, .. } => {
+                    self.list(Some(&s.id), "list_id", list_id);
+                }
+                StepKind::MoveToList {
+                    from_list_id,
+                    to_list_id,
+                    ..
+                } => {
+                    self.list(Some(&s.id), "from_list_id", from_list_id);
+                    self.list(Some(&s.id), "to_list_id", to_list_id);
+                }
+                _ => {}
+            }
+        }
+        if let Trigger::Inbound { mapping, .. } = &doc.trigger {
+            for target in mapping.values() {
+                if !self.known_fields.contains(target) && target != "phone" {
+                    self.err(
+                        None,
+                        format!("trigger.mapping.{target}"),
+                        format!("the flow's lists define no field `{target}`"),
+                    );
+                }
+            }
+        }
+        for (i, c) in doc.exit_conditions.iter().enumerate() {
+            self.check_condition(None, &format!("exit_conditions[{i}]"), c);
+        }
+        self.check_steps(&doc.steps);
+    }
+
+    fn check_trigger(&mut self, t: &Trigger) {
+        match t {
+            Trigger::Inbound { list_id, mapping } => {
+                self.list(None, "trigger.list_id", list_id);
+                for path in mapping.keys() {
+                    if path.is_empty() || path.split('.').any(str::is_empty) {
+                        self.err(
+                            None,
+                            format!("trigger.mapping.{path}"),
+                            format!("`{path}` is not a JSON path such as `customer.first_name`"),
+                        );
+                    }
+                }
+            }
+            Trigger::ListAdded { list_id } => {
+                self.list(None, "trigger.list_id", list_id);
+            }
+            Trigger::Event { name } if name.trim().is_empty() => {
+                self.err(
+                    None,
+                    "trigger.name",
+                    "an event trigger needs the event's name",
+                );
+            }
+            Trigger::FieldChanged { field, .. } if field.trim().is_empty() => {
+                self.err(
+                    None,
+                    "trigger.field",
+                    "a field trigger needs the field's name",
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn check_steps(&mut self, steps: &[Step]) {
+        if steps.is_empty() {
+            self.err(None, "steps", "a flow needs at least one step");
+            return;
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            let valid_id = !s.id.is_empty()
+                && s.id.len() <= 64
+                && s.id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid_id {
+                self.err(
+                    Some(&s.id),
+                    "id",
+                    "a step id is 1 to 64 letters, digits, `_` or `-`",
+                );
+            }
+            if index.insert(s.id.as_str(), i).is_some() {
+                self.err(
+                    Some(&s.id),
+                    "id",
+                    format!("step id `{}` is used twice", s.id),
+                );
+            }
+        }
+        for s in steps {
+            for (setting, target) in s.kind.targets() {
+                if !index.contains_key(target) {
+                    self.err(
+                        Some(&s.id),
+                        setting,
+                        format!("no step has the id `{target}`"),
+                    );
+                }
+            }
+            self.check_step(s);
+        }
+        self.check_graph(steps, &index);
+    }
+
+    fn check_step(&mut self, s: &Step) {
+        let id = Some(s.id.as_str());
+        match &s.kind {
+            StepKind::Wait(w) => self.check_wait(&s.id, w),
+            StepKind::Condition { conditions, .. } => {
+                if conditions.is_empty() {
+                    self.err(
+                        id,
+                        "conditions",
+                        "a condition step needs at least one condition",
+                    );
+                }
+                for (i, c) in conditions.iter().enumerate() {
+                    self.check_condition(id, &format!("conditions[{i}]"), c);
+                }
+            }
+            StepKind::UpdateField { field, value, .. } => {
+                if !self.known_fields.contains(field.as_str()) {
+                    self.err(
+                        id,
+                        "field",
+                        format!("the flow's lists define no field `{field}`"),
+                    );
+                } else if value.is_object() || value.is_array() {
+                    self.err(
+                        id,
+                        "value",
+                        "a field value is a string, number, boolean or null",
+                    );
+                }
+            }
+            StepKind::Goal { name, .. } if name.trim().is_empty() => {
+                self.err(id, "name", "a goal needs a name");
+            }
+            StepKind::StartFlow { flow_id, .. } if !flow_id.starts_with("fl_") => {
+                self.err(id, "flow_id", format!("`{flow_id}` is not a flow id"));
+            }
+            _ => {}
+        }
+    }
+
+    fn check_wait(&mut self, id: &str, w: &Wait) {
+        let forms = [
+            w.duration.is_some(),
+            w.until.is_some(),
+            w.time_of_day.is_some(),
+            w.event.is_some(),
+        ];
+        if forms.iter().filter(|f| **f).count() != 1 {
+            self.err(
+                Some(id),
+                "wait",
+                "give exactly one of `duration`, `until`, `time_of_day` or `event`",
+            );
+            return;
+        }
+        if let Some(d) = &w.duration
+            && let Err(m) = parse_duration(d)
+        {
+            self.err(Some(id), "duration", m);
+        }
+        if let Some(u) = &w.until
+            && chrono::DateTime::parse_from_rfc3339(u).is_err()
+        {
+            self.err(Some(id), "until", format!("`{u}` is not an RFC 3339 time"));
+        }
+        if let Some(t) = &w.time_of_day
+            && chrono::NaiveTime::parse_from_str(t, "%H:%M").is_err()
+        {
+            self.err(
+                Some(id),
+                "time_of_day",
+                format!("`{t}` is not a time of day such as `09:30`"),
+            );
+        }
+        if w.event.is_some() {
+            match &w.timeout {
+                None => self.err(
+                    Some(id),
+                    "timeout",
+                    "waiting for an event needs a `timeout`",
+                ),
+                Some(t) => {
+                    if let Err(m) = parse_duration(t) {
+                        self.err(Some(id), "timeout", m);
+                    }
+                }
+            }
+            for (setting, target) in [("on_event", &w.on_event), ("on_timeout", &w.on_timeout)] {
+                if target.is_none() {
+                    self.err(
+                        Some(id),
+                        setting,
+                        format!("waiting for an event needs `{setting}`"),
+                    );
+                }
+            }
+            if w.next.is_some() {
+                self.err(
+                    Some(id),
+                    "next",
+                    "an event wait goes on with `on_event` or `on_timeout`, not `next`",
+                );
+            }
+        } else if w.timeout.is_some() || w.on_event.is_some() || w.on_timeout.is_some() {
+            self.err(
+                Some(id),
+                "timeout",
+                "`timeout`, `on_event` and `on_timeout` belong to an event wait",
+            );
+        }
+    }
+
+    fn check_condition(&mut self, step: Option<&str>, setting: &str, c: &Condition) {
+        let field_ok = match c.field.split_once('.') {
+            None => matches!(c.field.as_str(), "email" | "phone" | "status" | "lists"),
+            Some(("fields", name)) => {
+                if !self.known_fields.contains(name) {
+                    self.err(
+                        step,
+                        format!("{setting}.field"),
+                        format!("the flow's lists define no field `{name}`"),
+                    );
+                }
+                true
+            }
+            Some(("event", path)) => !path.is_empty(),
+            _ => false,
+        };
+        if !field_ok {
+            self.err(step, format!("{setting}.field"), format!(
+                "`{}` is not `email`, `phone`, `status`, `lists`, `fields.NAME` or `event.PATH`",
+                c.field
+            ));
+        }
+        let needs_value = !matches!(c.op, Op::Exists | Op::NotExists);
+        match (&c.value, needs_value) {
+            (None, true) => self.err(
+                step,
+                format!("{setting}.value"),
+                "this operator compares with a `value`",
+            ),
+            (Some(_), false) => self.err(
+                step,
+                format!("{setting}.value"),
+                "`exists` and `not_exists` take no `value`",
+            ),
+            (Some(v), true) if c.op == Op::In && !v.is_array() => self.err(
+                step,
+                format!("{setting}.value"),
+                "`in` compares with an array of values",
+            ),
+            (Some(v), true)
+                if matches!(c.op, Op::Gt | Op::Gte | Op::Lt | Op::Lte)
+                    && !(v.is_number() || v.is_string()) =>
+            {
+                self.err(
+                    step,
+                    format!("{setting}.value"),
+                    "ordering operators compare with a number or a date",
+                )
+            }
+            _ => {}
+        }
+    }
+
+    /// Unreachable steps, and cycles that contain no wait (a run would spin).
+    fn check_graph(&mut self, steps: &[Step], index: &HashMap<&str, usize>) {
+        let edges: Vec<Vec<usize>> = steps
+            .iter()
+            .map(|s| {
+                s.kind
+                    .targets()
+                    .iter()
+                    .filter_map(|(_, t)| index.get(t).copied())
+                    .collect()
+            })
+            .collect();
+        let mut reached = vec![false; steps.len()];
+        let mut stack = vec![0usize];
+        while let Some(n) = stack.pop() {
+            if !std::mem::replace(&mut reached[n], true) {
+                stack.extend(edges[n].iter().copied());
+            }
+        }
+        for (i, s) in steps.iter().enumerate() {
+            if !reached[i] {
+                self.err(
+                    Some(&s.id),
+                    "id",
+                    format!("step `{}` cannot be reached from the first step", s.id),
+                );
+            }
+        }
+        // A cycle without a wait is a cycle in the graph of non-wait steps.
+        // Iterative three-colour DFS; report the step that closes the cycle.
+        let is_wait: Vec<bool> = steps.iter().map(|s| s.kind.is_wait()).collect();
+        let mut colour = vec![0u8; steps.len()]; // 0 new, 1 on stack, 2 done
+        let mut reported = HashSet::new();
+        for root in 0..steps.len() {
+            if colour[root] != 0 || is_wait[root] {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+            colour[root] = 1;
+            while let Some((n, next_edge)) = stack.pop() {
+                if let Some(&m) = edges[n].get(next_edge) {
+                    stack.push((n, next_edge + 1));
+                    if is_wait[m] {
+                        continue;
+                    }
+                    match colour[m] {
+                        0 => {
+                            colour[m] = 1;
+                            stack.push((m, 0));
+                        }
+                        1 if reported.insert(m) => {
+                            self.err(Some(&steps[n].id), "next", format!(
+                                "step `{}` loops back to `{}` with no wait in between; a run would never pause",
+                                steps[n].id, steps[m].id
+                            ));
+                        }
+                        _ => {}
+                    }
+                } else {
+                    colour[n] = 2;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,331 @@
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::domain::{FieldType, ListId};
+
+/// A workspace with two lists: `shop` (first_name, plan) and `vip` (tier).
+struct TestCatalog {
+    lists: HashMap<ListId, Vec<FieldDef>>,
+    shop: ListId,
+    vip: ListId,
+}
+
+impl TestCatalog {
+    fn new() -> Self {
+        let (shop, vip) = (ListId::generate(), ListId::generate());
+        let mut lists = HashMap::new();
+        lists.insert(
+            shop.clone(),
+            vec![
+                FieldDef::new("first_name", FieldType::Text, vec![]).unwrap(),
+                FieldDef::new("plan", FieldType::Enum, vec!["free".into(), "pro".into()]).unwrap(),
+            ],
+        );
+        lists.insert(
+            vip.clone(),
+            vec![FieldDef::new("tier", FieldType::Text, vec![]).unwrap()],
+        );
+        Self { lists, shop, vip }
+    }
+}
+
+impl Catalog for TestCatalog {
+    fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>> {
+        self.lists.get(list).cloned()
+    }
+}
+
+/// The benchmark flow: add to list → wait 1 s → update field → goal.
+fn good(cat: &TestCatalog) -> serde_json::Value {
+    json!({
+        "name": "Welcome",
+        "trigger": {"type": "inbound", "list_id": cat.shop, "mapping": {"customer.first_name": "first_name"}},
+        "steps": [
+            {"id": "join", "type": "add_to_list", "list_id": cat.vip, "next": "pause"},
+            {"id": "pause", "type": "wait", "duration": "1s", "next": "upgrade"},
+            {"id": "upgrade", "type": "update_field", "field": "plan", "value": "pro", "next": "won"},
+            {"id": "won", "type": "goal", "name": "converted"}
+        ],
+        "exit_conditions": [{"field": "status", "op": "eq", "value": "unsubscribed"}]
+    })
+}
+
+fn parse(v: serde_json::Value) -> FlowDoc {
+    serde_json::from_value(v).expect("document parses")
+}
+
+fn errors(v: serde_json::Value, cat: &TestCatalog) -> Vec<(Option<String>, String)> {
+    validate(&parse(v), cat)
+        .into_iter()
+        .map(|e| (e.step, e.setting))
+        .collect()
+}
+
+fn one(step: &str, setting: &str) -> Vec<(Option<String>, String)> {
+    vec![(Some(step.to_owned()), setting.to_owned())]
+}
+
+#[test]
+fn a_well_formed_flow_has_no_errors() {
+    let cat = TestCatalog::new();
+    assert_eq!(validate(&parse(good(&cat)), &cat), vec![]);
+}
+
+#[test]
+fn every_step_type_parses() {
+    let cat = TestCatalog::new();
+    let doc = json!({
+        "name": "All", "trigger": {"type": "event", "name": "order.paid"}, "repeat": true,
+        "steps": [
+            {"id": "a", "type": "wait", "until": "2030-01-01T09:00:00Z", "next": "b"},
+            {"id": "b", "type": "wait", "time_of_day": "09:30", "time_zone": "Europe/Rome", "next": "c"},
+            {"id": "c", "type": "wait", "event": "order.shipped", "timeout": "3d", "on_event": "d", "on_timeout": "x"},
+            {"id": "d", "type": "condition", "match": "any", "yes": "e", "no": "x", "conditions": [
+                {"field": "fields.plan", "op": "in", "value": ["pro"]},
+                {"field": "event.order.total", "op": "gte", "value": 100},
+                {"field": "lists", "op": "contains", "value": cat.vip},
+                {"field": "phone", "op": "exists"}]},
+            {"id": "e", "type": "add_to_list", "list_id": cat.shop, "next": "f"},
+            {"id": "f", "type": "remove_from_list", "list_id": cat.shop, "next": "g"},
+            {"id": "g", "type": "move_to_list", "from_list_id": cat.shop, "to_list_id": cat.vip, "next": "h"},
+            {"id": "h", "type": "update_field", "field": "tier", "value": "gold", "next": "i"},
+            {"id": "i", "type": "start_flow", "flow_id": "fl_01hzzzzzzzzzzzzzzzzzzzzzzz", "next": "j"},
+            {"id": "j", "type": "goal", "name": "done", "next": "x"},
+            {"id": "x", "type": "exit"}
+        ]
+    });
+    assert_eq!(errors(doc.clone(), &cat), vec![]);
+    let parsed = parse(doc);
+    assert!(parsed.repeat);
+    // Round trip: what is stored reads back the same.
+    assert_eq!(parse(serde_json::to_value(&parsed).unwrap()), parsed);
+}
+
+#[test]
+fn unknown_step_targets_are_named() {
+    let cat = TestCatalog::new();
+    let mut doc = good(&cat);
+    doc["steps"][1]["next"] = json!("nowhere");
+    let errs = errors(doc, &cat);
+    assert!(
+        errs.contains(&(Some("pause".into()), "next".into())),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unreachable_steps_are_named() {
+    let cat = TestCatalog::new();
+    let mut doc = good(&cat);
+    doc["steps"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "orphan", "type": "exit"}));
+    assert_eq!(errors(doc, &cat), one("orphan", "id"));
+}
+
+#[test]
+fn a_loop_without_a_wait_is_refused_and_one_with_a_wait_is_not() {
+    let cat = TestCatalog::new();
+    let spin = json!({"name": "Spin", "trigger": {"type": "flow"}, "steps": [
+        {"id": "a", "type": "update_field", "field": "tier", "value": "x", "next": "b"},
+        {"id": "b", "type": "add_to_list", "list_id": cat.vip, "next": "a"}]});
+    assert_eq!(errors(spin, &cat), one("b", "next"));
+    let paced = json!({"name": "Paced", "trigger": {"type": "flow"}, "steps": [
+        {"id": "a", "type": "add_to_list", "list_id": cat.vip, "next": "b"},
+        {"id": "b", "type": "wait", "duration": "1d", "next": "a"}]});
+    assert_eq!(errors(paced, &cat), vec![]);
+    let self_loop = json!({"name": "Self", "trigger": {"type": "flow"}, "steps": [
+        {"id": "a", "type": "condition", "conditions": [{"field": "status", "op": "eq", "value": "x"}], "yes": "a", "no": "b"},
+        {"id": "b", "type": "exit"}]});
+    assert_eq!(errors(self_loop, &cat), one("a", "next"));
+}
+
+#[test]
+fn missing_lists_and_fields_are_named() {
+    let cat = TestCatalog::new();
+    let mut doc = good(&cat);
+    doc["steps"][0]["list_id"] = json!(ListId::generate());
+    doc["steps"][2]["field"] = json!("shoe_size");
+    doc["trigger"]["mapping"] = json!({"customer.size": "size"});
+    let errs = errors(doc, &cat);
+    assert!(
+        errs.contains(&(Some("join".into()), "list_id".into())),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&(Some("upgrade".into()), "field".into())),
+        "{errs:?}"
+    );
+    assert!(
+        errs.contains(&(None, "trigger.mapping.size".into())),
+        "{errs:?}"
+    );
+    let mut doc = good(&cat);
+    doc["trigger"]["list_id"] = json!("ct_01hzzzzzzzzzzzzzzzzzzzzzzz");
+    assert!(errors(doc, &cat).contains(&(None, "trigger.list_id".into())));
+}
+
+#[test]
+fn malformed_waits_are_named() {
+    let cat = TestCatalog::new();
+    for (wait, setting) in [
+        (json!({"duration": "3 days"}), "duration"),
+        (json!({"duration": "0s"}), "duration"),
+        (json!({"until": "tomorrow"}), "until"),
+        (json!({"time_of_day": "25:00"}), "time_of_day"),
+        (
+            json!({"duration": "1h", "until": "2030-01-01T00:00:00Z"}),
+            "wait",
+        ),
+        (json!({}), "wait"),
+        (
+            json!({"event": "paid", "on_event": "upgrade", "on_timeout": "won"}),
+            "timeout",
+        ),
+    ] {
+        let mut doc = good(&cat);
+        let step = doc["steps"][1].as_object_mut().unwrap();
+        step.retain(|k, _| k == "id" || k == "type" || k == "next");
+        step.extend(wait.as_object().unwrap().clone());
+        if wait.get("event").is_some() {
+            step.remove("next");
+        }
+        let errs = errors(doc, &cat);
+        assert!(
+            errs.contains(&(Some("pause".into()), setting.into())),
+            "{wait}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn conditions_are_checked() {
+    let cat = TestCatalog::new();
+    for (cond, setting) in [
+        (
+            json!({"field": "fields.nope", "op": "eq", "value": 1}),
+            "conditions[0].field",
+        ),
+        (
+            json!({"field": "colour", "op": "eq", "value": 1}),
+            "conditions[0].field",
+        ),
+        (
+            json!({"field": "status", "op": "eq"}),
+            "conditions[0].value",
+        ),
+        (
+            json!({"field": "phone", "op": "exists", "value": 1}),
+            "conditions[0].value",
+        ),
+        (
+            json!({"field": "status", "op": "in", "value": "subscribed"}),
+            "conditions[0].value",
+        ),
+        (
+            json!({"field": "event.total", "op": "gt", "value": {"a": 1}}),
+            "conditions[0].value",
+        ),
+    ] {
+        let doc = json!({"name": "C", "trigger": {"type": "list_added", "list_id": cat.shop}, "steps": [
+            {"id": "c", "type": "condition", "conditions": [cond.clone()], "yes": "x", "no": "x"},
+            {"id": "x", "type": "exit"}]});
+        assert_eq!(errors(doc, &cat), one("c", setting), "{cond}");
+    }
+}
+
+#[test]
+fn duplicate_ids_and_empty_flows_are_refused() {
+    let cat = TestCatalog::new();
+    let mut doc = good(&cat);
+    doc["steps"][3]["id"] = json!("join");
+    assert!(errors(doc, &cat).contains(&(Some("join".into()), "id".into())));
+    let mut doc = good(&cat);
+    doc["steps"] = json!([]);
+    assert!(errors(doc, &cat).contains(&(None, "steps".into())));
+}
+
+#[test]
+fn unknown_step_types_and_settings_do_not_parse() {
+    let cat = TestCatalog::new();
+    let mut doc = good(&cat);
+    doc["steps"][0]["type"] = json!("teleport");
+    assert!(serde_json::from_value::<FlowDoc>(doc).is_err());
+    let mut doc = good(&cat);
+    doc["steps"][1]["durration"] = json!("1d");
+    assert!(
+        serde_json::from_value::<FlowDoc>(doc).is_err(),
+        "a misspelt setting would be silently lost"
+    );
+}
+
+#[test]
+fn durations() {
+    assert_eq!(
+        parse_duration("3d").unwrap(),
+        Duration::from_secs(3 * 86_400)
+    );
+    assert_eq!(parse_duration("2h30m").unwrap(), Duration::from_secs(9_000));
+    assert_eq!(
+        parse_duration("1w2d").unwrap(),
+        Duration::from_secs(9 * 86_400)
+    );
+    for bad in [
+        "",
+        "3",
+        "d",
+        "1x",
+        "30m2h",
+        "1h1h",
+        "-1s",
+        "1.5h",
+        "9999999999s",
+        "300w",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn duration_parsing_never_panics(s in "\\PC{0,20}") {
+        let _ = parse_duration(&s);
+    }
+
+    #[test]
+    fn durations_round_trip(w in 0u64..5, d in 0u64..7, h in 0u64..24, m in 0u64..60, s in 1u64..60) {
+        let text = format!("{}{}{}{}{s}s",
+            if w > 0 { format!("{w}w") } else { String::new() },
+            if d > 0 { format!("{d}d") } else { String::new() },
+            if h > 0 { format!("{h}h") } else { String::new() },
+            if m > 0 { format!("{m}m") } else { String::new() });
+        let secs = w * 604_800 + d * 86_400 + h * 3_600 + m * 60 + s;
+        prop_assert_eq!(parse_duration(&text).unwrap(), Duration::from_secs(secs));
+    }
+
+    /// Random graphs of steps never make validation panic, and a flow of
+    /// only waits has no loop error whatever its edges.
+    #[test]
+    fn graph_validation_never_panics(edges in proptest::collection::vec((0usize..6, 0usize..6), 1..12), waits in proptest::collection::vec(any::<bool>(), 6)) {
+        let cat = TestCatalog::new();
+        let mut next: Vec<Option<usize>> = vec![None; 6];
+        for (a, b) in edges { next[a] = Some(b); }
+        let steps: Vec<_> = (0..6).map(|i| {
+            let n = next[i].map(|t| format!("s{t}"));
+            if waits[i] {
+                json!({"id": format!("s{i}"), "type": "wait", "duration": "1m", "next": n})
+            } else {
+                json!({"id": format!("s{i}"), "type": "add_to_list", "list_id": cat.vip, "next": n})
+            }
+        }).collect();
+        let doc = json!({"name": "G", "trigger": {"type": "flow"}, "steps": steps});
+        let errs = errors(doc, &cat);
+        if waits.iter().all(|w| *w) {
+            prop_assert!(errs.iter().all(|(_, s)| s != "next"));
+        }
+    }
+}
