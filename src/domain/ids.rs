@@ -142,6 +142,7 @@ typed_id!(
 );
 typed_id!(ListId, "ls", "list");
 typed_id!(ContactId, "ct", "contact");
+typed_id!(FlowId, "fl", "flow");
 
 #[cfg(test)]
 mod tests {

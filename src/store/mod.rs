@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, ListId, MembershipStatus, Millis, Page,
-    PageRequest, Phone, Scope, WorkspaceId,
+    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FlowId, ListId, MembershipStatus, Millis,
+    Page, PageRequest, Phone, Scope, WorkspaceId,
 };
 
 /// What can go wrong in the store, in terms the API can answer with.
@@ -166,6 +166,53 @@ pub struct ContactFilter {
     pub status: Option<ContactStatus>,
 }
 
+/// Whether a flow takes new entries.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowStatus {
+    Draft,
+    Active,
+    Paused,
+}
+
+impl FlowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Active => "active",
+            Self::Paused => "paused",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "draft" => Some(Self::Draft),
+            "active" => Some(Self::Active),
+            "paused" => Some(Self::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// A flow with its current document. Every save adds a version; older
+/// versions stay for the runs that started on them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRecord {
+    pub id: FlowId,
+    pub name: String,
+    pub status: FlowStatus,
+    pub version: i64,
+    /// The validated flow document (a `domain::flow::FlowDoc` as JSON).
+    pub document: Value,
+    /// The secret of the flow's inbound URL, once it has been activated with
+    /// an inbound trigger.
+    pub inbound_token: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
 /// The store contract. Implementations must make every write atomic (all of
 /// it or none of it) and durable before returning `Ok`.
 #[async_trait]
@@ -258,6 +305,41 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page<Member>>;
     async fn contact_lists(&self, ws: &WorkspaceId, contact: &ContactId)
     -> Result<Vec<Membership>>;
+
+    /// Creates a draft flow at version 1.
+    async fn create_flow(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        document: Value,
+    ) -> Result<FlowRecord>;
+    async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord>;
+    async fn flow_by_name(&self, ws: &WorkspaceId, name: &str) -> Result<FlowRecord>;
+    async fn list_flows(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>>;
+    /// Saves a new version of the document (and the name).
+    async fn update_flow(
+        &self,
+        ws: &WorkspaceId,
+        id: &FlowId,
+        name: &str,
+        document: Value,
+    ) -> Result<FlowRecord>;
+    /// Sets the status; `token` becomes the inbound token if the flow has none.
+    async fn set_flow_status(
+        &self,
+        ws: &WorkspaceId,
+        id: &FlowId,
+        status: FlowStatus,
+        token: Option<String>,
+    ) -> Result<FlowRecord>;
+    /// Replaces the inbound token (the old URL stops working at once).
+    async fn rotate_inbound_token(
+        &self,
+        ws: &WorkspaceId,
+        id: &FlowId,
+        token: String,
+    ) -> Result<FlowRecord>;
+    async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()>;
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if

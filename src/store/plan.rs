@@ -92,6 +92,13 @@ pub fn list_name_taken(name: &str) -> StoreError {
     }
 }
 
+pub fn flow_name_taken(name: &str) -> StoreError {
+    StoreError::Conflict {
+        code: "flow_name_taken",
+        message: format!("a flow named `{name}` already exists in this workspace"),
+    }
+}
+
 pub fn email_taken(email: &str) -> StoreError {
     StoreError::Conflict {
         code: "email_taken",

@@ -10,12 +10,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, ListRecord, Member,
-    Membership, NewApiKey, Result, Store, StoreError, StoreOptions, Upserted, Workspace,
-    now_millis, plan,
+    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, FlowRecord,
+    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store, StoreError, StoreOptions,
+    Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
-    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, ListId,
+    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, FlowId, ListId,
     MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
 };
 
@@ -417,4 +417,5 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
     Ok(())
 }
 
+mod flows;
 mod store_impl;

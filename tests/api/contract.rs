@@ -20,6 +20,7 @@ both_stores!(
     pagination_is_complete_and_stable,
     concurrent_upserts_of_one_email_make_one_contact,
     concurrent_member_adds_and_upserts_all_succeed,
+    flows_keep_every_version,
     committed_writes_survive_reopening,
 );
 
@@ -527,5 +528,91 @@ async fn concurrent_member_adds_and_upserts_all_succeed(b: Backend) {
     for t in tasks {
         t.await.unwrap().expect("no deadlock or failure");
     }
+    s.close().await;
+}
+
+/// Flows: every save is a new version, names are unique per workspace, the
+/// inbound token is set once on activation and replaced by rotation.
+async fn flows_keep_every_version(b: Backend) {
+    use hookflow::store::FlowStatus;
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let other = s.create_workspace("other").await.unwrap().id;
+    let doc = json!({"name": "Welcome", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let f = s.create_flow(&ws, "Welcome", doc.clone()).await.unwrap();
+    assert_eq!(
+        (f.version, f.status, f.inbound_token.clone()),
+        (1, FlowStatus::Draft, None)
+    );
+    assert_eq!(f.document, doc);
+    assert!(matches!(
+        s.create_flow(&ws, "Welcome", doc.clone()).await,
+        Err(StoreError::Conflict {
+            code: "flow_name_taken",
+            ..
+        })
+    ));
+    s.create_flow(&other, "Welcome", doc.clone())
+        .await
+        .expect("names are unique per workspace only");
+
+    let mut doc2 = doc.clone();
+    doc2["repeat"] = json!(true);
+    let f2 = s
+        .update_flow(&ws, &f.id, "Welcome v2", doc2.clone())
+        .await
+        .unwrap();
+    assert_eq!((f2.version, f2.name.as_str()), (2, "Welcome v2"));
+    assert_eq!(s.get_flow(&ws, &f.id).await.unwrap().document, doc2);
+    assert_eq!(s.flow_by_name(&ws, "Welcome v2").await.unwrap().id, f.id);
+
+    let active = s
+        .set_flow_status(&ws, &f.id, FlowStatus::Active, Some("tok1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (active.status, active.inbound_token.as_deref()),
+        (FlowStatus::Active, Some("tok1"))
+    );
+    let again = s
+        .set_flow_status(&ws, &f.id, FlowStatus::Active, Some("tok2".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.inbound_token.as_deref(),
+        Some("tok1"),
+        "activation keeps an existing token"
+    );
+    let rotated = s
+        .rotate_inbound_token(&ws, &f.id, "tok3".into())
+        .await
+        .unwrap();
+    assert_eq!(rotated.inbound_token.as_deref(), Some("tok3"));
+
+    assert!(
+        matches!(
+            s.get_flow(&other, &f.id).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "tenant isolation"
+    );
+    assert!(matches!(
+        s.delete_flow(&other, &f.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        s.list_flows(&ws, &PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    s.delete_flow(&ws, &f.id).await.unwrap();
+    assert!(matches!(
+        s.get_flow(&ws, &f.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
     s.close().await;
 }

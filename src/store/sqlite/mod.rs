@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod durable;
+mod flows;
 mod queries;
 mod readers;
 mod writer;
@@ -21,16 +22,21 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::{
-    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, ListRecord, Member,
-    Membership, NewApiKey, Result, Store, StoreError, StoreOptions, Upserted, Workspace,
-    now_millis, plan,
+    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, FlowRecord,
+    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store, StoreError, StoreOptions,
+    Upserted, Workspace, now_millis, plan,
 };
-use crate::domain::{ApiKeyId, ContactId, Email, FieldDef, ListId, Page, PageRequest, WorkspaceId};
+use crate::domain::{
+    ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Page, PageRequest, WorkspaceId,
+};
 use queries as q;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_flows.sql"),
+];
 
 pub struct SqliteStore {
     writer: writer::Writer,
@@ -411,5 +417,89 @@ impl Store for SqliteStore {
         self.readers
             .read(move |c| q::contact_memberships(c, &ws, &contact))
             .await
+    }
+
+    async fn create_flow(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        document: serde_json::Value,
+    ) -> Result<FlowRecord> {
+        let (ws, name) = (ws.clone(), name.to_owned());
+        self.writer
+            .write(move |c| {
+                let id = flows::create(c, &ws, &name, &document)?;
+                flows::get(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.readers.read(move |c| flows::get(c, &ws, &id)).await
+    }
+
+    async fn flow_by_name(&self, ws: &WorkspaceId, name: &str) -> Result<FlowRecord> {
+        let (ws, name) = (ws.clone(), name.to_owned());
+        self.readers
+            .read(move |c| flows::by_name(c, &ws, &name))
+            .await
+    }
+
+    async fn list_flows(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>> {
+        let (ws, page) = (ws.clone(), page.clone());
+        self.readers.read(move |c| flows::page(c, &ws, &page)).await
+    }
+
+    async fn update_flow(
+        &self,
+        ws: &WorkspaceId,
+        id: &FlowId,
+        name: &str,
+        document: serde_json::Value,
+    ) -> Result<FlowRecord> {
+        let (ws, id, name) = (ws.clone(), id.clone(), name.to_owned());
+        self.writer
+            .write(move |c| {
+                flows::update(c, &ws, &id, &name, &document)?;
+                flows::get(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn set_flow_status(
+        &self,
+        ws: &WorkspaceId,
+        id: &FlowId,
+        status: FlowStatus,
+        token: Option<String>,
+    ) -> Result<FlowRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| {
+                flows::set_status(c, &ws, &id, status, token.as_deref())?;
+                flows::get(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn rotate_inbound_token(
+        &self,
+        ws: &WorkspaceId,
+        id: &FlowId,
+        token: String,
+    ) -> Result<FlowRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| {
+                flows::rotate_token(c, &ws, &id, &token)?;
+                flows::get(c, &ws, &id)
+            })
+            .await
+    }
+
+    async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer.write(move |c| flows::delete(c, &ws, &id)).await
     }
 }

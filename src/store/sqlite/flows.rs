@@ -1,0 +1,137 @@
+//! SQL for flows and their versions (SQLite).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use super::{internal, is_unique_violation};
+use crate::domain::{FlowId, Page, PageRequest, WorkspaceId};
+use crate::store::{FlowRecord, FlowStatus, Result, StoreError, now_millis, plan};
+
+const SELECT: &str = "SELECT f.id, f.name, f.status, f.current_version, v.document, f.inbound_token,
+    f.created_at, f.updated_at FROM flows f JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version";
+
+fn row(r: &Row) -> rusqlite::Result<FlowRecord> {
+    let status: String = r.get(2)?;
+    let doc: String = r.get(4)?;
+    Ok(FlowRecord {
+        id: FlowId::from_trusted(r.get(0)?),
+        name: r.get(1)?,
+        status: FlowStatus::parse(&status).unwrap_or(FlowStatus::Draft),
+        version: r.get(3)?,
+        document: serde_json::from_str(&doc).unwrap_or(Value::Null),
+        inbound_token: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+pub fn get(conn: &Connection, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
+    conn.prepare_cached(&format!("{SELECT} WHERE f.workspace_id = ?1 AND f.id = ?2"))
+        .and_then(|mut s| s.query_row([ws.as_str(), id.as_str()], row).optional())
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("flow", id))
+}
+
+pub fn by_name(conn: &Connection, ws: &WorkspaceId, name: &str) -> Result<FlowRecord> {
+    conn.prepare_cached(&format!(
+        "{SELECT} WHERE f.workspace_id = ?1 AND f.name = ?2"
+    ))
+    .and_then(|mut s| s.query_row([ws.as_str(), name], row).optional())
+    .map_err(internal)?
+    .ok_or_else(|| StoreError::not_found("flow", name))
+}
+
+pub fn page(conn: &Connection, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>> {
+    let mut s = conn
+        .prepare_cached(&format!(
+            "{SELECT} WHERE f.workspace_id = ?1 AND f.id > ?2 ORDER BY f.id LIMIT ?3"
+        ))
+        .map_err(internal)?;
+    let rows: Vec<FlowRecord> = s
+        .query_map(params![ws.as_str(), page.after_id(), page.limit + 1], row)
+        .and_then(|r| r.collect())
+        .map_err(internal)?;
+    Ok(Page::from_overfetch(rows, page.limit, |f| f.id.as_str()))
+}
+
+fn insert_version(conn: &Connection, id: &FlowId, version: i64, document: &Value) -> Result<()> {
+    let doc = serde_json::to_string(document).map_err(|e| StoreError::Internal(e.to_string()))?;
+    conn.prepare_cached("INSERT INTO flow_versions (flow_id, version, document, created_at) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![id.as_str(), version, doc, now_millis()]))
+        .map_err(internal)?;
+    Ok(())
+}
+
+pub fn create(conn: &Connection, ws: &WorkspaceId, name: &str, document: &Value) -> Result<FlowId> {
+    let id = FlowId::generate();
+    let now = now_millis();
+    conn.prepare_cached(
+        "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'draft', 1, ?4, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), name, now]))
+    .map_err(|e| if is_unique_violation(&e) { plan::flow_name_taken(name) } else { internal(e) })?;
+    insert_version(conn, &id, 1, document)?;
+    Ok(id)
+}
+
+pub fn update(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    id: &FlowId,
+    name: &str,
+    document: &Value,
+) -> Result<()> {
+    let current = get(conn, ws, id)?;
+    let version = current.version + 1;
+    insert_version(conn, id, version, document)?;
+    conn.prepare_cached("UPDATE flows SET name = ?3, current_version = ?4, updated_at = ?5 WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), name, version, now_millis()]))
+        .map_err(|e| if is_unique_violation(&e) { plan::flow_name_taken(name) } else { internal(e) })?;
+    Ok(())
+}
+
+pub fn set_status(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    id: &FlowId,
+    status: FlowStatus,
+    token: Option<&str>,
+) -> Result<()> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE flows SET status = ?3, inbound_token = COALESCE(inbound_token, ?4), updated_at = ?5
+             WHERE workspace_id = ?1 AND id = ?2",
+        )
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), status.as_str(), token, now_millis()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("flow", id))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn rotate_token(conn: &Connection, ws: &WorkspaceId, id: &FlowId, token: &str) -> Result<()> {
+    let n = conn
+        .prepare_cached("UPDATE flows SET inbound_token = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), token, now_millis()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("flow", id))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn delete(conn: &Connection, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
+    let n = conn
+        .prepare_cached("DELETE FROM flows WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))
+        .map_err(internal)?;
+    if n == 0 {
+        Err(StoreError::not_found("flow", id))
+    } else {
+        Ok(())
+    }
+}
