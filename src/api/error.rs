@@ -21,6 +21,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Send `Retry-After: 1` (429 and retryable 503s).
     pub retry_after: bool,
+    /// Every problem, when there are several (a flow document).
+    pub details: Option<Vec<serde_json::Value>>,
 }
 
 /// The body of every error response.
@@ -38,6 +40,11 @@ pub struct ErrorDetail {
     /// JSON path of the value at fault, when one value is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every problem found, when there are several (e.g. a flow document):
+    /// objects with `step`, `setting` and `message`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub details: Option<Vec<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -48,6 +55,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: status == StatusCode::TOO_MANY_REQUESTS,
+            details: None,
         }
     }
 
@@ -135,6 +143,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message,
                 field: self.field,
+                details: self.details,
             },
         };
         let mut resp = (self.status, Json(body)).into_response();

@@ -7,6 +7,7 @@
 pub mod contacts;
 pub mod error;
 pub mod extract;
+pub mod flows;
 pub mod lists;
 pub mod ops;
 pub mod views;
@@ -90,6 +91,15 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             contacts::delete_contact
         ))
         .routes(routes!(contacts::contact_lists))
+        .routes(routes!(flows::create_flow, flows::list_flows))
+        .routes(routes!(
+            flows::get_flow,
+            flows::update_flow,
+            flows::delete_flow
+        ))
+        .routes(routes!(flows::activate_flow))
+        .routes(routes!(flows::pause_flow))
+        .routes(routes!(flows::rotate_token))
         .split_for_parts()
 }
 

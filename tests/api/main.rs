@@ -11,5 +11,6 @@ mod helpers;
 mod bad_input;
 mod binary;
 mod contract;
+mod flows;
 mod isolation;
 mod openapi;

@@ -1,0 +1,289 @@
+//! `/v1/flows`: flow documents, validated when saved (FL-7), versioned on
+//! every save, activated, paused and given an inbound URL.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{AdminKey, JsonBody, PathParam, QueryParams};
+use super::views::PageQuery;
+use crate::domain::flow::{Catalog, FlowDoc, StepKind, Trigger, validate};
+use crate::domain::{FieldDef, FlowId, ListId, WorkspaceId, millis_to_rfc3339};
+use crate::store::{FlowRecord, FlowStatus, Store};
+
+#[derive(Serialize, ToSchema)]
+pub struct FlowView {
+    #[schema(example = "fl_01j9zq3k0f8x5m2v7c4b6n1d0e")]
+    pub id: String,
+    pub name: String,
+    pub status: FlowStatus,
+    /// Increases on every save; runs keep the version they started on.
+    pub version: i64,
+    /// The flow document as saved.
+    #[schema(value_type = Object)]
+    pub document: Value,
+    /// Path of the flow's inbound URL (`POST` here with an API key), once the
+    /// flow has been activated with an `inbound` trigger.
+    pub inbound_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<FlowRecord> for FlowView {
+    fn from(f: FlowRecord) -> Self {
+        Self {
+            id: f.id.to_string(),
+            name: f.name,
+            status: f.status,
+            version: f.version,
+            document: f.document,
+            inbound_url: f.inbound_token.map(|t| format!("/hooks/{t}")),
+            created_at: millis_to_rfc3339(f.created_at),
+            updated_at: millis_to_rfc3339(f.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FlowPage {
+    pub data: Vec<FlowView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The lists a document names, loaded once for validation.
+struct Lists(HashMap<ListId, Vec<FieldDef>>);
+
+impl Catalog for Lists {
+    fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>> {
+        self.0.get(list).cloned()
+    }
+}
+
+async fn load_lists(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Lists, ApiError> {
+    let mut ids: Vec<&str> = Vec::new();
+    match &doc.trigger {
+        Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } => ids.push(list_id),
+        _ => {}
+    }
+    for s in &doc.steps {
+        match &s.kind {
+            StepKind::AddToList { list_id, .. } | StepKind::RemoveFromList { list_id, .. } => {
+                ids.push(list_id)
+            }
+            StepKind::MoveToList {
+                from_list_id,
+                to_list_id,
+                ..
+            } => {
+                ids.push(from_list_id);
+                ids.push(to_list_id);
+            }
+            _ => {}
+        }
+    }
+    let mut lists = HashMap::new();
+    for raw in ids {
+        let Ok(id) = ListId::parse(raw) else { continue };
+        if lists.contains_key(&id) {
+            continue;
+        }
+        match store.get_list(ws, &id).await {
+            Ok(l) => {
+                lists.insert(id, l.fields);
+            }
+            Err(crate::store::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Lists(lists))
+}
+
+/// Validates `doc` against the workspace; 422 `invalid_flow` listing every
+/// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
+async fn checked(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, ApiError> {
+    let lists = load_lists(store, ws, doc).await?;
+    let errors = validate(doc, &lists);
+    if let Some(first) = errors.first() {
+        let field = match &first.step {
+            Some(step) => format!("steps.{step}.{}", first.setting),
+            None => first.setting.clone(),
+        };
+        let message = match &first.step {
+            Some(step) => format!("step `{step}`, `{}`: {}", first.setting, first.message),
+            None => format!("`{}`: {}", first.setting, first.message),
+        };
+        let mut err = ApiError::invalid("invalid_flow", field, message);
+        err.details = Some(
+            errors
+                .iter()
+                .map(|e| json!({"step": e.step, "setting": e.setting, "message": e.message}))
+                .collect(),
+        );
+        return Err(err);
+    }
+    serde_json::to_value(doc).map_err(|_| ApiError::internal())
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Create a flow (a draft) from a flow document.
+#[utoipa::path(post, path = "/v1/flows", tag = "flows", request_body(content = Object, description = "A flow document: name, trigger, steps, repeat, exit_conditions"),
+    responses((status = 201, body = FlowView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_flow(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    JsonBody(doc): JsonBody<FlowDoc>,
+) -> Result<(StatusCode, Json<FlowView>), ApiError> {
+    let value = checked(&*state.store, &p.workspace_id, &doc).await?;
+    let flow = state
+        .store
+        .create_flow(&p.workspace_id, doc.name.trim(), value)
+        .await?;
+    Ok((StatusCode::CREATED, Json(flow.into())))
+}
+
+/// List the workspace's flows.
+#[utoipa::path(get, path = "/v1/flows", tag = "flows", params(PageQuery), responses((status = 200, body = FlowPage)))]
+pub async fn list_flows(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<Json<FlowPage>, ApiError> {
+    let page = state
+        .store
+        .list_flows(&p.workspace_id, &q.to_request()?)
+        .await?;
+    Ok(Json(FlowPage {
+        data: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
+}
+
+/// Get a flow and its current document.
+#[utoipa::path(get, path = "/v1/flows/{id}", tag = "flows", params(("id" = String, Path, description = "Flow id")),
+    responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
+pub async fn get_flow(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<FlowView>, ApiError> {
+    let id = FlowId::parse(&id)?;
+    Ok(Json(
+        state.store.get_flow(&p.workspace_id, &id).await?.into(),
+    ))
+}
+
+/// Replace a flow's document: saved as a new version.
+#[utoipa::path(put, path = "/v1/flows/{id}", tag = "flows", params(("id" = String, Path, description = "Flow id")),
+    request_body(content = Object, description = "A flow document"),
+    responses((status = 200, body = FlowView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_flow(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+    JsonBody(doc): JsonBody<FlowDoc>,
+) -> Result<Json<FlowView>, ApiError> {
+    let id = FlowId::parse(&id)?;
+    let value = checked(&*state.store, &p.workspace_id, &doc).await?;
+    Ok(Json(
+        state
+            .store
+            .update_flow(&p.workspace_id, &id, doc.name.trim(), value)
+            .await?
+            .into(),
+    ))
+}
+
+/// Delete a flow and its versions.
+#[utoipa::path(delete, path = "/v1/flows/{id}", tag = "flows", params(("id" = String, Path, description = "Flow id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_flow(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = FlowId::parse(&id)?;
+    state.store.delete_flow(&p.workspace_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn is_inbound(f: &FlowRecord) -> bool {
+    f.document["trigger"]["type"] == "inbound"
+}
+
+/// Activate a flow; an `inbound` flow gets its URL.
+#[utoipa::path(post, path = "/v1/flows/{id}/activate", tag = "flows", params(("id" = String, Path, description = "Flow id")),
+    responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
+pub async fn activate_flow(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<FlowView>, ApiError> {
+    let id = FlowId::parse(&id)?;
+    let flow = state.store.get_flow(&p.workspace_id, &id).await?;
+    let token = is_inbound(&flow).then(new_token);
+    Ok(Json(
+        state
+            .store
+            .set_flow_status(&p.workspace_id, &id, FlowStatus::Active, token)
+            .await?
+            .into(),
+    ))
+}
+
+/// Pause a flow: it takes no new entries (inbound calls get 409).
+#[utoipa::path(post, path = "/v1/flows/{id}/pause", tag = "flows", params(("id" = String, Path, description = "Flow id")),
+    responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
+pub async fn pause_flow(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<FlowView>, ApiError> {
+    let id = FlowId::parse(&id)?;
+    Ok(Json(
+        state
+            .store
+            .set_flow_status(&p.workspace_id, &id, FlowStatus::Paused, None)
+            .await?
+            .into(),
+    ))
+}
+
+/// Replace the inbound URL's token; the old URL stops working at once.
+#[utoipa::path(post, path = "/v1/flows/{id}/rotate-token", tag = "flows", params(("id" = String, Path, description = "Flow id")),
+    responses((status = 200, body = FlowView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<FlowView>, ApiError> {
+    let id = FlowId::parse(&id)?;
+    let flow = state.store.get_flow(&p.workspace_id, &id).await?;
+    if !is_inbound(&flow) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_inbound",
+            "only a flow with an `inbound` trigger has an inbound URL",
+        ));
+    }
+    Ok(Json(
+        state
+            .store
+            .rotate_inbound_token(&p.workspace_id, &id, new_token())
+            .await?
+            .into(),
+    ))
+}
