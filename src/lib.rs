@@ -6,6 +6,7 @@
 //!   SQLite (embedded, group commit) and a PostgreSQL implementation.
 //! - [`api`]: axum only. Router, one file per resource, the one error shape,
 //!   extractors for JSON bodies and API keys, the OpenAPI document.
+//! - [`flows`]: saving flow documents (shared by API and CLI); the engine to come.
 //! - [`config`]: typed, layered configuration (defaults < file < env).
 //! - [`server`]: wires config, store and router; runs until shutdown.
 //! - [`telemetry`]: tracing and Prometheus metrics set-up.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod config;
 pub mod domain;
+pub mod flows;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -49,6 +49,27 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeyCmd),
+    /// Manage flows.
+    #[command(subcommand)]
+    Flows(FlowCmd),
+}
+
+#[derive(Subcommand)]
+enum FlowCmd {
+    /// Create or update flows from JSON flow documents, matched by name, so
+    /// flows can live in version control. Every file is checked; the command
+    /// fails if any is invalid.
+    Apply {
+        #[arg(long)]
+        workspace: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List a workspace's flows.
+    List {
+        #[arg(long)]
+        workspace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +162,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Workspaces(cmd) => workspaces(&*store, cmd).await,
         Command::Keys(cmd) => keys(&*store, cmd).await,
+        Command::Flows(cmd) => flows(&*store, cmd).await,
     };
     store.close().await;
     result
@@ -240,6 +262,67 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
             let id = ApiKeyId::parse(&id)?;
             let k = store.revoke_api_key(&id).await?;
             println!("revoked {}", k.id);
+        }
+    }
+    Ok(())
+}
+
+async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
+    use hookflow::domain::flow::FlowDoc;
+    use hookflow::flows::save::{SaveError, apply};
+    match cmd {
+        FlowCmd::Apply { workspace, paths } => {
+            let ws = store.workspace_by_name(&workspace).await?.id;
+            let mut failed = 0;
+            for path in &paths {
+                let outcome = async {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let doc: FlowDoc = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a flow document", path.display()))?;
+                    match apply(store, &ws, &doc).await {
+                        Ok((f, created)) => {
+                            let verb = if created { "created" } else { "updated" };
+                            println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
+                            Ok(())
+                        }
+                        Err(SaveError::Invalid(errors)) => {
+                            for e in &errors {
+                                let at = e
+                                    .step
+                                    .as_ref()
+                                    .map_or(String::new(), |s| format!("step `{s}`, "));
+                                eprintln!("{}: {at}`{}`: {}", path.display(), e.setting, e.message);
+                            }
+                            anyhow::bail!("{} has {} problem(s)", path.display(), errors.len())
+                        }
+                        Err(SaveError::Store(e)) => Err(e.into()),
+                    }
+                }
+                .await;
+                if let Err(e) = outcome {
+                    eprintln!("hookflow: {e:#}");
+                    failed += 1;
+                }
+            }
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} flow file(s) not applied",
+                paths.len()
+            );
+        }
+        FlowCmd::List { workspace } => {
+            let ws = store.workspace_by_name(&workspace).await?.id;
+            let page = hookflow::domain::PageRequest::first(hookflow::domain::page::MAX_LIMIT);
+            for f in store.list_flows(&ws, &page).await?.items {
+                println!(
+                    "{}\t{}\t{}\tversion {}",
+                    f.id,
+                    f.name,
+                    f.status.as_str(),
+                    f.version
+                );
+            }
         }
     }
     Ok(())

@@ -1,8 +1,6 @@
 //! `/v1/flows`: flow documents, validated when saved (FL-7), versioned on
 //! every save, activated, paused and given an inbound URL.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,8 +14,9 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{AdminKey, JsonBody, PathParam, QueryParams};
 use super::views::PageQuery;
-use crate::domain::flow::{Catalog, FlowDoc, StepKind, Trigger, validate};
-use crate::domain::{FieldDef, FlowId, ListId, WorkspaceId, millis_to_rfc3339};
+use crate::domain::flow::FlowDoc;
+use crate::domain::{FlowId, WorkspaceId, millis_to_rfc3339};
+use crate::flows::save::{self, SaveError};
 use crate::store::{FlowRecord, FlowStatus, Store};
 
 #[derive(Serialize, ToSchema)]
@@ -59,78 +58,32 @@ pub struct FlowPage {
     pub next_cursor: Option<String>,
 }
 
-/// The lists a document names, loaded once for validation.
-struct Lists(HashMap<ListId, Vec<FieldDef>>);
-
-impl Catalog for Lists {
-    fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>> {
-        self.0.get(list).cloned()
-    }
-}
-
-async fn load_lists(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Lists, ApiError> {
-    let mut ids: Vec<&str> = Vec::new();
-    match &doc.trigger {
-        Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } => ids.push(list_id),
-        _ => {}
-    }
-    for s in &doc.steps {
-        match &s.kind {
-            StepKind::AddToList { list_id, .. } | StepKind::RemoveFromList { list_id, .. } => {
-                ids.push(list_id)
-            }
-            StepKind::MoveToList {
-                from_list_id,
-                to_list_id,
-                ..
-            } => {
-                ids.push(from_list_id);
-                ids.push(to_list_id);
-            }
-            _ => {}
-        }
-    }
-    let mut lists = HashMap::new();
-    for raw in ids {
-        let Ok(id) = ListId::parse(raw) else { continue };
-        if lists.contains_key(&id) {
-            continue;
-        }
-        match store.get_list(ws, &id).await {
-            Ok(l) => {
-                lists.insert(id, l.fields);
-            }
-            Err(crate::store::StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Lists(lists))
-}
-
 /// Validates `doc` against the workspace; 422 `invalid_flow` listing every
 /// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
 async fn checked(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, ApiError> {
-    let lists = load_lists(store, ws, doc).await?;
-    let errors = validate(doc, &lists);
-    if let Some(first) = errors.first() {
-        let field = match &first.step {
-            Some(step) => format!("steps.{step}.{}", first.setting),
-            None => first.setting.clone(),
-        };
-        let message = match &first.step {
-            Some(step) => format!("step `{step}`, `{}`: {}", first.setting, first.message),
-            None => format!("`{}`: {}", first.setting, first.message),
-        };
-        let mut err = ApiError::invalid("invalid_flow", field, message);
-        err.details = Some(
-            errors
-                .iter()
-                .map(|e| json!({"step": e.step, "setting": e.setting, "message": e.message}))
-                .collect(),
-        );
-        return Err(err);
+    match save::check(store, ws, doc).await {
+        Ok(v) => Ok(v),
+        Err(SaveError::Store(e)) => Err(e.into()),
+        Err(SaveError::Invalid(errors)) => {
+            let first = &errors[0];
+            let field = match &first.step {
+                Some(step) => format!("steps.{step}.{}", first.setting),
+                None => first.setting.clone(),
+            };
+            let message = match &first.step {
+                Some(step) => format!("step `{step}`, `{}`: {}", first.setting, first.message),
+                None => format!("`{}`: {}", first.setting, first.message),
+            };
+            let mut err = ApiError::invalid("invalid_flow", field, message);
+            err.details = Some(
+                errors
+                    .iter()
+                    .map(|e| json!({"step": e.step, "setting": e.setting, "message": e.message}))
+                    .collect(),
+            );
+            Err(err)
+        }
     }
-    serde_json::to_value(doc).map_err(|_| ApiError::internal())
 }
 
 fn new_token() -> String {

@@ -332,3 +332,72 @@ fn acknowledged_upserts_survive_kill_9_under_load() {
     });
     assert!(terminate(server).success());
 }
+
+#[test]
+fn flows_apply_creates_then_versions_and_names_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("f.db").display());
+    let run = |args: &[&str]| {
+        hookflow(dir.path())
+            .args(["--database", &db])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    let flow = serde_json::json!({"name": "Nurture", "trigger": {"type": "event", "name": "signup"},
+        "steps": [{"id": "pause", "type": "wait", "duration": "2d", "next": "done"}, {"id": "done", "type": "exit"}]});
+    let file = dir.path().join("nurture.json");
+    std::fs::write(&file, flow.to_string()).unwrap();
+    let out = run(&[
+        "flows",
+        "apply",
+        "--workspace",
+        "acme",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("created"),
+        "{out:?}"
+    );
+    let out = run(&[
+        "flows",
+        "apply",
+        "--workspace",
+        "acme",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version 2"),
+        "{out:?}"
+    );
+
+    let mut bad = flow.clone();
+    bad["steps"][0]["next"] = serde_json::json!("nowhere");
+    let bad_file = dir.path().join("bad.json");
+    std::fs::write(&bad_file, bad.to_string()).unwrap();
+    let out = run(&[
+        "flows",
+        "apply",
+        "--workspace",
+        "acme",
+        bad_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step `pause`") && err.contains("nowhere"),
+        "{err}"
+    );
+    let listed =
+        String::from_utf8_lossy(&run(&["flows", "list", "--workspace", "acme"]).stdout).to_string();
+    assert!(
+        listed.contains("Nurture") && listed.contains("version 2"),
+        "{listed}"
+    );
+}

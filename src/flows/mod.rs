@@ -1,0 +1,5 @@
+//! The flow engine's home. Today: saving flow documents, shared by the API
+//! and the CLI (`flows apply`) so both apply the same rules. The engine
+//! (runs, triggers, steps, timers) comes next; see ARCHITECTURE.md.
+
+pub mod save;

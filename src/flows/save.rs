@@ -1,0 +1,99 @@
+//! Checking a flow document against its workspace and saving it.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::domain::flow::{Catalog, FlowDoc, FlowError, StepKind, Trigger, validate};
+use crate::domain::{FieldDef, ListId, WorkspaceId};
+use crate::store::{FlowRecord, Store, StoreError};
+
+/// Why a document was not saved.
+#[derive(Debug)]
+pub enum SaveError {
+    /// The document breaks these rules (FL-7).
+    Invalid(Vec<FlowError>),
+    Store(StoreError),
+}
+
+impl From<StoreError> for SaveError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// The lists a document names, loaded once for validation.
+struct Lists(HashMap<ListId, Vec<FieldDef>>);
+
+impl Catalog for Lists {
+    fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>> {
+        self.0.get(list).cloned()
+    }
+}
+
+fn named_lists(doc: &FlowDoc) -> Vec<&str> {
+    let mut ids: Vec<&str> = Vec::new();
+    if let Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } = &doc.trigger {
+        ids.push(list_id);
+    }
+    for s in &doc.steps {
+        match &s.kind {
+            StepKind::AddToList { list_id, .. } | StepKind::RemoveFromList { list_id, .. } => {
+                ids.push(list_id)
+            }
+            StepKind::MoveToList {
+                from_list_id,
+                to_list_id,
+                ..
+            } => {
+                ids.push(from_list_id);
+                ids.push(to_list_id);
+            }
+            _ => {}
+        }
+    }
+    ids
+}
+
+/// Validates `doc` against the workspace's lists; the document as JSON to
+/// store when it is valid.
+pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, SaveError> {
+    let mut lists = HashMap::new();
+    for raw in named_lists(doc) {
+        let Ok(id) = ListId::parse(raw) else { continue };
+        if lists.contains_key(&id) {
+            continue;
+        }
+        match store.get_list(ws, &id).await {
+            Ok(l) => {
+                lists.insert(id, l.fields);
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let errors = validate(doc, &Lists(lists));
+    if !errors.is_empty() {
+        return Err(SaveError::Invalid(errors));
+    }
+    serde_json::to_value(doc).map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))
+}
+
+/// Creates the flow named in `doc`, or saves a new version of the one with
+/// that name. Returns the flow and whether it was created.
+pub async fn apply(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    doc: &FlowDoc,
+) -> Result<(FlowRecord, bool), SaveError> {
+    let value = check(store, ws, doc).await?;
+    let name = doc.name.trim();
+    match store.flow_by_name(ws, name).await {
+        Ok(existing) => Ok((
+            store.update_flow(ws, &existing.id, name, value).await?,
+            false,
+        )),
+        Err(StoreError::NotFound { .. }) => Ok((store.create_flow(ws, name, value).await?, true)),
+        Err(e) => Err(e.into()),
+    }
+}
