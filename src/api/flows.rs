@@ -28,7 +28,7 @@ pub struct FlowView {
     /// Increases on every save; runs keep the version they started on.
     pub version: i64,
     /// The flow document as saved.
-    #[schema(value_type = Object)]
+    #[schema(value_type = FlowDoc)]
     pub document: Value,
     /// Path of the flow's inbound URL (`POST` here with an API key), once the
     /// flow has been activated with an `inbound` trigger.
@@ -93,7 +93,7 @@ fn new_token() -> String {
 }
 
 /// Create a flow (a draft) from a flow document.
-#[utoipa::path(post, path = "/v1/flows", tag = "flows", request_body(content = Object, description = "A flow document: name, trigger, steps, repeat, exit_conditions"),
+#[utoipa::path(post, path = "/v1/flows", tag = "flows", request_body = FlowDoc,
     responses((status = 201, body = FlowView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_flow(
     State(state): State<AppState>,
@@ -141,7 +141,7 @@ pub async fn get_flow(
 
 /// Replace a flow's document: saved as a new version.
 #[utoipa::path(put, path = "/v1/flows/{id}", tag = "flows", params(("id" = String, Path, description = "Flow id")),
-    request_body(content = Object, description = "A flow document"),
+    request_body = FlowDoc,
     responses((status = 200, body = FlowView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update_flow(
     State(state): State<AppState>,

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::{FieldDef, ListId};
 
 /// How a contact enters the flow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Trigger {
     /// A call to the flow's own inbound URL; the contact is put into `list_id`
@@ -37,6 +37,7 @@ pub enum Trigger {
     FieldChanged {
         field: String,
         #[serde(default)]
+        #[schema(value_type = Option<Object>)]
         to: Option<Value>,
     },
     /// Another flow's `start_flow` step.
@@ -44,7 +45,7 @@ pub enum Trigger {
 }
 
 /// One node of the flow graph.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub id: String,
     #[serde(flatten)]
@@ -52,7 +53,7 @@ pub struct Step {
 }
 
 /// What a step does, with its settings and where it goes next.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StepKind {
     /// Waits a duration (`3d`, `2h30m`), until a time, until a local time of
@@ -98,7 +99,7 @@ pub enum StepKind {
 
 /// The forms of `wait`; exactly one of `duration`, `until`, `time_of_day`
 /// or `event` is given.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Wait {
     pub duration: Option<String>,
@@ -115,7 +116,7 @@ pub struct Wait {
     pub next: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Match {
     #[default]
@@ -125,16 +126,17 @@ pub enum Match {
 
 /// `field` is `email`, `phone`, `status`, `fields.NAME`, `lists` (the ids
 /// of the contact's lists) or `event.PATH` (the run's event data).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     pub field: String,
     pub op: Op,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     Eq,
@@ -151,7 +153,7 @@ pub enum Op {
 }
 
 /// A whole flow document.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowDoc {
     pub name: String,

@@ -97,3 +97,52 @@ async fn every_documented_operation_is_served() {
     }
     app.stop().await;
 }
+
+/// The flow document is described completely: every trigger and step type.
+#[test]
+fn the_flow_document_is_described_in_full() {
+    let doc = serde_json::to_value(hookflow::api::openapi_document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let text = |name: &str| schemas[name].to_string();
+    for step in [
+        "wait",
+        "condition",
+        "add_to_list",
+        "remove_from_list",
+        "move_to_list",
+        "update_field",
+        "goal",
+        "start_flow",
+        "exit",
+    ] {
+        assert!(
+            text("StepKind").contains(&format!("[\"{step}\"]")),
+            "step type {step} is not in the OpenAPI document"
+        );
+    }
+    for trigger in ["inbound", "event", "list_added", "field_changed", "flow"] {
+        assert!(
+            text("Trigger").contains(&format!("[\"{trigger}\"]")),
+            "trigger {trigger} is not in the OpenAPI document"
+        );
+    }
+    for setting in [
+        "duration",
+        "until",
+        "time_of_day",
+        "event",
+        "timeout",
+        "on_event",
+        "on_timeout",
+    ] {
+        assert!(
+            schemas["Wait"]["properties"].get(setting).is_some(),
+            "wait setting {setting} missing"
+        );
+    }
+    assert!(
+        doc["paths"]["/v1/flows"]["post"]["requestBody"]
+            .to_string()
+            .contains("FlowDoc")
+    );
+}
