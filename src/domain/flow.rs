@@ -360,12 +360,8 @@ impl Validator<'_> {
             Trigger::Inbound { list_id, mapping } => {
                 self.list(None, "trigger.list_id", list_id);
                 for path in mapping.keys() {
-                    if path.is_empty() || path.split('.').any(str::is_empty) {
-                        self.err(
-                            None,
-                            format!("trigger.mapping.{path}"),
-                            format!("`{path}` is not a JSON path such as `customer.first_name`"),
-                        );
+                    if let Err(m) = super::jsonpath::JsonPath::parse(path) {
+                        self.err(None, format!("trigger.mapping.{path}"), m);
                     }
                 }
             }

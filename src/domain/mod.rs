@@ -9,6 +9,7 @@ pub mod email;
 pub mod fields;
 pub mod flow;
 pub mod ids;
+pub mod jsonpath;
 pub mod keys;
 pub mod page;
 pub mod phone;

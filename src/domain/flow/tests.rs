@@ -165,6 +165,9 @@ fn missing_lists_and_fields_are_named() {
         "{errs:?}"
     );
     let mut doc = good(&cat);
+    doc["trigger"]["mapping"] = json!({"items[x].sku": "first_name"});
+    assert!(errors(doc, &cat).contains(&(None, "trigger.mapping.items[x].sku".into())));
+    let mut doc = good(&cat);
     doc["trigger"]["list_id"] = json!("ct_01hzzzzzzzzzzzzzzzzzzzzzzz");
     assert!(errors(doc, &cat).contains(&(None, "trigger.list_id".into())));
 }
