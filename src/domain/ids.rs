@@ -143,6 +143,7 @@ typed_id!(
 typed_id!(ListId, "ls", "list");
 typed_id!(ContactId, "ct", "contact");
 typed_id!(FlowId, "fl", "flow");
+typed_id!(RunId, "run", "run");
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ pub mod phone;
 pub use contact::{ContactStatus, MembershipStatus};
 pub use email::Email;
 pub use fields::{FieldDef, FieldName, FieldType};
-pub use ids::{ApiKeyId, ContactId, FlowId, IdError, ListId, WorkspaceId};
+pub use ids::{ApiKeyId, ContactId, FlowId, IdError, ListId, RunId, WorkspaceId};
 pub use keys::{ApiKeySecret, Scope};
 pub use page::{Cursor, Page, PageRequest};
 pub use phone::Phone;

@@ -10,6 +10,7 @@
 //! [`plan`], shared by both implementations, so the two stores differ only in
 //! *how* they read and write.
 
+pub mod entry;
 pub mod key_cache;
 pub mod plan;
 pub mod postgres;
@@ -213,6 +214,39 @@ pub struct FlowRecord {
     pub updated_at: Millis,
 }
 
+/// A contact entering a flow (an inbound call today; events later), to be
+/// recorded atomically: contact, membership, run and idempotency answer.
+#[derive(Clone, Debug)]
+pub struct EntryRequest {
+    pub flow_id: FlowId,
+    /// The flow version the run will follow.
+    pub flow_version: i64,
+    pub first_step: String,
+    pub repeat: bool,
+    /// The contact to upsert; `lists` holds the trigger's list.
+    pub contact: ContactUpsert,
+    /// Kept on the run for conditions and templates.
+    pub event_data: Value,
+    /// `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<(String, Vec<u8>)>,
+}
+
+/// What an entry did; stored for idempotent replays.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EntryResult {
+    pub contact_id: String,
+    pub run_id: Option<String>,
+    /// Why no run started: `already_entered` (repeat is off) or `run_active`.
+    pub not_started: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EntryOutcome {
+    pub result: EntryResult,
+    /// True when this is the stored answer to an earlier call with the key.
+    pub replayed: bool,
+}
+
 /// The store contract. Implementations must make every write atomic (all of
 /// it or none of it) and durable before returning `Ok`.
 #[async_trait]
@@ -340,6 +374,10 @@ pub trait Store: Send + Sync + 'static {
         token: String,
     ) -> Result<FlowRecord>;
     async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()>;
+    /// The flow whose inbound token is `token`, in any workspace.
+    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)>;
+    /// Records a contact entering a flow, all or nothing (IN-6, FL-3, IN-7).
+    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome>;
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if

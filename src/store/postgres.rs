@@ -10,9 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, FlowRecord,
-    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store, StoreError, StoreOptions,
-    Upserted, Workspace, now_millis, plan,
+    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
+    EntryRequest, FlowRecord, FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store,
+    StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, FlowId, ListId,
@@ -418,4 +418,5 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
 }
 
 mod flows;
+mod runs;
 mod store_impl;

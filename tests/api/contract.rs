@@ -21,6 +21,7 @@ both_stores!(
     concurrent_upserts_of_one_email_make_one_contact,
     concurrent_member_adds_and_upserts_all_succeed,
     flows_keep_every_version,
+    entering_a_flow_follows_repeat_and_idempotency,
     committed_writes_survive_reopening,
 );
 
@@ -614,5 +615,127 @@ async fn flows_keep_every_version(b: Backend) {
         s.get_flow(&ws, &f.id).await,
         Err(StoreError::NotFound { .. })
     ));
+    s.close().await;
+}
+
+/// Entering a flow: contact and membership written with the run; repeat off
+/// means once ever; repeat on means never two unfinished runs; an
+/// Idempotency-Key replays the first answer; a paused flow takes nobody.
+async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
+    use hookflow::store::{EntryRequest, FlowStatus};
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let list = s
+        .create_list(
+            &ws,
+            "L",
+            vec![FieldDef::new("age", FieldType::Number, vec![]).unwrap()],
+        )
+        .await
+        .unwrap()
+        .id;
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let once = s.create_flow(&ws, "once", doc.clone()).await.unwrap();
+    s.set_flow_status(&ws, &once.id, FlowStatus::Active, Some("tok-once".into()))
+        .await
+        .unwrap();
+    let again = s.create_flow(&ws, "again", doc).await.unwrap();
+    s.set_flow_status(&ws, &again.id, FlowStatus::Active, None)
+        .await
+        .unwrap();
+    let req =
+        |flow: &hookflow::store::FlowRecord, repeat: bool, key: Option<(&str, u8)>| EntryRequest {
+            flow_id: flow.id.clone(),
+            flow_version: flow.version,
+            first_step: "x".into(),
+            repeat,
+            contact: ContactUpsert {
+                email: Some(email("in@example.com")),
+                fields: json!({"age": "7"}).as_object().unwrap().clone(),
+                lists: vec![list.clone()],
+                ..Default::default()
+            },
+            event_data: json!({"order": 1}),
+            idempotency: key.map(|(k, h)| (k.to_owned(), vec![h])),
+        };
+
+    let first = s
+        .enter_flow(&ws, req(&once, false, Some(("k1", 1))))
+        .await
+        .unwrap();
+    assert!(
+        !first.replayed && first.result.run_id.is_some(),
+        "{first:?}"
+    );
+    let c = s
+        .contact_by_email(&ws, &email("in@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.id.to_string(), c.fields["age"].clone()),
+        (first.result.contact_id.clone(), json!(7))
+    );
+    assert_eq!(
+        s.contact_lists(&ws, &c.id).await.unwrap().len(),
+        1,
+        "added to the trigger's list"
+    );
+    let replay = s
+        .enter_flow(&ws, req(&once, false, Some(("k1", 1))))
+        .await
+        .unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.result, first.result, "the first answer, again");
+    let reused = s.enter_flow(&ws, req(&once, false, Some(("k1", 2)))).await;
+    assert!(
+        matches!(
+            reused,
+            Err(StoreError::Conflict {
+                code: "idempotency_key_reused",
+                ..
+            })
+        ),
+        "{reused:?}"
+    );
+    let second = s.enter_flow(&ws, req(&once, false, None)).await.unwrap();
+    assert_eq!(
+        (
+            second.result.run_id.clone(),
+            second.result.not_started.as_deref()
+        ),
+        (None, Some("already_entered"))
+    );
+
+    let a = s.enter_flow(&ws, req(&again, true, None)).await.unwrap();
+    assert!(a.result.run_id.is_some());
+    let b2 = s.enter_flow(&ws, req(&again, true, None)).await.unwrap();
+    assert_eq!(
+        b2.result.not_started.as_deref(),
+        Some("run_active"),
+        "never two unfinished runs"
+    );
+
+    let (found_ws, found) = s.flow_by_token("tok-once").await.unwrap();
+    assert_eq!((found_ws, found.id.clone()), (ws.clone(), once.id.clone()));
+    assert!(matches!(
+        s.flow_by_token("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.set_flow_status(&ws, &once.id, FlowStatus::Paused, None)
+        .await
+        .unwrap();
+    let paused = s.enter_flow(&ws, req(&once, true, None)).await;
+    assert!(
+        matches!(
+            paused,
+            Err(StoreError::Conflict {
+                code: "flow_not_active",
+                ..
+            })
+        ),
+        "{paused:?}"
+    );
     s.close().await;
 }

@@ -525,4 +525,18 @@ impl Store for PgStore {
         let mut c = self.pool.acquire().await.map_err(internal)?;
         flows::delete(&mut c, ws, id).await
     }
+
+    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        runs::by_token(&mut c, token).await
+    }
+
+    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let out = runs::enter(&mut tx, ws, &req).await?;
+        if !out.replayed {
+            tx.commit().await.map_err(internal)?;
+        }
+        Ok(out)
+    }
 }

@@ -14,6 +14,7 @@ mod durable;
 mod flows;
 mod queries;
 mod readers;
+mod runs;
 mod writer;
 
 use std::path::PathBuf;
@@ -22,9 +23,9 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::{
-    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, FlowRecord,
-    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store, StoreError, StoreOptions,
-    Upserted, Workspace, now_millis, plan,
+    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
+    EntryRequest, FlowRecord, FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store,
+    StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Page, PageRequest, WorkspaceId,
@@ -36,6 +37,7 @@ use queries as q;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_flows.sql"),
+    include_str!("../../../migrations/sqlite/0003_runs.sql"),
 ];
 
 pub struct SqliteStore {
@@ -501,5 +503,15 @@ impl Store for SqliteStore {
     async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
         let (ws, id) = (ws.clone(), id.clone());
         self.writer.write(move |c| flows::delete(c, &ws, &id)).await
+    }
+
+    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
+        let token = token.to_owned();
+        self.readers.read(move |c| runs::by_token(c, &token)).await
+    }
+
+    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
+        let ws = ws.clone();
+        self.writer.write(move |c| runs::enter(c, &ws, &req)).await
     }
 }

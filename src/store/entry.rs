@@ -1,0 +1,48 @@
+//! Decisions for a contact entering a flow, shared by both stores.
+
+use super::{EntryResult, StoreError};
+
+/// Whether a new run may start, given what the store found (FL-3): without
+/// `repeat` a contact enters a flow at most once, ever; with it, never while
+/// a run of theirs in that flow is unfinished.
+pub fn run_decision(repeat: bool, any_run: bool, active_run: bool) -> Option<&'static str> {
+    if !repeat && any_run {
+        Some("already_entered")
+    } else if active_run {
+        Some("run_active")
+    } else {
+        None
+    }
+}
+
+pub fn key_reused() -> StoreError {
+    StoreError::Conflict {
+        code: "idempotency_key_reused",
+        message: "this Idempotency-Key was used with a different request".into(),
+    }
+}
+
+pub fn flow_not_active() -> StoreError {
+    StoreError::Conflict {
+        code: "flow_not_active",
+        message: "the flow is not active; activate it to accept calls".into(),
+    }
+}
+
+pub fn decode(raw: &str) -> Result<EntryResult, StoreError> {
+    serde_json::from_str(raw)
+        .map_err(|e| StoreError::Internal(format!("stored idempotent answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_rules() {
+        assert_eq!(run_decision(false, false, false), None);
+        assert_eq!(run_decision(false, true, false), Some("already_entered"));
+        assert_eq!(run_decision(true, true, false), None);
+        assert_eq!(run_decision(true, true, true), Some("run_active"));
+    }
+}

@@ -1,0 +1,135 @@
+//! SQL for entering flows and runs (PostgreSQL).
+
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+
+use super::{
+    contact_where, field_defs_for, flows, internal, lock_email, upsert_membership, write_contact,
+};
+use crate::domain::{FlowId, RunId, WorkspaceId};
+use crate::store::{
+    EntryOutcome, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError, entry,
+    now_millis, plan,
+};
+
+pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
+    let row = sqlx::query("SELECT workspace_id, id FROM flows WHERE inbound_token = $1")
+        .bind(token)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("inbound URL", "this token"))?;
+    let ws = WorkspaceId::from_trusted(row.try_get("workspace_id").map_err(internal)?);
+    let id = FlowId::from_trusted(row.try_get("id").map_err(internal)?);
+    let flow = flows::get(c, &ws, &id).await?;
+    Ok((ws, flow))
+}
+
+pub async fn enter(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    req: &EntryRequest,
+) -> Result<EntryOutcome> {
+    if let Some((key, hash)) = &req.idempotency {
+        // Serialise calls with one key so the second waits and replays.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+            .bind(format!("{ws}/idem/{key}"))
+            .execute(&mut *c)
+            .await
+            .map_err(internal)?;
+        let stored = sqlx::query("SELECT request_hash, response FROM idempotency_keys WHERE workspace_id = $1 AND key = $2")
+            .bind(ws.as_str())
+            .bind(key)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(internal)?;
+        if let Some(row) = stored {
+            let stored_hash: Vec<u8> = row.try_get("request_hash").map_err(internal)?;
+            if &stored_hash != hash {
+                return Err(entry::key_reused());
+            }
+            let response: Value = row.try_get("response").map_err(internal)?;
+            return Ok(EntryOutcome {
+                result: entry::decode(&response.to_string())?,
+                replayed: true,
+            });
+        }
+    }
+    let flow = flows::get(c, ws, &req.flow_id).await?;
+    if flow.status != FlowStatus::Active {
+        return Err(entry::flow_not_active());
+    }
+    let email = req
+        .contact
+        .email
+        .as_ref()
+        .ok_or_else(|| StoreError::Invalid {
+            code: "missing_field",
+            field: "email".into(),
+            message: "email is required".into(),
+        })?;
+    lock_email(c, ws, email).await?;
+    let existing = contact_where(c, ws, "email", email.as_str(), true).await?;
+    let defs = field_defs_for(c, ws, existing.as_ref().map(|e| &e.id), &req.contact.lists).await?;
+    let up = plan::upsert(existing, &defs, &req.contact, now_millis())?;
+    if up.changed {
+        write_contact(c, ws, &up.contact).await?;
+    }
+    for list in &req.contact.lists {
+        upsert_membership(c, ws, list, &up.contact.id).await?;
+    }
+    let row = sqlx::query(
+        "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
+         FROM runs WHERE flow_id = $1 AND contact_id = $2",
+    )
+    .bind(req.flow_id.as_str())
+    .bind(up.contact.id.as_str())
+    .fetch_one(&mut *c)
+    .await
+    .map_err(internal)?;
+    let any_run: bool = row.try_get("any_run").map_err(internal)?;
+    let active_run: bool = row.try_get("active_run").map_err(internal)?;
+    let not_started = entry::run_decision(req.repeat, any_run, active_run);
+    let run_id = if not_started.is_none() {
+        let id = RunId::generate();
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $7, $7)",
+        )
+        .bind(id.as_str())
+        .bind(ws.as_str())
+        .bind(req.flow_id.as_str())
+        .bind(req.flow_version as i32)
+        .bind(up.contact.id.as_str())
+        .bind(&req.first_step)
+        .bind(now)
+        .bind(&req.event_data)
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+        Some(id.to_string())
+    } else {
+        None
+    };
+    let result = EntryResult {
+        contact_id: up.contact.id.to_string(),
+        run_id,
+        not_started: not_started.map(str::to_owned),
+    };
+    if let Some((key, hash)) = &req.idempotency {
+        sqlx::query("INSERT INTO idempotency_keys (workspace_id, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(ws.as_str())
+            .bind(key)
+            .bind(hash)
+            .bind(serde_json::to_value(&result).map_err(|e| StoreError::Internal(e.to_string()))?)
+            .bind(now_millis())
+            .execute(&mut *c)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(EntryOutcome {
+        result,
+        replayed: false,
+    })
+}

@@ -1,0 +1,116 @@
+//! SQL for entering flows and runs (SQLite).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{flows, internal, queries as q};
+use crate::domain::{RunId, WorkspaceId};
+use crate::store::{
+    EntryOutcome, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError, entry,
+    now_millis, plan,
+};
+
+pub fn by_token(conn: &Connection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
+    let found: Option<(String, String)> = conn
+        .prepare_cached("SELECT workspace_id, id FROM flows WHERE inbound_token = ?1")
+        .and_then(|mut s| {
+            s.query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(internal)?;
+    let (ws, id) = found.ok_or_else(|| StoreError::not_found("inbound URL", "this token"))?;
+    let ws = WorkspaceId::from_trusted(ws);
+    let flow = flows::get(conn, &ws, &crate::domain::FlowId::from_trusted(id))?;
+    Ok((ws, flow))
+}
+
+pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<EntryOutcome> {
+    if let Some((key, hash)) = &req.idempotency {
+        let stored: Option<(Vec<u8>, String)> = conn
+            .prepare_cached("SELECT request_hash, response FROM idempotency_keys WHERE workspace_id = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row([ws.as_str(), key.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(internal)?;
+        if let Some((stored_hash, response)) = stored {
+            if &stored_hash != hash {
+                return Err(entry::key_reused());
+            }
+            return Ok(EntryOutcome {
+                result: entry::decode(&response)?,
+                replayed: true,
+            });
+        }
+    }
+    let flow = flows::get(conn, ws, &req.flow_id)?;
+    if flow.status != FlowStatus::Active {
+        return Err(entry::flow_not_active());
+    }
+    let email = req
+        .contact
+        .email
+        .as_ref()
+        .ok_or_else(|| StoreError::Invalid {
+            code: "missing_field",
+            field: "email".into(),
+            message: "email is required".into(),
+        })?;
+    let existing = q::contact_by_email(conn, ws, email)?;
+    let defs = q::field_defs_for(
+        conn,
+        ws,
+        existing.as_ref().map(|e| &e.id),
+        &req.contact.lists,
+    )?;
+    let up = plan::upsert(existing, &defs, &req.contact, now_millis())?;
+    if up.changed {
+        q::write_contact(conn, ws, &up.contact)?;
+    }
+    for list in &req.contact.lists {
+        q::upsert_membership(conn, ws, list, &up.contact.id)?;
+    }
+    let (any_run, active_run): (bool, bool) = conn
+        .prepare_cached(
+            "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
+             FROM runs WHERE flow_id = ?1 AND contact_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row([req.flow_id.as_str(), up.contact.id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+        })
+        .map_err(internal)?;
+    let not_started = entry::run_decision(req.repeat, any_run, active_run);
+    let run_id = if not_started.is_none() {
+        let id = RunId::generate();
+        let now = now_millis();
+        let data = serde_json::to_string(&req.event_data)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        conn.prepare_cached(
+            "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?7, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![id.as_str(), ws.as_str(), req.flow_id.as_str(), req.flow_version, up.contact.id.as_str(), req.first_step, now, data])
+        })
+        .map_err(internal)?;
+        Some(id.to_string())
+    } else {
+        None
+    };
+    let result = EntryResult {
+        contact_id: up.contact.id.to_string(),
+        run_id,
+        not_started: not_started.map(str::to_owned),
+    };
+    if let Some((key, hash)) = &req.idempotency {
+        let response =
+            serde_json::to_string(&result).map_err(|e| StoreError::Internal(e.to_string()))?;
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (workspace_id, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| s.execute(params![ws.as_str(), key, hash, response, now_millis()]))
+        .map_err(internal)?;
+    }
+    Ok(EntryOutcome {
+        result,
+        replayed: false,
+    })
+}
