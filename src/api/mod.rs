@@ -8,6 +8,7 @@ pub mod contacts;
 pub mod error;
 pub mod extract;
 pub mod flows;
+pub mod hooks;
 pub mod lists;
 pub mod ops;
 pub mod views;
@@ -100,6 +101,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(flows::activate_flow))
         .routes(routes!(flows::pause_flow))
         .routes(routes!(flows::rotate_token))
+        .routes(routes!(hooks::inbound_call))
         .split_for_parts()
 }
 

@@ -12,5 +12,6 @@ mod bad_input;
 mod binary;
 mod contract;
 mod flows;
+mod inbound;
 mod isolation;
 mod openapi;

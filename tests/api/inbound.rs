@@ -1,0 +1,396 @@
+//! `POST /hooks/{token}`: the inbound API call entry point.
+
+use hookflow::domain::Scope;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::both_stores;
+use crate::helpers::{Backend, TEST_BODY_LIMIT, TestApp, spawn_app};
+
+both_stores!(
+    inbound_calls_upsert_map_and_start_runs,
+    bad_inbound_calls_are_refused_and_store_nothing
+);
+
+struct Setup {
+    list: String,
+    url: String,
+    flow: String,
+}
+
+async fn setup(app: &TestApp, repeat: bool) -> Setup {
+    let k = &app.admin_key;
+    let (_, l) = app
+        .post(k, "/v1/lists", json!({"name": "Buyers", "fields": [{"name": "first_name", "type": "text"}, {"name": "age", "type": "number"}]}))
+        .await;
+    let list = l["id"].as_str().unwrap().to_owned();
+    let (s, f) = app
+        .post(k, "/v1/flows", json!({
+            "name": "Post-sale", "repeat": repeat,
+            "trigger": {"type": "inbound", "list_id": list, "mapping": {
+                "customer.first_name": "first_name", "customer.age": "age", "customer.phone": "phone"}},
+            "steps": [{"id": "pause", "type": "wait", "duration": "1d", "next": "done"}, {"id": "done", "type": "exit"}]}))
+        .await;
+    assert_eq!(s, 201, "{f}");
+    let flow = f["id"].as_str().unwrap().to_owned();
+    let (_, active) = app
+        .post(k, &format!("/v1/flows/{flow}/activate"), json!({}))
+        .await;
+    Setup {
+        list,
+        url: active["inbound_url"].as_str().unwrap().to_owned(),
+        flow,
+    }
+}
+
+async fn call(
+    app: &TestApp,
+    key: &str,
+    url: &str,
+    body: Value,
+    idem: Option<&str>,
+) -> (StatusCode, Value, bool) {
+    let mut req = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("X-Api-Key", key)
+        .json(&body);
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let replayed = resp.headers().get("idempotent-replayed").is_some();
+    (
+        resp.status(),
+        resp.json().await.unwrap_or(Value::Null),
+        replayed,
+    )
+}
+
+async fn inbound_calls_upsert_map_and_start_runs(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let ingest = app.workspace_key("default", Scope::Ingest).await;
+    let s = setup(&app, false).await;
+    let body = json!({"email": "Buyer@Shop.example", "customer": {"first_name": "Ada", "age": "36", "phone": "+380631234567"}, "order": {"total": 42}});
+    let (st, r, _) = call(&app, &ingest, &s.url, body.clone(), None).await;
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(
+        (
+            r["run_started"].as_bool(),
+            r["run_id"].as_str().map(|i| i.starts_with("run_"))
+        ),
+        (Some(true), Some(true))
+    );
+    let c = app
+        .get(
+            &app.admin_key,
+            &format!("/v1/contacts/{}", r["contact_id"].as_str().unwrap()),
+        )
+        .await
+        .1;
+    assert_eq!(
+        (c["email"].as_str(), c["phone"].as_str()),
+        (Some("buyer@shop.example"), Some("+380631234567"))
+    );
+    assert_eq!(c["fields"], json!({"first_name": "Ada", "age": 36}));
+    let members = app
+        .get(&app.admin_key, &format!("/v1/lists/{}/members", s.list))
+        .await
+        .1;
+    assert_eq!(members["data"].as_array().unwrap().len(), 1);
+
+    // Repeat is off: the same contact does not start a second run.
+    let (st, r2, _) = call(&app, &ingest, &s.url, body.clone(), None).await;
+    assert_eq!(
+        (
+            st.as_u16(),
+            r2["run_started"].as_bool(),
+            r2["reason"].as_str()
+        ),
+        (202, Some(false), Some("already_entered"))
+    );
+    assert_eq!(r2["contact_id"], r["contact_id"]);
+
+    // Idempotency-Key: a retry gets the first answer and does nothing else.
+    let other = json!({"email": "second@shop.example"});
+    let (_, first, replayed) = call(&app, &ingest, &s.url, other.clone(), Some("order-7")).await;
+    assert!(!replayed && first["run_started"] == true);
+    let (st, again, replayed) = call(&app, &ingest, &s.url, other, Some("order-7")).await;
+    assert_eq!((st.as_u16(), &again, replayed), (202, &first, true));
+    let (st, reused, _) = call(
+        &app,
+        &ingest,
+        &s.url,
+        json!({"email": "third@shop.example"}),
+        Some("order-7"),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), reused["error"]["code"].as_str()),
+        (409, Some("idempotency_key_reused"))
+    );
+    assert_eq!(
+        app.get(&app.admin_key, "/v1/contacts").await.1["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    app.stop().await;
+}
+
+async fn snapshot(app: &TestApp, list: &str) -> Value {
+    json!({
+        "contacts": app.get(&app.admin_key, "/v1/contacts").await.1,
+        "members": app.get(&app.admin_key, &format!("/v1/lists/{list}/members")).await.1,
+    })
+}
+
+async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let ingest = app.workspace_key("default", Scope::Ingest).await;
+    let foreign = app.workspace_key("other", Scope::Ingest).await;
+    let s = setup(&app, true).await;
+    let paused = {
+        let (_, f) = app
+            .post(
+                &app.admin_key,
+                "/v1/flows",
+                json!({"name": "Paused", "trigger": {"type": "inbound", "list_id": s.list},
+                "steps": [{"id": "x", "type": "exit"}]}),
+            )
+            .await;
+        let id = f["id"].as_str().unwrap();
+        let (_, a) = app
+            .post(
+                &app.admin_key,
+                &format!("/v1/flows/{id}/activate"),
+                json!({}),
+            )
+            .await;
+        app.post(&app.admin_key, &format!("/v1/flows/{id}/pause"), json!({}))
+            .await;
+        a["inbound_url"].as_str().unwrap().to_owned()
+    };
+    let huge = json!({"email": "big@example.com", "blob": "x".repeat(TEST_BODY_LIMIT)});
+    let raw = |ct: &'static str, b: &'static [u8]| (Some(ct), b.to_vec());
+    // (name, key, url, content-type + raw body or JSON, status, code, field)
+    type Case = (
+        &'static str,
+        String,
+        String,
+        Result<Value, (Option<&'static str>, Vec<u8>)>,
+        u16,
+        &'static str,
+        Option<&'static str>,
+    );
+    let u = s.url.clone();
+    let cases: Vec<Case> = vec![
+        (
+            "no email",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!({"customer": {"first_name": "A"}})),
+            422,
+            "missing_field",
+            Some("email"),
+        ),
+        (
+            "bad email",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!({"email": "a@"})),
+            422,
+            "invalid_email",
+            Some("email"),
+        ),
+        (
+            "email not a string",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!({"email": 42})),
+            422,
+            "invalid_email",
+            Some("email"),
+        ),
+        (
+            "mapped value of the wrong type",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com", "customer": {"age": "old"}})),
+            422,
+            "invalid_field_value",
+            Some("customer.age"),
+        ),
+        (
+            "mapped phone invalid",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com", "customer": {"phone": "12"}})),
+            422,
+            "invalid_phone",
+            Some("customer.phone"),
+        ),
+        (
+            "JSON array",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!([{"email": "t@example.com"}])),
+            422,
+            "invalid_body",
+            None,
+        ),
+        (
+            "non-JSON",
+            ingest.clone(),
+            u.clone(),
+            Err(raw("application/json", b"email=t@example.com")),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "empty body",
+            ingest.clone(),
+            u.clone(),
+            Err(raw("application/json", b"")),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "form content type",
+            ingest.clone(),
+            u.clone(),
+            Err(raw(
+                "application/x-www-form-urlencoded",
+                b"email=t@example.com",
+            )),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            "no content type",
+            ingest.clone(),
+            u.clone(),
+            Err((None, b"{\"email\":\"t@example.com\"}".to_vec())),
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        (
+            "oversized body",
+            ingest.clone(),
+            u.clone(),
+            Ok(huge),
+            413,
+            "payload_too_large",
+            None,
+        ),
+        (
+            "no key",
+            String::new(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com"})),
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            "wrong key",
+            "hfk_nope".into(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com"})),
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            "ingest key of another workspace",
+            foreign.clone(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com"})),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            "unknown token",
+            ingest.clone(),
+            "/hooks/not-a-token".into(),
+            Ok(json!({"email": "t@example.com"})),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            "paused flow",
+            ingest.clone(),
+            paused.clone(),
+            Ok(json!({"email": "t@example.com"})),
+            409,
+            "flow_not_active",
+            None,
+        ),
+    ];
+    let before = snapshot(&app, &s.list).await;
+    for (name, key, url, body, status, code, field) in cases {
+        let mut req = app.http.post(format!("{}{url}", app.base));
+        if !key.is_empty() {
+            req = req.header("X-Api-Key", &key);
+        }
+        req = match body {
+            Ok(v) => req.json(&v),
+            Err((Some(ct), bytes)) => req.header("content-type", ct).body(bytes),
+            Err((None, bytes)) => req.body(bytes),
+        };
+        let resp = req.send().await.unwrap();
+        let got = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{name}: {body}"
+        );
+        if let Some(f) = field {
+            assert_eq!(body["error"]["field"], f, "{name}: {body}");
+        }
+        assert_eq!(
+            snapshot(&app, &s.list).await,
+            before,
+            "{name} changed the database"
+        );
+    }
+    // A rotated token stops working at once.
+    let (_, rotated) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/flows/{}/rotate-token", s.flow),
+            json!({}),
+        )
+        .await;
+    let (st, _, _) = call(
+        &app,
+        &ingest,
+        &s.url,
+        json!({"email": "t@example.com"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404, "the old URL is dead");
+    let (st, _, _) = call(
+        &app,
+        &ingest,
+        rotated["inbound_url"].as_str().unwrap(),
+        json!({"email": "t@example.com"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202);
+    app.stop().await;
+}
