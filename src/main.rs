@@ -181,13 +181,16 @@ async fn serve(store: std::sync::Arc<dyn Store>, config: Config) -> anyhow::Resu
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Signal handlers first: from the moment the address is printed, SIGTERM
+    // means a graceful stop.
+    let shutdown = hookflow::server::shutdown_signal();
     println!("hookflow listening on http://{addr}");
     tracing::info!(%addr, store = store.kind(), "listening");
     hookflow::server::serve(
         store,
         listener,
         config.max_body_bytes,
-        hookflow::server::shutdown_signal(),
+        shutdown,
         Duration::from_secs(config.shutdown_grace_secs),
     )
     .await?;

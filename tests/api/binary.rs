@@ -401,3 +401,18 @@ fn flows_apply_creates_then_versions_and_names_problems() {
         "{listed}"
     );
 }
+
+/// SIGTERM sent the moment the address is printed is a graceful stop, not a
+/// kill: the handlers are registered before the address is announced.
+#[test]
+fn sigterm_right_after_listening_is_graceful() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        let server = start(dir.path());
+        let status = terminate(server);
+        assert!(
+            status.success(),
+            "exit status after an immediate SIGTERM: {status:?}"
+        );
+    }
+}
