@@ -36,7 +36,7 @@ pub enum Trigger {
     /// A contact field changes value (optionally: to this value).
     FieldChanged {
         field: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schema(value_type = Option<Object>)]
         to: Option<Value>,
     },
@@ -69,29 +69,35 @@ pub enum StepKind {
     },
     AddToList {
         list_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     RemoveFromList {
         list_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     MoveToList {
         from_list_id: String,
         to_list_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     UpdateField {
         field: String,
         value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     /// Records a conversion; the run ends unless `next` is given.
     Goal {
         name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     StartFlow {
         flow_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     Exit {},
@@ -102,17 +108,26 @@ pub enum StepKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Wait {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// An RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// `HH:MM`, in `time_zone` (an IANA name) or else the contact's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_of_day: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
     /// An event name to wait for, with `timeout`, `on_event` and `on_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
 
@@ -131,7 +146,7 @@ pub enum Match {
 pub struct Condition {
     pub field: String,
     pub op: Op,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
 }
@@ -170,6 +185,7 @@ pub struct FlowDoc {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FlowError {
     /// The step at fault; `None` for the trigger or the flow as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// The setting at fault, e.g. `duration`, `next`, `trigger.list_id`.
     pub setting: String,
