@@ -223,6 +223,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut rest = raw;
     let mut last_unit = 0usize;
+    let mut seen = false;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 || digits > 9 {
@@ -231,17 +232,21 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         let unit = rest[digits..].chars().next().ok_or_else(err)?;
         let pos = units.iter().position(|(u, _)| *u == unit).ok_or_else(err)?;
-        if pos < last_unit || (total > 0 && pos == last_unit) {
+        if pos < last_unit || (seen && pos == last_unit) {
             return Err(err());
         }
         last_unit = pos;
+        seen = true;
         total = total
             .checked_add(n.checked_mul(units[pos].1).ok_or_else(err)?)
             .ok_or_else(err)?;
         rest = &rest[digits + unit.len_utf8()..];
     }
     if total == 0 {
-        return Err(format!("`{raw}` is zero; a wait must be positive"));
+        return Err(format!(
+            "`{}` is zero; a wait must be positive",
+            raw.chars().take(40).collect::<String>()
+        ));
     }
     let d = Duration::from_secs(total);
     if d > MAX_WAIT {
@@ -280,7 +285,9 @@ impl StepKind {
     }
 
     fn is_wait(&self) -> bool {
-        matches!(self, StepKind::Wait(_))
+        // A wait `until` a fixed time pauses only the first time round a
+        // loop; after that time it passes straight through.
+        matches!(self, StepKind::Wait(w) if w.until.is_none())
     }
 }
 
@@ -289,7 +296,8 @@ pub fn validate(doc: &FlowDoc, catalog: &dyn Catalog) -> Vec<FlowError> {
     let mut v = Validator {
         errors: Vec::new(),
         catalog,
-        known_fields: HashSet::new(),
+        known_fields: HashMap::new(),
+        trigger_fields: HashSet::new(),
     };
     v.check_flow(doc);
     v.errors
@@ -300,7 +308,10 @@ struct Validator<'a> {
     catalog: &'a dyn Catalog,
     /// Fields defined by the lists this flow touches (trigger list and list
     /// steps): the fields `update_field` and conditions may name.
-    known_fields: HashSet<String>,
+    known_fields: HashMap<String, Vec<FieldDef>>,
+    /// Fields of the trigger's list: the only targets an inbound mapping may
+    /// have, since a new contact is in no other list when the call arrives.
+    trigger_fields: HashSet<String>,
 }
 
 impl Validator<'_> {
@@ -320,8 +331,12 @@ impl Validator<'_> {
         };
         match self.catalog.list_fields(&id) {
             Some(fields) => {
-                self.known_fields
-                    .extend(fields.iter().map(|f| f.name.to_string()));
+                for f in &fields {
+                    self.known_fields
+                        .entry(f.name.to_string())
+                        .or_default()
+                        .push(f.clone());
+                }
                 Some(fields)
             }
             None => {
@@ -356,11 +371,11 @@ impl Validator<'_> {
         }
         if let Trigger::Inbound { mapping, .. } = &doc.trigger {
             for target in mapping.values() {
-                if !self.known_fields.contains(target) && target != "phone" {
+                if !self.trigger_fields.contains(target) && target != "phone" {
                     self.err(
                         None,
                         format!("trigger.mapping.{target}"),
-                        format!("the flow's lists define no field `{target}`"),
+                        format!("the trigger's list defines no field `{target}`"),
                     );
                 }
             }
@@ -374,7 +389,9 @@ impl Validator<'_> {
     fn check_trigger(&mut self, t: &Trigger) {
         match t {
             Trigger::Inbound { list_id, mapping } => {
-                self.list(None, "trigger.list_id", list_id);
+                if let Some(fields) = self.list(None, "trigger.list_id", list_id) {
+                    self.trigger_fields = fields.iter().map(|f| f.name.to_string()).collect();
+                }
                 for path in mapping.keys() {
                     if let Err(m) = super::jsonpath::JsonPath::parse(path) {
                         self.err(None, format!("trigger.mapping.{path}"), m);
@@ -461,7 +478,7 @@ impl Validator<'_> {
                 }
             }
             StepKind::UpdateField { field, value, .. } => {
-                if !self.known_fields.contains(field.as_str()) {
+                if !self.known_fields.contains_key(field.as_str()) {
                     self.err(
                         id,
                         "field",
@@ -473,6 +490,16 @@ impl Validator<'_> {
                         "value",
                         "a field value is a string, number, boolean or null",
                     );
+                } else {
+                    // The value must fit the field as every list defines it.
+                    let defs = self
+                        .known_fields
+                        .get(field.as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    if let Some(m) = defs.iter().find_map(|d| d.coerce(value).err()) {
+                        self.err(id, "value", m);
+                    }
                 }
             }
             StepKind::Goal { name, .. } if name.trim().is_empty() => {
@@ -499,6 +526,13 @@ impl Validator<'_> {
                 "give exactly one of `duration`, `until`, `time_of_day` or `event`",
             );
             return;
+        }
+        if w.time_zone.is_some() && w.time_of_day.is_none() {
+            self.err(
+                Some(id),
+                "time_zone",
+                "`time_zone` goes with `time_of_day` only",
+            );
         }
         if let Some(d) = &w.duration
             && let Err(m) = parse_duration(d)
@@ -561,7 +595,7 @@ impl Validator<'_> {
         let field_ok = match c.field.split_once('.') {
             None => matches!(c.field.as_str(), "email" | "phone" | "status" | "lists"),
             Some(("fields", name)) => {
-                if !self.known_fields.contains(name) {
+                if !self.known_fields.contains_key(name) {
                     self.err(
                         step,
                         format!("{setting}.field"),

@@ -138,6 +138,14 @@ fn a_loop_without_a_wait_is_refused_and_one_with_a_wait_is_not() {
         {"id": "a", "type": "add_to_list", "list_id": cat.vip, "next": "b"},
         {"id": "b", "type": "wait", "duration": "1d", "next": "a"}]});
     assert_eq!(errors(paced, &cat), vec![]);
+    let until_loop = json!({"name": "Until", "trigger": {"type": "flow"}, "steps": [
+        {"id": "a", "type": "wait", "until": "2020-01-01T00:00:00Z", "next": "b"},
+        {"id": "b", "type": "add_to_list", "list_id": cat.vip, "next": "a"}]});
+    assert_eq!(
+        errors(until_loop, &cat),
+        one("b", "next"),
+        "a past `until` does not pause a loop"
+    );
     let self_loop = json!({"name": "Self", "trigger": {"type": "flow"}, "steps": [
         {"id": "a", "type": "condition", "conditions": [{"field": "status", "op": "eq", "value": "x"}], "yes": "a", "no": "b"},
         {"id": "b", "type": "exit"}]});
@@ -150,7 +158,7 @@ fn missing_lists_and_fields_are_named() {
     let mut doc = good(&cat);
     doc["steps"][0]["list_id"] = json!(ListId::generate());
     doc["steps"][2]["field"] = json!("shoe_size");
-    doc["trigger"]["mapping"] = json!({"customer.size": "size"});
+    doc["trigger"]["mapping"] = json!({"customer.size": "size", "customer.tier": "tier"});
     let errs = errors(doc, &cat);
     assert!(
         errs.contains(&(Some("join".into()), "list_id".into())),
@@ -185,6 +193,10 @@ fn malformed_waits_are_named() {
             "wait",
         ),
         (json!({}), "wait"),
+        (
+            json!({"duration": "1h", "time_zone": "Europe/Rome"}),
+            "time_zone",
+        ),
         (
             json!({"event": "paid", "on_event": "upgrade", "on_timeout": "won"}),
             "timeout",
