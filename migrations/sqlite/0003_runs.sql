@@ -23,11 +23,14 @@ CREATE INDEX runs_due ON runs (due_at) WHERE status = 'active' OR status = 'wait
 
 -- Idempotency-Key: the first answer to a key is stored with a hash of the
 -- request; a retry with the same key gets it back and changes nothing.
+-- Keys are scoped (the flow id for inbound calls), so one order number sent
+-- to two flows is two requests.
 CREATE TABLE idempotency_keys (
     workspace_id TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+    scope        TEXT NOT NULL,
     key          TEXT NOT NULL,
     request_hash BLOB NOT NULL,
     response     TEXT NOT NULL,
     created_at   INTEGER NOT NULL,
-    PRIMARY KEY (workspace_id, key)
+    PRIMARY KEY (workspace_id, scope, key)
 ) STRICT, WITHOUT ROWID;

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{AdminKey, JsonBody, PathParam, QueryParams};
+use super::extract::{AdminKey, JsonBody, PathParam, QueryParams, refuse_nul};
 use super::views::PageQuery;
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, WorkspaceId, millis_to_rfc3339};
@@ -39,13 +39,19 @@ pub struct FlowView {
 
 impl From<FlowRecord> for FlowView {
     fn from(f: FlowRecord) -> Self {
+        let inbound = f.document["trigger"]["type"] == "inbound";
         Self {
             id: f.id.to_string(),
             name: f.name,
             status: f.status,
             version: f.version,
             document: f.document,
-            inbound_url: f.inbound_token.map(|t| format!("/hooks/{t}")),
+            // Only while the trigger is inbound: a flow saved with another
+            // trigger keeps its token (for a switch back) but has no URL.
+            inbound_url: f
+                .inbound_token
+                .filter(|_| inbound)
+                .map(|t| format!("/hooks/{t}")),
             created_at: millis_to_rfc3339(f.created_at),
             updated_at: millis_to_rfc3339(f.updated_at),
         }
@@ -61,6 +67,7 @@ pub struct FlowPage {
 /// Validates `doc` against the workspace; 422 `invalid_flow` listing every
 /// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
 async fn checked(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, ApiError> {
+    refuse_nul(&serde_json::to_value(doc).map_err(|_| ApiError::internal())?)?;
     match save::check(store, ws, doc).await {
         Ok(v) => Ok(v),
         Err(SaveError::Store(e)) => Err(e.into()),
@@ -151,13 +158,20 @@ pub async fn update_flow(
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
     let value = checked(&*state.store, &p.workspace_id, &doc).await?;
-    Ok(Json(
-        state
+    let saved = state
+        .store
+        .update_flow(&p.workspace_id, &id, doc.name.trim(), value)
+        .await?;
+    // An active flow saved with an inbound trigger needs its URL now, not at
+    // the next activation.
+    if saved.status == FlowStatus::Active && saved.inbound_token.is_none() && is_inbound(&saved) {
+        let with_url = state
             .store
-            .update_flow(&p.workspace_id, &id, doc.name.trim(), value)
-            .await?
-            .into(),
-    ))
+            .set_flow_status(&p.workspace_id, &id, FlowStatus::Active, Some(new_token()))
+            .await?;
+        return Ok(Json(with_url.into()));
+    }
+    Ok(Json(saved.into()))
 }
 
 /// Delete a flow and its versions.

@@ -17,11 +17,11 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{AnyKey, JsonBody, PathParam};
+use super::extract::{AnyKey, JsonBody, PathParam, refuse_nul};
 use crate::domain::flow::{FlowDoc, Trigger};
 use crate::domain::jsonpath::JsonPath;
 use crate::domain::{Email, ListId, Phone};
-use crate::store::{ContactUpsert, EntryRequest, FlowStatus, StoreError};
+use crate::store::{ContactUpsert, EntryRequest, EntryResult, FlowStatus, StoreError};
 
 #[derive(Serialize, ToSchema)]
 pub struct InboundAccepted {
@@ -59,6 +59,35 @@ pub async fn inbound_call(
     // Another workspace's key learns nothing about this URL.
     if ws != p.workspace_id {
         return Err(not_found());
+    }
+    refuse_nul(&body)?;
+    // An answered key is answered again, before anything about the flow or
+    // the body is re-checked: a retry after a pause still learns its result.
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            // serde_json maps keep keys sorted: equal bodies hash equally.
+            let hash = Sha256::digest(body.to_string().as_bytes()).to_vec();
+            Some((key.to_owned(), hash))
+        }
+    };
+    if let Some((key, hash)) = &idempotency
+        && let Some(result) = state
+            .store
+            .idempotent_answer(&ws, flow.id.as_str(), key, hash)
+            .await?
+    {
+        return Ok(accepted(result, true));
     }
     if flow.status != FlowStatus::Active {
         return Err(ApiError::new(
@@ -124,27 +153,6 @@ pub async fn inbound_call(
             origin.push((format!("fields.{target}"), path.clone()));
         }
     }
-    let idempotency = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            // serde_json maps keep keys sorted: equal bodies hash equally.
-            let hash = Sha256::new()
-                .chain_update(token.as_bytes())
-                .chain_update(body.to_string().as_bytes())
-                .finalize();
-            Some((key.to_owned(), hash.to_vec()))
-        }
-    };
     let list = ListId::parse(list_id).map_err(|_| ApiError::internal())?;
     let req = EntryRequest {
         flow_id: flow.id.clone(),
@@ -164,6 +172,16 @@ pub async fn inbound_call(
     let out = match state.store.enter_flow(&ws, req).await {
         Ok(out) => out,
         Err(StoreError::Invalid {
+            code: "unknown_list",
+            ..
+        }) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "flow_misconfigured",
+                "the flow's list no longer exists; fix and save the flow",
+            ));
+        }
+        Err(StoreError::Invalid {
             code,
             field,
             message,
@@ -177,17 +195,20 @@ pub async fn inbound_call(
         }
         Err(e) => return Err(e.into()),
     };
-    let r = out.result;
-    let accepted = InboundAccepted {
+    Ok(accepted(out.result, out.replayed))
+}
+
+fn accepted(r: EntryResult, replayed: bool) -> Response {
+    let body = InboundAccepted {
         contact_id: r.contact_id,
         run_started: r.run_id.is_some(),
         run_id: r.run_id,
         reason: r.not_started,
     };
-    let mut resp = (StatusCode::ACCEPTED, Json(accepted)).into_response();
-    if out.replayed {
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if replayed {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(resp)
+    resp
 }

@@ -227,7 +227,7 @@ pub struct EntryRequest {
     pub contact: ContactUpsert,
     /// Kept on the run for conditions and templates.
     pub event_data: Value,
-    /// `Idempotency-Key` and a hash of the request it came with.
+    /// `Idempotency-Key` and a hash of the request body; scoped to the flow.
     pub idempotency: Option<(String, Vec<u8>)>,
 }
 
@@ -378,6 +378,15 @@ pub trait Store: Send + Sync + 'static {
     async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)>;
     /// Records a contact entering a flow, all or nothing (IN-6, FL-3, IN-7).
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome>;
+    /// The stored answer for an idempotency key in `scope`, if any; a
+    /// Conflict if the key came with another request (`hash`).
+    async fn idempotent_answer(
+        &self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+    ) -> Result<Option<EntryResult>>;
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if

@@ -98,6 +98,9 @@ async fn flows_are_validated_versioned_and_activated(b: Backend) {
         409,
         "flow_name_taken",
     );
+    let mut nul = welcome(&l);
+    nul["name"] = json!("We\u{0}lcome");
+    assert_error(&app.post(&k, "/v1/flows", nul).await, 422, "nul_character");
 
     // Saving again makes a new version.
     let mut v2 = welcome(&l);

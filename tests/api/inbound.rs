@@ -138,6 +138,52 @@ async fn inbound_calls_upsert_map_and_start_runs(b: Backend) {
             .len(),
         2
     );
+
+    // Keys are per flow: the same order number sent to another flow is a new request.
+    let (_, f2) = app
+        .post(
+            &app.admin_key,
+            "/v1/flows",
+            json!({"name": "Second", "trigger": {"type": "inbound", "list_id": s.list},
+            "steps": [{"id": "x", "type": "exit"}]}),
+        )
+        .await;
+    let f2 = f2["id"].as_str().unwrap().to_owned();
+    let (_, a2) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/flows/{f2}/activate"),
+            json!({}),
+        )
+        .await;
+    let (st, other_flow, replayed) = call(
+        &app,
+        &ingest,
+        a2["inbound_url"].as_str().unwrap(),
+        json!({"email": "third@shop.example"}),
+        Some("order-7"),
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), replayed, other_flow["run_started"].as_bool()),
+        (202, false, Some(true))
+    );
+    // A retry after the flow is paused still gets its first answer.
+    app.post(
+        &app.admin_key,
+        &format!("/v1/flows/{}/pause", s.flow),
+        json!({}),
+    )
+    .await;
+    let (st, after_pause, replayed) = call(
+        &app,
+        &ingest,
+        &s.url,
+        json!({"email": "second@shop.example"}),
+        Some("order-7"),
+    )
+    .await;
+    assert_eq!((st.as_u16(), &after_pause, replayed), (202, &first, true));
     app.stop().await;
 }
 
@@ -177,6 +223,33 @@ async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
         a["inbound_url"].as_str().unwrap().to_owned()
     };
     let huge = json!({"email": "big@example.com", "blob": "x".repeat(TEST_BODY_LIMIT)});
+    let foreign_admin = app.workspace_key("other", Scope::Admin).await;
+    let deleted = {
+        let (_, f) = app
+            .post(
+                &app.admin_key,
+                "/v1/flows",
+                json!({"name": "Gone", "trigger": {"type": "inbound", "list_id": s.list},
+                "steps": [{"id": "x", "type": "exit"}]}),
+            )
+            .await;
+        let id = f["id"].as_str().unwrap();
+        let (_, a) = app
+            .post(
+                &app.admin_key,
+                &format!("/v1/flows/{id}/activate"),
+                json!({}),
+            )
+            .await;
+        app.call(
+            &app.admin_key,
+            reqwest::Method::DELETE,
+            &format!("/v1/flows/{id}"),
+            None,
+        )
+        .await;
+        a["inbound_url"].as_str().unwrap().to_owned()
+    };
     let raw = |ct: &'static str, b: &'static [u8]| (Some(ct), b.to_vec());
     // (name, key, url, content-type + raw body or JSON, status, code, field)
     type Case = (
@@ -337,7 +410,44 @@ async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
             "flow_not_active",
             None,
         ),
+        (
+            "deleted flow",
+            ingest.clone(),
+            deleted.clone(),
+            Ok(json!({"email": "t@example.com"})),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            "admin key of another workspace",
+            foreign_admin.clone(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com"})),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            "null body",
+            ingest.clone(),
+            u.clone(),
+            Ok(Value::Null),
+            422,
+            "invalid_body",
+            None,
+        ),
+        (
+            "NUL in the body",
+            ingest.clone(),
+            u.clone(),
+            Ok(json!({"email": "t@example.com", "customer": {"first_name": "a\u{0}"}})),
+            422,
+            "nul_character",
+            Some("customer.first_name"),
+        ),
     ];
+    assert!(cases.len() >= 20);
     let before = snapshot(&app, &s.list).await;
     for (name, key, url, body, status, code, field) in cases {
         let mut req = app.http.post(format!("{}{url}", app.base));
@@ -366,6 +476,21 @@ async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
             "{name} changed the database"
         );
     }
+    let resp = app
+        .http
+        .post(format!("{}{}", app.base, s.url))
+        .header("X-Api-Key", &ingest)
+        .header("Idempotency-Key", "x".repeat(300))
+        .json(&json!({"email": "t@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        400,
+        "an over-long Idempotency-Key is refused"
+    );
+    assert_eq!(snapshot(&app, &s.list).await, before);
     // A rotated token stops working at once.
     let (_, rotated) = app
         .post(

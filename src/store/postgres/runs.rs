@@ -33,28 +33,25 @@ pub async fn enter(
     if let Some((key, hash)) = &req.idempotency {
         // Serialise calls with one key so the second waits and replays.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
-            .bind(format!("{ws}/idem/{key}"))
+            .bind(format!("{ws}/idem/{}/{key}", req.flow_id))
             .execute(&mut *c)
             .await
             .map_err(internal)?;
-        let stored = sqlx::query("SELECT request_hash, response FROM idempotency_keys WHERE workspace_id = $1 AND key = $2")
-            .bind(ws.as_str())
-            .bind(key)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(internal)?;
-        if let Some(row) = stored {
-            let stored_hash: Vec<u8> = row.try_get("request_hash").map_err(internal)?;
-            if &stored_hash != hash {
-                return Err(entry::key_reused());
-            }
-            let response: Value = row.try_get("response").map_err(internal)?;
+        if let Some(result) = answer(c, ws, req.flow_id.as_str(), key, hash).await? {
             return Ok(EntryOutcome {
-                result: entry::decode(&response.to_string())?,
+                result,
                 replayed: true,
             });
         }
     }
+    // Share-lock the flow: a concurrent pause or delete waits for this entry
+    // (or this entry sees its result), never a run in a paused or deleted flow.
+    sqlx::query("SELECT 1 FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE")
+        .bind(ws.as_str())
+        .bind(req.flow_id.as_str())
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
     let flow = flows::get(c, ws, &req.flow_id).await?;
     if flow.status != FlowStatus::Active {
         return Err(entry::flow_not_active());
@@ -118,8 +115,9 @@ pub async fn enter(
         not_started: not_started.map(str::to_owned),
     };
     if let Some((key, hash)) = &req.idempotency {
-        sqlx::query("INSERT INTO idempotency_keys (workspace_id, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(ws.as_str())
+            .bind(req.flow_id.as_str())
             .bind(key)
             .bind(hash)
             .bind(serde_json::to_value(&result).map_err(|e| StoreError::Internal(e.to_string()))?)
@@ -132,4 +130,29 @@ pub async fn enter(
         result,
         replayed: false,
     })
+}
+
+/// The stored answer to `key` in `scope`; a Conflict if it came with another
+/// request.
+pub async fn answer(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<EntryResult>> {
+    let stored = sqlx::query("SELECT request_hash, response FROM idempotency_keys WHERE workspace_id = $1 AND scope = $2 AND key = $3")
+        .bind(ws.as_str())
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(internal)?;
+    let Some(row) = stored else { return Ok(None) };
+    let stored_hash: Vec<u8> = row.try_get("request_hash").map_err(internal)?;
+    if stored_hash != hash {
+        return Err(entry::key_reused());
+    }
+    let response: Value = row.try_get("response").map_err(internal)?;
+    entry::decode(&response.to_string()).map(Some)
 }

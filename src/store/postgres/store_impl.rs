@@ -539,4 +539,15 @@ impl Store for PgStore {
         }
         Ok(out)
     }
+
+    async fn idempotent_answer(
+        &self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+    ) -> Result<Option<crate::store::EntryResult>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        runs::answer(&mut c, ws, scope, key, hash).await
+    }
 }

@@ -514,4 +514,17 @@ impl Store for SqliteStore {
         let ws = ws.clone();
         self.writer.write(move |c| runs::enter(c, &ws, &req)).await
     }
+
+    async fn idempotent_answer(
+        &self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+    ) -> Result<Option<super::EntryResult>> {
+        let (ws, scope, key, hash) = (ws.clone(), scope.to_owned(), key.to_owned(), hash.to_vec());
+        self.readers
+            .read(move |c| runs::answer(c, &ws, &scope, &key, &hash))
+            .await
+    }
 }

@@ -24,20 +24,13 @@ pub fn by_token(conn: &Connection, token: &str) -> Result<(WorkspaceId, FlowReco
 }
 
 pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<EntryOutcome> {
-    if let Some((key, hash)) = &req.idempotency {
-        let stored: Option<(Vec<u8>, String)> = conn
-            .prepare_cached("SELECT request_hash, response FROM idempotency_keys WHERE workspace_id = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row([ws.as_str(), key.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-            .map_err(internal)?;
-        if let Some((stored_hash, response)) = stored {
-            if &stored_hash != hash {
-                return Err(entry::key_reused());
-            }
-            return Ok(EntryOutcome {
-                result: entry::decode(&response)?,
-                replayed: true,
-            });
-        }
+    if let Some((key, hash)) = &req.idempotency
+        && let Some(result) = answer(conn, ws, req.flow_id.as_str(), key, hash)?
+    {
+        return Ok(EntryOutcome {
+            result,
+            replayed: true,
+        });
     }
     let flow = flows::get(conn, ws, &req.flow_id)?;
     if flow.status != FlowStatus::Active {
@@ -104,13 +97,33 @@ pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<
         let response =
             serde_json::to_string(&result).map_err(|e| StoreError::Internal(e.to_string()))?;
         conn.prepare_cached(
-            "INSERT INTO idempotency_keys (workspace_id, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .and_then(|mut s| s.execute(params![ws.as_str(), key, hash, response, now_millis()]))
+        .and_then(|mut s| s.execute(params![ws.as_str(), req.flow_id.as_str(), key, hash, response, now_millis()]))
         .map_err(internal)?;
     }
     Ok(EntryOutcome {
         result,
         replayed: false,
     })
+}
+
+/// The stored answer to `key` in `scope`; a Conflict if it came with another
+/// request.
+pub fn answer(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<EntryResult>> {
+    let stored: Option<(Vec<u8>, String)> = conn
+        .prepare_cached("SELECT request_hash, response FROM idempotency_keys WHERE workspace_id = ?1 AND scope = ?2 AND key = ?3")
+        .and_then(|mut s| s.query_row([ws.as_str(), scope, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(internal)?;
+    match stored {
+        None => Ok(None),
+        Some((stored_hash, _)) if stored_hash != hash => Err(entry::key_reused()),
+        Some((_, response)) => entry::decode(&response).map(Some),
+    }
 }
