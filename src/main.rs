@@ -57,8 +57,8 @@ enum Command {
 #[derive(Subcommand)]
 enum FlowCmd {
     /// Create or update flows from JSON flow documents, matched by name, so
-    /// flows can live in version control. Every file is checked; the command
-    /// fails if any is invalid.
+    /// flows can live in version control. Every file is checked first; if any
+    /// is invalid, nothing is applied. Unchanged documents make no version.
     Apply {
         #[arg(long)]
         workspace: String,
@@ -272,59 +272,88 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
 
 async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
     use hookflow::domain::flow::FlowDoc;
-    use hookflow::flows::save::{SaveError, apply};
+    use hookflow::flows::save::{Applied, SaveError, apply, check};
     match cmd {
         FlowCmd::Apply { workspace, paths } => {
             let ws = store.workspace_by_name(&workspace).await?.id;
+            // Check every file first: a directory of flows is applied whole
+            // or not at all.
+            let mut checked = Vec::new();
             let mut failed = 0;
             for path in &paths {
-                let outcome = async {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let doc: FlowDoc = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not a flow document", path.display()))?;
-                    match apply(store, &ws, &doc).await {
-                        Ok((f, created)) => {
-                            let verb = if created { "created" } else { "updated" };
-                            println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
-                            Ok(())
-                        }
-                        Err(SaveError::Invalid(errors)) => {
-                            for e in &errors {
-                                let at = e
-                                    .step
-                                    .as_ref()
-                                    .map_or(String::new(), |s| format!("step `{s}`, "));
-                                eprintln!("{}: {at}`{}`: {}", path.display(), e.setting, e.message);
-                            }
-                            anyhow::bail!("{} has {} problem(s)", path.display(), errors.len())
-                        }
-                        Err(SaveError::Store(e)) => Err(e.into()),
+                let parsed = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))
+                    .and_then(|text| {
+                        serde_json::from_str::<FlowDoc>(&text)
+                            .with_context(|| format!("{} is not a flow document", path.display()))
+                    });
+                let doc = match parsed {
+                    Ok(doc) => doc,
+                    Err(e) => {
+                        eprintln!("hookflow: {e:#}");
+                        failed += 1;
+                        continue;
                     }
-                }
-                .await;
-                if let Err(e) = outcome {
-                    eprintln!("hookflow: {e:#}");
-                    failed += 1;
+                };
+                match check(store, &ws, &doc).await {
+                    Ok(value) => checked.push((doc, value)),
+                    Err(SaveError::Invalid(errors)) => {
+                        for e in &errors {
+                            let at = e
+                                .step
+                                .as_ref()
+                                .map_or(String::new(), |s| format!("step `{s}`, "));
+                            eprintln!("{}: {at}`{}`: {}", path.display(), e.setting, e.message);
+                        }
+                        failed += 1;
+                    }
+                    Err(SaveError::Store(e)) => return Err(e.into()),
                 }
             }
             anyhow::ensure!(
                 failed == 0,
-                "{failed} of {} flow file(s) not applied",
+                "{failed} of {} flow file(s) are invalid; nothing was applied",
                 paths.len()
             );
+            for (doc, value) in checked {
+                let (f, what) = match apply(store, &ws, &doc, value).await {
+                    Ok(done) => done,
+                    Err(SaveError::Store(e)) => return Err(e.into()),
+                    Err(SaveError::Invalid(_)) => {
+                        anyhow::bail!("{} became invalid while applying", doc.name)
+                    }
+                };
+                let verb = match what {
+                    Applied::Created => "created",
+                    Applied::Updated => "updated",
+                    Applied::Unchanged => "unchanged",
+                };
+                println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
+            }
         }
         FlowCmd::List { workspace } => {
             let ws = store.workspace_by_name(&workspace).await?.id;
-            let page = hookflow::domain::PageRequest::first(hookflow::domain::page::MAX_LIMIT);
-            for f in store.list_flows(&ws, &page).await?.items {
-                println!(
-                    "{}\t{}\t{}\tversion {}",
-                    f.id,
-                    f.name,
-                    f.status.as_str(),
-                    f.version
-                );
+            let mut page = hookflow::domain::PageRequest::first(hookflow::domain::page::MAX_LIMIT);
+            loop {
+                let got = store.list_flows(&ws, &page).await?;
+                for f in &got.items {
+                    println!(
+                        "{}\t{}\t{}\tversion {}",
+                        f.id,
+                        f.name,
+                        f.status.as_str(),
+                        f.version
+                    );
+                }
+                match got.next {
+                    Some(next) => {
+                        page = hookflow::domain::PageRequest {
+                            after: Some(next),
+                            limit: page.limit,
+                        }
+                    }
+                    None => break,
+                }
             }
         }
     }

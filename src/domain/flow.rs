@@ -1,8 +1,7 @@
 //! The flow document: what a flow is made of, parsed into types, and the
 //! checks run when a flow is saved (FL-7).
 //!
-//! A document is JSON (or YAML, converted to the same value): a trigger, a
-//! list of steps whose first one is the entry, `repeat`, and exit conditions.
+//! A document is JSON: a trigger, a list of steps whose first one is the entry, `repeat`, and exit conditions.
 //! Steps point at each other by id (`next`, `yes`/`no`, `on_event`/
 //! `on_timeout`). [`validate`] reports every problem at once, each naming the
 //! step id and the setting at fault, so an editor can underline them all.

@@ -79,21 +79,33 @@ pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result
     serde_json::to_value(doc).map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))
 }
 
-/// Creates the flow named in `doc`, or saves a new version of the one with
-/// that name. Returns the flow and whether it was created.
+/// What `apply` did with a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    /// The stored document is the same: no new version.
+    Unchanged,
+}
+
+/// Saves an already checked document (`value`, from [`check`]): creates the
+/// flow of that name, or saves a new version if the document changed.
 pub async fn apply(
     store: &dyn Store,
     ws: &WorkspaceId,
     doc: &FlowDoc,
-) -> Result<(FlowRecord, bool), SaveError> {
-    let value = check(store, ws, doc).await?;
+    value: Value,
+) -> Result<(FlowRecord, Applied), SaveError> {
     let name = doc.name.trim();
     match store.flow_by_name(ws, name).await {
+        Ok(existing) if existing.document == value => Ok((existing, Applied::Unchanged)),
         Ok(existing) => Ok((
             store.update_flow(ws, &existing.id, name, value).await?,
-            false,
+            Applied::Updated,
         )),
-        Err(StoreError::NotFound { .. }) => Ok((store.create_flow(ws, name, value).await?, true)),
+        Err(StoreError::NotFound { .. }) => {
+            Ok((store.create_flow(ws, name, value).await?, Applied::Created))
+        }
         Err(e) => Err(e.into()),
     }
 }

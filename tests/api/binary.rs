@@ -373,6 +373,20 @@ fn flows_apply_creates_then_versions_and_names_problems() {
         file.to_str().unwrap(),
     ]);
     assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unchanged"),
+        "no version for the same document: {out:?}"
+    );
+    let mut changed = flow.clone();
+    changed["steps"][0]["duration"] = serde_json::json!("3d");
+    std::fs::write(&file, changed.to_string()).unwrap();
+    let out = run(&[
+        "flows",
+        "apply",
+        "--workspace",
+        "acme",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
         String::from_utf8_lossy(&out.stdout).contains("version 2"),
         "{out:?}"
     );
@@ -381,11 +395,17 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     bad["steps"][0]["next"] = serde_json::json!("nowhere");
     let bad_file = dir.path().join("bad.json");
     std::fs::write(&bad_file, bad.to_string()).unwrap();
+    // A valid file next to an invalid one is not applied either.
+    let other = dir.path().join("other.json");
+    let mut fresh = flow.clone();
+    fresh["name"] = serde_json::json!("Fresh");
+    std::fs::write(&other, fresh.to_string()).unwrap();
     let out = run(&[
         "flows",
         "apply",
         "--workspace",
         "acme",
+        other.to_str().unwrap(),
         bad_file.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
@@ -399,6 +419,10 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     assert!(
         listed.contains("Nurture") && listed.contains("version 2"),
         "{listed}"
+    );
+    assert!(
+        !listed.contains("Fresh"),
+        "nothing is applied when one file is invalid: {listed}"
     );
 }
 
