@@ -44,6 +44,25 @@ enum Bench {
         #[arg(long)]
         server_bin: Option<PathBuf>,
     },
+    /// Inbound calls (POST /hooks/{token}) to an active flow whose steps are
+    /// add-to-list, wait 1 s, update field, goal (issue 3's benchmark flow).
+    Inbound {
+        /// Requests to send after the warm-up.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        /// Concurrent clients (each one keep-alive connection).
+        #[arg(long, default_value_t = 64)]
+        clients: u64,
+        /// Distinct emails; requests beyond this many update existing contacts.
+        #[arg(long, default_value_t = 100_000)]
+        distinct: u64,
+        /// Database URL for the server (default: SQLite in a temporary folder).
+        #[arg(long)]
+        database: Option<String>,
+        /// Use this server binary instead of building target/release/hookflow.
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
 }
 
 struct Server {
@@ -131,6 +150,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 async fn upserts(
+    mode: Mode,
     requests: u64,
     clients: u64,
     distinct: u64,
@@ -159,21 +179,24 @@ async fn upserts(
         .unwrap();
     let list_id = list["id"].as_str().expect("list created").to_owned();
 
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        "authorization",
-        format!("Bearer {}", server.key).parse().unwrap(),
-    );
-    headers.insert("content-type", "application/json".parse().unwrap());
+    let path: hyper::Uri = match mode {
+        Mode::Upserts => hyper::Uri::from_static("/v1/contacts"),
+        Mode::Inbound => inbound_flow(&http, &server, &list_id)
+            .await
+            .parse()
+            .unwrap(),
+    };
     let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
     let auth = format!("Bearer {}", server.key);
     let run = |total: u64| {
-        let (auth, list_id) = (auth.clone(), list_id.clone());
+        let (auth, list_id, path) = (auth.clone(), list_id.clone(), path.clone());
         async move {
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = Vec::new();
             for _ in 0..clients {
                 let job = ClientJob {
+                    mode,
+                    path: path.clone(),
                     addr,
                     auth: auth.clone(),
                     list_id: list_id.clone(),
@@ -225,14 +248,23 @@ async fn upserts(
     let batch = metric_mean(&metrics, "hookflow_sqlite_commit_batch_size");
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "benchmark: contact upserts over HTTP ({})",
-        database.as_deref().unwrap_or("SQLite, synchronous=FULL")
+        "benchmark: {} over HTTP ({})",
+        match mode {
+            Mode::Upserts => "contact upserts",
+            Mode::Inbound => "inbound calls (POST /hooks/{token})",
+        },
+        database.as_deref().unwrap_or("SQLite, every 2xx fsynced")
     );
     println!("  clients            {clients}");
     println!("  requests           {requests} (+{warmup} warm-up), errors {errors}");
     println!(
-        "  throughput         {:.0} upserts/s",
-        requests as f64 / elapsed.as_secs_f64()
+        "  throughput         {:.0} {}/s",
+        requests as f64 / elapsed.as_secs_f64(),
+        if mode == Mode::Upserts {
+            "upserts"
+        } else {
+            "accepted calls"
+        }
     );
     println!("  latency p50        {:.2} ms", ms(0.50));
     println!("  latency p99        {:.2} ms", ms(0.99));
@@ -301,11 +333,68 @@ async fn upserts(
     }
 }
 
+/// Creates and activates issue 3's benchmark flow (add to list, wait 1 s,
+/// update field, goal) on `list_id`; returns its inbound path.
+async fn inbound_flow(http: &reqwest::Client, server: &Server, list_id: &str) -> String {
+    let post = |path: String, body: Value| {
+        http.post(format!("{}{path}", server.base))
+            .bearer_auth(&server.key)
+            .json(&body)
+            .send()
+    };
+    let done: Value = post("/v1/lists".into(), json!({"name": "bench-done"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flow: Value = post(
+        "/v1/flows".into(),
+        json!({
+            "name": "bench",
+            "trigger": {"type": "inbound", "list_id": list_id,
+                        "mapping": {"customer.first_name": "first_name", "customer.age": "age"}},
+            "steps": [
+                {"id": "join", "type": "add_to_list", "list_id": done["id"], "next": "pause"},
+                {"id": "pause", "type": "wait", "duration": "1s", "next": "upgrade"},
+                {"id": "upgrade", "type": "update_field", "field": "plan", "value": "pro", "next": "won"},
+                {"id": "won", "type": "goal", "name": "converted"}
+            ]
+        }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = flow["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("flow not created: {flow}"));
+    let active: Value = post(format!("/v1/flows/{id}/activate"), json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    active["inbound_url"]
+        .as_str()
+        .expect("an inbound URL")
+        .to_owned()
+}
+
 /// One load-generating client: a single keep-alive HTTP/1.1 connection
 /// driven with hyper's low-level API. The client shares the machine's two
 /// cores with the server, so it must cost as little as possible per request
 /// (reqwest cost about 28 µs of CPU per request here; this about a third).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Upserts,
+    Inbound,
+}
+
 struct ClientJob {
+    mode: Mode,
+    path: hyper::Uri,
     addr: std::net::SocketAddr,
     auth: String,
     list_id: String,
@@ -337,15 +426,22 @@ impl ClientJob {
             if i >= self.total {
                 break;
             }
-            let body = format!(
-                r#"{{"email":"user{}@bench.example.com","fields":{{"first_name":"Ada","age":"{}","plan":"pro"}},"lists":["{}"]}}"#,
-                i % self.distinct,
-                20 + i / self.distinct, // a repeated email carries a new age: every update writes
-                self.list_id,
-            );
+            let body = match self.mode {
+                Mode::Upserts => format!(
+                    r#"{{"email":"user{}@bench.example.com","fields":{{"first_name":"Ada","age":"{}","plan":"pro"}},"lists":["{}"]}}"#,
+                    i % self.distinct,
+                    20 + i / self.distinct, // a repeated email carries a new age: every update writes
+                    self.list_id,
+                ),
+                Mode::Inbound => format!(
+                    r#"{{"email":"buyer{}@bench.example.com","customer":{{"first_name":"Ada","age":"{}"}},"order":{{"id":{i},"total":42.5}}}}"#,
+                    i % self.distinct,
+                    20 + i / self.distinct,
+                ),
+            };
             let mut req = hyper::Request::new(Full::new(bytes::Bytes::from(body)));
             *req.method_mut() = hyper::Method::POST;
-            *req.uri_mut() = hyper::Uri::from_static("/v1/contacts");
+            *req.uri_mut() = self.path.clone();
             let h = req.headers_mut();
             h.insert(HOST, host.clone());
             h.insert(AUTHORIZATION, auth.clone());
@@ -402,6 +498,23 @@ fn main() {
             server_bin,
         } => {
             rt.block_on(upserts(
+                Mode::Upserts,
+                requests,
+                clients,
+                distinct.max(1),
+                database,
+                server_bin,
+            ));
+        }
+        Bench::Inbound {
+            requests,
+            clients,
+            distinct,
+            database,
+            server_bin,
+        } => {
+            rt.block_on(upserts(
+                Mode::Inbound,
                 requests,
                 clients,
                 distinct.max(1),

@@ -46,15 +46,18 @@ pub async fn enter(
     }
     // Share-lock the flow: a concurrent pause or delete waits for this entry
     // (or this entry sees its result), never a run in a paused or deleted flow.
-    sqlx::query("SELECT 1 FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE")
-        .bind(ws.as_str())
-        .bind(req.flow_id.as_str())
-        .execute(&mut *c)
-        .await
-        .map_err(internal)?;
-    let flow = flows::get(c, ws, &req.flow_id).await?;
-    if flow.status != FlowStatus::Active {
-        return Err(entry::flow_not_active());
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE",
+    )
+    .bind(ws.as_str())
+    .bind(req.flow_id.as_str())
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(internal)?;
+    match status.as_deref().and_then(FlowStatus::parse) {
+        None => return Err(StoreError::not_found("flow", &req.flow_id)),
+        Some(FlowStatus::Active) => {}
+        Some(_) => return Err(entry::flow_not_active()),
     }
     let email = req
         .contact

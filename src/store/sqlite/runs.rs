@@ -32,9 +32,19 @@ pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<
             replayed: true,
         });
     }
-    let flow = flows::get(conn, ws, &req.flow_id)?;
-    if flow.status != FlowStatus::Active {
-        return Err(entry::flow_not_active());
+    // Only the status: loading (and parsing) the document here cost more
+    // than the rest of the entry on the single writer thread.
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM flows WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| {
+            s.query_row([ws.as_str(), req.flow_id.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(internal)?;
+    match status.as_deref().and_then(FlowStatus::parse) {
+        None => return Err(StoreError::not_found("flow", &req.flow_id)),
+        Some(FlowStatus::Active) => {}
+        Some(_) => return Err(entry::flow_not_active()),
     }
     let email = req
         .contact
