@@ -17,11 +17,7 @@ pub fn upsert(
     input: &ContactUpsert,
     now: Millis,
 ) -> Result<Upserted, StoreError> {
-    let email = input.email.clone().ok_or_else(|| StoreError::Invalid {
-        code: "missing_field",
-        field: "email".into(),
-        message: "email is required".into(),
-    })?;
+    let email = input.email.clone().ok_or_else(email_required)?;
     let created = existing.is_none();
     let base = existing.unwrap_or_else(|| ContactRecord {
         id: ContactId::generate(),
@@ -74,6 +70,15 @@ fn field_error(e: crate::domain::fields::FieldValueError) -> StoreError {
         code: e.code,
         field: e.field,
         message: e.message,
+    }
+}
+
+/// The error for a contact write without an email.
+pub fn email_required() -> StoreError {
+    StoreError::Invalid {
+        code: "missing_field",
+        field: "email".into(),
+        message: "email is required".into(),
     }
 }
 

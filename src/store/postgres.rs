@@ -406,6 +406,29 @@ async fn upsert_membership(
     }
 }
 
+/// Creates or updates the contact with `input`'s email inside the caller's
+/// transaction (serialised per email), checking field values against the
+/// lists it is in or joins, and adds it to those lists. Shared by the
+/// contacts API and entering a flow.
+async fn upsert_contact_in(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    input: &ContactUpsert,
+) -> Result<Upserted> {
+    let email = input.email.as_ref().ok_or_else(plan::email_required)?;
+    lock_email(c, ws, email).await?;
+    let existing = contact_where(c, ws, "email", email.as_str(), true).await?;
+    let defs = field_defs_for(c, ws, existing.as_ref().map(|e| &e.id), &input.lists).await?;
+    let out = plan::upsert(existing, &defs, input, now_millis())?;
+    if out.changed {
+        write_contact(c, ws, &out.contact).await?;
+    }
+    for list in &input.lists {
+        upsert_membership(c, ws, list, &out.contact.id).await?;
+    }
+    Ok(out)
+}
+
 /// Serialises upserts of one email across processes until the transaction
 /// ends, so "is there a contact with this email?" has one answer.
 async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Result<()> {

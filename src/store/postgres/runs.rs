@@ -3,13 +3,11 @@
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use super::{
-    contact_where, field_defs_for, flows, internal, lock_email, upsert_membership, write_contact,
-};
+use super::{flows, internal, upsert_contact_in};
 use crate::domain::{FlowId, RunId, WorkspaceId};
 use crate::store::{
     EntryOutcome, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError, entry,
-    now_millis, plan,
+    now_millis,
 };
 
 pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
@@ -59,25 +57,7 @@ pub async fn enter(
         Some(FlowStatus::Active) => {}
         Some(_) => return Err(entry::flow_not_active()),
     }
-    let email = req
-        .contact
-        .email
-        .as_ref()
-        .ok_or_else(|| StoreError::Invalid {
-            code: "missing_field",
-            field: "email".into(),
-            message: "email is required".into(),
-        })?;
-    lock_email(c, ws, email).await?;
-    let existing = contact_where(c, ws, "email", email.as_str(), true).await?;
-    let defs = field_defs_for(c, ws, existing.as_ref().map(|e| &e.id), &req.contact.lists).await?;
-    let up = plan::upsert(existing, &defs, &req.contact, now_millis())?;
-    if up.changed {
-        write_contact(c, ws, &up.contact).await?;
-    }
-    for list in &req.contact.lists {
-        upsert_membership(c, ws, list, &up.contact.id).await?;
-    }
+    let up = upsert_contact_in(c, ws, &req.contact).await?;
     let row = sqlx::query(
         "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
          FROM runs WHERE flow_id = $1 AND contact_id = $2",

@@ -256,23 +256,8 @@ impl Store for PgStore {
     }
 
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
-        let email = input.email.clone().ok_or_else(|| StoreError::Invalid {
-            code: "missing_field",
-            field: "email".into(),
-            message: "email is required".into(),
-        })?;
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        lock_email(&mut tx, ws, &email).await?;
-        let existing = contact_where(&mut tx, ws, "email", email.as_str(), true).await?;
-        let defs =
-            field_defs_for(&mut tx, ws, existing.as_ref().map(|e| &e.id), &input.lists).await?;
-        let out = plan::upsert(existing, &defs, &input, now_millis())?;
-        if out.changed {
-            write_contact(&mut tx, ws, &out.contact).await?;
-        }
-        for list in &input.lists {
-            upsert_membership(&mut tx, ws, list, &out.contact.id).await?;
-        }
+        let out = upsert_contact_in(&mut tx, ws, &input).await?;
         tx.commit().await.map_err(internal)?;
         Ok(out)
     }

@@ -290,24 +290,7 @@ impl Store for SqliteStore {
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
         let ws = ws.clone();
         self.writer
-            .write(move |c| {
-                let email = input.email.as_ref().ok_or_else(|| StoreError::Invalid {
-                    code: "missing_field",
-                    field: "email".into(),
-                    message: "email is required".into(),
-                })?;
-                let existing = q::contact_by_email(c, &ws, email)?;
-                let defs =
-                    q::field_defs_for(c, &ws, existing.as_ref().map(|e| &e.id), &input.lists)?;
-                let out = plan::upsert(existing, &defs, &input, now_millis())?;
-                if out.changed {
-                    q::write_contact(c, &ws, &out.contact)?;
-                }
-                for list in &input.lists {
-                    q::upsert_membership(c, &ws, list, &out.contact.id)?;
-                }
-                Ok(out)
-            })
+            .write(move |c| q::upsert_contact(c, &ws, &input))
             .await
     }
 

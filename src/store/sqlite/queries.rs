@@ -10,8 +10,8 @@ use crate::domain::{
     MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
 };
 use crate::store::{
-    ApiKeyRecord, ContactFilter, ContactRecord, ListRecord, Member, Membership, NewApiKey, Result,
-    StoreError, Workspace, now_millis, plan,
+    ApiKeyRecord, ContactFilter, ContactRecord, ContactUpsert, ListRecord, Member, Membership,
+    NewApiKey, Result, StoreError, Upserted, Workspace, now_millis, plan,
 };
 
 // ---- workspaces and keys ----------------------------------------------------
@@ -474,6 +474,27 @@ pub fn delete_contact(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Re
     } else {
         Ok(())
     }
+}
+
+/// Creates or updates the contact with `input`'s email, checking its field
+/// values against the lists it is in or joins, and adds it to those lists.
+/// Shared by the contacts API and entering a flow.
+pub fn upsert_contact(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    input: &ContactUpsert,
+) -> Result<Upserted> {
+    let email = input.email.as_ref().ok_or_else(plan::email_required)?;
+    let existing = contact_by_email(conn, ws, email)?;
+    let defs = field_defs_for(conn, ws, existing.as_ref().map(|e| &e.id), &input.lists)?;
+    let out = plan::upsert(existing, &defs, input, now_millis())?;
+    if out.changed {
+        write_contact(conn, ws, &out.contact)?;
+    }
+    for list in &input.lists {
+        upsert_membership(conn, ws, list, &out.contact.id)?;
+    }
+    Ok(out)
 }
 
 // ---- memberships ------------------------------------------------------------------

@@ -6,7 +6,7 @@ use super::{flows, internal, queries as q};
 use crate::domain::{RunId, WorkspaceId};
 use crate::store::{
     EntryOutcome, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError, entry,
-    now_millis, plan,
+    now_millis,
 };
 
 pub fn by_token(conn: &Connection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
@@ -46,29 +46,7 @@ pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<
         Some(FlowStatus::Active) => {}
         Some(_) => return Err(entry::flow_not_active()),
     }
-    let email = req
-        .contact
-        .email
-        .as_ref()
-        .ok_or_else(|| StoreError::Invalid {
-            code: "missing_field",
-            field: "email".into(),
-            message: "email is required".into(),
-        })?;
-    let existing = q::contact_by_email(conn, ws, email)?;
-    let defs = q::field_defs_for(
-        conn,
-        ws,
-        existing.as_ref().map(|e| &e.id),
-        &req.contact.lists,
-    )?;
-    let up = plan::upsert(existing, &defs, &req.contact, now_millis())?;
-    if up.changed {
-        q::write_contact(conn, ws, &up.contact)?;
-    }
-    for list in &req.contact.lists {
-        q::upsert_membership(conn, ws, list, &up.contact.id)?;
-    }
+    let up = q::upsert_contact(conn, ws, &req.contact)?;
     let (any_run, active_run): (bool, bool) = conn
         .prepare_cached(
             "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
