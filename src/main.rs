@@ -307,6 +307,13 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
                         }
                         failed += 1;
                     }
+                    Err(SaveError::Nul(at)) => {
+                        eprintln!(
+                            "{}: `{at}`: text may not contain the NUL character",
+                            path.display()
+                        );
+                        failed += 1;
+                    }
                     Err(SaveError::Store(e)) => return Err(e.into()),
                 }
             }
@@ -316,13 +323,7 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
                 paths.len()
             );
             for (doc, value) in checked {
-                let (f, what) = match apply(store, &ws, &doc, value).await {
-                    Ok(done) => done,
-                    Err(SaveError::Store(e)) => return Err(e.into()),
-                    Err(SaveError::Invalid(_)) => {
-                        anyhow::bail!("{} became invalid while applying", doc.name)
-                    }
-                };
+                let (f, what) = apply(store, &ws, &doc, value).await?;
                 let verb = match what {
                     Applied::Created => "created",
                     Applied::Updated => "updated",

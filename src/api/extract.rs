@@ -240,43 +240,9 @@ fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
     ))
 }
 
-/// The JSON path of the first string (or key) holding a NUL character.
-/// PostgreSQL refuses NUL in TEXT and JSONB; refusing it at the door keeps
-/// both stores answering the same 422 instead of one of them a 500.
-pub fn find_nul(v: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    fn walk(v: &Value, path: &str) -> Option<String> {
-        match v {
-            Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
-                ".".into()
-            } else {
-                path.to_owned()
-            }),
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
-            Value::Object(map) => map.iter().find_map(|(k, x)| {
-                let here = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                if k.contains('\0') {
-                    Some(here)
-                } else {
-                    walk(x, &here)
-                }
-            }),
-            _ => None,
-        }
-    }
-    walk(v, "")
-}
-
 /// 422 for a body holding a NUL character somewhere.
 pub fn refuse_nul(v: &serde_json::Value) -> Result<(), ApiError> {
-    match find_nul(v) {
+    match crate::domain::jsonpath::find_nul(v) {
         Some(path) => Err(ApiError::invalid(
             "nul_character",
             path,

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{AdminKey, JsonBody, PathParam, QueryParams, refuse_nul};
+use super::extract::{AdminKey, JsonBody, PathParam, QueryParams};
 use super::views::PageQuery;
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, WorkspaceId, millis_to_rfc3339};
@@ -67,10 +67,14 @@ pub struct FlowPage {
 /// Validates `doc` against the workspace; 422 `invalid_flow` listing every
 /// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
 async fn checked(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, ApiError> {
-    refuse_nul(&serde_json::to_value(doc).map_err(|_| ApiError::internal())?)?;
     match save::check(store, ws, doc).await {
         Ok(v) => Ok(v),
         Err(SaveError::Store(e)) => Err(e.into()),
+        Err(SaveError::Nul(path)) => Err(ApiError::invalid(
+            "nul_character",
+            path,
+            "text may not contain the NUL character (\\u0000)",
+        )),
         Err(SaveError::Invalid(errors)) => {
             let first = &errors[0];
             let field = match &first.step {

@@ -63,6 +63,39 @@ impl JsonPath {
     }
 }
 
+/// The JSON path of the first string (or key) holding a NUL character.
+/// PostgreSQL refuses NUL in TEXT and JSONB; refusing it at the door keeps
+/// both stores answering the same 422 instead of one of them a 500.
+pub fn find_nul(v: &Value) -> Option<String> {
+    fn walk(v: &Value, path: &str) -> Option<String> {
+        match v {
+            Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
+                ".".into()
+            } else {
+                path.to_owned()
+            }),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| walk(x, &format!("{path}[{i}]"))),
+            Value::Object(map) => map.iter().find_map(|(k, x)| {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if k.contains('\0') {
+                    Some(here)
+                } else {
+                    walk(x, &here)
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(v, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +113,17 @@ mod tests {
         assert_eq!(get("items[3].sku"), None);
         assert_eq!(get("customer.first_name.x"), None);
         assert_eq!(get("nope"), None);
+    }
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        assert_eq!(
+            find_nul(&json!({"a": [1, {"b": "x\u{0}"}]})).as_deref(),
+            Some("a[1].b")
+        );
+        assert_eq!(find_nul(&json!({"k\u{0}": 1})).as_deref(), Some("k\u{0}"));
+        assert_eq!(find_nul(&json!("\u{0}")).as_deref(), Some("."));
+        assert_eq!(find_nul(&json!({"a": "fine"})), None);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::store::{FlowRecord, Store, StoreError};
 pub enum SaveError {
     /// The document breaks these rules (FL-7).
     Invalid(Vec<FlowError>),
+    /// Text at this JSON path holds a NUL character, which PostgreSQL cannot
+    /// store (SQLite would): refused for both, from the API and the CLI.
+    Nul(String),
     Store(StoreError),
 }
 
@@ -58,6 +61,11 @@ fn named_lists(doc: &FlowDoc) -> Vec<&str> {
 /// Validates `doc` against the workspace's lists; the document as JSON to
 /// store when it is valid.
 pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, SaveError> {
+    let value = serde_json::to_value(doc)
+        .map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))?;
+    if let Some(path) = crate::domain::jsonpath::find_nul(&value) {
+        return Err(SaveError::Nul(path));
+    }
     let mut lists = HashMap::new();
     for raw in named_lists(doc) {
         let Ok(id) = ListId::parse(raw) else { continue };
@@ -76,7 +84,7 @@ pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result
     if !errors.is_empty() {
         return Err(SaveError::Invalid(errors));
     }
-    serde_json::to_value(doc).map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))
+    Ok(value)
 }
 
 /// What `apply` did with a document.
@@ -95,7 +103,7 @@ pub async fn apply(
     ws: &WorkspaceId,
     doc: &FlowDoc,
     value: Value,
-) -> Result<(FlowRecord, Applied), SaveError> {
+) -> Result<(FlowRecord, Applied), StoreError> {
     let name = doc.name.trim();
     match store.flow_by_name(ws, name).await {
         Ok(existing) if existing.document == value => Ok((existing, Applied::Unchanged)),
@@ -106,6 +114,6 @@ pub async fn apply(
         Err(StoreError::NotFound { .. }) => {
             Ok((store.create_flow(ws, name, value).await?, Applied::Created))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }

@@ -424,6 +424,23 @@ fn flows_apply_creates_then_versions_and_names_problems() {
         !listed.contains("Fresh"),
         "nothing is applied when one file is invalid: {listed}"
     );
+    // NUL in a flow file is refused by the CLI too (PostgreSQL cannot store it).
+    let mut nul = flow.clone();
+    nul["steps"][1]["id"] = serde_json::json!("do\u{0}ne");
+    let nul_file = dir.path().join("nul.json");
+    std::fs::write(&nul_file, nul.to_string()).unwrap();
+    let out = run(&[
+        "flows",
+        "apply",
+        "--workspace",
+        "acme",
+        nul_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NUL"),
+        "{out:?}"
+    );
 }
 
 /// SIGTERM sent the moment the address is printed is a graceful stop, not a
