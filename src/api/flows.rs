@@ -6,63 +6,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine;
 use rand::RngCore;
-use serde::Serialize;
 use serde_json::{Value, json};
-use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{AdminKey, JsonBody, PathParam, QueryParams};
-use super::views::PageQuery;
+use super::views::{FlowPage, FlowView, PageQuery};
 use crate::domain::flow::FlowDoc;
-use crate::domain::{FlowId, WorkspaceId, millis_to_rfc3339};
+use crate::domain::{FlowId, WorkspaceId};
 use crate::flows::save::{self, SaveError};
-use crate::store::{FlowRecord, FlowStatus, Store};
-
-#[derive(Serialize, ToSchema)]
-pub struct FlowView {
-    #[schema(example = "fl_01j9zq3k0f8x5m2v7c4b6n1d0e")]
-    pub id: String,
-    pub name: String,
-    pub status: FlowStatus,
-    /// Increases on every save; runs keep the version they started on.
-    pub version: i64,
-    /// The flow document as saved.
-    #[schema(value_type = FlowDoc)]
-    pub document: Value,
-    /// Path of the flow's inbound URL (`POST` here with an API key), once the
-    /// flow has been activated with an `inbound` trigger.
-    pub inbound_url: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl From<FlowRecord> for FlowView {
-    fn from(f: FlowRecord) -> Self {
-        let inbound = f.document["trigger"]["type"] == "inbound";
-        Self {
-            id: f.id.to_string(),
-            name: f.name,
-            status: f.status,
-            version: f.version,
-            document: f.document,
-            // Only while the trigger is inbound: a flow saved with another
-            // trigger keeps its token (for a switch back) but has no URL.
-            inbound_url: f
-                .inbound_token
-                .filter(|_| inbound)
-                .map(|t| format!("/hooks/{t}")),
-            created_at: millis_to_rfc3339(f.created_at),
-            updated_at: millis_to_rfc3339(f.updated_at),
-        }
-    }
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct FlowPage {
-    pub data: Vec<FlowView>,
-    pub next_cursor: Option<String>,
-}
+use crate::store::{FlowStatus, Store};
 
 /// Validates `doc` against the workspace; 422 `invalid_flow` listing every
 /// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
@@ -130,10 +83,7 @@ pub async fn list_flows(
         .store
         .list_flows(&p.workspace_id, &q.to_request()?)
         .await?;
-    Ok(Json(FlowPage {
-        data: page.items.into_iter().map(Into::into).collect(),
-        next_cursor: page.next.map(|c| c.encode()),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Get a flow and its current document.
@@ -168,7 +118,7 @@ pub async fn update_flow(
         .await?;
     // An active flow saved with an inbound trigger needs its URL now, not at
     // the next activation.
-    if saved.status == FlowStatus::Active && saved.inbound_token.is_none() && is_inbound(&saved) {
+    if saved.status == FlowStatus::Active && saved.inbound_token.is_none() && saved.is_inbound() {
         let with_url = state
             .store
             .set_flow_status(&p.workspace_id, &id, FlowStatus::Active, Some(new_token()))
@@ -191,10 +141,6 @@ pub async fn delete_flow(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn is_inbound(f: &FlowRecord) -> bool {
-    f.document["trigger"]["type"] == "inbound"
-}
-
 /// Activate a flow; an `inbound` flow gets its URL.
 #[utoipa::path(post, path = "/v1/flows/{id}/activate", tag = "flows", params(("id" = String, Path, description = "Flow id")),
     responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
@@ -205,7 +151,7 @@ pub async fn activate_flow(
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
     let flow = state.store.get_flow(&p.workspace_id, &id).await?;
-    let token = is_inbound(&flow).then(new_token);
+    let token = flow.is_inbound().then(new_token);
     Ok(Json(
         state
             .store
@@ -243,7 +189,7 @@ pub async fn rotate_token(
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
     let flow = state.store.get_flow(&p.workspace_id, &id).await?;
-    if !is_inbound(&flow) {
+    if !flow.is_inbound() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_inbound",

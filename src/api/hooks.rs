@@ -105,9 +105,11 @@ pub async fn inbound_call(
         return Err(not_found());
     };
     let Value::Object(fields_in) = &body else {
-        return Err(
-            ApiError::invalid("invalid_body", "", "the body must be a JSON object").with_field("."),
-        );
+        return Err(ApiError::invalid(
+            "invalid_body",
+            ".",
+            "the body must be a JSON object",
+        ));
     };
     let email = match fields_in.get("email") {
         None | Some(Value::Null) => {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::{ContactStatus, FieldType, MembershipStatus, millis_to_rfc3339};
-use crate::store::{ContactRecord, ListRecord, Member, Membership};
+use crate::store::{ContactRecord, FlowRecord, FlowStatus, ListRecord, Member, Membership};
 
 #[derive(Serialize, ToSchema)]
 pub struct FieldView {
@@ -140,6 +140,46 @@ macro_rules! page_type {
 page_type!(ListPage, ListView);
 page_type!(ContactPage, ContactView);
 page_type!(MemberPage, MemberView);
+page_type!(FlowPage, FlowView);
+
+#[derive(Serialize, ToSchema)]
+pub struct FlowView {
+    #[schema(example = "fl_01j9zq3k0f8x5m2v7c4b6n1d0e")]
+    pub id: String,
+    pub name: String,
+    pub status: FlowStatus,
+    /// Increases on every save; runs keep the version they started on.
+    pub version: i64,
+    /// The flow document as saved.
+    #[schema(value_type = crate::domain::flow::FlowDoc)]
+    pub document: Value,
+    /// Path of the flow's inbound URL (`POST` here with an API key), once the
+    /// flow has been activated with an `inbound` trigger.
+    pub inbound_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<FlowRecord> for FlowView {
+    fn from(f: FlowRecord) -> Self {
+        let inbound = f.is_inbound();
+        Self {
+            id: f.id.to_string(),
+            name: f.name,
+            status: f.status,
+            version: f.version,
+            document: f.document,
+            // Only while the trigger is inbound: a flow saved with another
+            // trigger keeps its token (for a switch back) but has no URL.
+            inbound_url: f
+                .inbound_token
+                .filter(|_| inbound)
+                .map(|t| format!("/hooks/{t}")),
+            created_at: millis_to_rfc3339(f.created_at),
+            updated_at: millis_to_rfc3339(f.updated_at),
+        }
+    }
+}
 
 /// Cursor pagination parameters.
 #[derive(Deserialize, IntoParams)]

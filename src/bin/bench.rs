@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -27,42 +27,29 @@ struct Args {
 #[derive(Subcommand)]
 enum Bench {
     /// Contact upserts (POST /v1/contacts) into one list with typed fields.
-    Upserts {
-        /// Requests to send after the warm-up.
-        #[arg(long, default_value_t = 200_000)]
-        requests: u64,
-        /// Concurrent clients (each one keep-alive connection).
-        #[arg(long, default_value_t = 64)]
-        clients: u64,
-        /// Distinct emails; requests beyond this many update existing contacts.
-        #[arg(long, default_value_t = 100_000)]
-        distinct: u64,
-        /// Database URL for the server (default: SQLite in a temporary folder).
-        #[arg(long)]
-        database: Option<String>,
-        /// Use this server binary instead of building target/release/hookflow.
-        #[arg(long)]
-        server_bin: Option<PathBuf>,
-    },
+    Upserts(LoadArgs),
     /// Inbound calls (POST /hooks/{token}) to an active flow whose steps are
     /// add-to-list, wait 1 s, update field, goal (issue 3's benchmark flow).
-    Inbound {
-        /// Requests to send after the warm-up.
-        #[arg(long, default_value_t = 200_000)]
-        requests: u64,
-        /// Concurrent clients (each one keep-alive connection).
-        #[arg(long, default_value_t = 64)]
-        clients: u64,
-        /// Distinct emails; requests beyond this many update existing contacts.
-        #[arg(long, default_value_t = 100_000)]
-        distinct: u64,
-        /// Database URL for the server (default: SQLite in a temporary folder).
-        #[arg(long)]
-        database: Option<String>,
-        /// Use this server binary instead of building target/release/hookflow.
-        #[arg(long)]
-        server_bin: Option<PathBuf>,
-    },
+    Inbound(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Requests to send after the warm-up.
+    #[arg(long, default_value_t = 200_000)]
+    requests: u64,
+    /// Concurrent clients (each one keep-alive connection).
+    #[arg(long, default_value_t = 64)]
+    clients: u64,
+    /// Distinct emails; requests beyond this many update existing contacts.
+    #[arg(long, default_value_t = 100_000)]
+    distinct: u64,
+    /// Database URL for the server (default: SQLite in a temporary folder).
+    #[arg(long)]
+    database: Option<String>,
+    /// Use this server binary instead of building target/release/hookflow.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
 }
 
 struct Server {
@@ -149,7 +136,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-async fn upserts(
+async fn drive(
     mode: Mode,
     requests: u64,
     clients: u64,
@@ -489,39 +476,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    match args.bench {
-        Bench::Upserts {
-            requests,
-            clients,
-            distinct,
-            database,
-            server_bin,
-        } => {
-            rt.block_on(upserts(
-                Mode::Upserts,
-                requests,
-                clients,
-                distinct.max(1),
-                database,
-                server_bin,
-            ));
-        }
-        Bench::Inbound {
-            requests,
-            clients,
-            distinct,
-            database,
-            server_bin,
-        } => {
-            rt.block_on(upserts(
-                Mode::Inbound,
-                requests,
-                clients,
-                distinct.max(1),
-                database,
-                server_bin,
-            ));
-        }
-    }
-    std::thread::sleep(Duration::from_millis(10));
+    let (mode, load) = match args.bench {
+        Bench::Upserts(load) => (Mode::Upserts, load),
+        Bench::Inbound(load) => (Mode::Inbound, load),
+    };
+    rt.block_on(drive(
+        mode,
+        load.requests,
+        load.clients,
+        load.distinct.max(1),
+        load.database,
+        load.server_bin,
+    ));
 }

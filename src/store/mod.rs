@@ -214,6 +214,14 @@ pub struct FlowRecord {
     pub updated_at: Millis,
 }
 
+impl FlowRecord {
+    /// Whether the current document's trigger is an inbound call (the flow
+    /// then has, or gets on activation, an inbound URL).
+    pub fn is_inbound(&self) -> bool {
+        self.document["trigger"]["type"] == "inbound"
+    }
+}
+
 /// A contact entering a flow (an inbound call today; events later), to be
 /// recorded atomically: contact, membership, run and idempotency answer.
 #[derive(Clone, Debug)]
