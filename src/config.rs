@@ -31,6 +31,14 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Most writes SQLite commits in one transaction (group commit).
     pub sqlite_max_batch: usize,
+    /// Runs the engine claims and advances per transaction.
+    pub engine_batch: usize,
+    /// How long a claim on due runs lasts: after a crash, another process
+    /// (or this one, restarted) takes the runs over once it expires.
+    pub engine_lease_secs: u64,
+    /// Longest the engine sleeps before looking for due work (work accepted
+    /// by this process wakes it at once; other processes' work waits this).
+    pub engine_poll_ms: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
@@ -46,6 +54,9 @@ impl Default for Config {
             shutdown_grace_secs: 20,
             db_pool_size: 8,
             sqlite_max_batch: 512,
+            engine_batch: 512,
+            engine_lease_secs: 30,
+            engine_poll_ms: 250,
         }
     }
 }
@@ -110,10 +121,12 @@ impl Config {
                 "listen" | "database_url" | "log_format" | "log_level" => {
                     figment.extract_inner::<String>(key).map(|_| ())
                 }
-                "max_body_bytes" | "sqlite_max_batch" => {
+                "max_body_bytes" | "sqlite_max_batch" | "engine_batch" => {
                     figment.extract_inner::<usize>(key).map(|_| ())
                 }
-                "shutdown_grace_secs" => figment.extract_inner::<u64>(key).map(|_| ()),
+                "shutdown_grace_secs" | "engine_lease_secs" | "engine_poll_ms" => {
+                    figment.extract_inner::<u64>(key).map(|_| ())
+                }
                 "db_pool_size" => figment.extract_inner::<u32>(key).map(|_| ()),
                 _ => Ok(()),
             };
@@ -178,6 +191,15 @@ impl Config {
         if self.sqlite_max_batch == 0 || self.sqlite_max_batch > 10_000 {
             bad("sqlite_max_batch", "must be between 1 and 10000".into());
         }
+        if self.engine_batch == 0 || self.engine_batch > 10_000 {
+            bad("engine_batch", "must be between 1 and 10000".into());
+        }
+        if self.engine_lease_secs == 0 || self.engine_lease_secs > 3600 {
+            bad("engine_lease_secs", "must be between 1 and 3600".into());
+        }
+        if self.engine_poll_ms < 10 || self.engine_poll_ms > 60_000 {
+            bad("engine_poll_ms", "must be between 10 and 60000".into());
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -187,6 +209,14 @@ impl Config {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.parse().expect("validated at load")
+    }
+
+    pub fn engine_config(&self) -> crate::flows::EngineConfig {
+        crate::flows::EngineConfig {
+            batch: self.engine_batch,
+            lease: std::time::Duration::from_secs(self.engine_lease_secs),
+            poll: std::time::Duration::from_millis(self.engine_poll_ms),
+        }
     }
 
     pub fn store_options(&self) -> crate::store::StoreOptions {

@@ -186,12 +186,18 @@ async fn serve(store: std::sync::Arc<dyn Store>, config: Config) -> anyhow::Resu
     let shutdown = hookflow::server::shutdown_signal();
     println!("hookflow listening on http://{addr}");
     tracing::info!(%addr, store = store.kind(), "listening");
+    let engine = hookflow::flows::Engine::new(
+        store.clone(),
+        std::sync::Arc::new(hookflow::flows::SystemClock),
+        config.engine_config(),
+    );
     hookflow::server::serve(
         store,
         listener,
         config.max_body_bytes,
         shutdown,
         Duration::from_secs(config.shutdown_grace_secs),
+        engine,
     )
     .await?;
     Ok(())

@@ -4,7 +4,7 @@
 //! connections and lets in-flight requests finish, for at most `grace`;
 //! requests still running then are dropped (their transactions were either
 //! committed, and answered, or will be rolled back: never half-written).
-//! Finally the store is closed, which lets SQLite's writer commit what is
+//! Then the flow engine stops after its current batch. Finally the store is closed, which lets SQLite's writer commit what is
 //! queued and checkpoint.
 
 use std::future::Future;
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::flows::Engine;
 use crate::store::Store;
 
 pub async fn serve(
@@ -21,8 +22,11 @@ pub async fn serve(
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    engine: Arc<Engine>,
 ) -> std::io::Result<()> {
-    let app = crate::api::app(store.clone(), max_body_bytes);
+    let app = crate::api::app(store.clone(), max_body_bytes, engine.clone());
+    let engine_stop = Arc::new(tokio::sync::Notify::new());
+    let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -48,6 +52,10 @@ pub async fn serve(
             }
         },
     };
+    // The engine finishes its batch (its transactions commit or roll back
+    // whole; a claim left behind expires) before the store closes.
+    engine_stop.notify_one();
+    let _ = engine_task.await;
     store.close().await;
     tracing::info!("stopped");
     result

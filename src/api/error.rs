@@ -128,6 +128,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as it appears in a body, for answers that carry one error
+    /// per item (bulk events).
+    pub fn detail(self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_owned(),
+            message: self.message,
+            field: self.field,
+            details: self.details,
+        }
+    }
+}
+
 impl From<crate::domain::IdError> for ApiError {
     fn from(e: crate::domain::IdError) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())

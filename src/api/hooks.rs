@@ -161,6 +161,7 @@ pub async fn inbound_call(
         flow_version: flow.version,
         first_step: doc.steps.first().map(|s| s.id.clone()).unwrap_or_default(),
         repeat: doc.repeat,
+        has_exits: !doc.exit_conditions.is_empty(),
         contact: ContactUpsert {
             email: Some(email),
             phone,
@@ -197,6 +198,9 @@ pub async fn inbound_call(
         }
         Err(e) => return Err(e.into()),
     };
+    if out.result.run_id.is_some() {
+        state.engine.wake();
+    }
     Ok(accepted(out.result, out.replayed))
 }
 

@@ -6,11 +6,13 @@
 
 pub mod contacts;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod flows;
 pub mod hooks;
 pub mod lists;
 pub mod ops;
+pub mod runs;
 pub mod views;
 
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The OpenAPI document, rendered once at start.
     pub openapi: Bytes,
+    /// The flow engine: its clock, and a wake-up for work just accepted.
+    pub engine: Arc<crate::flows::Engine>,
 }
 
 #[derive(OpenApi)]
@@ -102,6 +106,19 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(flows::pause_flow))
         .routes(routes!(flows::rotate_token))
         .routes(routes!(hooks::inbound_call))
+        .routes(routes!(runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::cancel_run))
+        .routes(routes!(events::record_event))
+        .routes({
+            // A batch of 10,000 events is larger than one request's limit.
+            let (schemas, paths, method) = routes!(events::record_events_bulk);
+            (
+                schemas,
+                paths,
+                method.layer(DefaultBodyLimit::max(events::MAX_BULK_BYTES)),
+            )
+        })
         .split_for_parts()
 }
 
@@ -124,13 +141,18 @@ fn loggable_path(path: &str) -> &str {
 }
 
 /// The complete application: routes, error fallbacks and middleware.
-pub fn app(store: Arc<dyn Store>, max_body_bytes: usize) -> Router {
+pub fn app(
+    store: Arc<dyn Store>,
+    max_body_bytes: usize,
+    engine: Arc<crate::flows::Engine>,
+) -> Router {
     let (router, _) = routes();
     let doc = openapi_document();
     let state = AppState {
         store,
         metrics: crate::telemetry::metrics_handle(),
         openapi: Bytes::from(doc.to_json().unwrap_or_default()),
+        engine,
     };
     let request_id = HeaderName::from_static("x-request-id");
     router

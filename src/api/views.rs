@@ -204,3 +204,99 @@ impl PageQuery {
             .map_err(|m| super::error::ApiError::bad_request("invalid_limit", m))
     }
 }
+
+/// One contact's walk through one version of a flow.
+#[derive(Serialize, ToSchema)]
+pub struct RunView {
+    #[schema(example = "run_01j9zq3k0f8x5m2v7c4b6n1d0e")]
+    pub id: String,
+    pub flow_id: String,
+    /// The flow version the run follows (edits do not move it).
+    pub flow_version: i64,
+    pub contact_id: String,
+    pub status: crate::store::RunStatus,
+    /// The step the run is at; for an ended run, the step it ended on.
+    pub step: Option<String>,
+    /// Why an ended run ended: `completed`, `goal`, `exit_step`,
+    /// `exit_condition`, `failed` or `cancelled`.
+    pub end_reason: Option<String>,
+    /// The data the run was started with (the inbound body, the event's
+    /// properties), plus properties of events that resumed it.
+    #[schema(value_type = Object)]
+    pub event_data: Value,
+    /// When the run is next due (a waiting run's timer or event timeout).
+    pub due_at: Option<String>,
+    /// The event a waiting run waits for.
+    pub waiting_for_event: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+impl From<crate::store::RunRecord> for RunView {
+    fn from(r: crate::store::RunRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            flow_id: r.flow_id.to_string(),
+            flow_version: r.flow_version,
+            contact_id: r.contact_id.to_string(),
+            status: r.status,
+            step: r.step,
+            end_reason: r.end_reason,
+            event_data: r.event_data,
+            due_at: r.due_at.map(millis_to_rfc3339),
+            waiting_for_event: if r.status == crate::store::RunStatus::Waiting {
+                r.wait_event
+            } else {
+                None
+            },
+            created_at: millis_to_rfc3339(r.created_at),
+            updated_at: millis_to_rfc3339(r.updated_at),
+            finished_at: r.finished_at.map(millis_to_rfc3339),
+        }
+    }
+}
+
+/// One step execution (FL-6).
+#[derive(Serialize, ToSchema)]
+pub struct StepView {
+    pub step: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+    /// The step's settings.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// `next`, `yes`, `no`, `waiting`, `resumed`, `passed`, `event`,
+    /// `timeout`, `goal`, `exit_step`, `exit_condition` or `failed`.
+    pub outcome: String,
+    /// Facts of the execution (the time waited for, the goal's name, the
+    /// event that arrived…).
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    pub error: Option<String>,
+}
+
+impl From<crate::store::StepRecord> for StepView {
+    fn from(s: crate::store::StepRecord) -> Self {
+        Self {
+            step: s.step,
+            kind: s.kind,
+            at: millis_to_rfc3339(s.at),
+            input: s.input,
+            outcome: s.outcome,
+            detail: s.detail,
+            error: s.error,
+        }
+    }
+}
+
+/// A run with its step history, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    pub history: Vec<StepView>,
+}
+
+page_type!(RunPage, RunView);

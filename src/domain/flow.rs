@@ -195,6 +195,11 @@ pub struct FlowError {
 pub trait Catalog {
     /// The field definitions of a list, or `None` if it does not exist.
     fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>>;
+    /// Every field defined by any list of the workspace: what a flow whose
+    /// trigger names no list (event, field change, another flow) may use.
+    fn workspace_fields(&self) -> Vec<FieldDef> {
+        Vec::new()
+    }
 }
 
 /// Longest wait or timeout accepted: beyond this, a flow is a calendar.
@@ -350,6 +355,17 @@ impl Validator<'_> {
             self.err(None, "name", "a flow name must be 1 to 200 characters");
         }
         self.check_trigger(&doc.trigger);
+        if !matches!(
+            doc.trigger,
+            Trigger::Inbound { .. } | Trigger::ListAdded { .. }
+        ) {
+            for f in self.catalog.workspace_fields() {
+                self.known_fields
+                    .entry(f.name.to_string())
+                    .or_default()
+                    .push(f);
+            }
+        }
         // Lists first, so fields of every list the flow touches are known
         // before fields are checked.
         for s in &doc.steps {
@@ -531,6 +547,15 @@ impl Validator<'_> {
                 Some(id),
                 "time_zone",
                 "`time_zone` goes with `time_of_day` only",
+            );
+        }
+        if let Some(tz) = &w.time_zone
+            && tz.parse::<chrono_tz::Tz>().is_err()
+        {
+            self.err(
+                Some(id),
+                "time_zone",
+                format!("`{tz}` is not an IANA time zone such as `Europe/Rome`"),
             );
         }
         if let Some(d) = &w.duration

@@ -144,6 +144,7 @@ typed_id!(ListId, "ls", "list");
 typed_id!(ContactId, "ct", "contact");
 typed_id!(FlowId, "fl", "flow");
 typed_id!(RunId, "run", "run");
+typed_id!(EventId, "evt", "event");
 
 #[cfg(test)]
 mod tests {

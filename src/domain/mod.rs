@@ -4,6 +4,7 @@
 //! `Email`, `Phone`, `FieldName` or a typed id cannot hold an invalid value, so
 //! code that receives one never re-checks it.
 
+pub mod condition;
 pub mod contact;
 pub mod email;
 pub mod fields;
@@ -17,7 +18,7 @@ pub mod phone;
 pub use contact::{ContactStatus, MembershipStatus};
 pub use email::Email;
 pub use fields::{FieldDef, FieldName, FieldType};
-pub use ids::{ApiKeyId, ContactId, FlowId, IdError, ListId, RunId, WorkspaceId};
+pub use ids::{ApiKeyId, ContactId, EventId, FlowId, IdError, ListId, RunId, WorkspaceId};
 pub use keys::{ApiKeySecret, Scope};
 pub use page::{Cursor, Page, PageRequest};
 pub use phone::Phone;

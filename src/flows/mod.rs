@@ -1,5 +1,14 @@
-//! The flow engine's home. Today: saving flow documents, shared by the API
-//! and the CLI (`flows apply`) so both apply the same rules. The engine
-//! (runs, triggers, steps, timers) comes next; see ARCHITECTURE.md.
+//! The flow engine: saving flow documents ([`save`], shared by the API and
+//! `hookflow flows apply`), executing runs ([`exec`] walks a run through
+//! its steps in memory, [`steps`] holds what each step type does) and the
+//! loop that claims due runs and stores their advance ([`engine`]). Time
+//! comes from a [`clock::Clock`] only. See ARCHITECTURE.md.
 
+pub mod clock;
+pub mod engine;
+pub mod exec;
 pub mod save;
+pub mod steps;
+
+pub use clock::{Clock, SystemClock, TestClock};
+pub use engine::{Engine, EngineConfig};

@@ -25,13 +25,72 @@ impl From<StoreError> for SaveError {
     }
 }
 
-/// The lists a document names, loaded once for validation.
-struct Lists(HashMap<ListId, Vec<FieldDef>>);
+/// The lists a document names, loaded once for validation, and (for flows
+/// whose trigger names no list) every field of the workspace.
+struct Lists(HashMap<ListId, Vec<FieldDef>>, Vec<FieldDef>);
 
 impl Catalog for Lists {
     fn list_fields(&self, list: &ListId) -> Option<Vec<FieldDef>> {
         self.0.get(list).cloned()
     }
+
+    fn workspace_fields(&self) -> Vec<FieldDef> {
+        self.1.clone()
+    }
+}
+
+/// Every field of every list of the workspace.
+async fn all_fields(store: &dyn Store, ws: &WorkspaceId) -> Result<Vec<FieldDef>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_lists(
+                ws,
+                &crate::domain::PageRequest::new(after, Some(500)).map_err(StoreError::Internal)?,
+            )
+            .await?;
+        out.extend(page.items.into_iter().flat_map(|l| l.fields));
+        match page.next {
+            Some(c) => after = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// `start_flow` steps must name a flow of the workspace that other flows
+/// may start (trigger `flow`).
+async fn check_targets(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    doc: &FlowDoc,
+) -> Result<Vec<FlowError>, StoreError> {
+    let mut errors = Vec::new();
+    for s in &doc.steps {
+        let StepKind::StartFlow { flow_id, .. } = &s.kind else {
+            continue;
+        };
+        let Ok(id) = crate::domain::FlowId::parse(flow_id) else {
+            continue;
+        };
+        let problem = match store.get_flow(ws, &id).await {
+            Ok(f) if f.document["trigger"]["type"] == "flow" => None,
+            Ok(f) => Some(format!(
+                "flow `{flow_id}` is not started by other flows (its trigger is `{}`, not `flow`)",
+                f.document["trigger"]["type"].as_str().unwrap_or("?")
+            )),
+            Err(StoreError::NotFound { .. }) => Some(format!("flow `{flow_id}` does not exist")),
+            Err(e) => return Err(e),
+        };
+        if let Some(message) = problem {
+            errors.push(FlowError {
+                step: Some(s.id.clone()),
+                setting: "flow_id".into(),
+                message,
+            });
+        }
+    }
+    Ok(errors)
 }
 
 fn named_lists(doc: &FlowDoc) -> Vec<&str> {
@@ -80,7 +139,16 @@ pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result
             Err(e) => return Err(e.into()),
         }
     }
-    let errors = validate(doc, &Lists(lists));
+    let everywhere = if matches!(
+        doc.trigger,
+        Trigger::Inbound { .. } | Trigger::ListAdded { .. }
+    ) {
+        Vec::new()
+    } else {
+        all_fields(store, ws).await?
+    };
+    let mut errors = validate(doc, &Lists(lists, everywhere));
+    errors.extend(check_targets(store, ws, doc).await?);
     if !errors.is_empty() {
         return Err(SaveError::Invalid(errors));
     }

@@ -14,16 +14,22 @@ pub mod entry;
 pub mod key_cache;
 pub mod plan;
 pub mod postgres;
+pub mod run;
 pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+
+pub use run::{
+    AdvanceOutcome, ClaimedRun, ContactChange, Effect, EntryPlan, EventIn, EventRecorded,
+    RunAdvance, RunEnd, RunFilter, RunRecord, RunStatus, StepRecord,
+};
 use serde_json::{Map, Value};
 
 use crate::domain::{
     ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FlowId, ListId, MembershipStatus, Millis,
-    Page, PageRequest, Phone, Scope, WorkspaceId,
+    Page, PageRequest, Phone, RunId, Scope, WorkspaceId,
 };
 
 /// What can go wrong in the store, in terms the API can answer with.
@@ -231,6 +237,8 @@ pub struct EntryRequest {
     pub flow_version: i64,
     pub first_step: String,
     pub repeat: bool,
+    /// The version has exit conditions (contact changes must wake the run).
+    pub has_exits: bool,
     /// The contact to upsert; `lists` holds the trigger's list.
     pub contact: ContactUpsert,
     /// Kept on the run for conditions and templates.
@@ -395,6 +403,55 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         hash: &[u8],
     ) -> Result<Option<EntryResult>>;
+
+    // ---- the engine ----------------------------------------------------------------
+
+    /// Leases up to `limit` runs that are due at `now` (unfinished, of an
+    /// active flow, lease free or expired) to `owner` until `lease_until`,
+    /// oldest due first, with the contact and lists their steps read.
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>>;
+    /// Stores each advance atomically with its effects, only where `owner`
+    /// still holds the lease at `now`; one outcome per advance, in order.
+    async fn complete_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        advances: Vec<RunAdvance>,
+    ) -> Result<Vec<AdvanceOutcome>>;
+    /// When the next unfinished run of an active flow is due (for the
+    /// engine's sleep), if any.
+    async fn next_due(&self) -> Result<Option<Millis>>;
+    /// One version's document of a flow (runs follow the version they
+    /// started on).
+    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value>;
+
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> Result<Page<RunRecord>>;
+    /// A run with its step history, oldest first.
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)>;
+    /// Ends an unfinished run as `cancelled`; a Conflict if it had ended.
+    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord>;
+
+    /// Records events (IN-8), each on its own: creates the contact if new,
+    /// starts runs of flows triggered by the event's name and resumes runs
+    /// waiting for it. One result per event, in order; a bad event does not
+    /// undo the others.
+    async fn record_events(
+        &self,
+        ws: &WorkspaceId,
+        events: Vec<EventIn>,
+        now: Millis,
+    ) -> Result<Vec<Result<EventRecorded>>>;
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if

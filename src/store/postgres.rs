@@ -10,13 +10,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
-    EntryRequest, FlowRecord, FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store,
-    StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
+    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactChange, ContactFilter, ContactPatch,
+    ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord,
+    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
+    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, FlowId, ListId,
-    MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
+    MembershipStatus, Millis, Page, PageRequest, Phone, RunId, Scope, WorkspaceId,
 };
 
 pub struct PgStore {
@@ -377,7 +378,7 @@ async fn upsert_membership(
     ws: &WorkspaceId,
     list: &ListId,
     contact: &ContactId,
-) -> Result<Membership> {
+) -> Result<(Membership, bool)> {
     let row = sqlx::query(
         "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES ($1, $2, $3, 'subscribed', $4)
          ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
@@ -392,7 +393,7 @@ async fn upsert_membership(
     .await
     .map_err(internal)?;
     match row {
-        Some(row) => membership_row(&row),
+        Some(row) => Ok((membership_row(&row)?, true)),
         // Already subscribed: the conditional update wrote nothing.
         None => {
             let row = sqlx::query("SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = $1 AND contact_id = $2")
@@ -401,7 +402,7 @@ async fn upsert_membership(
                 .fetch_one(&mut *c)
                 .await
                 .map_err(internal)?;
-            membership_row(&row)
+            Ok((membership_row(&row)?, false))
         }
     }
 }
@@ -409,7 +410,8 @@ async fn upsert_membership(
 /// Creates or updates the contact with `input`'s email inside the caller's
 /// transaction (serialised per email), checking field values against the
 /// lists it is in or joins, and adds it to those lists. Shared by the
-/// contacts API and entering a flow.
+/// contacts API, events and entering a flow; fires what the change triggers
+/// (`engine::contact_changed`).
 async fn upsert_contact_in(
     c: &mut PgConnection,
     ws: &WorkspaceId,
@@ -418,14 +420,22 @@ async fn upsert_contact_in(
     let email = input.email.as_ref().ok_or_else(plan::email_required)?;
     lock_email(c, ws, email).await?;
     let existing = contact_where(c, ws, "email", email.as_str(), true).await?;
+    let before = existing.as_ref().map(|e| e.fields.clone());
     let defs = field_defs_for(c, ws, existing.as_ref().map(|e| &e.id), &input.lists).await?;
-    let out = plan::upsert(existing, &defs, input, now_millis())?;
+    let now = now_millis();
+    let out = plan::upsert(existing, &defs, input, now)?;
+    let mut change = ContactChange::default();
     if out.changed {
         write_contact(c, ws, &out.contact).await?;
+        change.changed_fields = ContactChange::fields(before.as_ref(), &out.contact.fields);
+        change.other = true;
     }
     for list in &input.lists {
-        upsert_membership(c, ws, list, &out.contact.id).await?;
+        if upsert_membership(c, ws, list, &out.contact.id).await?.1 {
+            change.added_lists.push(list.clone());
+        }
     }
+    engine::contact_changed(c, ws, &out.contact.id, &change, now).await?;
     Ok(out)
 }
 
@@ -440,6 +450,7 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
     Ok(())
 }
 
+mod engine;
 mod flows;
 mod runs;
 mod store_impl;

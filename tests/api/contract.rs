@@ -651,6 +651,7 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
             flow_version: flow.version,
             first_step: "x".into(),
             repeat,
+            has_exits: false,
             contact: ContactUpsert {
                 email: Some(email("in@example.com")),
                 fields: json!({"age": "7"}).as_object().unwrap().clone(),

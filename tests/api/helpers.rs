@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hookflow::bootstrap;
 use hookflow::domain::Scope;
+use hookflow::flows::{Engine, EngineConfig, TestClock};
 use hookflow::store::{self, Store, StoreOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -129,6 +130,9 @@ pub struct TestApp {
     pub admin_key: String,
     pub store: Arc<dyn Store>,
     pub http: reqwest::Client,
+    /// The engine's clock: tests move it instead of sleeping.
+    pub clock: TestClock,
+    pub engine: Arc<Engine>,
     _db: TestDb,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -148,6 +152,16 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
+    let clock = TestClock::new();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(clock.clone()),
+        EngineConfig {
+            batch: 64,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(50),
+        },
+    );
     let task = tokio::spawn(hookflow::server::serve(
         store.clone(),
         listener,
@@ -156,11 +170,14 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
             let _ = stopped.await;
         },
         Duration::from_secs(5),
+        engine.clone(),
     ));
     Some(TestApp {
         base: format!("http://{addr}"),
         admin_key: key.secret,
         store,
+        clock,
+        engine,
         http: reqwest::Client::new(),
         _db: db,
         stop: Some(stop),
@@ -224,6 +241,39 @@ impl TestApp {
 
     pub async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(key, Method::POST, path, Some(body)).await
+    }
+
+    /// Moves the engine's clock forward and wakes the engine.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.engine.wake();
+    }
+
+    /// Polls the run (with its history) until `done` holds; panics after 10
+    /// s of real time with the last state seen. Polling, not sleeping for a
+    /// timer: the engine works as fast as it can and the test looks.
+    pub async fn wait_run(&self, run_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, run) = self
+                .get(&self.admin_key, &format!("/v1/runs/{run_id}"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{run}");
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {run_id} did not reach the expected state; last seen: {run:#}"
+            );
+            self.engine.wake();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the run's status is `status`.
+    pub async fn wait_status(&self, run_id: &str, status: &str) -> Value {
+        self.wait_run(run_id, |r| r["status"] == status).await
     }
 }
 

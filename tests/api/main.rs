@@ -11,6 +11,7 @@ mod helpers;
 mod bad_input;
 mod binary;
 mod contract;
+mod engine;
 mod flows;
 mod inbound;
 mod isolation;

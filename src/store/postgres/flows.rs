@@ -6,6 +6,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{constraint, internal};
 use crate::domain::{FlowId, Page, PageRequest, WorkspaceId};
+use crate::store::run::trigger_index;
 use crate::store::{FlowRecord, FlowStatus, Result, StoreError, now_millis, plan};
 
 const SELECT: &str = "SELECT f.id, f.name, f.status, f.current_version, v.document, f.inbound_token,
@@ -91,14 +92,17 @@ pub async fn create(
     document: &Value,
 ) -> Result<FlowId> {
     let id = FlowId::generate();
+    let (kind, key) = trigger_index(document);
     sqlx::query(
-        "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at)
-         VALUES ($1, $2, $3, 'draft', 1, $4, $4)",
+        "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at, trigger_type, trigger_key)
+         VALUES ($1, $2, $3, 'draft', 1, $4, $4, $5, $6)",
     )
     .bind(id.as_str())
     .bind(ws.as_str())
     .bind(name)
     .bind(now_millis())
+    .bind(kind)
+    .bind(key)
     .execute(&mut *c)
     .await
     .map_err(|e| if constraint(&e).as_deref() == Some("flows_name_unique") { plan::flow_name_taken(name) } else { internal(e) })?;
@@ -125,12 +129,15 @@ pub async fn update(
     .ok_or_else(|| StoreError::not_found("flow", id))?;
     let next = i64::from(version) + 1;
     insert_version(c, id, next, document).await?;
-    sqlx::query("UPDATE flows SET name = $3, current_version = $4, updated_at = $5 WHERE workspace_id = $1 AND id = $2")
+    let (kind, key) = trigger_index(document);
+    sqlx::query("UPDATE flows SET name = $3, current_version = $4, updated_at = $5, trigger_type = $6, trigger_key = $7 WHERE workspace_id = $1 AND id = $2")
         .bind(ws.as_str())
         .bind(id.as_str())
         .bind(name)
         .bind(next as i32)
         .bind(now_millis())
+        .bind(kind)
+        .bind(key)
         .execute(&mut *c)
         .await
         .map_err(|e| if constraint(&e).as_deref() == Some("flows_name_unique") { plan::flow_name_taken(name) } else { internal(e) })?;
@@ -201,4 +208,24 @@ pub async fn delete(c: &mut PgConnection, ws: &WorkspaceId, id: &FlowId) -> Resu
     } else {
         Ok(())
     }
+}
+
+/// One version's document.
+pub async fn version(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    id: &FlowId,
+    version: i64,
+) -> Result<Value> {
+    sqlx::query_scalar(
+        "SELECT v.document FROM flow_versions v JOIN flows f ON f.id = v.flow_id
+         WHERE f.workspace_id = $1 AND v.flow_id = $2 AND v.version = $3",
+    )
+    .bind(ws.as_str())
+    .bind(id.as_str())
+    .bind(version as i32)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(internal)?
+    .ok_or_else(|| StoreError::not_found("flow version", format!("{id}@{version}")))
 }

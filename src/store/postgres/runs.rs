@@ -3,11 +3,11 @@
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use super::{flows, internal, upsert_contact_in};
-use crate::domain::{FlowId, RunId, WorkspaceId};
+use super::{engine, flows, internal, upsert_contact_in};
+use crate::domain::{FlowId, WorkspaceId};
 use crate::store::{
-    EntryOutcome, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError, entry,
-    now_millis,
+    EntryOutcome, EntryPlan, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError,
+    entry, now_millis,
 };
 
 pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
@@ -57,40 +57,27 @@ pub async fn enter(
         Some(FlowStatus::Active) => {}
         Some(_) => return Err(entry::flow_not_active()),
     }
+    let now = now_millis();
     let up = upsert_contact_in(c, ws, &req.contact).await?;
-    let row = sqlx::query(
-        "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
-         FROM runs WHERE flow_id = $1 AND contact_id = $2",
+    let plan = EntryPlan {
+        first_step: req.first_step.clone(),
+        repeat: req.repeat,
+        has_exits: req.has_exits,
+    };
+    let started = engine::start_run(
+        c,
+        ws,
+        &req.flow_id,
+        req.flow_version,
+        &plan,
+        &up.contact.id,
+        &req.event_data,
+        now,
     )
-    .bind(req.flow_id.as_str())
-    .bind(up.contact.id.as_str())
-    .fetch_one(&mut *c)
-    .await
-    .map_err(internal)?;
-    let any_run: bool = row.try_get("any_run").map_err(internal)?;
-    let active_run: bool = row.try_get("active_run").map_err(internal)?;
-    let not_started = entry::run_decision(req.repeat, any_run, active_run);
-    let run_id = if not_started.is_none() {
-        let id = RunId::generate();
-        let now = now_millis();
-        sqlx::query(
-            "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $7, $7)",
-        )
-        .bind(id.as_str())
-        .bind(ws.as_str())
-        .bind(req.flow_id.as_str())
-        .bind(req.flow_version as i32)
-        .bind(up.contact.id.as_str())
-        .bind(&req.first_step)
-        .bind(now)
-        .bind(&req.event_data)
-        .execute(&mut *c)
-        .await
-        .map_err(internal)?;
-        Some(id.to_string())
-    } else {
-        None
+    .await?;
+    let (run_id, not_started) = match started {
+        Ok(id) => (Some(id.to_string()), None),
+        Err(why) => (None, Some(why)),
     };
     let result = EntryResult {
         contact_id: up.contact.id.to_string(),

@@ -314,8 +314,18 @@ impl Store for PgStore {
         }
         let existing = contact_by_id(&mut tx, ws, id, true).await?;
         let defs = field_defs_for(&mut tx, ws, Some(id), &[]).await?;
-        let updated = plan::patch(existing, &defs, &patch, now_millis())?;
+        let now = now_millis();
+        let before = existing.clone();
+        let updated = plan::patch(existing, &defs, &patch, now)?;
         write_contact(&mut tx, ws, &updated).await?;
+        let change = ContactChange {
+            changed_fields: ContactChange::fields(Some(&before.fields), &updated.fields),
+            other: before.email != updated.email
+                || before.phone != updated.phone
+                || before.status != updated.status,
+            ..Default::default()
+        };
+        engine::contact_changed(&mut tx, ws, id, &change, now).await?;
         tx.commit().await.map_err(internal)?;
         Ok(updated)
     }
@@ -349,7 +359,14 @@ impl Store for PgStore {
             return Err(StoreError::not_found("list", list));
         }
         contact_by_id(&mut tx, ws, contact, true).await?;
-        let m = upsert_membership(&mut tx, ws, list, contact).await?;
+        let (m, added) = upsert_membership(&mut tx, ws, list, contact).await?;
+        if added {
+            let change = ContactChange {
+                added_lists: vec![list.clone()],
+                ..Default::default()
+            };
+            engine::contact_changed(&mut tx, ws, contact, &change, now_millis()).await?;
+        }
         tx.commit().await.map_err(internal)?;
         Ok(m)
     }
@@ -379,6 +396,11 @@ impl Store for PgStore {
                 format!("{list}/{contact}"),
             ));
         }
+        let change = ContactChange {
+            other: true,
+            ..Default::default()
+        };
+        engine::contact_changed(&mut tx, ws, contact, &change, now_millis()).await?;
         tx.commit().await.map_err(internal)?;
         Ok(())
     }
@@ -534,5 +556,91 @@ impl Store for PgStore {
     ) -> Result<Option<crate::store::EntryResult>> {
         let mut c = self.pool.acquire().await.map_err(internal)?;
         runs::answer(&mut c, ws, scope, key, hash).await
+    }
+
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let runs = engine::claim(&mut tx, owner, now, lease_until, limit).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(runs)
+    }
+
+    async fn complete_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        advances: Vec<RunAdvance>,
+    ) -> Result<Vec<AdvanceOutcome>> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut out = Vec::with_capacity(advances.len());
+        for adv in advances {
+            engine::savepoint_begin(&mut tx).await?;
+            let one = engine::complete_one(&mut tx, owner, now, adv).await;
+            engine::savepoint_end(&mut tx, one.is_ok()).await?;
+            out.push(one?);
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(out)
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        engine::next_due(&mut c).await
+    }
+
+    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        flows::version(&mut c, ws, flow, version).await
+    }
+
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> Result<Page<RunRecord>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        engine::page_runs(&mut c, ws, filter, page).await
+    }
+
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        let run = engine::get_run(&mut c, ws, id, false).await?;
+        let history = engine::history(&mut c, id).await?;
+        Ok((run, history))
+    }
+
+    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let run = engine::cancel(&mut tx, ws, id, now).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(run)
+    }
+
+    async fn record_events(
+        &self,
+        ws: &WorkspaceId,
+        events: Vec<EventIn>,
+        now: Millis,
+    ) -> Result<Vec<Result<EventRecorded>>> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let mut out = Vec::with_capacity(events.len());
+        for ev in &events {
+            engine::savepoint_begin(&mut tx).await?;
+            let one = engine::record_event(&mut tx, ws, ev, now).await;
+            engine::savepoint_end(&mut tx, one.is_ok()).await?;
+            match one {
+                Err(e @ (StoreError::Internal(_) | StoreError::Busy(_))) => return Err(e),
+                other => out.push(other),
+            }
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(out)
     }
 }

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{internal, is_unique_violation};
 use crate::domain::{FlowId, Page, PageRequest, WorkspaceId};
+use crate::store::run::trigger_index;
 use crate::store::{FlowRecord, FlowStatus, Result, StoreError, now_millis, plan};
 
 const SELECT: &str = "SELECT f.id, f.name, f.status, f.current_version, v.document, f.inbound_token,
@@ -65,11 +66,12 @@ fn insert_version(conn: &Connection, id: &FlowId, version: i64, document: &Value
 pub fn create(conn: &Connection, ws: &WorkspaceId, name: &str, document: &Value) -> Result<FlowId> {
     let id = FlowId::generate();
     let now = now_millis();
+    let (kind, key) = trigger_index(document);
     conn.prepare_cached(
-        "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'draft', 1, ?4, ?4)",
+        "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at, trigger_type, trigger_key)
+         VALUES (?1, ?2, ?3, 'draft', 1, ?4, ?4, ?5, ?6)",
     )
-    .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), name, now]))
+    .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), name, now, kind, key]))
     .map_err(|e| if is_unique_violation(&e) { plan::flow_name_taken(name) } else { internal(e) })?;
     insert_version(conn, &id, 1, document)?;
     Ok(id)
@@ -85,8 +87,9 @@ pub fn update(
     let current = get(conn, ws, id)?;
     let version = current.version + 1;
     insert_version(conn, id, version, document)?;
-    conn.prepare_cached("UPDATE flows SET name = ?3, current_version = ?4, updated_at = ?5 WHERE workspace_id = ?1 AND id = ?2")
-        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), name, version, now_millis()]))
+    let (kind, key) = trigger_index(document);
+    conn.prepare_cached("UPDATE flows SET name = ?3, current_version = ?4, updated_at = ?5, trigger_type = ?6, trigger_key = ?7 WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), name, version, now_millis(), kind, key]))
         .map_err(|e| if is_unique_violation(&e) { plan::flow_name_taken(name) } else { internal(e) })?;
     Ok(())
 }
@@ -134,4 +137,21 @@ pub fn delete(conn: &Connection, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// One version's document.
+pub fn version(conn: &Connection, ws: &WorkspaceId, id: &FlowId, version: i64) -> Result<Value> {
+    let doc: Option<String> = conn
+        .prepare_cached(
+            "SELECT v.document FROM flow_versions v JOIN flows f ON f.id = v.flow_id
+             WHERE f.workspace_id = ?1 AND v.flow_id = ?2 AND v.version = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![ws.as_str(), id.as_str(), version], |r| r.get(0))
+                .optional()
+        })
+        .map_err(internal)?;
+    let doc =
+        doc.ok_or_else(|| StoreError::not_found("flow version", format!("{id}@{version}")))?;
+    serde_json::from_str(&doc).map_err(|e| StoreError::Internal(e.to_string()))
 }

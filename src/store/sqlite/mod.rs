@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod durable;
+mod engine;
 mod flows;
 mod queries;
 mod readers;
@@ -22,13 +23,17 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
+use serde_json::Value;
+
 use super::{
-    ApiKeyRecord, ContactFilter, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
-    EntryRequest, FlowRecord, FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, Store,
-    StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
+    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactChange, ContactFilter, ContactPatch,
+    ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord,
+    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
+    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
-    ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Page, PageRequest, WorkspaceId,
+    ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
+    WorkspaceId,
 };
 use queries as q;
 
@@ -38,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_flows.sql"),
     include_str!("../../../migrations/sqlite/0003_runs.sql"),
+    include_str!("../../../migrations/sqlite/0004_engine.sql"),
 ];
 
 pub struct SqliteStore {
@@ -290,7 +296,7 @@ impl Store for SqliteStore {
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
         let ws = ws.clone();
         self.writer
-            .write(move |c| q::upsert_contact(c, &ws, &input))
+            .write(move |c| engine::upsert_and_trigger(c, &ws, &input, now_millis()))
             .await
     }
 
@@ -334,8 +340,18 @@ impl Store for SqliteStore {
             .write(move |c| {
                 let existing = q::contact_by_id(c, &ws, &id)?;
                 let defs = q::field_defs_for(c, &ws, Some(&id), &[])?;
-                let updated = plan::patch(existing, &defs, &patch, now_millis())?;
+                let now = now_millis();
+                let before = existing.clone();
+                let updated = plan::patch(existing, &defs, &patch, now)?;
                 q::write_contact(c, &ws, &updated)?;
+                let change = ContactChange {
+                    changed_fields: ContactChange::fields(Some(&before.fields), &updated.fields),
+                    other: before.email != updated.email
+                        || before.phone != updated.phone
+                        || before.status != updated.status,
+                    ..Default::default()
+                };
+                engine::contact_changed(c, &ws, &id, &change, now)?;
                 Ok(updated)
             })
             .await
@@ -359,7 +375,13 @@ impl Store for SqliteStore {
             .write(move |c| {
                 q::load_list(c, &ws, &list)?;
                 q::contact_by_id(c, &ws, &contact)?;
-                q::upsert_membership(c, &ws, &list, &contact)?;
+                if q::upsert_membership(c, &ws, &list, &contact)? {
+                    let change = ContactChange {
+                        added_lists: vec![list.clone()],
+                        ..Default::default()
+                    };
+                    engine::contact_changed(c, &ws, &contact, &change, now_millis())?;
+                }
                 q::membership(c, &list, &contact)
             })
             .await
@@ -376,7 +398,13 @@ impl Store for SqliteStore {
             .write(move |c| {
                 q::load_list(c, &ws, &list)?;
                 q::contact_by_id(c, &ws, &contact)?;
-                q::delete_membership(c, &ws, &list, &contact)
+                q::delete_membership(c, &ws, &list, &contact)?;
+                let change = ContactChange {
+                    other: true,
+                    ..Default::default()
+                };
+                engine::contact_changed(c, &ws, &contact, &change, now_millis())?;
+                Ok(())
             })
             .await
     }
@@ -508,6 +536,90 @@ impl Store for SqliteStore {
         let (ws, scope, key, hash) = (ws.clone(), scope.to_owned(), key.to_owned(), hash.to_vec());
         self.readers
             .read(move |c| runs::answer(c, &ws, &scope, &key, &hash))
+            .await
+    }
+
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| engine::claim(c, &owner, now, lease_until, limit))
+            .await
+    }
+
+    async fn complete_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        advances: Vec<RunAdvance>,
+    ) -> Result<Vec<AdvanceOutcome>> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |c| engine::complete(c, &owner, now, advances))
+            .await
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>> {
+        self.readers.read(engine::next_due).await
+    }
+
+    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
+        let (ws, flow) = (ws.clone(), flow.clone());
+        self.readers
+            .read(move |c| flows::version(c, &ws, &flow, version))
+            .await
+    }
+
+    async fn list_runs(
+        &self,
+        ws: &WorkspaceId,
+        filter: &RunFilter,
+        page: &PageRequest,
+    ) -> Result<Page<RunRecord>> {
+        let (ws, filter, page) = (ws.clone(), filter.clone(), page.clone());
+        self.readers
+            .read(move |c| engine::page_runs(c, &ws, &filter, &page))
+            .await
+    }
+
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.readers
+            .read(move |c| Ok((engine::get_run(c, &ws, &id)?, engine::history(c, &id)?)))
+            .await
+    }
+
+    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
+        let (ws, id) = (ws.clone(), id.clone());
+        self.writer
+            .write(move |c| engine::cancel(c, &ws, &id, now))
+            .await
+    }
+
+    async fn record_events(
+        &self,
+        ws: &WorkspaceId,
+        events: Vec<EventIn>,
+        now: Millis,
+    ) -> Result<Vec<Result<EventRecorded>>> {
+        let ws = ws.clone();
+        self.writer
+            .write(move |c| {
+                let mut out = Vec::with_capacity(events.len());
+                for ev in &events {
+                    let one = engine::savepoint(c, || engine::record_event(c, &ws, ev, now));
+                    match one {
+                        Err(e @ (StoreError::Internal(_) | StoreError::Busy(_))) => return Err(e),
+                        other => out.push(other),
+                    }
+                }
+                Ok(out)
+            })
             .await
     }
 }

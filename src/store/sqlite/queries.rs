@@ -10,8 +10,8 @@ use crate::domain::{
     MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
 };
 use crate::store::{
-    ApiKeyRecord, ContactFilter, ContactRecord, ContactUpsert, ListRecord, Member, Membership,
-    NewApiKey, Result, StoreError, Upserted, Workspace, now_millis, plan,
+    ApiKeyRecord, ContactChange, ContactFilter, ContactRecord, ContactUpsert, ListRecord, Member,
+    Membership, NewApiKey, Result, StoreError, Upserted, Workspace, now_millis, plan,
 };
 
 // ---- workspaces and keys ----------------------------------------------------
@@ -479,22 +479,30 @@ pub fn delete_contact(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Re
 /// Creates or updates the contact with `input`'s email, checking its field
 /// values against the lists it is in or joins, and adds it to those lists.
 /// Shared by the contacts API and entering a flow.
+/// Returns what changed, for triggers and exit checks
+/// (`engine::contact_changed`, which callers run next).
 pub fn upsert_contact(
     conn: &Connection,
     ws: &WorkspaceId,
     input: &ContactUpsert,
-) -> Result<Upserted> {
+) -> Result<(Upserted, ContactChange)> {
     let email = input.email.as_ref().ok_or_else(plan::email_required)?;
     let existing = contact_by_email(conn, ws, email)?;
+    let before = existing.as_ref().map(|e| e.fields.clone());
     let defs = field_defs_for(conn, ws, existing.as_ref().map(|e| &e.id), &input.lists)?;
     let out = plan::upsert(existing, &defs, input, now_millis())?;
+    let mut change = ContactChange::default();
     if out.changed {
         write_contact(conn, ws, &out.contact)?;
+        change.changed_fields = ContactChange::fields(before.as_ref(), &out.contact.fields);
+        change.other = true;
     }
     for list in &input.lists {
-        upsert_membership(conn, ws, list, &out.contact.id)?;
+        if upsert_membership(conn, ws, list, &out.contact.id)? {
+            change.added_lists.push(list.clone());
+        }
     }
-    Ok(out)
+    Ok((out, change))
 }
 
 // ---- memberships ------------------------------------------------------------------
@@ -504,15 +512,15 @@ pub fn upsert_membership(
     ws: &WorkspaceId,
     list: &ListId,
     contact: &ContactId,
-) -> Result<()> {
+) -> Result<bool> {
     conn.prepare_cached(
         "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES (?1, ?2, ?3, 'subscribed', ?4)
          ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
            since = excluded.since WHERE memberships.status <> 'subscribed'",
     )
     .and_then(|mut s| s.execute(params![list.as_str(), contact.as_str(), ws.as_str(), now_millis()]))
-    .map_err(internal)?;
-    Ok(())
+    .map(|n| n > 0)
+    .map_err(internal)
 }
 
 pub fn membership(conn: &Connection, list: &ListId, contact: &ContactId) -> Result<Membership> {

@@ -2,11 +2,11 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{flows, internal, queries as q};
-use crate::domain::{RunId, WorkspaceId};
+use super::{engine, flows, internal};
+use crate::domain::WorkspaceId;
 use crate::store::{
-    EntryOutcome, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError, entry,
-    now_millis,
+    EntryOutcome, EntryPlan, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError,
+    entry, now_millis,
 };
 
 pub fn by_token(conn: &Connection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
@@ -46,35 +46,26 @@ pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<
         Some(FlowStatus::Active) => {}
         Some(_) => return Err(entry::flow_not_active()),
     }
-    let up = q::upsert_contact(conn, ws, &req.contact)?;
-    let (any_run, active_run): (bool, bool) = conn
-        .prepare_cached(
-            "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
-             FROM runs WHERE flow_id = ?1 AND contact_id = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row([req.flow_id.as_str(), up.contact.id.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-        })
-        .map_err(internal)?;
-    let not_started = entry::run_decision(req.repeat, any_run, active_run);
-    let run_id = if not_started.is_none() {
-        let id = RunId::generate();
-        let now = now_millis();
-        let data = serde_json::to_string(&req.event_data)
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
-        conn.prepare_cached(
-            "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?7, ?7)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![id.as_str(), ws.as_str(), req.flow_id.as_str(), req.flow_version, up.contact.id.as_str(), req.first_step, now, data])
-        })
-        .map_err(internal)?;
-        Some(id.to_string())
-    } else {
-        None
+    let now = now_millis();
+    let up = engine::upsert_and_trigger(conn, ws, &req.contact, now)?;
+    let plan = EntryPlan {
+        first_step: req.first_step.clone(),
+        repeat: req.repeat,
+        has_exits: req.has_exits,
+    };
+    let started = engine::start_run(
+        conn,
+        ws,
+        &req.flow_id,
+        req.flow_version,
+        &plan,
+        &up.contact.id,
+        &req.event_data,
+        now,
+    )?;
+    let (run_id, not_started) = match started {
+        Ok(id) => (Some(id.to_string()), None),
+        Err(why) => (None, Some(why)),
     };
     let result = EntryResult {
         contact_id: up.contact.id.to_string(),

@@ -1,0 +1,288 @@
+//! The events API (IN-8): `POST /v1/events` records one event,
+//! `POST /v1/events/bulk` up to [`MAX_BULK`] (a JSON array, or NDJSON with
+//! `Content-Type: application/x-ndjson`). An event creates its contact if
+//! new, starts flows triggered by its name and resumes runs waiting for it.
+//! In a batch each event stands alone: the answer says, by index, which
+//! were recorded and why the others were refused.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::extract::{AnyKey, JsonBody, is_json, parse_json, read_body, refuse_nul};
+use crate::domain::{Email, Millis};
+use crate::store::{EventIn, EventRecorded, StoreError};
+
+/// Most events in one bulk request.
+pub const MAX_BULK: usize = 10_000;
+/// Largest bulk body: room for `MAX_BULK` events of ~1.6 KiB each.
+pub const MAX_BULK_BYTES: usize = 16 * 1024 * 1024;
+/// Events per store transaction within a bulk request, so other writes
+/// are not held up behind one large batch.
+const CHUNK: usize = 500;
+
+/// An event.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    /// The event's name, which flows' `event` triggers and event waits name.
+    #[schema(example = "order_placed")]
+    pub name: String,
+    /// The contact's email; a new contact is created if needed.
+    pub email: String,
+    /// Free-form data, available to conditions as `event.PATH`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Option<Value>,
+    /// When it happened (RFC 3339); default: when received.
+    pub time: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventAccepted {
+    pub event_id: String,
+    pub contact_id: String,
+    /// Runs started by flows triggered by this event.
+    pub runs_started: Vec<String>,
+    /// Runs that were waiting for this event and now go on.
+    pub runs_resumed: u64,
+}
+
+impl From<EventRecorded> for EventAccepted {
+    fn from(e: EventRecorded) -> Self {
+        Self {
+            event_id: e.event_id,
+            contact_id: e.contact_id,
+            runs_started: e.runs_started,
+            runs_resumed: e.runs_resumed,
+        }
+    }
+}
+
+/// The outcome for one event of a batch.
+#[derive(Serialize, ToSchema)]
+pub struct BulkItem {
+    pub index: usize,
+    /// `accepted` or `rejected`.
+    pub status: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<EventAccepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BulkResult {
+    pub accepted: usize,
+    pub rejected: usize,
+    /// One entry per event, in the order sent.
+    pub results: Vec<BulkItem>,
+}
+
+/// Checks an event; the error names the field at fault.
+fn parse_event(e: NewEvent, now: Millis) -> Result<EventIn, ApiError> {
+    let name = e.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::invalid(
+            "invalid_event_name",
+            "name",
+            "an event name must be 1 to 200 characters",
+        ));
+    }
+    let email = Email::parse(&e.email)
+        .map_err(|err| ApiError::invalid("invalid_email", "email", err.to_string()))?;
+    let properties = match e.properties {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_properties",
+                "properties",
+                "properties must be a JSON object",
+            ));
+        }
+    };
+    refuse_nul(&properties)?;
+    let occurred_at = match &e.time {
+        None => now,
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|_| {
+                ApiError::invalid(
+                    "invalid_time",
+                    "time",
+                    format!("`{t}` is not an RFC 3339 time"),
+                )
+            })?
+            .timestamp_millis(),
+    };
+    Ok(EventIn {
+        name: name.to_owned(),
+        email,
+        properties,
+        occurred_at,
+    })
+}
+
+fn store_refusal(e: StoreError) -> Result<ApiError, ApiError> {
+    match e {
+        StoreError::Internal(_) | StoreError::Busy(_) => Err(e.into()),
+        other => Ok(other.into()),
+    }
+}
+
+/// Record one event.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = NewEvent,
+    responses((status = 202, body = EventAccepted), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn record_event(
+    State(state): State<AppState>,
+    AnyKey(p): AnyKey,
+    JsonBody(body): JsonBody<NewEvent>,
+) -> Result<(StatusCode, Json<EventAccepted>), ApiError> {
+    let now = state.engine.now();
+    let ev = parse_event(body, now)?;
+    let mut out = state
+        .store
+        .record_events(&p.workspace_id, vec![ev], now)
+        .await?;
+    let one = out
+        .pop()
+        .ok_or_else(ApiError::internal)?
+        .map_err(|e| store_refusal(e).unwrap_or_else(|e| e))?;
+    if !one.runs_started.is_empty() || one.runs_resumed > 0 {
+        state.engine.wake();
+    }
+    Ok((StatusCode::ACCEPTED, Json(one.into())))
+}
+
+/// Record up to 10,000 events: a JSON array, or NDJSON (one event per
+/// line) with `Content-Type: application/x-ndjson`. Each event is recorded
+/// or refused on its own; the answer lists the outcome per index.
+#[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body(content = Vec<NewEvent>, description = "A JSON array of events, or NDJSON"),
+    responses((status = 200, body = BulkResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn record_events_bulk(
+    State(state): State<AppState>,
+    AnyKey(p): AnyKey,
+    req: Request,
+) -> Result<Json<BulkResult>, ApiError> {
+    let ndjson = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/x-ndjson" || mime == "application/jsonl"
+        });
+    if !ndjson && !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send a JSON array with `Content-Type: application/json`, or NDJSON with `application/x-ndjson`",
+        ));
+    }
+    let bytes = read_body(req, &state).await?;
+    let raw: Vec<Result<NewEvent, ApiError>> = if ndjson {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(parse_json::<NewEvent>)
+            .collect()
+    } else {
+        let items: Vec<Value> = parse_json(&bytes).map_err(|_| {
+            ApiError::invalid(
+                "invalid_body",
+                ".",
+                "the body must be a JSON array of events",
+            )
+        })?;
+        items
+            .into_iter()
+            .map(|v| {
+                serde_json::to_vec(&v)
+                    .map_err(|_| ApiError::internal())
+                    .and_then(|b| parse_json(&b))
+            })
+            .collect()
+    };
+    if raw.is_empty() {
+        return Err(ApiError::invalid(
+            "empty_batch",
+            ".",
+            "the batch holds no events",
+        ));
+    }
+    if raw.len() > MAX_BULK {
+        return Err(ApiError::invalid(
+            "batch_too_large",
+            ".",
+            format!(
+                "a batch holds at most {MAX_BULK} events; this one has {}",
+                raw.len()
+            ),
+        ));
+    }
+    let now = state.engine.now();
+    let mut results: Vec<Option<BulkItem>> = Vec::with_capacity(raw.len());
+    let mut valid: Vec<(usize, EventIn)> = Vec::new();
+    for (index, item) in raw.into_iter().enumerate() {
+        match item.and_then(|e| parse_event(e, now)) {
+            Ok(ev) => {
+                valid.push((index, ev));
+                results.push(None);
+            }
+            Err(e) => results.push(Some(rejected(index, e))),
+        }
+    }
+    let mut woke = false;
+    for chunk in valid.chunks(CHUNK) {
+        let events = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let outcomes = state
+            .store
+            .record_events(&p.workspace_id, events, now)
+            .await?;
+        for ((index, _), outcome) in chunk.iter().zip(outcomes) {
+            results[*index] = Some(match outcome {
+                Ok(rec) => {
+                    woke |= !rec.runs_started.is_empty() || rec.runs_resumed > 0;
+                    BulkItem {
+                        index: *index,
+                        status: "accepted",
+                        accepted: Some(rec.into()),
+                        error: None,
+                    }
+                }
+                Err(e) => rejected(*index, store_refusal(e)?),
+            });
+        }
+    }
+    if woke {
+        state.engine.wake();
+    }
+    let results: Vec<BulkItem> = results.into_iter().flatten().collect();
+    let accepted = results.iter().filter(|r| r.status == "accepted").count();
+    Ok(Json(BulkResult {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    }))
+}
+
+fn rejected(index: usize, e: ApiError) -> BulkItem {
+    BulkItem {
+        index,
+        status: "rejected",
+        accepted: None,
+        error: Some(e.detail()),
+    }
+}

@@ -1,0 +1,208 @@
+//! The engine loop: claim due runs with a lease, advance each in memory
+//! ([`super::exec`]), store the advances (each checked against the lease, in
+//! the transaction that applies its effects), repeat. Sleeps until the next
+//! due run, the poll interval (work from other processes) or a wake-up
+//! (work this process just accepted), whichever comes first.
+//!
+//! Durability (FL-5): a process killed between claim and completion wrote
+//! nothing for those runs; once the lease expires another claim picks them
+//! up, and the lease check on completion means a step's effects are stored
+//! once. Time comes from the injected [`Clock`] only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::clock::Clock;
+use super::exec;
+use crate::domain::flow::FlowDoc;
+use crate::domain::{FlowId, Millis};
+use crate::store::{AdvanceOutcome, ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord, Store};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Runs claimed per transaction.
+    pub batch: usize,
+    /// How long a claim is held before another process may take the runs.
+    pub lease: Duration,
+    /// Longest sleep between looks for due work.
+    pub poll: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            batch: 512,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    /// This process's lease owner id.
+    owner: String,
+    /// Parsed flow versions; versions are immutable, so entries never go stale.
+    docs: Mutex<HashMap<(FlowId, i64), Arc<FlowDoc>>>,
+    wake: Arc<Notify>,
+}
+
+/// Most parsed flow versions kept; the cache is cleared when it grows past.
+const DOC_CACHE: usize = 4096;
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            config,
+            owner: format!("engine-{}", uuid::Uuid::new_v4()),
+            docs: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Ends the loop's sleep: called by whoever just created due work.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Claims and advances one batch of due runs; how many were claimed.
+    pub async fn tick(&self) -> crate::store::Result<usize> {
+        let now = self.clock.now();
+        let lease_until = now + i64::try_from(self.config.lease.as_millis()).unwrap_or(30_000);
+        let claimed = self
+            .store
+            .claim_runs(&self.owner, now, lease_until, self.config.batch)
+            .await?;
+        let n = claimed.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut advances = Vec::with_capacity(n);
+        for run in claimed {
+            let advance = match self.doc(&run).await {
+                Ok(doc) => exec::advance(&doc, run, now),
+                Err(e) => broken(run, now, e),
+            };
+            advances.push(advance);
+        }
+        let outcomes = self
+            .store
+            .complete_runs(&self.owner, self.clock.now(), advances)
+            .await?;
+        for o in &outcomes {
+            let label = match o {
+                AdvanceOutcome::Applied => "applied",
+                AdvanceOutcome::LeaseLost => "lease_lost",
+                AdvanceOutcome::Failed { .. } => "failed",
+            };
+            metrics::counter!("hookflow_engine_runs_advanced_total", "outcome" => label)
+                .increment(1);
+        }
+        Ok(n)
+    }
+
+    async fn doc(&self, run: &ClaimedRun) -> Result<Arc<FlowDoc>, String> {
+        let key = (run.flow_id.clone(), run.flow_version);
+        if let Some(d) = self.docs.lock().expect("doc cache").get(&key) {
+            return Ok(d.clone());
+        }
+        let raw: Value = self
+            .store
+            .flow_version(&run.workspace_id, &run.flow_id, run.flow_version)
+            .await
+            .map_err(|e| e.to_string())?;
+        let doc: Arc<FlowDoc> = Arc::new(
+            serde_json::from_value(raw)
+                .map_err(|e| format!("the flow version is unreadable: {e}"))?,
+        );
+        let mut cache = self.docs.lock().expect("doc cache");
+        if cache.len() >= DOC_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, doc.clone());
+        Ok(doc)
+    }
+
+    /// Runs until `stop` is notified. Store errors are logged and retried
+    /// after a pause; one bad run never stops the loop (it fails alone).
+    pub async fn run(self: Arc<Self>, stop: Arc<Notify>) {
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        loop {
+            let pause = match self.tick().await {
+                Ok(n) if n >= self.config.batch => Duration::ZERO,
+                Ok(n) if n > 0 => Duration::ZERO,
+                Ok(_) => self.idle_pause().await,
+                Err(e) => {
+                    tracing::error!(error = %e, "engine: claiming or completing runs failed");
+                    Duration::from_secs(1)
+                }
+            };
+            if pause.is_zero() {
+                // Let the rest of the runtime in between two batches.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// How long to sleep when nothing is due: until the next due run, at most
+    /// the poll interval.
+    async fn idle_pause(&self) -> Duration {
+        let poll = self.config.poll;
+        match self.store.next_due().await {
+            Ok(Some(at)) => {
+                let wait = at.saturating_sub(self.clock.now()).max(1);
+                poll.min(Duration::from_millis(u64::try_from(wait).unwrap_or(1)))
+            }
+            _ => poll,
+        }
+    }
+}
+
+/// The advance of a run whose flow version cannot be read: it fails with
+/// the reason, instead of being retried for ever.
+fn broken(run: ClaimedRun, now: Millis, error: String) -> RunAdvance {
+    let step = run.step.clone().unwrap_or_default();
+    RunAdvance {
+        run_id: run.id,
+        workspace_id: run.workspace_id,
+        flow_id: run.flow_id,
+        contact_id: run.contact.id,
+        first_seq: run.step_count,
+        history: vec![StepRecord {
+            step: step.clone(),
+            kind: "unknown".into(),
+            at: now,
+            input: Value::Null,
+            outcome: "failed".into(),
+            detail: Value::Null,
+            error: Some(error),
+        }],
+        effects: Vec::new(),
+        end: RunEnd::Finished {
+            status: RunStatus::Failed,
+            reason: "failed",
+            step: Some(step),
+        },
+        event_data: None,
+        consumed_event: false,
+    }
+}

@@ -1,0 +1,209 @@
+//! The engine core: walks a claimed run through its flow version's steps,
+//! in memory, until it waits, ends or uses up its step budget, and returns
+//! the [`RunAdvance`] the store applies atomically. Pure: no I/O, time is
+//! given. Knows nothing about particular step types ([`super::steps`]).
+
+use serde_json::{Value, json};
+
+use super::steps::{self, Outcome, StepCtx, Wake};
+use crate::domain::Millis;
+use crate::domain::condition::{Subject, holds};
+use crate::domain::flow::{FlowDoc, StepKind};
+use crate::store::{ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
+
+/// Most steps one claim executes for a run before handing it back as due
+/// (a guard: validation already refuses loops without a wait).
+pub const STEP_BUDGET: usize = 100;
+
+fn kind_name(k: &StepKind) -> &'static str {
+    match k {
+        StepKind::Wait(_) => "wait",
+        StepKind::Condition { .. } => "condition",
+        StepKind::AddToList { .. } => "add_to_list",
+        StepKind::RemoveFromList { .. } => "remove_from_list",
+        StepKind::MoveToList { .. } => "move_to_list",
+        StepKind::UpdateField { .. } => "update_field",
+        StepKind::Goal { .. } => "goal",
+        StepKind::StartFlow { .. } => "start_flow",
+        StepKind::Exit {} => "exit",
+    }
+}
+
+/// Advances `run` on `doc` at `now`.
+pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
+    let ClaimedRun {
+        id,
+        workspace_id,
+        flow_id,
+        status,
+        step,
+        mut event_data,
+        wait_until,
+        resume_event,
+        step_count,
+        mut contact,
+        mut lists,
+        ..
+    } = run;
+    let contact_id = contact.id.clone();
+    let original_data = event_data.clone();
+    let consumed_event = resume_event.is_some();
+    let mut history = Vec::new();
+    let mut effects = Vec::new();
+    let mut current = step.or_else(|| doc.steps.first().map(|s| s.id.clone()));
+    let mut wake = if status == RunStatus::Waiting {
+        Wake::Resume {
+            wait_until: wait_until.unwrap_or(now),
+            event: resume_event,
+        }
+    } else {
+        Wake::Arrive
+    };
+    let finish = |status, reason, step: Option<String>| RunEnd::Finished {
+        status,
+        reason,
+        step,
+    };
+    let mut end = None;
+    for _ in 0..STEP_BUDGET {
+        let Some(step_id) = current.clone() else {
+            end = Some(finish(RunStatus::Completed, "completed", None));
+            break;
+        };
+        let Some(step) = doc.steps.iter().find(|s| s.id == step_id) else {
+            history.push(record(
+                &step_id,
+                "unknown",
+                now,
+                Value::Null,
+                "failed",
+                Value::Null,
+                Some(format!("the flow version has no step `{step_id}`")),
+            ));
+            end = Some(finish(RunStatus::Failed, "failed", Some(step_id)));
+            break;
+        };
+        let kind = kind_name(&step.kind);
+        let input = serde_json::to_value(&step.kind).unwrap_or(Value::Null);
+        // FL-4: exit conditions before every step (any one met ends the run).
+        let list_ids: Vec<String> = lists.iter().map(|l| l.to_string()).collect();
+        let subject = Subject {
+            email: contact.email.as_str(),
+            phone: contact.phone.as_ref().map(|p| p.as_str()),
+            status: contact.status.as_str(),
+            fields: &contact.fields,
+            lists: &list_ids,
+            event: &event_data,
+        };
+        if let Some(c) = doc.exit_conditions.iter().find(|c| holds(c, &subject)) {
+            history.push(record(
+                &step_id,
+                kind,
+                now,
+                input,
+                "exit_condition",
+                json!({ "condition": c }),
+                None,
+            ));
+            end = Some(finish(RunStatus::Exited, "exit_condition", Some(step_id)));
+            break;
+        }
+        let first_effect = effects.len();
+        let mut ctx = StepCtx {
+            now,
+            contact: &mut contact,
+            lists: &mut lists,
+            event_data: &mut event_data,
+            effects: Vec::new(),
+            detail: Value::Null,
+        };
+        let outcome = steps::execute(
+            &step.kind,
+            std::mem::replace(&mut wake, Wake::Arrive),
+            &mut ctx,
+        );
+        let StepCtx {
+            effects: made,
+            detail,
+            ..
+        } = ctx;
+        let index = history.len();
+        effects.extend(made.into_iter().map(|e| (index, e)));
+        debug_assert!(effects.len() >= first_effect);
+        match outcome {
+            Err(error) => {
+                history.push(record(
+                    &step_id,
+                    kind,
+                    now,
+                    input,
+                    "failed",
+                    detail,
+                    Some(error),
+                ));
+                end = Some(finish(RunStatus::Failed, "failed", Some(step_id)));
+                break;
+            }
+            Ok(Outcome::Next { to, label }) => {
+                history.push(record(&step_id, kind, now, input, label, detail, None));
+                current = to;
+            }
+            Ok(Outcome::Wait {
+                until,
+                event,
+                fresh,
+            }) => {
+                if fresh {
+                    history.push(record(&step_id, kind, now, input, "waiting", detail, None));
+                }
+                end = Some(RunEnd::Waiting {
+                    step: step_id,
+                    wait_until: until,
+                    wait_event: event,
+                });
+                break;
+            }
+            Ok(Outcome::End { status, reason }) => {
+                history.push(record(&step_id, kind, now, input, reason, detail, None));
+                end = Some(finish(status, reason, Some(step_id)));
+                break;
+            }
+        }
+    }
+    let end = end.unwrap_or_else(|| match current {
+        Some(step) => RunEnd::Due { step },
+        None => finish(RunStatus::Completed, "completed", None),
+    });
+    RunAdvance {
+        run_id: id,
+        workspace_id,
+        flow_id,
+        contact_id,
+        first_seq: step_count,
+        history,
+        effects,
+        end,
+        event_data: (event_data != original_data).then_some(event_data),
+        consumed_event,
+    }
+}
+
+fn record(
+    step: &str,
+    kind: &str,
+    at: Millis,
+    input: Value,
+    outcome: &str,
+    detail: Value,
+    error: Option<String>,
+) -> StepRecord {
+    StepRecord {
+        step: step.to_owned(),
+        kind: kind.to_owned(),
+        at,
+        input,
+        outcome: outcome.to_owned(),
+        detail,
+        error,
+    }
+}

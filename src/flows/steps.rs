@@ -1,0 +1,341 @@
+//! What each step type does. The engine core ([`super::exec`]) never looks
+//! inside a step: it calls [`execute`] and follows the [`Outcome`]. A new step
+//! type (webhook, email, SMS) adds a `StepKind` variant and an arm here; a
+//! step with outbound I/O pushes an effect (a job written in the same
+//! transaction as the run's move) and returns `Next`, so I/O never happens
+//! inside the engine's transaction.
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde_json::{Value, json};
+
+use crate::domain::condition::{Subject, matches};
+use crate::domain::flow::{StepKind, Wait, parse_duration};
+use crate::domain::{FlowId, ListId, Millis};
+use crate::store::{ContactRecord, Effect, RunStatus};
+
+/// How a waiting run was woken, given to the wait step it waits in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Wake {
+    /// The run arrives at the step (it was not waiting there).
+    Arrive,
+    /// The run was waiting here; `event` is the event that arrived for it.
+    Resume {
+        wait_until: Millis,
+        event: Option<Value>,
+    },
+}
+
+/// What a step decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Go to the step (or, `None`, finish the run as completed). `label` is
+    /// the history's outcome (`next`, `yes`, `no`, `event`, `timeout`…).
+    Next {
+        to: Option<String>,
+        label: &'static str,
+    },
+    /// Wait until the time (or the event); `fresh` is false when the run was
+    /// woken early and goes back to the same wait (no history row then).
+    Wait {
+        until: Millis,
+        event: Option<String>,
+        fresh: bool,
+    },
+    /// Finish the run.
+    End {
+        status: RunStatus,
+        reason: &'static str,
+    },
+}
+
+/// What a step reads and changes: a snapshot of the contact that effects
+/// are applied to as they are made, so later steps see them.
+pub struct StepCtx<'a> {
+    pub now: Millis,
+    pub contact: &'a mut ContactRecord,
+    pub lists: &'a mut Vec<ListId>,
+    pub event_data: &'a mut Value,
+    pub effects: Vec<Effect>,
+    /// Extra facts for the history row (`until`, the goal's name…).
+    pub detail: Value,
+}
+
+impl StepCtx<'_> {
+    pub fn subject<'b>(&'b self, lists: &'b [String]) -> Subject<'b> {
+        Subject {
+            email: self.contact.email.as_str(),
+            phone: self.contact.phone.as_ref().map(|p| p.as_str()),
+            status: self.contact.status.as_str(),
+            fields: &self.contact.fields,
+            lists,
+            event: self.event_data,
+        }
+    }
+
+    fn add_list(&mut self, list: &ListId) {
+        if !self.lists.contains(list) {
+            self.lists.push(list.clone());
+        }
+        self.effects.push(Effect::AddToList(list.clone()));
+    }
+
+    fn remove_list(&mut self, list: &ListId) {
+        self.lists.retain(|l| l != list);
+        self.effects.push(Effect::RemoveFromList(list.clone()));
+    }
+}
+
+/// Executes one step. `Err` is a step failure that ends the run as `failed`.
+pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
+    let next = |to: &Option<String>| Outcome::Next {
+        to: to.clone(),
+        label: "next",
+    };
+    Ok(match kind {
+        StepKind::Wait(w) => wait(w, wake, ctx)?,
+        StepKind::Condition {
+            conditions,
+            r#match,
+            yes,
+            no,
+        } => {
+            let lists: Vec<String> = ctx.lists.iter().map(|l| l.to_string()).collect();
+            let holds = matches(conditions, *r#match, &ctx.subject(&lists));
+            let (to, label) = if holds { (yes, "yes") } else { (no, "no") };
+            Outcome::Next {
+                to: Some(to.clone()),
+                label,
+            }
+        }
+        StepKind::AddToList { list_id, next: n } => {
+            ctx.add_list(&list(list_id)?);
+            next(n)
+        }
+        StepKind::RemoveFromList { list_id, next: n } => {
+            ctx.remove_list(&list(list_id)?);
+            next(n)
+        }
+        StepKind::MoveToList {
+            from_list_id,
+            to_list_id,
+            next: n,
+        } => {
+            ctx.remove_list(&list(from_list_id)?);
+            ctx.add_list(&list(to_list_id)?);
+            next(n)
+        }
+        StepKind::UpdateField {
+            field,
+            value,
+            next: n,
+        } => {
+            if value.is_null() {
+                ctx.contact.fields.remove(field);
+            } else {
+                ctx.contact.fields.insert(field.clone(), value.clone());
+            }
+            ctx.effects.push(Effect::SetField {
+                name: field.clone(),
+                value: value.clone(),
+            });
+            next(n)
+        }
+        StepKind::Goal { name, next: n } => {
+            ctx.detail = json!({ "goal": name });
+            match n {
+                Some(_) => Outcome::Next {
+                    to: n.clone(),
+                    label: "goal",
+                },
+                None => Outcome::End {
+                    status: RunStatus::Completed,
+                    reason: "goal",
+                },
+            }
+        }
+        StepKind::StartFlow { flow_id, next: n } => {
+            let id = FlowId::parse(flow_id).map_err(|e| e.to_string())?;
+            ctx.effects.push(Effect::StartFlow {
+                flow: id,
+                event_data: ctx.event_data.clone(),
+            });
+            next(n)
+        }
+        StepKind::Exit {} => Outcome::End {
+            status: RunStatus::Exited,
+            reason: "exit_step",
+        },
+    })
+}
+
+fn list(raw: &str) -> Result<ListId, String> {
+    ListId::parse(raw).map_err(|e| e.to_string())
+}
+
+fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
+    let now = ctx.now;
+    if let Wake::Resume { wait_until, event } = wake {
+        if w.event.is_some() {
+            if let Some(ev) = event {
+                // The event's properties join the run's data for later
+                // conditions (`event.PATH`).
+                if let (Value::Object(data), Some(Value::Object(props))) =
+                    (&mut *ctx.event_data, ev.get("properties"))
+                {
+                    for (k, v) in props {
+                        data.insert(k.clone(), v.clone());
+                    }
+                }
+                ctx.detail = json!({ "event": ev });
+                return Ok(Outcome::Next {
+                    to: w.on_event.clone(),
+                    label: "event",
+                });
+            }
+            if now >= wait_until {
+                return Ok(Outcome::Next {
+                    to: w.on_timeout.clone(),
+                    label: "timeout",
+                });
+            }
+        } else if now >= wait_until {
+            return Ok(Outcome::Next {
+                to: w.next.clone(),
+                label: "resumed",
+            });
+        }
+        // Woken early (a contact change asked for an exit check): keep waiting.
+        return Ok(Outcome::Wait {
+            until: wait_until,
+            event: w.event.clone(),
+            fresh: false,
+        });
+    }
+    let until = if let Some(d) = &w.duration {
+        now.saturating_add(millis(parse_duration(d)?))
+    } else if let Some(u) = &w.until {
+        let t = DateTime::parse_from_rfc3339(u)
+            .map_err(|_| format!("`{u}` is not an RFC 3339 time"))?
+            .timestamp_millis();
+        if t <= now {
+            ctx.detail = json!({ "until": u, "passed": true });
+            return Ok(Outcome::Next {
+                to: w.next.clone(),
+                label: "passed",
+            });
+        }
+        t
+    } else if let Some(hm) = &w.time_of_day {
+        let at = NaiveTime::parse_from_str(hm, "%H:%M")
+            .map_err(|_| format!("`{hm}` is not a time of day"))?;
+        let (tz, source) = time_zone(w, ctx.contact);
+        ctx.detail = json!({ "time_zone": tz.name(), "time_zone_from": source });
+        next_local_time(now, at, tz)
+    } else if let Some(t) = &w.timeout {
+        now.saturating_add(millis(parse_duration(t)?))
+    } else {
+        return Err("the wait has no duration, until, time_of_day or event".into());
+    };
+    if let Value::Object(d) = &mut ctx.detail {
+        d.insert(
+            "until".into(),
+            json!(crate::domain::millis_to_rfc3339(until)),
+        );
+    } else {
+        ctx.detail = json!({ "until": crate::domain::millis_to_rfc3339(until) });
+    }
+    Ok(Outcome::Wait {
+        until,
+        event: w.event.clone(),
+        fresh: true,
+    })
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+/// The wait's own zone, else the contact's `time_zone` field when it names
+/// a zone, else UTC; with where it came from.
+fn time_zone(w: &Wait, contact: &ContactRecord) -> (Tz, &'static str) {
+    if let Some(tz) = w.time_zone.as_deref().and_then(|z| z.parse().ok()) {
+        return (tz, "flow");
+    }
+    if let Some(tz) = contact
+        .fields
+        .get("time_zone")
+        .and_then(Value::as_str)
+        .and_then(|z| z.parse().ok())
+    {
+        return (tz, "contact");
+    }
+    (Tz::UTC, "default")
+}
+
+/// The first instant after `now` when the wall clock in `tz` shows `at`.
+/// A time skipped by a DST change happens an hour later that day; a time
+/// that occurs twice takes the first.
+pub fn next_local_time(now: Millis, at: NaiveTime, tz: Tz) -> Millis {
+    let now_utc = DateTime::<Utc>::from_timestamp_millis(now).unwrap_or_default();
+    let mut date = now_utc.with_timezone(&tz).date_naive();
+    for _ in 0..4 {
+        let local = date.and_time(at);
+        let t = tz
+            .from_local_datetime(&local)
+            .earliest()
+            .or_else(|| {
+                tz.from_local_datetime(&(local + ChronoDuration::hours(1)))
+                    .earliest()
+            })
+            .map(|t| t.timestamp_millis());
+        if let Some(t) = t
+            && t > now
+        {
+            return t;
+        }
+        date = date.succ_opt().unwrap_or(date);
+    }
+    now + 86_400_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> Millis {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn local_time_of_day() {
+        let nine = NaiveTime::from_hms_opt(9, 0, 0).unwrap();
+        let rome: Tz = "Europe/Rome".parse().unwrap();
+        // 06:00 UTC is 08:00 in Rome (summer): 09:00 Rome is 07:00 UTC today.
+        assert_eq!(
+            next_local_time(ms("2026-07-01T06:00:00Z"), nine, rome),
+            ms("2026-07-01T07:00:00Z")
+        );
+        // Past it: tomorrow.
+        assert_eq!(
+            next_local_time(ms("2026-07-01T07:00:00Z"), nine, rome),
+            ms("2026-07-02T07:00:00Z")
+        );
+        // Winter: UTC+1.
+        assert_eq!(
+            next_local_time(ms("2026-01-10T00:00:00Z"), nine, rome),
+            ms("2026-01-10T08:00:00Z")
+        );
+        // 02:30 does not exist in Rome on 2026-03-29 (clocks jump 02:00→03:00).
+        let half_two = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        assert_eq!(
+            next_local_time(ms("2026-03-29T00:00:00Z"), half_two, rome),
+            ms("2026-03-29T01:30:00Z")
+        );
+        let ny: Tz = "America/New_York".parse().unwrap();
+        assert_eq!(
+            next_local_time(ms("2026-11-22T12:00:00Z"), nine, ny),
+            ms("2026-11-22T14:00:00Z")
+        );
+    }
+}

@@ -1,0 +1,608 @@
+//! SQL for the flow engine (PostgreSQL); the same operations, in the same
+//! order, as `sqlite/engine.rs`, with the decisions shared through
+//! `store::run` and `store::entry`. Claims use `FOR UPDATE SKIP LOCKED` so
+//! several processes take disjoint batches.
+
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+
+use super::{
+    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, load_list,
+    upsert_contact_in, upsert_membership, write_contact,
+};
+use crate::domain::{
+    ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
+};
+use crate::store::run::{EntryPlan, field_trigger_fires, resume_payload, run_finished};
+use crate::store::{
+    AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
+    EventRecorded, FlowStatus, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord,
+    StoreError, entry, plan,
+};
+
+/// Opens a savepoint; [`savepoint_end`] releases it, or rolls it back when
+/// the work inside failed, so one item of a batch cannot spoil the others.
+pub async fn savepoint_begin(c: &mut PgConnection) -> Result<()> {
+    sqlx::query("SAVEPOINT engine_item")
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+    Ok(())
+}
+
+pub async fn savepoint_end(c: &mut PgConnection, ok: bool) -> Result<()> {
+    if !ok {
+        sqlx::query("ROLLBACK TO SAVEPOINT engine_item")
+            .execute(&mut *c)
+            .await
+            .map_err(internal)?;
+    }
+    sqlx::query("RELEASE SAVEPOINT engine_item")
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn start_run(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    flow: &FlowId,
+    version: i64,
+    plan: &EntryPlan,
+    contact: &ContactId,
+    event_data: &Value,
+    now: Millis,
+) -> Result<std::result::Result<RunId, &'static str>> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
+         FROM runs WHERE flow_id = $1 AND contact_id = $2",
+    )
+    .bind(flow.as_str())
+    .bind(contact.as_str())
+    .fetch_one(&mut *c)
+    .await
+    .map_err(internal)?;
+    let any_run: bool = row.try_get("any_run").map_err(internal)?;
+    let active_run: bool = row.try_get("active_run").map_err(internal)?;
+    if let Some(why) = entry::run_decision(plan.repeat, any_run, active_run) {
+        return Ok(Err(why));
+    }
+    let id = RunId::generate();
+    sqlx::query(
+        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, has_exits, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $7, $7)",
+    )
+    .bind(id.as_str())
+    .bind(ws.as_str())
+    .bind(flow.as_str())
+    .bind(version as i32)
+    .bind(contact.as_str())
+    .bind(&plan.first_step)
+    .bind(now)
+    .bind(event_data)
+    .bind(plan.has_exits)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?;
+    Ok(Ok(id))
+}
+
+async fn triggered_flows(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    kind: &str,
+    key: &str,
+) -> Result<Vec<(FlowId, i64, Value)>> {
+    let rows = sqlx::query(
+        "SELECT f.id, f.current_version, v.document FROM flows f
+         JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version
+         WHERE f.workspace_id = $1 AND f.status = 'active' AND f.trigger_type = $2 AND f.trigger_key = $3",
+    )
+    .bind(ws.as_str())
+    .bind(kind)
+    .bind(key)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                FlowId::from_trusted(r.try_get("id").map_err(internal)?),
+                i64::from(r.try_get::<i32, _>("current_version").map_err(internal)?),
+                r.try_get("document").map_err(internal)?,
+            ))
+        })
+        .collect()
+}
+
+async fn has_contact_triggers(c: &mut PgConnection, ws: &WorkspaceId) -> Result<bool> {
+    Ok(sqlx::query(
+        "SELECT 1 FROM flows WHERE workspace_id = $1 AND status = 'active'
+         AND trigger_type IN ('list_added', 'field_changed') LIMIT 1",
+    )
+    .bind(ws.as_str())
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(internal)?
+    .is_some())
+}
+
+/// See `sqlite::engine::contact_changed`.
+pub async fn contact_changed(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    contact: &ContactId,
+    change: &ContactChange,
+    now: Millis,
+) -> Result<Vec<RunId>> {
+    let mut started = Vec::new();
+    if change.is_empty() {
+        return Ok(started);
+    }
+    if (!change.added_lists.is_empty() || !change.changed_fields.is_empty())
+        && has_contact_triggers(c, ws).await?
+    {
+        let data = serde_json::json!({});
+        for list in &change.added_lists {
+            for (flow, version, doc) in triggered_flows(c, ws, "list_added", list.as_str()).await? {
+                if let Some(plan) = EntryPlan::of(&doc)
+                    && let Ok(run) =
+                        start_run(c, ws, &flow, version, &plan, contact, &data, now).await?
+                {
+                    started.push(run);
+                }
+            }
+        }
+        for (field, value) in &change.changed_fields {
+            for (flow, version, doc) in triggered_flows(c, ws, "field_changed", field).await? {
+                if !field_trigger_fires(&doc, value.as_ref()) {
+                    continue;
+                }
+                let data = serde_json::json!({ "field": field, "value": value });
+                if let Some(plan) = EntryPlan::of(&doc)
+                    && let Ok(run) =
+                        start_run(c, ws, &flow, version, &plan, contact, &data, now).await?
+                {
+                    started.push(run);
+                }
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE runs SET due_at = $2 WHERE contact_id = $1 AND status = 'waiting' AND has_exits AND due_at > $2",
+    )
+    .bind(contact.as_str())
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?;
+    Ok(started)
+}
+
+// ---- claiming and completing ----------------------------------------------------------
+
+pub async fn claim(
+    c: &mut PgConnection,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: usize,
+) -> Result<Vec<ClaimedRun>> {
+    let rows = sqlx::query(
+        "WITH due AS (
+           SELECT r.id FROM runs r JOIN flows f ON f.id = r.flow_id
+           WHERE r.status IN ('active', 'waiting') AND r.due_at <= $3
+             AND (r.lease_until IS NULL OR r.lease_until < $3) AND f.status = 'active'
+           ORDER BY r.due_at LIMIT $4 FOR UPDATE OF r SKIP LOCKED)
+         UPDATE runs SET lease_owner = $1, lease_until = $2 FROM due WHERE runs.id = due.id
+         RETURNING runs.id, runs.workspace_id, runs.flow_id, runs.flow_version, runs.status, runs.step,
+           runs.event_data, runs.wait_until, runs.resume_event, runs.step_count, runs.contact_id",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(limit as i64)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("contact_id").map_err(internal))
+        .collect::<Result<_>>()?;
+    let contacts = sqlx::query(&format!(
+        "SELECT {CONTACT_COLS} FROM contacts c WHERE c.id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    let mut by_id = std::collections::HashMap::new();
+    for r in &contacts {
+        let ct = contact_row(r)?;
+        by_id.insert(ct.id.to_string(), ct);
+    }
+    let members = sqlx::query(
+        "SELECT contact_id, list_id FROM memberships WHERE contact_id = ANY($1) AND status = 'subscribed'",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    let mut lists: std::collections::HashMap<String, Vec<ListId>> = Default::default();
+    for r in &members {
+        let ct: String = r.try_get("contact_id").map_err(internal)?;
+        lists.entry(ct).or_default().push(ListId::from_trusted(
+            r.try_get("list_id").map_err(internal)?,
+        ));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let contact_id: String = r.try_get("contact_id").map_err(internal)?;
+        let Some(contact) = by_id.get(&contact_id).cloned() else {
+            continue;
+        };
+        let status: String = r.try_get("status").map_err(internal)?;
+        out.push(ClaimedRun {
+            id: RunId::from_trusted(r.try_get("id").map_err(internal)?),
+            workspace_id: WorkspaceId::from_trusted(r.try_get("workspace_id").map_err(internal)?),
+            flow_id: FlowId::from_trusted(r.try_get("flow_id").map_err(internal)?),
+            flow_version: i64::from(r.try_get::<i32, _>("flow_version").map_err(internal)?),
+            status: RunStatus::parse(&status).unwrap_or(RunStatus::Active),
+            step: r.try_get("step").map_err(internal)?,
+            event_data: r.try_get("event_data").map_err(internal)?,
+            wait_until: r.try_get("wait_until").map_err(internal)?,
+            resume_event: r.try_get("resume_event").map_err(internal)?,
+            step_count: r.try_get("step_count").map_err(internal)?,
+            lists: lists.remove(&contact_id).unwrap_or_default(),
+            contact,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn next_due(c: &mut PgConnection) -> Result<Option<Millis>> {
+    sqlx::query_scalar(
+        "SELECT MIN(r.due_at) FROM runs r JOIN flows f ON f.id = r.flow_id
+         WHERE r.status IN ('active', 'waiting') AND f.status = 'active'",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .map_err(internal)
+}
+
+pub async fn complete_one(
+    c: &mut PgConnection,
+    owner: &str,
+    now: Millis,
+    mut adv: RunAdvance,
+) -> Result<AdvanceOutcome> {
+    let held = sqlx::query(
+        "SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $2 AND lease_until > $3
+         AND status IN ('active', 'waiting') FOR UPDATE",
+    )
+    .bind(adv.run_id.as_str())
+    .bind(owner)
+    .bind(now)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(internal)?
+    .is_some();
+    if !held {
+        return Ok(AdvanceOutcome::LeaseLost);
+    }
+    let mut outcome = AdvanceOutcome::Applied;
+    for (index, effect) in std::mem::take(&mut adv.effects) {
+        if let Err(e) = apply_effect(c, &adv, &effect, now).await {
+            let error = match e {
+                StoreError::Internal(_) | StoreError::Busy(_) => return Err(e),
+                other => other.to_string(),
+            };
+            outcome = crate::store::run::fail_at(&mut adv, index, error);
+            break;
+        }
+    }
+    for (i, h) in adv.history.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO run_steps (run_id, seq, step, type, at, input, outcome, detail, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(adv.run_id.as_str())
+        .bind(adv.first_seq + i as i64)
+        .bind(&h.step)
+        .bind(&h.kind)
+        .bind(h.at)
+        .bind(&h.input)
+        .bind(&h.outcome)
+        .bind(&h.detail)
+        .bind(&h.error)
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+    }
+    let m = crate::store::run::RunMove::of(&adv, now);
+    sqlx::query(
+        "UPDATE runs SET status = $2, step = COALESCE($3, step),
+           due_at = CASE WHEN NOT $10 AND resume_event IS NOT NULL AND $2 = 'waiting' AND $3 = step THEN $11 ELSE $4 END,
+           wait_until = $5, wait_event = $6, end_reason = $7, finished_at = $8, step_count = $9,
+           resume_event = CASE WHEN $10 OR $2 <> 'waiting' OR $3 IS DISTINCT FROM step THEN NULL ELSE resume_event END,
+           event_data = COALESCE($12, event_data), lease_owner = NULL, lease_until = NULL, updated_at = $11
+         WHERE id = $1",
+    )
+    .bind(adv.run_id.as_str())
+    .bind(m.status.as_str())
+    .bind(m.step)
+    .bind(m.due_at)
+    .bind(m.wait_until)
+    .bind(m.wait_event)
+    .bind(m.reason)
+    .bind(m.finished_at)
+    .bind(m.step_count)
+    .bind(adv.consumed_event)
+    .bind(now)
+    .bind(adv.event_data.as_ref())
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?;
+    Ok(outcome)
+}
+
+async fn apply_effect(
+    c: &mut PgConnection,
+    adv: &RunAdvance,
+    effect: &Effect,
+    now: Millis,
+) -> Result<()> {
+    let ws = &adv.workspace_id;
+    let contact = &adv.contact_id;
+    match effect {
+        Effect::SetField { name, value } => {
+            let existing = contact_by_id(c, ws, contact, true).await?;
+            let defs = field_defs_for(c, ws, Some(contact), &[]).await?;
+            let mut fields = serde_json::Map::new();
+            fields.insert(name.clone(), value.clone());
+            let before = existing.fields.clone();
+            let patch = ContactPatch {
+                fields,
+                ..Default::default()
+            };
+            let updated = plan::patch(existing, &defs, &patch, now)?;
+            if updated.fields != before {
+                write_contact(c, ws, &updated).await?;
+                let change = ContactChange {
+                    changed_fields: ContactChange::fields(Some(&before), &updated.fields),
+                    ..Default::default()
+                };
+                Box::pin(contact_changed(c, ws, contact, &change, now)).await?;
+            }
+        }
+        Effect::AddToList(list) => {
+            if !super::share_list(c, ws, list).await? {
+                return Err(StoreError::not_found("list", list));
+            }
+            if upsert_membership(c, ws, list, contact).await?.1 {
+                let change = ContactChange {
+                    added_lists: vec![list.clone()],
+                    ..Default::default()
+                };
+                Box::pin(contact_changed(c, ws, contact, &change, now)).await?;
+            }
+        }
+        Effect::RemoveFromList(list) => {
+            load_list(c, ws, list).await?;
+            let n = sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3")
+                .bind(ws.as_str())
+                .bind(list.as_str())
+                .bind(contact.as_str())
+                .execute(&mut *c)
+                .await
+                .map_err(internal)?
+                .rows_affected();
+            if n > 0 {
+                let change = ContactChange {
+                    other: true,
+                    ..Default::default()
+                };
+                Box::pin(contact_changed(c, ws, contact, &change, now)).await?;
+            }
+        }
+        Effect::StartFlow { flow, event_data } => {
+            let target = flows::get(c, ws, flow).await?;
+            if target.status == FlowStatus::Active
+                && target.document["trigger"]["type"] == "flow"
+                && let Some(plan) = EntryPlan::of(&target.document)
+            {
+                let _ =
+                    start_run(c, ws, flow, target.version, &plan, contact, event_data, now).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- reading runs ------------------------------------------------------------------------
+
+const RUN_COLS: &str = "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at, wait_event, created_at, updated_at, finished_at";
+
+fn run_row(r: &PgRow) -> Result<RunRecord> {
+    let status: String = r.try_get("status").map_err(internal)?;
+    let status = RunStatus::parse(&status).unwrap_or(RunStatus::Failed);
+    Ok(RunRecord {
+        id: RunId::from_trusted(r.try_get("id").map_err(internal)?),
+        flow_id: FlowId::from_trusted(r.try_get("flow_id").map_err(internal)?),
+        flow_version: i64::from(r.try_get::<i32, _>("flow_version").map_err(internal)?),
+        contact_id: ContactId::from_trusted(r.try_get("contact_id").map_err(internal)?),
+        status,
+        step: r.try_get("step").map_err(internal)?,
+        end_reason: r.try_get("end_reason").map_err(internal)?,
+        event_data: r.try_get("event_data").map_err(internal)?,
+        due_at: if status.is_finished() {
+            None
+        } else {
+            r.try_get("due_at").map_err(internal)?
+        },
+        wait_event: r.try_get("wait_event").map_err(internal)?,
+        created_at: r.try_get("created_at").map_err(internal)?,
+        updated_at: r.try_get("updated_at").map_err(internal)?,
+        finished_at: r.try_get("finished_at").map_err(internal)?,
+    })
+}
+
+pub async fn page_runs(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    filter: &RunFilter,
+    page: &PageRequest,
+) -> Result<Page<RunRecord>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = $1 AND id > $2
+           AND ($3::text IS NULL OR flow_id = $3) AND ($4::text IS NULL OR contact_id = $4)
+           AND ($5::text IS NULL OR status = $5)
+         ORDER BY id LIMIT $6"
+    ))
+    .bind(ws.as_str())
+    .bind(page.after_id())
+    .bind(filter.flow_id.as_ref().map(|f| f.as_str()))
+    .bind(filter.contact_id.as_ref().map(|c| c.as_str()))
+    .bind(filter.status.map(RunStatus::as_str))
+    .bind(i64::from(page.limit) + 1)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
+    Ok(Page::from_overfetch(runs, page.limit, |r| r.id.as_str()))
+}
+
+pub async fn get_run(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    id: &RunId,
+    lock: bool,
+) -> Result<RunRecord> {
+    let r = sqlx::query(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = $1 AND id = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    ))
+    .bind(ws.as_str())
+    .bind(id.as_str())
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(internal)?
+    .ok_or_else(|| StoreError::not_found("run", id))?;
+    run_row(&r)
+}
+
+pub async fn history(c: &mut PgConnection, id: &RunId) -> Result<Vec<StepRecord>> {
+    let rows = sqlx::query(
+        "SELECT step, type, at, input, outcome, detail, error FROM run_steps WHERE run_id = $1 ORDER BY seq",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    rows.iter()
+        .map(|r| {
+            Ok(StepRecord {
+                step: r.try_get("step").map_err(internal)?,
+                kind: r.try_get("type").map_err(internal)?,
+                at: r.try_get("at").map_err(internal)?,
+                input: r.try_get("input").map_err(internal)?,
+                outcome: r.try_get("outcome").map_err(internal)?,
+                detail: r.try_get("detail").map_err(internal)?,
+                error: r.try_get("error").map_err(internal)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn cancel(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    id: &RunId,
+    now: Millis,
+) -> Result<RunRecord> {
+    let run = get_run(c, ws, id, true).await?;
+    if run.status.is_finished() {
+        return Err(run_finished(&run));
+    }
+    sqlx::query(
+        "UPDATE runs SET status = 'cancelled', end_reason = 'cancelled', finished_at = $3, updated_at = $3,
+           lease_owner = NULL, lease_until = NULL, resume_event = NULL
+         WHERE workspace_id = $1 AND id = $2",
+    )
+    .bind(ws.as_str())
+    .bind(id.as_str())
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?;
+    get_run(c, ws, id, false).await
+}
+
+// ---- events ------------------------------------------------------------------------------
+
+pub async fn record_event(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    ev: &EventIn,
+    now: Millis,
+) -> Result<EventRecorded> {
+    let up = upsert_contact_in(
+        c,
+        ws,
+        &ContactUpsert {
+            email: Some(ev.email.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let contact = &up.contact.id;
+    let id = EventId::generate();
+    sqlx::query(
+        "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id.as_str())
+    .bind(ws.as_str())
+    .bind(contact.as_str())
+    .bind(&ev.name)
+    .bind(&ev.properties)
+    .bind(ev.occurred_at)
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?;
+    let mut runs_started = Vec::new();
+    for (flow, version, doc) in triggered_flows(c, ws, "event", &ev.name).await? {
+        if let Some(plan) = EntryPlan::of(&doc)
+            && let Ok(run) =
+                start_run(c, ws, &flow, version, &plan, contact, &ev.properties, now).await?
+        {
+            runs_started.push(run.to_string());
+        }
+    }
+    let resumed = sqlx::query(
+        "UPDATE runs SET resume_event = $4, due_at = $5
+         WHERE contact_id = $1 AND workspace_id = $2 AND status = 'waiting' AND wait_event = $3 AND resume_event IS NULL",
+    )
+    .bind(contact.as_str())
+    .bind(ws.as_str())
+    .bind(&ev.name)
+    .bind(resume_payload(&id, ev))
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?
+    .rows_affected();
+    Ok(EventRecorded {
+        event_id: id.to_string(),
+        contact_id: contact.to_string(),
+        runs_started,
+        runs_resumed: resumed,
+    })
+}

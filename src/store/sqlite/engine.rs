@@ -1,0 +1,607 @@
+//! SQL for the flow engine (SQLite): starting runs, firing triggers on
+//! contact changes, claiming due runs, storing advances, reading runs,
+//! recording events. Every function runs on the writer thread (or a
+//! reader, for reads) inside the caller's transaction.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use super::{internal, queries as q};
+use crate::domain::{
+    ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
+};
+use crate::store::run::{EntryPlan, field_trigger_fires};
+use crate::store::{
+    AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
+    EventRecorded, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
+    entry, plan,
+};
+
+fn json_text(v: &Value) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn parse_json(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or(Value::Null)
+}
+
+/// Runs `f` inside a nested savepoint: all of it or none of it.
+pub fn savepoint<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT engine_item")
+        .map_err(internal)?;
+    match f() {
+        Ok(v) => {
+            conn.execute_batch("RELEASE engine_item")
+                .map_err(internal)?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO engine_item; RELEASE engine_item")
+                .map_err(internal)?;
+            Err(e)
+        }
+    }
+}
+
+/// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);
+/// the run id, or why none started.
+#[allow(clippy::too_many_arguments)]
+pub fn start_run(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    flow: &FlowId,
+    version: i64,
+    plan: &EntryPlan,
+    contact: &ContactId,
+    event_data: &Value,
+    now: Millis,
+) -> Result<std::result::Result<RunId, &'static str>> {
+    let (any_run, active_run): (bool, bool) = conn
+        .prepare_cached(
+            "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
+             FROM runs WHERE flow_id = ?1 AND contact_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row([flow.as_str(), contact.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+        })
+        .map_err(internal)?;
+    if let Some(why) = entry::run_decision(plan.repeat, any_run, active_run) {
+        return Ok(Err(why));
+    }
+    let id = RunId::generate();
+    conn.prepare_cached(
+        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, has_exits, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?7, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![id.as_str(), ws.as_str(), flow.as_str(), version, contact.as_str(),
+            plan.first_step, now, json_text(event_data).unwrap_or_default(), plan.has_exits])
+    })
+    .map_err(internal)?;
+    Ok(Ok(id))
+}
+
+/// Active flows of the workspace whose trigger is `kind` with `key`, with
+/// their current version's document.
+fn triggered_flows(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    kind: &str,
+    key: &str,
+) -> Result<Vec<(FlowId, i64, Value)>> {
+    let mut s = conn
+        .prepare_cached(
+            "SELECT f.id, f.current_version, v.document FROM flows f
+             JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version
+             WHERE f.workspace_id = ?1 AND f.status = 'active' AND f.trigger_type = ?2 AND f.trigger_key = ?3",
+        )
+        .map_err(internal)?;
+    let rows = s
+        .query_map([ws.as_str(), kind, key], |r| {
+            let doc: String = r.get(2)?;
+            Ok((FlowId::from_trusted(r.get(0)?), r.get(1)?, parse_json(&doc)))
+        })
+        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(internal)?;
+    Ok(rows)
+}
+
+/// Whether any active flow of the workspace has a contact trigger; saves
+/// the per-list and per-field lookups for the common case of none.
+fn has_contact_triggers(conn: &Connection, ws: &WorkspaceId) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM flows WHERE workspace_id = ?1 AND status = 'active'
+         AND trigger_type IN ('list_added', 'field_changed') LIMIT 1",
+    )
+    .and_then(|mut s| s.exists([ws.as_str()]))
+    .map_err(internal)
+}
+
+/// After a contact changed: start flows triggered by the lists it joined
+/// and the fields that changed, and wake its waiting runs that have exit
+/// conditions so the engine checks them (FL-4). Same transaction as the
+/// change, so a trigger is never lost.
+pub fn contact_changed(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    contact: &ContactId,
+    change: &ContactChange,
+    now: Millis,
+) -> Result<Vec<RunId>> {
+    let mut started = Vec::new();
+    if change.is_empty() {
+        return Ok(started);
+    }
+    if (!change.added_lists.is_empty() || !change.changed_fields.is_empty())
+        && has_contact_triggers(conn, ws)?
+    {
+        let data = serde_json::json!({});
+        for list in &change.added_lists {
+            for (flow, version, doc) in triggered_flows(conn, ws, "list_added", list.as_str())? {
+                if let Some(plan) = EntryPlan::of(&doc)
+                    && let Ok(run) =
+                        start_run(conn, ws, &flow, version, &plan, contact, &data, now)?
+                {
+                    started.push(run);
+                }
+            }
+        }
+        for (field, value) in &change.changed_fields {
+            for (flow, version, doc) in triggered_flows(conn, ws, "field_changed", field)? {
+                if !field_trigger_fires(&doc, value.as_ref()) {
+                    continue;
+                }
+                let data = serde_json::json!({ "field": field, "value": value });
+                if let Some(plan) = EntryPlan::of(&doc)
+                    && let Ok(run) =
+                        start_run(conn, ws, &flow, version, &plan, contact, &data, now)?
+                {
+                    started.push(run);
+                }
+            }
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE runs SET due_at = ?2 WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1 AND due_at > ?2",
+    )
+    .and_then(|mut s| s.execute(params![contact.as_str(), now]))
+    .map_err(internal)?;
+    Ok(started)
+}
+
+/// Upserts a contact and fires what its change triggers.
+pub fn upsert_and_trigger(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    input: &ContactUpsert,
+    now: Millis,
+) -> Result<crate::store::Upserted> {
+    let (out, change) = q::upsert_contact(conn, ws, input)?;
+    contact_changed(conn, ws, &out.contact.id, &change, now)?;
+    Ok(out)
+}
+
+// ---- claiming and completing ----------------------------------------------------------
+
+const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2 WHERE id IN (
+    SELECT r.id FROM runs r JOIN flows f ON f.id = r.flow_id
+    WHERE (r.status = 'active' OR r.status = 'waiting') AND r.due_at <= ?3
+      AND (r.lease_until IS NULL OR r.lease_until < ?3) AND f.status = 'active'
+    ORDER BY r.due_at LIMIT ?4)
+  RETURNING id, workspace_id, flow_id, flow_version, status, step, event_data, wait_until,
+    resume_event, step_count, contact_id";
+
+pub fn claim(
+    conn: &Connection,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: usize,
+) -> Result<Vec<ClaimedRun>> {
+    type Raw = (
+        String,
+        String,
+        String,
+        i64,
+        String,
+        Option<String>,
+        String,
+        Option<i64>,
+        Option<String>,
+        i64,
+        String,
+    );
+    let raw: Vec<Raw> = conn
+        .prepare_cached(CLAIM)
+        .and_then(|mut s| {
+            s.query_map(params![owner, lease_until, now, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+        })
+        .map_err(internal)?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (id, ws, flow, version, status, step, data, wait_until, resume, count, contact) in raw {
+        let ws = WorkspaceId::from_trusted(ws);
+        let contact_id = ContactId::from_trusted(contact);
+        let contact = q::contact_by_id(conn, &ws, &contact_id)?;
+        let lists = contact_lists(conn, &contact_id)?;
+        out.push(ClaimedRun {
+            id: RunId::from_trusted(id),
+            workspace_id: ws,
+            flow_id: FlowId::from_trusted(flow),
+            flow_version: version,
+            status: RunStatus::parse(&status).unwrap_or(RunStatus::Active),
+            step,
+            event_data: parse_json(&data),
+            wait_until,
+            resume_event: resume.as_deref().map(parse_json),
+            step_count: count,
+            contact,
+            lists,
+        });
+    }
+    Ok(out)
+}
+
+fn contact_lists(conn: &Connection, contact: &ContactId) -> Result<Vec<ListId>> {
+    let mut s = conn
+        .prepare_cached(
+            "SELECT list_id FROM memberships WHERE contact_id = ?1 AND status = 'subscribed'",
+        )
+        .map_err(internal)?;
+    let rows = s
+        .query_map([contact.as_str()], |r| Ok(ListId::from_trusted(r.get(0)?)))
+        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(internal)?;
+    Ok(rows)
+}
+
+pub fn next_due(conn: &Connection) -> Result<Option<Millis>> {
+    conn.prepare_cached(
+        "SELECT MIN(r.due_at) FROM runs r JOIN flows f ON f.id = r.flow_id
+         WHERE (r.status = 'active' OR r.status = 'waiting') AND f.status = 'active'",
+    )
+    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+    .map_err(internal)
+}
+
+pub fn complete(
+    conn: &Connection,
+    owner: &str,
+    now: Millis,
+    advances: Vec<RunAdvance>,
+) -> Result<Vec<AdvanceOutcome>> {
+    let mut out = Vec::with_capacity(advances.len());
+    for adv in advances {
+        out.push(savepoint(conn, || complete_one(conn, owner, now, adv))?);
+    }
+    Ok(out)
+}
+
+fn complete_one(
+    conn: &Connection,
+    owner: &str,
+    now: Millis,
+    mut adv: RunAdvance,
+) -> Result<AdvanceOutcome> {
+    let held = conn
+        .prepare_cached(
+            "SELECT 1 FROM runs WHERE id = ?1 AND lease_owner = ?2 AND lease_until > ?3
+             AND (status = 'active' OR status = 'waiting')",
+        )
+        .and_then(|mut s| s.exists(params![adv.run_id.as_str(), owner, now]))
+        .map_err(internal)?;
+    if !held {
+        return Ok(AdvanceOutcome::LeaseLost);
+    }
+    let mut outcome = AdvanceOutcome::Applied;
+    for (index, effect) in std::mem::take(&mut adv.effects) {
+        if let Err(e) = apply_effect(conn, &adv, &effect, now) {
+            let error = match e {
+                StoreError::Internal(_) | StoreError::Busy(_) => return Err(e),
+                other => other.to_string(),
+            };
+            outcome = crate::store::run::fail_at(&mut adv, index, error);
+            break;
+        }
+    }
+    write_history(conn, &adv)?;
+    move_run(conn, &adv, now)?;
+    Ok(outcome)
+}
+
+fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Millis) -> Result<()> {
+    let ws = &adv.workspace_id;
+    let contact = &adv.contact_id;
+    match effect {
+        Effect::SetField { name, value } => {
+            let existing = q::contact_by_id(conn, ws, contact)?;
+            let defs = q::field_defs_for(conn, ws, Some(contact), &[])?;
+            let mut fields = serde_json::Map::new();
+            fields.insert(name.clone(), value.clone());
+            let before = existing.fields.clone();
+            let patch = ContactPatch {
+                fields,
+                ..Default::default()
+            };
+            let updated = plan::patch(existing, &defs, &patch, now)?;
+            if updated.fields != before {
+                q::write_contact(conn, ws, &updated)?;
+                let change = ContactChange {
+                    changed_fields: ContactChange::fields(Some(&before), &updated.fields),
+                    ..Default::default()
+                };
+                contact_changed(conn, ws, contact, &change, now)?;
+            }
+        }
+        Effect::AddToList(list) => {
+            q::load_list(conn, ws, list)?;
+            if q::upsert_membership(conn, ws, list, contact)? {
+                let change = ContactChange {
+                    added_lists: vec![list.clone()],
+                    ..Default::default()
+                };
+                contact_changed(conn, ws, contact, &change, now)?;
+            }
+        }
+        Effect::RemoveFromList(list) => {
+            q::load_list(conn, ws, list)?;
+            match q::delete_membership(conn, ws, list, contact) {
+                Ok(()) => {
+                    let change = ContactChange {
+                        other: true,
+                        ..Default::default()
+                    };
+                    contact_changed(conn, ws, contact, &change, now)?;
+                }
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Effect::StartFlow { flow, event_data } => {
+            let target = super::flows::get(conn, ws, flow)?;
+            if target.status == crate::store::FlowStatus::Active
+                && target.document["trigger"]["type"] == "flow"
+                && let Some(plan) = EntryPlan::of(&target.document)
+            {
+                let _ = start_run(
+                    conn,
+                    ws,
+                    flow,
+                    target.version,
+                    &plan,
+                    contact,
+                    event_data,
+                    now,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_history(conn: &Connection, adv: &RunAdvance) -> Result<()> {
+    let mut s = conn
+        .prepare_cached(
+            "INSERT INTO run_steps (run_id, seq, step, type, at, input, outcome, detail, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(internal)?;
+    for (i, h) in adv.history.iter().enumerate() {
+        s.execute(params![
+            adv.run_id.as_str(),
+            adv.first_seq + i as i64,
+            h.step,
+            h.kind,
+            h.at,
+            json_text(&h.input)?,
+            h.outcome,
+            json_text(&h.detail)?,
+            h.error
+        ])
+        .map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
+    let m = crate::store::run::RunMove::of(adv, now);
+    let data = adv.event_data.as_ref().map(json_text).transpose()?;
+    // An event that arrived while the run was leased, for the wait it goes
+    // back to, is kept and makes the run due at once.
+    conn.prepare_cached(
+        "UPDATE runs SET status = ?2, step = COALESCE(?3, step),
+           due_at = CASE WHEN ?10 = 0 AND resume_event IS NOT NULL AND ?2 = 'waiting' AND ?3 = step THEN ?11 ELSE ?4 END,
+           wait_until = ?5, wait_event = ?6, end_reason = ?7, finished_at = ?8, step_count = ?9,
+           resume_event = CASE WHEN ?10 = 1 OR ?2 <> 'waiting' OR ?3 IS NOT step THEN NULL ELSE resume_event END,
+           event_data = COALESCE(?12, event_data), lease_owner = NULL, lease_until = NULL, updated_at = ?11
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![adv.run_id.as_str(), m.status.as_str(), m.step, m.due_at, m.wait_until,
+            m.wait_event, m.reason, m.finished_at, m.step_count, adv.consumed_event, now, data])
+    })
+    .map_err(internal)?;
+    Ok(())
+}
+
+// ---- reading runs ------------------------------------------------------------------------
+
+const RUN_COLS: &str = "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at, wait_event, created_at, updated_at, finished_at";
+
+fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
+    let status: String = r.get(4)?;
+    let data: String = r.get(7)?;
+    let status = RunStatus::parse(&status).unwrap_or(RunStatus::Failed);
+    Ok(RunRecord {
+        id: RunId::from_trusted(r.get(0)?),
+        flow_id: FlowId::from_trusted(r.get(1)?),
+        flow_version: r.get(2)?,
+        contact_id: ContactId::from_trusted(r.get(3)?),
+        status,
+        step: r.get(5)?,
+        end_reason: r.get(6)?,
+        event_data: parse_json(&data),
+        due_at: if status.is_finished() {
+            None
+        } else {
+            r.get(8)?
+        },
+        wait_event: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        finished_at: r.get(12)?,
+    })
+}
+
+pub fn page_runs(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    filter: &RunFilter,
+    page: &PageRequest,
+) -> Result<Page<RunRecord>> {
+    let sql = format!(
+        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = ?1 AND id > ?2
+           AND (?3 IS NULL OR flow_id = ?3) AND (?4 IS NULL OR contact_id = ?4) AND (?5 IS NULL OR status = ?5)
+         ORDER BY id LIMIT ?6"
+    );
+    let rows: Vec<RunRecord> = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map(
+                params![
+                    ws.as_str(),
+                    page.after_id(),
+                    filter.flow_id.as_ref().map(|f| f.as_str()),
+                    filter.contact_id.as_ref().map(|c| c.as_str()),
+                    filter.status.map(RunStatus::as_str),
+                    page.limit + 1
+                ],
+                run_row,
+            )
+            .and_then(|r| r.collect())
+        })
+        .map_err(internal)?;
+    Ok(Page::from_overfetch(rows, page.limit, |r| r.id.as_str()))
+}
+
+pub fn get_run(conn: &Connection, ws: &WorkspaceId, id: &RunId) -> Result<RunRecord> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| s.query_row([ws.as_str(), id.as_str()], run_row).optional())
+    .map_err(internal)?
+    .ok_or_else(|| StoreError::not_found("run", id))
+}
+
+pub fn history(conn: &Connection, id: &RunId) -> Result<Vec<StepRecord>> {
+    let mut s = conn
+        .prepare_cached("SELECT step, type, at, input, outcome, detail, error FROM run_steps WHERE run_id = ?1 ORDER BY seq")
+        .map_err(internal)?;
+    let rows = s
+        .query_map([id.as_str()], |r| {
+            let input: String = r.get(3)?;
+            let detail: String = r.get(5)?;
+            Ok(StepRecord {
+                step: r.get(0)?,
+                kind: r.get(1)?,
+                at: r.get(2)?,
+                input: parse_json(&input),
+                outcome: r.get(4)?,
+                detail: parse_json(&detail),
+                error: r.get(6)?,
+            })
+        })
+        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(internal)?;
+    Ok(rows)
+}
+
+pub fn cancel(conn: &Connection, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
+    let run = get_run(conn, ws, id)?;
+    if run.status.is_finished() {
+        return Err(crate::store::run::run_finished(&run));
+    }
+    conn.prepare_cached(
+        "UPDATE runs SET status = 'cancelled', end_reason = 'cancelled', finished_at = ?3, updated_at = ?3,
+           lease_owner = NULL, lease_until = NULL, resume_event = NULL
+         WHERE workspace_id = ?1 AND id = ?2",
+    )
+    .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), now]))
+    .map_err(internal)?;
+    get_run(conn, ws, id)
+}
+
+// ---- events ------------------------------------------------------------------------------
+
+pub fn record_event(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    ev: &EventIn,
+    now: Millis,
+) -> Result<EventRecorded> {
+    let up = upsert_and_trigger(
+        conn,
+        ws,
+        &ContactUpsert {
+            email: Some(ev.email.clone()),
+            ..Default::default()
+        },
+        now,
+    )?;
+    let contact = &up.contact.id;
+    let id = EventId::generate();
+    let props = json_text(&ev.properties)?;
+    conn.prepare_cached(
+        "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), contact.as_str(), ev.name, props, ev.occurred_at, now]))
+    .map_err(internal)?;
+    let mut runs_started = Vec::new();
+    for (flow, version, doc) in triggered_flows(conn, ws, "event", &ev.name)? {
+        if let Some(plan) = EntryPlan::of(&doc)
+            && let Ok(run) = start_run(
+                conn,
+                ws,
+                &flow,
+                version,
+                &plan,
+                contact,
+                &ev.properties,
+                now,
+            )?
+        {
+            runs_started.push(run.to_string());
+        }
+    }
+    let resume = json_text(&crate::store::run::resume_payload(&id, ev))?;
+    let resumed = conn
+        .prepare_cached(
+            "UPDATE runs SET resume_event = ?4, due_at = ?5
+             WHERE contact_id = ?1 AND workspace_id = ?2 AND status = 'waiting' AND wait_event = ?3 AND resume_event IS NULL",
+        )
+        .and_then(|mut s| s.execute(params![contact.as_str(), ws.as_str(), ev.name, resume, now]))
+        .map_err(internal)?;
+    Ok(EventRecorded {
+        event_id: id.to_string(),
+        contact_id: contact.to_string(),
+        runs_started,
+        runs_resumed: resumed as u64,
+    })
+}
