@@ -41,7 +41,16 @@ impl Drop for Server {
 
 /// Starts `hookflow serve` and reads stdout until it says where it listens.
 fn start(dir: &Path) -> Server {
-    let mut child = hookflow(dir)
+    start_with(dir, &[])
+}
+
+/// As [`start`], with extra `HOOKFLOW_*` settings.
+fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = hookflow(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -456,4 +465,171 @@ fn sigterm_right_after_listening_is_graceful() {
             "exit status after an immediate SIGTERM: {status:?}"
         );
     }
+}
+
+/// FL-5 across a real crash: inbound calls are accepted, the server is
+/// killed with SIGKILL while runs are claimed, waiting or not yet touched,
+/// and started again. Every run whose call was answered 202 completes, and
+/// each of its steps executed exactly once (one history row per step, the
+/// effects applied once).
+#[test]
+fn accepted_runs_complete_exactly_once_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short lease so the restarted process takes over claims at once.
+    let env = [("HOOKFLOW_ENGINE_LEASE_SECS", "1")];
+    let mut server = start_with(dir.path(), &env);
+    let key = server
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("hfk_"))
+        .unwrap()
+        .clone();
+    let (base, pid) = (server.base.clone(), server.child.id());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let post = |base: &str, path: &str, body: serde_json::Value| {
+        let (base, path, key) = (base.to_owned(), path.to_owned(), key.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}{path}"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (flow, url) = rt.block_on(async {
+        let mut lists = Vec::new();
+        for name in ["In", "Done"] {
+            let (s, l) = post(&base, "/v1/lists", serde_json::json!({"name": name, "fields": [{"name": "plan", "type": "text"}]})).await;
+            assert_eq!(s, 201, "{l}");
+            lists.push(l["id"].as_str().unwrap().to_owned());
+        }
+        let doc = serde_json::json!({
+            "name": "Crash",
+            "trigger": {"type": "inbound", "list_id": lists[0]},
+            "steps": [
+                {"id": "join", "type": "add_to_list", "list_id": lists[1], "next": "pause"},
+                {"id": "pause", "type": "wait", "duration": "1s", "next": "set"},
+                {"id": "set", "type": "update_field", "field": "plan", "value": "done", "next": "won"},
+                {"id": "won", "type": "goal", "name": "finished"}
+            ]
+        });
+        let (s, f) = post(&base, "/v1/flows", doc).await;
+        assert_eq!(s, 201, "{f}");
+        let id = f["id"].as_str().unwrap().to_owned();
+        let (s, f) = post(&base, &format!("/v1/flows/{id}/activate"), serde_json::json!({})).await;
+        assert_eq!(s, 200, "{f}");
+        (id, f["inbound_url"].as_str().unwrap().to_owned())
+    });
+
+    let accepted: Vec<(String, String)> = rt.block_on(async {
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for worker in 0..16 {
+            let (base, url, key, answered) =
+                (base.clone(), url.clone(), key.clone(), answered.clone());
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut ok = Vec::new();
+                for i in 0..60 {
+                    let sent = http
+                        .post(format!("{base}{url}"))
+                        .bearer_auth(&key)
+                        .json(&serde_json::json!({"email": format!("k{worker}x{i}@example.com")}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            let v: serde_json::Value = r.json().await.unwrap();
+                            ok.push((
+                                v["run_id"].as_str().unwrap().to_owned(),
+                                v["contact_id"].as_str().unwrap().to_owned(),
+                            ));
+                        }
+                        Ok(r) => panic!("unexpected status {}", r.status()),
+                        Err(_) => break,
+                    }
+                    if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 400 {
+                        Command::new("kill")
+                            .args(["-KILL", &pid.to_string()])
+                            .status()
+                            .unwrap();
+                    }
+                }
+                ok
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    server.child.wait().unwrap();
+    assert!(
+        accepted.len() >= 400 && accepted.len() < 960,
+        "killed mid-load: {}",
+        accepted.len()
+    );
+
+    let server = start_with(dir.path(), &env);
+    let base = server.base.clone();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (run, contact) in &accepted {
+            let r: serde_json::Value = loop {
+                let r: serde_json::Value = http
+                    .get(format!("{base}/v1/runs/{run}"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if r["status"] == "completed" {
+                    break r;
+                }
+                assert!(Instant::now() < deadline, "run {run} never completed: {r}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let steps: Vec<(&str, &str)> = r["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| (h["step"].as_str().unwrap(), h["outcome"].as_str().unwrap()))
+                .collect();
+            assert_eq!(
+                steps,
+                vec![
+                    ("join", "next"),
+                    ("pause", "waiting"),
+                    ("pause", "resumed"),
+                    ("set", "next"),
+                    ("won", "goal")
+                ],
+                "run {run} executed a step twice or skipped one"
+            );
+            assert_eq!(r["flow_id"], flow.as_str());
+            let c: serde_json::Value = http
+                .get(format!("{base}/v1/contacts/{contact}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(c["fields"]["plan"], "done", "{c}");
+        }
+    });
+    assert!(terminate(server).success());
 }
