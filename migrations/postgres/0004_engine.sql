@@ -21,6 +21,7 @@ ALTER TABLE runs ADD COLUMN end_reason TEXT;
 ALTER TABLE runs ADD COLUMN finished_at BIGINT;
 CREATE INDEX runs_waiting_by_contact ON runs (contact_id) WHERE status = 'waiting';
 CREATE INDEX runs_by_workspace ON runs (workspace_id, id);
+CREATE INDEX runs_by_status ON runs (workspace_id, status, id);
 
 CREATE TABLE run_steps (
     run_id  TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,

@@ -29,8 +29,31 @@ enum Bench {
     /// Contact upserts (POST /v1/contacts) into one list with typed fields.
     Upserts(LoadArgs),
     /// Inbound calls (POST /hooks/{token}) to an active flow whose steps are
-    /// add-to-list, wait 1 s, update field, goal (issue 3's benchmark flow).
+    /// add-to-list, wait 1 s, update field, goal (issue 3's benchmark flow);
+    /// then waits until every run has finished.
     Inbound(LoadArgs),
+    /// Many runs waiting on one timer: creates `--runs` runs through the bulk
+    /// events API (each waits until a time after creation ends), then
+    /// measures how fast the engine wakes and finishes them when it passes.
+    Timers(TimerArgs),
+}
+
+#[derive(clap::Args)]
+struct TimerArgs {
+    /// Runs to create and wake.
+    #[arg(long, default_value_t = 1_000_000)]
+    runs: u64,
+    /// Seconds from the start until the timer fires; creation must end
+    /// before (the bench says if it did not).
+    #[arg(long, default_value_t = 150)]
+    create_secs: u64,
+    /// Concurrent bulk requests while creating.
+    #[arg(long, default_value_t = 2)]
+    clients: u64,
+    #[arg(long)]
+    database: Option<String>,
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -175,7 +198,7 @@ async fn drive(
     };
     let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
     let auth = format!("Bearer {}", server.key);
-    let run = |total: u64| {
+    let run = |total: u64, offset: u64| {
         let (auth, list_id, path) = (auth.clone(), list_id.clone(), path.clone());
         async move {
             let next = Arc::new(AtomicU64::new(0));
@@ -190,6 +213,7 @@ async fn drive(
                     next: next.clone(),
                     total,
                     distinct,
+                    offset,
                 };
                 tasks.push(tokio::spawn(job.run()));
             }
@@ -205,13 +229,21 @@ async fn drive(
     };
 
     let warmup = (requests / 20).clamp(1_000, 10_000);
-    let _ = run(warmup).await;
+    // Inbound warm-up calls use other emails than the measured ones, so
+    // every measured call starts a run (the flow does not repeat).
+    let _ = run(warmup, if mode == Mode::Inbound { requests } else { 0 }).await;
     let pid = server.child.id();
     let cpu_before = cpu_seconds(pid);
     let own_before = cpu_seconds(std::process::id());
     let started = Instant::now();
-    let (hist, errors) = run(requests).await;
+    let (hist, errors) = run(requests, 0).await;
     let elapsed = started.elapsed();
+    let last_call = Instant::now();
+    let drained = if mode == Mode::Inbound {
+        Some(runs_drained(&http, &server).await)
+    } else {
+        None
+    };
     let cpu = cpu_seconds(pid) - cpu_before;
     let own = cpu_seconds(std::process::id()) - own_before;
 
@@ -289,6 +321,12 @@ async fn drive(
         own * 1e6 / requests as f64,
         own / elapsed.as_secs_f64()
     );
+    if let Some((failed, unfinished)) = drained {
+        println!(
+            "  runs finished      {:.2} s after the last call (every run completed; wait step 1 s); failed {failed}, unfinished {unfinished}",
+            last_call.elapsed().as_secs_f64()
+        );
+    }
     println!("  server peak RSS    {:.1} MiB", peak_rss_mib(pid));
     if let Some(b) = batch {
         println!("  SQLite group size  {b:.1} writes/commit (mean)");
@@ -318,6 +356,170 @@ async fn drive(
             size("hookflow.db-wal")
         );
     }
+}
+
+/// Whether any run is in `status` (one page of one).
+async fn any_run(http: &reqwest::Client, server: &Server, status: &str) -> bool {
+    let page: Value = http
+        .get(format!("{}/v1/runs?status={status}&limit=1", server.base))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["data"].as_array().is_some_and(|d| !d.is_empty())
+}
+
+/// Polls until no run is active or waiting (at most 120 s); whether any
+/// failed, and whether some were still unfinished at the deadline.
+async fn runs_drained(http: &reqwest::Client, server: &Server) -> (bool, bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let busy = any_run(http, server, "active").await || any_run(http, server, "waiting").await;
+        if !busy || Instant::now() > deadline {
+            return (any_run(http, server, "failed").await, busy);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The timer benchmark: see [`Bench::Timers`].
+async fn timers(args: TimerArgs) {
+    let bin = args.server_bin.clone().map_or_else(build_server, |p| {
+        std::fs::canonicalize(p).expect("--server-bin exists")
+    });
+    let server = start_server(&bin, args.database.as_deref());
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        http.post(format!("{}{path}", server.base))
+            .bearer_auth(&server.key)
+            .json(&body)
+            .send()
+    };
+    let start = std::time::SystemTime::now();
+    let fire_at = start + std::time::Duration::from_secs(args.create_secs);
+    let until = chrono::DateTime::<chrono::Utc>::from(fire_at).to_rfc3339();
+    let flow: Value = post(
+        "/v1/flows".into(),
+        json!({"name": "timers", "trigger": {"type": "event", "name": "tick"},
+               "steps": [{"id": "sleep", "type": "wait", "until": until, "next": "won"},
+                         {"id": "won", "type": "goal", "name": "woke"}]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = flow["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("flow not created: {flow}"));
+    let _ = post(format!("/v1/flows/{id}/activate"), json!({}))
+        .await
+        .unwrap();
+
+    let created_started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let per_request = 10_000u64;
+    let batches = args.runs.div_ceil(per_request);
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (http, base, key, next, runs) = (
+            http.clone(),
+            server.base.clone(),
+            server.key.clone(),
+            next.clone(),
+            args.runs,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut started = 0u64;
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    return started;
+                }
+                let from = b * per_request;
+                let to = (from + per_request).min(runs);
+                let mut body = String::with_capacity(70 * per_request as usize);
+                for i in from..to {
+                    body.push_str(&format!(
+                        "{{\"name\":\"tick\",\"email\":\"t{i}@bench.example.com\"}}\n"
+                    ));
+                }
+                let got: Value = http
+                    .post(format!("{base}/v1/events/bulk"))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(got["rejected"], 0, "bulk events refused: {got}");
+                started += got["accepted"].as_u64().unwrap_or(0);
+            }
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await.unwrap();
+    }
+    let create_secs = created_started.elapsed().as_secs_f64();
+    // Every run must have reached its wait before the timer fires.
+    while any_run(&http, &server, "active").await {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let waiting_at = std::time::SystemTime::now();
+    let in_time = waiting_at < fire_at;
+    if let Ok(left) = fire_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    let pid = server.child.id();
+    let cpu_before = cpu_seconds(pid);
+    let woke_started = Instant::now();
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    while any_run(&http, &server, "waiting").await && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let woke_secs = woke_started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    println!(
+        "benchmark: {} runs waiting on one timer ({})",
+        args.runs,
+        args.database
+            .as_deref()
+            .unwrap_or("SQLite, durable default")
+    );
+    println!(
+        "  created            {accepted} runs via /v1/events/bulk in {create_secs:.1} s ({:.0} events/s, each: contact, event, run)",
+        accepted as f64 / create_secs
+    );
+    println!(
+        "  all waiting before the timer: {}",
+        if in_time {
+            "yes"
+        } else {
+            "NO (raise --create-secs; the wake-up figure is mixed with creation)"
+        }
+    );
+    println!(
+        "  woken and finished {:.1} s → {:.0} wake-ups/s (claim, wait passes, goal, history, completion)",
+        woke_secs,
+        accepted as f64 / woke_secs
+    );
+    println!(
+        "  server CPU         {:.1} µs/wake-up ({:.2} cores)",
+        cpu * 1e6 / accepted as f64,
+        cpu / woke_secs
+    );
+    println!(
+        "  failed runs        {}",
+        any_run(&http, &server, "failed").await
+    );
+    println!("  server peak RSS    {:.1} MiB", peak_rss_mib(pid));
 }
 
 /// Creates and activates issue 3's benchmark flow (add to list, wait 1 s,
@@ -388,6 +590,8 @@ struct ClientJob {
     next: Arc<AtomicU64>,
     total: u64,
     distinct: u64,
+    /// Added to the request number to pick the email.
+    offset: u64,
 }
 
 impl ClientJob {
@@ -422,7 +626,7 @@ impl ClientJob {
                 ),
                 Mode::Inbound => format!(
                     r#"{{"email":"buyer{}@bench.example.com","customer":{{"first_name":"Ada","age":"{}"}},"order":{{"id":{i},"total":42.5}}}}"#,
-                    i % self.distinct,
+                    (i + self.offset) % self.distinct,
                     20 + i / self.distinct,
                 ),
             };
@@ -479,6 +683,7 @@ fn main() {
     let (mode, load) = match args.bench {
         Bench::Upserts(load) => (Mode::Upserts, load),
         Bench::Inbound(load) => (Mode::Inbound, load),
+        Bench::Timers(t) => return rt.block_on(timers(t)),
     };
     rt.block_on(drive(
         mode,

@@ -8,8 +8,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{
-    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, load_list,
-    upsert_contact_in, upsert_membership, write_contact,
+    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, upsert_contact_in,
+    upsert_membership, write_contact,
 };
 use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
@@ -394,7 +394,9 @@ async fn apply_effect(
             }
         }
         Effect::RemoveFromList(list) => {
-            load_list(c, ws, list).await?;
+            if !super::share_list(c, ws, list).await? {
+                return Err(StoreError::not_found("list", list));
+            }
             let n = sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3")
                 .bind(ws.as_str())
                 .bind(list.as_str())
@@ -459,21 +461,28 @@ pub async fn page_runs(
     filter: &RunFilter,
     page: &PageRequest,
 ) -> Result<Page<RunRecord>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = $1 AND id > $2
-           AND ($3::text IS NULL OR flow_id = $3) AND ($4::text IS NULL OR contact_id = $4)
-           AND ($5::text IS NULL OR status = $5)
-         ORDER BY id LIMIT $6"
-    ))
-    .bind(ws.as_str())
-    .bind(page.after_id())
-    .bind(filter.flow_id.as_ref().map(|f| f.as_str()))
-    .bind(filter.contact_id.as_ref().map(|c| c.as_str()))
-    .bind(filter.status.map(RunStatus::as_str))
-    .bind(i64::from(page.limit) + 1)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(internal)?;
+    // Only the filters given go into the SQL, so each can use its index.
+    let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE workspace_id = $1 AND id > $2");
+    let mut args: Vec<String> = vec![ws.to_string(), page.after_id().to_owned()];
+    for (col, val) in [
+        ("flow_id", filter.flow_id.as_ref().map(|f| f.to_string())),
+        (
+            "contact_id",
+            filter.contact_id.as_ref().map(|c| c.to_string()),
+        ),
+        ("status", filter.status.map(|s| s.as_str().to_owned())),
+    ] {
+        if let Some(v) = val {
+            args.push(v);
+            sql.push_str(&format!(" AND {col} = ${}", args.len()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY id LIMIT {}", i64::from(page.limit) + 1));
+    let mut q = sqlx::query(&sql);
+    for a in &args {
+        q = q.bind(a);
+    }
+    let rows = q.fetch_all(&mut *c).await.map_err(internal)?;
     let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
     Ok(Page::from_overfetch(runs, page.limit, |r| r.id.as_str()))
 }

@@ -378,7 +378,9 @@ impl Store for PgStore {
         contact: &ContactId,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        load_list(&mut tx, ws, list).await?;
+        if !share_list(&mut tx, ws, list).await? {
+            return Err(StoreError::not_found("list", list));
+        }
         contact_by_id(&mut tx, ws, contact, false).await?;
         let n = sqlx::query(
             "DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3",

@@ -350,7 +350,7 @@ fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Milli
             }
         }
         Effect::AddToList(list) => {
-            q::load_list(conn, ws, list)?;
+            q::list_exists(conn, ws, list)?;
             if q::upsert_membership(conn, ws, list, contact)? {
                 let change = ContactChange {
                     added_lists: vec![list.clone()],
@@ -360,7 +360,7 @@ fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Milli
             }
         }
         Effect::RemoveFromList(list) => {
-            q::load_list(conn, ws, list)?;
+            q::list_exists(conn, ws, list)?;
             match q::delete_membership(conn, ws, list, contact) {
                 Ok(()) => {
                     let change = ContactChange {
@@ -475,26 +475,29 @@ pub fn page_runs(
     filter: &RunFilter,
     page: &PageRequest,
 ) -> Result<Page<RunRecord>> {
-    let sql = format!(
-        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = ?1 AND id > ?2
-           AND (?3 IS NULL OR flow_id = ?3) AND (?4 IS NULL OR contact_id = ?4) AND (?5 IS NULL OR status = ?5)
-         ORDER BY id LIMIT ?6"
-    );
+    // Only the filters given go into the SQL, so each can use its index
+    // (`x IS NULL OR col = x` would defeat them).
+    let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE workspace_id = ?1 AND id > ?2");
+    let mut args: Vec<String> = vec![ws.to_string(), page.after_id().to_owned()];
+    for (col, val) in [
+        ("flow_id", filter.flow_id.as_ref().map(|f| f.to_string())),
+        (
+            "contact_id",
+            filter.contact_id.as_ref().map(|c| c.to_string()),
+        ),
+        ("status", filter.status.map(|s| s.as_str().to_owned())),
+    ] {
+        if let Some(v) = val {
+            args.push(v);
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY id LIMIT {}", page.limit + 1));
     let rows: Vec<RunRecord> = conn
         .prepare_cached(&sql)
         .and_then(|mut s| {
-            s.query_map(
-                params![
-                    ws.as_str(),
-                    page.after_id(),
-                    filter.flow_id.as_ref().map(|f| f.as_str()),
-                    filter.contact_id.as_ref().map(|c| c.as_str()),
-                    filter.status.map(RunStatus::as_str),
-                    page.limit + 1
-                ],
-                run_row,
-            )
-            .and_then(|r| r.collect())
+            s.query_map(rusqlite::params_from_iter(args.iter()), run_row)
+                .and_then(|r| r.collect())
         })
         .map_err(internal)?;
     Ok(Page::from_overfetch(rows, page.limit, |r| r.id.as_str()))

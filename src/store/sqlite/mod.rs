@@ -373,7 +373,7 @@ impl Store for SqliteStore {
         let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
         self.writer
             .write(move |c| {
-                q::load_list(c, &ws, &list)?;
+                q::list_exists(c, &ws, &list)?;
                 q::contact_by_id(c, &ws, &contact)?;
                 if q::upsert_membership(c, &ws, &list, &contact)? {
                     let change = ContactChange {
@@ -396,7 +396,7 @@ impl Store for SqliteStore {
         let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
         self.writer
             .write(move |c| {
-                q::load_list(c, &ws, &list)?;
+                q::list_exists(c, &ws, &list)?;
                 q::contact_by_id(c, &ws, &contact)?;
                 q::delete_membership(c, &ws, &list, &contact)?;
                 let change = ContactChange {

@@ -206,6 +206,20 @@ pub fn list_fields(conn: &Connection, list: &ListId) -> Result<Vec<FieldDef>> {
     Ok(rows.into_iter().map(|(_, f)| f).collect())
 }
 
+/// NotFound unless the list is in the workspace. Cheap: unlike
+/// [`load_list`] it does not count members (a scan of the list).
+pub fn list_exists(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM lists WHERE workspace_id = ?1 AND id = ?2")
+        .and_then(|mut s| s.exists([ws.as_str(), id.as_str()]))
+        .map_err(internal)?;
+    if found {
+        Ok(())
+    } else {
+        Err(StoreError::not_found("list", id))
+    }
+}
+
 pub fn load_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
     let row = conn
         .prepare_cached(
