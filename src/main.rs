@@ -330,6 +330,13 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
                     Applied::Unchanged => "unchanged",
                 };
                 println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
+                if let Some(secret) = f.inbound_secret.as_ref().filter(|_| f.inbound_secret_new) {
+                    println!(
+                        "signing secret of {} (shown once; rotating the token makes a new one):\n{}",
+                        f.name,
+                        secret.as_str()
+                    );
+                }
             }
         }
         FlowCmd::List { workspace } => {

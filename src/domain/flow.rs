@@ -27,6 +27,13 @@ pub enum Trigger {
         list_id: String,
         #[serde(default)]
         mapping: BTreeMap<String, String>,
+        /// `standard_webhooks`: calls are authenticated by a Standard Webhooks
+        /// signature made with the flow's `whsec_` secret instead of an API
+        /// key (a key is then neither needed nor enough). The secret is
+        /// generated when the flow is first saved with this setting (and anew
+        /// on every token rotation) and shown only in that response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<SignatureScheme>,
     },
     /// An event of this name (events API).
     Event { name: String },
@@ -41,6 +48,16 @@ pub enum Trigger {
     },
     /// Another flow's `start_flow` step.
     Flow,
+}
+
+/// How calls to an inbound URL prove where they come from, instead of an
+/// API key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureScheme {
+    /// <https://www.standardwebhooks.com>: `webhook-id`, `webhook-timestamp`
+    /// and `webhook-signature` (HMAC-SHA256) headers.
+    StandardWebhooks,
 }
 
 /// One node of the flow graph.
@@ -387,7 +404,9 @@ impl Validator<'_> {
 
     fn check_trigger(&mut self, t: &Trigger) {
         match t {
-            Trigger::Inbound { list_id, mapping } => {
+            Trigger::Inbound {
+                list_id, mapping, ..
+            } => {
                 if let Some(fields) = self.list(None, "trigger.list_id", list_id) {
                     self.trigger_fields = fields.iter().map(|f| f.name.to_string()).collect();
                 }

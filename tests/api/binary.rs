@@ -443,6 +443,56 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     );
 }
 
+#[test]
+fn flows_apply_prints_a_new_signing_secret_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("s.db").display());
+    let run = |args: &[&str]| {
+        hookflow(dir.path())
+            .args(["--database", &db])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    // Lists have no CLI: make one through the store.
+    let list = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = hookflow::store::connect(&db, &Default::default())
+            .await
+            .unwrap();
+        let ws = store.workspace_by_name("acme").await.unwrap().id;
+        let l = store.create_list(&ws, "Orders", vec![]).await.unwrap();
+        store.close().await;
+        l.id.to_string()
+    });
+    let flow = serde_json::json!({"name": "Signed", "trigger": {"type": "inbound", "list_id": list,
+        "signature": "standard_webhooks"}, "steps": [{"id": "done", "type": "exit"}]});
+    let file = dir.path().join("signed.json");
+    std::fs::write(&file, flow.to_string()).unwrap();
+    let apply = || {
+        run(&[
+            "flows",
+            "apply",
+            "--workspace",
+            "acme",
+            file.to_str().unwrap(),
+        ])
+    };
+    let out = apply();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("whsec_")),
+        "the new secret is printed: {stdout}"
+    );
+    let out = apply();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("unchanged") && !stdout.contains("whsec_"),
+        "an existing secret is not shown again: {stdout}"
+    );
+}
+
 /// SIGTERM sent the moment the address is printed is a graceful stop, not a
 /// kill: the handlers are registered before the address is announced.
 #[test]

@@ -1,6 +1,7 @@
 //! `POST /hooks/{token}`: the inbound API call entry point.
 
 use hookflow::domain::Scope;
+use hookflow::domain::signature::SigningSecret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -9,7 +10,9 @@ use crate::helpers::{Backend, TEST_BODY_LIMIT, TestApp, spawn_app};
 
 both_stores!(
     inbound_calls_upsert_map_and_start_runs,
-    bad_inbound_calls_are_refused_and_store_nothing
+    bad_inbound_calls_are_refused_and_store_nothing,
+    signed_calls_need_no_key_and_bad_signatures_store_nothing,
+    the_signing_secret_is_shown_once_and_rotates_with_the_token
 );
 
 struct Setup {
@@ -517,5 +520,270 @@ async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
     )
     .await;
     assert_eq!(st, 202);
+    app.stop().await;
+}
+
+/// A signed call as a Standard Webhooks sender makes it: the exact bytes
+/// sent are the bytes signed. `key` is sent as well when given.
+async fn signed_call(
+    app: &TestApp,
+    url: &str,
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &Value,
+    key: Option<&str>,
+) -> (StatusCode, Value, bool) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let sig = SigningSecret::from_trusted(secret.to_owned()).sign(id, timestamp, &bytes);
+    let mut req = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", sig)
+        .body(bytes);
+    if let Some(k) = key {
+        req = req.header("X-Api-Key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let replayed = resp.headers().get("idempotent-replayed").is_some();
+    (
+        resp.status(),
+        resp.json().await.unwrap_or(Value::Null),
+        replayed,
+    )
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A list and an active flow that asks for signed calls: (list, flow id,
+/// URL, the secret from the creating answer).
+async fn signed_setup(app: &TestApp) -> (String, String, String, String) {
+    let k = &app.admin_key;
+    let (_, l) = app
+        .post(
+            k,
+            "/v1/lists",
+            json!({"name": "Signed", "fields": [{"name": "plan", "type": "text"}]}),
+        )
+        .await;
+    let list = l["id"].as_str().unwrap().to_owned();
+    let (st, f) = app
+        .post(
+            k,
+            "/v1/flows",
+            json!({"name": "Shop orders",
+            "trigger": {"type": "inbound", "list_id": list, "signature": "standard_webhooks",
+                        "mapping": {"plan": "plan"}},
+            "steps": [{"id": "x", "type": "exit"}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{f}");
+    let secret = f["inbound_secret"].as_str().unwrap_or_default().to_owned();
+    assert!(secret.starts_with("whsec_"), "{f}");
+    let flow = f["id"].as_str().unwrap().to_owned();
+    let (_, a) = app
+        .post(k, &format!("/v1/flows/{flow}/activate"), json!({}))
+        .await;
+    let url = a["inbound_url"].as_str().unwrap().to_owned();
+    (list, flow, url, secret)
+}
+
+async fn signed_calls_need_no_key_and_bad_signatures_store_nothing(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let (list, _, url, secret) = signed_setup(&app).await;
+    let other = SigningSecret::generate();
+    let body = json!({"email": "signed@shop.example", "plan": "pro"});
+    let before = snapshot(&app, &list).await;
+    let ts = now();
+    let cases: Vec<(&str, (StatusCode, Value, bool), &str)> = vec![
+        (
+            "signed with another secret, with a valid key",
+            signed_call(
+                &app,
+                &url,
+                other.as_str(),
+                "msg_1",
+                ts,
+                &body,
+                Some(&app.admin_key),
+            )
+            .await,
+            "invalid_signature",
+        ),
+        (
+            "signed more than five minutes ago",
+            signed_call(&app, &url, &secret, "msg_1", ts - 301, &body, None).await,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "signed five minutes in the future",
+            signed_call(&app, &url, &secret, "msg_1", ts + 400, &body, None).await,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "an API key but no signature",
+            call(&app, &app.admin_key, &url, body.clone(), None).await,
+            "missing_signature",
+        ),
+    ];
+    for (name, got, code) in cases {
+        assert_eq!(
+            (got.0.as_u16(), got.1["error"]["code"].as_str()),
+            (401, Some(code)),
+            "{name}: {}",
+            got.1
+        );
+    }
+    // The body changed after signing.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let sig = SigningSecret::from_trusted(secret.clone()).sign("msg_1", ts, &bytes);
+    let resp = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_1")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(serde_json::to_vec(&json!({"email": "evil@shop.example", "plan": "pro"})).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_signature", "{err}");
+    assert_eq!(
+        snapshot(&app, &list).await,
+        before,
+        "refused calls stored something"
+    );
+
+    // Signed right: accepted with no key at all.
+    let (st, first, replayed) = signed_call(&app, &url, &secret, "msg_1", now(), &body, None).await;
+    assert_eq!((st.as_u16(), replayed), (202, false), "{first}");
+    assert_eq!(first["run_started"], true);
+    // A redelivery of the message (same id, signed again later) replays the
+    // first answer and does nothing else.
+    let (st, again, replayed) =
+        signed_call(&app, &url, &secret, "msg_1", now() + 1, &body, None).await;
+    assert_eq!((st.as_u16(), &again, replayed), (202, &first, true));
+    // Another message id is another call (repeat is off: no second run).
+    let (st, second, replayed) =
+        signed_call(&app, &url, &secret, "msg_2", now(), &body, None).await;
+    assert_eq!((st.as_u16(), replayed), (202, false));
+    assert_eq!(second["reason"], "already_entered", "{second}");
+    // An explicit Idempotency-Key wins over the message id.
+    let ts = now();
+    let bytes = serde_json::to_vec(&json!({"email": "third@shop.example"})).unwrap();
+    let resp = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_1")
+        .header("webhook-timestamp", ts.to_string())
+        .header(
+            "webhook-signature",
+            SigningSecret::from_trusted(secret.clone()).sign("msg_1", ts, &bytes),
+        )
+        .header("Idempotency-Key", "order-9")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+    let contacts = app.get(&app.admin_key, "/v1/contacts").await.1;
+    assert_eq!(contacts["data"].as_array().unwrap().len(), 2, "{contacts}");
+    assert_eq!(contacts["data"][0]["fields"]["plan"], "pro");
+    app.stop().await;
+}
+
+async fn the_signing_secret_is_shown_once_and_rotates_with_the_token(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    let (list, flow, url, secret) = signed_setup(&app).await;
+    // Activation found a secret already: it does not show it again, and
+    // neither does reading the flow.
+    let (_, got) = app.get(k, &format!("/v1/flows/{flow}")).await;
+    assert!(got.get("inbound_secret").is_none(), "{got}");
+    assert!(!got.to_string().contains(&secret), "{got}");
+    let (_, listed) = app.get(k, "/v1/flows").await;
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+    let (_, again) = app
+        .post(k, &format!("/v1/flows/{flow}/activate"), json!({}))
+        .await;
+    assert!(again.get("inbound_secret").is_none(), "{again}");
+    // Saving a new version keeps the secret and does not show it.
+    let doc = got["document"].clone();
+    let (st, saved) = app
+        .call(
+            k,
+            reqwest::Method::PUT,
+            &format!("/v1/flows/{flow}"),
+            Some(doc),
+        )
+        .await;
+    assert_eq!(st, 200, "{saved}");
+    assert!(saved.get("inbound_secret").is_none(), "{saved}");
+    let body = json!({"email": "a@shop.example"});
+    let (st, r, _) = signed_call(&app, &url, &secret, "m1", now(), &body, None).await;
+    assert_eq!(st, 202, "{r}");
+
+    // Rotation: a new URL and a new secret, shown in that answer only.
+    let (_, rotated) = app
+        .post(k, &format!("/v1/flows/{flow}/rotate-token"), json!({}))
+        .await;
+    let new_secret = rotated["inbound_secret"].as_str().unwrap().to_owned();
+    let new_url = rotated["inbound_url"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let (st, r, _) = signed_call(&app, &new_url, &secret, "m2", now(), &body, None).await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+    let (st, r, _) = signed_call(&app, &new_url, &new_secret, "m2", now(), &body, None).await;
+    assert_eq!(st, 202, "{r}");
+
+    // An active key-authenticated flow switched to signed calls gets its
+    // secret in the answer to that save; from then on a key is not enough.
+    let (_, plain) = app
+        .post(k, "/v1/flows", json!({"name": "Plain",
+            "trigger": {"type": "inbound", "list_id": list}, "steps": [{"id": "x", "type": "exit"}]}))
+        .await;
+    assert!(plain.get("inbound_secret").is_none(), "{plain}");
+    let plain_id = plain["id"].as_str().unwrap();
+    let (_, act) = app
+        .post(k, &format!("/v1/flows/{plain_id}/activate"), json!({}))
+        .await;
+    assert!(act.get("inbound_secret").is_none(), "{act}");
+    let plain_url = act["inbound_url"].as_str().unwrap();
+    assert_eq!(call(&app, k, plain_url, body.clone(), None).await.0, 202);
+    let (st, switched) = app
+        .call(
+            k,
+            reqwest::Method::PUT,
+            &format!("/v1/flows/{plain_id}"),
+            Some(json!({"name": "Plain",
+            "trigger": {"type": "inbound", "list_id": list, "signature": "standard_webhooks"},
+            "steps": [{"id": "x", "type": "exit"}]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{switched}");
+    let plain_secret = switched["inbound_secret"].as_str().unwrap();
+    let (st, r, _) = call(&app, k, plain_url, body.clone(), None).await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (401, Some("missing_signature"))
+    );
+    let (st, r, _) = signed_call(&app, plain_url, plain_secret, "m3", now(), &body, None).await;
+    assert_eq!(st, 202, "{r}");
     app.stop().await;
 }

@@ -38,6 +38,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_flows.sql"),
     include_str!("../../../migrations/sqlite/0003_runs.sql"),
+    // 0004 (the flow engine's tables) is being written on another branch and
+    // goes here when the lists are merged; 0005 must stay after it, since
+    // `user_version` counts entries, not file numbers.
+    include_str!("../../../migrations/sqlite/0005_inbound_secret.sql"),
 ];
 
 pub struct SqliteStore {
@@ -414,7 +418,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 let id = flows::create(c, &ws, &name, &document)?;
-                flows::get(c, &ws, &id)
+                flows::get_with_secret(c, &ws, &id, false)
             })
             .await
     }
@@ -447,7 +451,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 flows::update(c, &ws, &id, &name, &document)?;
-                flows::get(c, &ws, &id)
+                flows::get_with_secret(c, &ws, &id, false)
             })
             .await
     }
@@ -463,7 +467,11 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 flows::set_status(c, &ws, &id, status, token.as_deref())?;
-                flows::get(c, &ws, &id)
+                if status == FlowStatus::Active {
+                    flows::get_with_secret(c, &ws, &id, false)
+                } else {
+                    flows::get(c, &ws, &id)
+                }
             })
             .await
     }
@@ -478,7 +486,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 flows::rotate_token(c, &ws, &id, &token)?;
-                flows::get(c, &ws, &id)
+                flows::get_with_secret(c, &ws, &id, true)
             })
             .await
     }
