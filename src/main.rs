@@ -189,7 +189,7 @@ async fn serve(store: std::sync::Arc<dyn Store>, config: Config) -> anyhow::Resu
     hookflow::server::serve(
         store,
         listener,
-        config.max_body_bytes,
+        config.api_options(),
         shutdown,
         Duration::from_secs(config.shutdown_grace_secs),
     )

@@ -18,11 +18,11 @@ use crate::store::Store;
 pub async fn serve(
     store: Arc<dyn Store>,
     listener: TcpListener,
-    max_body_bytes: usize,
+    options: crate::api::ApiOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let app = crate::api::app(store.clone(), max_body_bytes);
+    let app = crate::api::app(store.clone(), &options);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use crate::domain::keys::{hash_presented, hashes_match};
-use crate::domain::{Scope, WorkspaceId};
+use crate::domain::{ApiKeyId, Scope, WorkspaceId};
 
 /// A JSON request body. Checks the content type (415), the size (413), the
 /// syntax (400) and the shape (422 naming the JSON path at fault).
@@ -168,6 +168,8 @@ impl From<QueryRejection> for ApiError {
 /// Who is calling: the workspace and scope of a valid, unrevoked API key.
 #[derive(Clone, Debug)]
 pub struct Principal {
+    /// The key itself, for limits per key.
+    pub key_id: ApiKeyId,
     pub workspace_id: WorkspaceId,
     pub workspace_name: String,
     pub scope: Scope,
@@ -220,6 +222,7 @@ pub async fn authenticate_headers(
     let record = state.store.api_key_by_hash(&hash).await?;
     match record {
         Some(k) if k.revoked_at.is_none() && hashes_match(&k.hash, &hash) => Ok(Principal {
+            key_id: k.id,
             workspace_id: k.workspace_id,
             workspace_name: k.workspace_name,
             scope: k.scope,

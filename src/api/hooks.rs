@@ -22,7 +22,7 @@ use super::extract::{PathParam, authenticate_headers, parse_json, read_json, ref
 use crate::domain::flow::{FlowDoc, SignatureScheme, Trigger};
 use crate::domain::jsonpath::JsonPath;
 use crate::domain::signature::{self, SignatureError, SignedHeaders};
-use crate::domain::{Email, ListId, Phone, WorkspaceId};
+use crate::domain::{ApiKeyId, Email, ListId, Phone, WorkspaceId};
 use crate::store::{ContactUpsert, EntryRequest, EntryResult, FlowRecord, FlowStatus, StoreError};
 
 #[derive(Serialize, ToSchema)]
@@ -64,7 +64,8 @@ impl Target {
         ("webhook-signature" = Option<String>, Header, description = "Signed calls: space-separated `v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}`")),
     request_body(content = Object, description = "A JSON object with `email`; other values are mapped by the flow"),
     responses((status = 202, body = InboundAccepted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, description = "A rate limit was reached; `Retry-After` says when to retry", body = ErrorBody)))]
 pub async fn inbound_call(
     State(state): State<AppState>,
     PathParam(token): PathParam<String>,
@@ -81,6 +82,7 @@ pub async fn inbound_call(
         Some(t) if t.signature().is_some() => {
             let bytes = read_json(request, &state).await?;
             let id = check_signature(&t.flow, &headers, &bytes)?;
+            check_limits(&state, None, &t.flow)?;
             (t, bytes, Some(id))
         }
         found => {
@@ -89,6 +91,7 @@ pub async fn inbound_call(
             let t = found
                 .filter(|t| t.ws == p.workspace_id)
                 .ok_or_else(not_found)?;
+            check_limits(&state, Some(&p.key_id), &t.flow)?;
             (t, read_json(request, &state).await?, None)
         }
     };
@@ -118,6 +121,31 @@ pub async fn inbound_call(
     }
     let (req, origin) = entry_request(&flow, &doc, body, idempotency)?;
     enter(&state, &ws, req, &origin).await
+}
+
+/// The per-key and per-flow rate limits (429 `rate_limited` with
+/// `Retry-After`); checked once the caller is authenticated, so that nobody
+/// else can spend a key's or a flow's allowance.
+fn check_limits(
+    state: &AppState,
+    key: Option<&ApiKeyId>,
+    flow: &FlowRecord,
+) -> Result<(), ApiError> {
+    let limits = &state.inbound_limits;
+    if let Some(key) = key {
+        limits.per_key.check(key.as_str()).map_err(|wait| {
+            ApiError::rate_limited(
+                "this API key sends more inbound calls per second than `inbound_rate_per_key` allows; retry later",
+                wait,
+            )
+        })?;
+    }
+    limits.per_flow.check(flow.id.as_str()).map_err(|wait| {
+        ApiError::rate_limited(
+            "this flow receives more calls per second than `inbound_rate_per_flow` allows; retry later",
+            wait,
+        )
+    })
 }
 
 /// The flow whose inbound URL has `token`, if it has one and its trigger is

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod flows;
 pub mod hooks;
+pub mod limits;
 pub mod lists;
 pub mod ops;
 pub mod views;
@@ -39,6 +40,24 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The OpenAPI document, rendered once at start.
     pub openapi: Bytes,
+    pub inbound_limits: Arc<limits::InboundLimits>,
+}
+
+/// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Inbound calls per second per API key; 0 is unlimited.
+    pub inbound_rate_per_key: u32,
+    /// Inbound calls per second per flow; 0 is unlimited.
+    pub inbound_rate_per_flow: u32,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        crate::config::Config::default().api_options()
+    }
 }
 
 #[derive(OpenApi)]
@@ -124,13 +143,17 @@ fn loggable_path(path: &str) -> &str {
 }
 
 /// The complete application: routes, error fallbacks and middleware.
-pub fn app(store: Arc<dyn Store>, max_body_bytes: usize) -> Router {
+pub fn app(store: Arc<dyn Store>, options: &ApiOptions) -> Router {
     let (router, _) = routes();
     let doc = openapi_document();
     let state = AppState {
         store,
         metrics: crate::telemetry::metrics_handle(),
         openapi: Bytes::from(doc.to_json().unwrap_or_default()),
+        inbound_limits: Arc::new(limits::InboundLimits {
+            per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
+            per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),
+        }),
     };
     let request_id = HeaderName::from_static("x-request-id");
     router
@@ -140,7 +163,7 @@ pub fn app(store: Arc<dyn Store>, max_body_bytes: usize) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
         })
         .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(CatchPanicLayer::custom(|payload: Box<dyn std::any::Any + Send>| {
             let cause = payload
                 .downcast_ref::<&str>()

@@ -6,13 +6,16 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::both_stores;
-use crate::helpers::{Backend, TEST_BODY_LIMIT, TestApp, spawn_app};
+use crate::helpers::{Backend, TEST_BODY_LIMIT, TestApp, spawn_app, spawn_app_with};
+use hookflow::api::ApiOptions;
 
 both_stores!(
     inbound_calls_upsert_map_and_start_runs,
     bad_inbound_calls_are_refused_and_store_nothing,
     signed_calls_need_no_key_and_bad_signatures_store_nothing,
-    the_signing_secret_is_shown_once_and_rotates_with_the_token
+    the_signing_secret_is_shown_once_and_rotates_with_the_token,
+    a_flow_over_its_rate_gets_429_with_retry_after_and_stores_nothing,
+    a_key_over_its_rate_gets_429_and_other_keys_still_pass
 );
 
 struct Setup {
@@ -785,5 +788,135 @@ async fn the_signing_secret_is_shown_once_and_rotates_with_the_token(b: Backend)
     );
     let (st, r, _) = signed_call(&app, plain_url, plain_secret, "m3", now(), &body, None).await;
     assert_eq!(st, 202, "{r}");
+    app.stop().await;
+}
+
+/// Sends `n` calls with distinct emails as fast as it can; the answers'
+/// statuses, and every 429's `Retry-After` and error code.
+async fn burst(
+    app: &TestApp,
+    key: &str,
+    url: &str,
+    n: usize,
+    tag: &str,
+) -> (Vec<u16>, Vec<(String, Value)>) {
+    let mut statuses = Vec::new();
+    let mut refusals = Vec::new();
+    for i in 0..n {
+        let resp = app
+            .http
+            .post(format!("{}{url}", app.base))
+            .header("X-Api-Key", key)
+            .json(&json!({"email": format!("{tag}{i}@shop.example")}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            refusals.push((retry, resp.json().await.unwrap()));
+        }
+    }
+    (statuses, refusals)
+}
+
+#[track_caller]
+fn assert_refusals(refusals: &[(String, Value)]) {
+    assert!(!refusals.is_empty(), "no call was limited");
+    for (retry, body) in refusals {
+        assert!(
+            retry.parse::<u64>().is_ok_and(|s| s >= 1),
+            "Retry-After {retry:?}"
+        );
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    }
+}
+
+async fn contact_count(app: &TestApp) -> usize {
+    app.get(&app.admin_key, "/v1/contacts?limit=500").await.1["data"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+async fn a_flow_over_its_rate_gets_429_with_retry_after_and_stores_nothing(b: Backend) {
+    let options = ApiOptions {
+        inbound_rate_per_flow: 1,
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(b, options).await else {
+        return;
+    };
+    let s = setup(&app, false).await;
+    // One call per second per flow: of five calls in a row, the first
+    // passes and at least one later one is refused (all but the first,
+    // unless the machine stalls for a second between two calls).
+    let (statuses, refusals) = burst(&app, &app.admin_key, &s.url, 5, "a").await;
+    assert_eq!(statuses[0], 202, "{statuses:?}");
+    assert_refusals(&refusals);
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(accepted + refusals.len(), 5, "{statuses:?}");
+    assert_eq!(
+        contact_count(&app).await,
+        accepted,
+        "a refused call stored something"
+    );
+    // Another flow has its own allowance.
+    let (_, f2) = app
+        .post(&app.admin_key, "/v1/flows", json!({"name": "Second",
+            "trigger": {"type": "inbound", "list_id": s.list}, "steps": [{"id": "x", "type": "exit"}]}))
+        .await;
+    let (_, a2) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/flows/{}/activate", f2["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    let (st, r, _) = call(
+        &app,
+        &app.admin_key,
+        a2["inbound_url"].as_str().unwrap(),
+        json!({"email": "other@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{r}");
+    app.stop().await;
+}
+
+async fn a_key_over_its_rate_gets_429_and_other_keys_still_pass(b: Backend) {
+    let options = ApiOptions {
+        inbound_rate_per_key: 1,
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(b, options).await else {
+        return;
+    };
+    let s = setup(&app, false).await;
+    let first = app.workspace_key("default", Scope::Ingest).await;
+    let second = app.workspace_key("default", Scope::Ingest).await;
+    let (statuses, refusals) = burst(&app, &first, &s.url, 5, "k").await;
+    assert_eq!(statuses[0], 202, "{statuses:?}");
+    assert_refusals(&refusals);
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(contact_count(&app).await, accepted);
+    let (st, r, _) = call(
+        &app,
+        &second,
+        &s.url,
+        json!({"email": "b@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "another key has its own allowance: {r}");
+    // The limit is on inbound calls only: the admin API is not counted.
+    for _ in 0..3 {
+        assert_eq!(app.get(&app.admin_key, "/v1/flows").await.0, 200);
+    }
     app.stop().await;
 }
