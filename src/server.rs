@@ -24,6 +24,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = crate::api::app(store.clone(), &options);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // The peer address reaches handlers (inbound URLs' `allowed_ips`).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");

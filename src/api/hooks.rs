@@ -8,7 +8,9 @@
 //! committed and synced (the store's one atomic `enter_flow`).
 
 use axum::Json;
-use axum::extract::{Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -19,7 +21,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{PathParam, authenticate_headers, parse_json, read_json, refuse_nul};
-use crate::domain::flow::{FlowDoc, SignatureScheme, Trigger};
+use crate::domain::flow::{self, FlowDoc, SignatureScheme, Trigger};
 use crate::domain::jsonpath::JsonPath;
 use crate::domain::signature::{self, SignatureError, SignedHeaders};
 use crate::domain::{ApiKeyId, Email, ListId, Phone, WorkspaceId};
@@ -65,6 +67,7 @@ impl Target {
     request_body(content = Object, description = "A JSON object with `email`; other values are mapped by the flow"),
     responses((status = 202, body = InboundAccepted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 403, description = "The caller's address is not in the flow's `allowed_ips`", body = ErrorBody),
         (status = 429, description = "A rate limit was reached; `Retry-After` says when to retry", body = ErrorBody)))]
 pub async fn inbound_call(
     State(state): State<AppState>,
@@ -72,6 +75,10 @@ pub async fn inbound_call(
     request: Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let found = lookup(&state, &token).await?;
     // A flow that asks for signed calls is authenticated by the signature
     // alone (which covers the body, so the body is read first); any other by
@@ -82,6 +89,7 @@ pub async fn inbound_call(
         Some(t) if t.signature().is_some() => {
             let bytes = read_json(request, &state).await?;
             let id = check_signature(&t.flow, &headers, &bytes)?;
+            check_peer(&t, peer)?;
             check_limits(&state, None, &t.flow)?;
             (t, bytes, Some(id))
         }
@@ -91,6 +99,7 @@ pub async fn inbound_call(
             let t = found
                 .filter(|t| t.ws == p.workspace_id)
                 .ok_or_else(not_found)?;
+            check_peer(&t, peer)?;
             check_limits(&state, Some(&p.key_id), &t.flow)?;
             (t, read_json(request, &state).await?, None)
         }
@@ -121,6 +130,36 @@ pub async fn inbound_call(
     }
     let (req, origin) = entry_request(&flow, &doc, body, idempotency)?;
     enter(&state, &ws, req, &origin).await
+}
+
+/// The flow's `allowed_ips` (403 `ip_not_allowed`), against the TCP peer.
+/// `X-Forwarded-For` is not consulted: any caller can write it, so trusting
+/// it would let anyone claim an allowed address. Behind a reverse proxy,
+/// every peer is the proxy: restrict addresses there instead.
+fn check_peer(target: &Target, peer: Option<IpAddr>) -> Result<(), ApiError> {
+    let Trigger::Inbound { allowed_ips, .. } = &target.doc.trigger else {
+        return Ok(());
+    };
+    if allowed_ips.is_empty() {
+        return Ok(());
+    }
+    match peer {
+        Some(ip) if flow::ip_allowed(allowed_ips, ip) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ip_not_allowed",
+            match peer {
+                Some(ip) => format!(
+                    "calls from {} are not allowed by this flow's `allowed_ips`",
+                    ip.to_canonical()
+                ),
+                None => {
+                    "the caller's address is unknown, and this flow only allows listed addresses"
+                        .to_owned()
+                }
+            },
+        )),
+    }
 }
 
 /// The per-key and per-flow rate limits (429 `rate_limited` with

@@ -15,7 +15,8 @@ both_stores!(
     signed_calls_need_no_key_and_bad_signatures_store_nothing,
     the_signing_secret_is_shown_once_and_rotates_with_the_token,
     a_flow_over_its_rate_gets_429_with_retry_after_and_stores_nothing,
-    a_key_over_its_rate_gets_429_and_other_keys_still_pass
+    a_key_over_its_rate_gets_429_and_other_keys_still_pass,
+    allowed_ips_let_listed_addresses_in_and_refuse_others
 );
 
 struct Setup {
@@ -918,5 +919,127 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_still_pass(b: Backend) {
     for _ in 0..3 {
         assert_eq!(app.get(&app.admin_key, "/v1/flows").await.0, 200);
     }
+    app.stop().await;
+}
+
+async fn allowed_ips_let_listed_addresses_in_and_refuse_others(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = app.admin_key.clone();
+    let s = setup(&app, true).await;
+    // A flow with an allowlist; the URL of the activated flow.
+    let flow_with = |name: &str, ips: Value, signed: bool| {
+        let mut trigger = json!({"type": "inbound", "list_id": s.list, "allowed_ips": ips});
+        if signed {
+            trigger["signature"] = json!("standard_webhooks");
+        }
+        json!({"name": name, "trigger": trigger, "steps": [{"id": "x", "type": "exit"}]})
+    };
+    let activate = |doc: Value| {
+        let app = &app;
+        let k = k.clone();
+        async move {
+            let (st, f) = app.post(&k, "/v1/flows", doc).await;
+            assert_eq!(st, 201, "{f}");
+            let (_, a) = app
+                .post(
+                    &k,
+                    &format!("/v1/flows/{}/activate", f["id"].as_str().unwrap()),
+                    json!({}),
+                )
+                .await;
+            (
+                a["inbound_url"].as_str().unwrap().to_owned(),
+                f["inbound_secret"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+
+    let (local, _) = activate(flow_with(
+        "Local",
+        json!(["127.0.0.1/32", "::1/128"]),
+        false,
+    ))
+    .await;
+    let (st, r, _) = call(&app, &k, &local, json!({"email": "in@shop.example"}), None).await;
+    assert_eq!(st, 202, "127.0.0.1 is listed: {r}");
+
+    let before = snapshot(&app, &s.list).await;
+    let (private, _) = activate(flow_with("Private", json!(["10.0.0.0/8"]), false)).await;
+    let (st, r, _) = call(
+        &app,
+        &k,
+        &private,
+        json!({"email": "out@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (403, Some("ip_not_allowed")),
+        "{r}"
+    );
+    // Without a key the caller learns nothing about the allowlist.
+    let (st, _, _) = call(
+        &app,
+        "",
+        &private,
+        json!({"email": "out@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 401);
+    // A forged X-Forwarded-For changes nothing.
+    let resp = app
+        .http
+        .post(format!("{}{private}", app.base))
+        .header("X-Api-Key", &k)
+        .header("X-Forwarded-For", "10.1.2.3")
+        .json(&json!({"email": "out@shop.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // A signed flow: a good signature from an address not listed is refused too.
+    let (signed, secret) = activate(flow_with("Signed private", json!(["10.0.0.0/8"]), true)).await;
+    let (st, r, _) = signed_call(
+        &app,
+        &signed,
+        &secret,
+        "m1",
+        now(),
+        &json!({"email": "out@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (403, Some("ip_not_allowed")),
+        "{r}"
+    );
+    assert_eq!(
+        snapshot(&app, &s.list).await,
+        before,
+        "a refused call stored something"
+    );
+
+    // A bad entry is refused when the flow is saved, naming it.
+    let (st, r) = app
+        .post(
+            &k,
+            "/v1/flows",
+            flow_with("Bad", json!(["10.0.0.0/8", "10.0.0.0/40"]), false),
+        )
+        .await;
+    assert_eq!(
+        (
+            st.as_u16(),
+            r["error"]["code"].as_str(),
+            r["error"]["field"].as_str()
+        ),
+        (422, Some("invalid_flow"), Some("trigger.allowed_ips[1]")),
+        "{r}"
+    );
     app.stop().await;
 }
