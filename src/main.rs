@@ -56,8 +56,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum FlowCmd {
-    /// Create or update flows from JSON flow documents, matched by name, so
-    /// flows can live in version control. Every file is checked first; if any
+    /// Create or update flows from flow documents (`.yaml`/`.yml` files are
+    /// YAML, others JSON), matched by name, so flows can live in version
+    /// control. Every file is checked first; if any
     /// is invalid, nothing is applied. Unchanged documents make no version.
     Apply {
         #[arg(long)]
@@ -271,7 +272,6 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
 }
 
 async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
-    use hookflow::domain::flow::FlowDoc;
     use hookflow::flows::save::{Applied, SaveError, apply, check};
     match cmd {
         FlowCmd::Apply { workspace, paths } => {
@@ -284,8 +284,7 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
                 let parsed = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))
                     .and_then(|text| {
-                        serde_json::from_str::<FlowDoc>(&text)
-                            .with_context(|| format!("{} is not a flow document", path.display()))
+                        hookflow::flows::file::parse(path, &text).map_err(anyhow::Error::msg)
                     });
                 let doc = match parsed {
                     Ok(doc) => doc,
