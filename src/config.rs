@@ -39,6 +39,13 @@ pub struct Config {
     /// Longest the engine sleeps before looking for due work (work accepted
     /// by this process wakes it at once; other processes' work waits this).
     pub engine_poll_ms: u64,
+    /// Inbound calls (`POST /hooks/{token}`) one API key may make per second,
+    /// in bursts of as many; 0 (default) is unlimited. Beyond it: 429 with
+    /// `Retry-After`. Per process.
+    pub inbound_rate_per_key: u32,
+    /// Inbound calls one flow's URL accepts per second, whoever calls, in
+    /// bursts of as many; 0 (default) is unlimited.
+    pub inbound_rate_per_flow: u32,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
@@ -57,6 +64,11 @@ impl Default for Config {
             engine_batch: 512,
             engine_lease_secs: 30,
             engine_poll_ms: 250,
+            // Unlimited: a single-tenant server has no basis for guessing a
+            // limit, and any guess would throttle a legitimate import; an
+            // operator sharing the server between integrations sets one.
+            inbound_rate_per_key: 0,
+            inbound_rate_per_flow: 0,
         }
     }
 }
@@ -127,7 +139,9 @@ impl Config {
                 "shutdown_grace_secs" | "engine_lease_secs" | "engine_poll_ms" => {
                     figment.extract_inner::<u64>(key).map(|_| ())
                 }
-                "db_pool_size" => figment.extract_inner::<u32>(key).map(|_| ()),
+                "db_pool_size" | "inbound_rate_per_key" | "inbound_rate_per_flow" => {
+                    figment.extract_inner::<u32>(key).map(|_| ())
+                }
                 _ => Ok(()),
             };
             if let Err(e) = ok {
@@ -219,6 +233,14 @@ impl Config {
         }
     }
 
+    pub fn api_options(&self) -> crate::api::ApiOptions {
+        crate::api::ApiOptions {
+            max_body_bytes: self.max_body_bytes,
+            inbound_rate_per_key: self.inbound_rate_per_key,
+            inbound_rate_per_flow: self.inbound_rate_per_flow,
+        }
+    }
+
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             max_batch: self.sqlite_max_batch,
@@ -273,6 +295,24 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains("HOOKFLOW_LOG_FORMAT"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rate_limits_default_to_unlimited_and_must_be_whole_numbers() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!((c.inbound_rate_per_key, c.inbound_rate_per_flow), (0, 0));
+            jail.set_env("HOOKFLOW_INBOUND_RATE_PER_KEY", "50");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.api_options().inbound_rate_per_key, 50);
+            jail.set_env("HOOKFLOW_INBOUND_RATE_PER_FLOW", "-1");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string().contains("HOOKFLOW_INBOUND_RATE_PER_FLOW"),
+                "{err}"
+            );
             Ok(())
         });
     }

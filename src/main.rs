@@ -56,8 +56,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum FlowCmd {
-    /// Create or update flows from JSON flow documents, matched by name, so
-    /// flows can live in version control. Every file is checked first; if any
+    /// Create or update flows from flow documents (`.yaml`/`.yml` files are
+    /// YAML, others JSON), matched by name, so flows can live in version
+    /// control. Every file is checked first; if any
     /// is invalid, nothing is applied. Unchanged documents make no version.
     Apply {
         #[arg(long)]
@@ -194,7 +195,7 @@ async fn serve(store: std::sync::Arc<dyn Store>, config: Config) -> anyhow::Resu
     hookflow::server::serve(
         store,
         listener,
-        config.max_body_bytes,
+        config.api_options(),
         shutdown,
         Duration::from_secs(config.shutdown_grace_secs),
         engine,
@@ -277,7 +278,6 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
 }
 
 async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
-    use hookflow::domain::flow::FlowDoc;
     use hookflow::flows::save::{Applied, SaveError, apply, check};
     match cmd {
         FlowCmd::Apply { workspace, paths } => {
@@ -290,8 +290,7 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
                 let parsed = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))
                     .and_then(|text| {
-                        serde_json::from_str::<FlowDoc>(&text)
-                            .with_context(|| format!("{} is not a flow document", path.display()))
+                        hookflow::flows::file::parse(path, &text).map_err(anyhow::Error::msg)
                     });
                 let doc = match parsed {
                     Ok(doc) => doc,
@@ -336,6 +335,13 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
                     Applied::Unchanged => "unchanged",
                 };
                 println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
+                if let Some(secret) = f.inbound_secret.as_ref().filter(|_| f.inbound_secret_new) {
+                    println!(
+                        "signing secret of {} (shown once; rotating the token makes a new one):\n{}",
+                        f.name,
+                        secret.as_str()
+                    );
+                }
             }
         }
         FlowCmd::List { workspace } => {

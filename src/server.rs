@@ -19,15 +19,17 @@ use crate::store::Store;
 pub async fn serve(
     store: Arc<dyn Store>,
     listener: TcpListener,
-    max_body_bytes: usize,
+    options: crate::api::ApiOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     engine: Arc<Engine>,
 ) -> std::io::Result<()> {
-    let app = crate::api::app(store.clone(), max_body_bytes, engine.clone());
+    let app = crate::api::app(store.clone(), &options, engine.clone());
     let engine_stop = Arc::new(tokio::sync::Notify::new());
     let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // The peer address reaches handlers (inbound URLs' `allowed_ips`).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");

@@ -19,8 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
-    /// Send `Retry-After: 1` (429 and retryable 503s).
-    pub retry_after: bool,
+    /// Seconds for `Retry-After` (429 and retryable 503s).
+    pub retry_after: Option<u64>,
     /// Every problem, when there are several (a flow document).
     pub details: Option<Vec<serde_json::Value>>,
 }
@@ -54,7 +54,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
-            retry_after: status == StatusCode::TOO_MANY_REQUESTS,
+            retry_after: (status == StatusCode::TOO_MANY_REQUESTS).then_some(1),
             details: None,
         }
     }
@@ -89,6 +89,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 429 `rate_limited`, with `Retry-After` for `wait` in whole seconds
+    /// (rounded up, at least 1).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(super::limits::retry_after_secs(wait));
+        e
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,7 +125,7 @@ impl From<StoreError> for ApiError {
                     "database_busy",
                     "the request collided with a concurrent one and was not applied; retry it",
                 );
-                e.retry_after = true;
+                e.retry_after = Some(1);
                 e
             }
             StoreError::Internal(cause) => {
@@ -160,9 +168,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status, Json(body)).into_response();
-        if retry {
+        if let Some(secs) = retry {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if unauthorized {
             resp.headers_mut()

@@ -4,14 +4,14 @@
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
 use crate::domain::keys::{hash_presented, hashes_match};
-use crate::domain::{Scope, WorkspaceId};
+use crate::domain::{ApiKeyId, Scope, WorkspaceId};
 
 /// A JSON request body. Checks the content type (415), the size (413), the
 /// syntax (400) and the shape (422 naming the JSON path at fault).
@@ -21,19 +21,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be JSON, sent with `Content-Type: application/json`",
-            ));
-        }
-        let bytes = read_body(req, state).await?;
+        let bytes = read_json(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
 
-/// The whole body, within the route's size limit (413 beyond it).
+/// The raw bytes of a JSON body, for handlers that need them as sent (a
+/// signature covers the bytes, not the parsed value) or that authenticate
+/// before reading: checks the content type (415) and reads the body within
+/// the size limit (413) as [`JsonBody`] does; parse with [`parse_json`] for
+/// the same syntax and shape errors.
+pub async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        ));
+    }
+    read_body(req, state).await
+}
+
+/// The whole body, whatever its type, within the route's size limit (413
+/// beyond it).
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -51,7 +61,7 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
     })
 }
 
-pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -164,6 +174,8 @@ impl From<QueryRejection> for ApiError {
 /// Who is calling: the workspace and scope of a valid, unrevoked API key.
 #[derive(Clone, Debug)]
 pub struct Principal {
+    /// The key itself, for limits per key.
+    pub key_id: ApiKeyId,
     pub workspace_id: WorkspaceId,
     pub workspace_name: String,
     pub scope: Scope,
@@ -183,7 +195,9 @@ impl FromRequestParts<AppState> for AnyKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(parts, state).await.map(AnyKey)
+        authenticate_headers(&parts.headers, state)
+            .await
+            .map(AnyKey)
     }
 }
 
@@ -194,7 +208,7 @@ impl FromRequestParts<AppState> for AdminKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let p = authenticate(parts, state).await?;
+        let p = authenticate_headers(&parts.headers, state).await?;
         if p.scope != Scope::Admin {
             return Err(ApiError::forbidden(
                 "this endpoint needs an `admin` key; `ingest` keys may only send inbound calls and events",
@@ -204,12 +218,17 @@ impl FromRequestParts<AppState> for AdminKey {
     }
 }
 
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let presented = presented_key(parts)?;
+/// The principal of the API key `headers` carry (401 without a valid one).
+pub async fn authenticate_headers(
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Principal, ApiError> {
+    let presented = presented_key(headers)?;
     let hash = hash_presented(presented);
     let record = state.store.api_key_by_hash(&hash).await?;
     match record {
         Some(k) if k.revoked_at.is_none() && hashes_match(&k.hash, &hash) => Ok(Principal {
+            key_id: k.id,
             workspace_id: k.workspace_id,
             workspace_name: k.workspace_name,
             scope: k.scope,
@@ -221,8 +240,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     }
 }
 
-fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
@@ -234,7 +253,7 @@ fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
         }
         return Ok(token.trim());
     }
-    if let Some(v) = parts.headers.get("x-api-key") {
+    if let Some(v) = headers.get("x-api-key") {
         return v
             .to_str()
             .map(str::trim)

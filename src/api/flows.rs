@@ -119,10 +119,12 @@ pub async fn update_flow(
     // An active flow saved with an inbound trigger needs its URL now, not at
     // the next activation.
     if saved.status == FlowStatus::Active && saved.inbound_token.is_none() && saved.is_inbound() {
-        let with_url = state
+        let mut with_url = state
             .store
             .set_flow_status(&p.workspace_id, &id, FlowStatus::Active, Some(new_token()))
             .await?;
+        // A secret this save generated is still this answer's to show.
+        with_url.inbound_secret_new |= saved.inbound_secret_new;
         return Ok(Json(with_url.into()));
     }
     Ok(Json(saved.into()))
@@ -141,7 +143,8 @@ pub async fn delete_flow(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Activate a flow; an `inbound` flow gets its URL.
+/// Activate a flow; an `inbound` flow gets its URL (and its signing secret,
+/// shown in this answer only, if it asks for signed calls and has none).
 #[utoipa::path(post, path = "/v1/flows/{id}/activate", tag = "flows", params(("id" = String, Path, description = "Flow id")),
     responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
 pub async fn activate_flow(
@@ -179,7 +182,9 @@ pub async fn pause_flow(
     ))
 }
 
-/// Replace the inbound URL's token; the old URL stops working at once.
+/// Replace the inbound URL's token; the old URL stops working at once. A
+/// flow that asks for signed calls gets a new signing secret too, shown in
+/// this answer only.
 #[utoipa::path(post, path = "/v1/flows/{id}/rotate-token", tag = "flows", params(("id" = String, Path, description = "Flow id")),
     responses((status = 200, body = FlowView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rotate_token(

@@ -1,13 +1,16 @@
-//! `POST /hooks/{token}`: the inbound API call entry point (IN-1..IN-7).
+//! `POST /hooks/{token}`: the inbound API call entry point (IN-1..IN-7, IN-9).
 //!
-//! A call carries a key (admin or ingest) of the flow's workspace and a JSON
+//! A call carries a key (admin or ingest) of the flow's workspace, or, when
+//! the flow asks for it, a Standard Webhooks signature instead, and a JSON
 //! object with `email`. The flow's mapping copies values at JSON paths onto
 //! list fields; the whole body is kept as the run's event data. The 202 is
 //! sent only after contact, membership, run and idempotency answer are
 //! committed and synced (the store's one atomic `enter_flow`).
 
 use axum::Json;
-use axum::extract::State;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -17,11 +20,12 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{AnyKey, JsonBody, PathParam, refuse_nul};
-use crate::domain::flow::{FlowDoc, Trigger};
+use super::extract::{PathParam, authenticate_headers, parse_json, read_json, refuse_nul};
+use crate::domain::flow::{self, FlowDoc, SignatureScheme, Trigger};
 use crate::domain::jsonpath::JsonPath;
-use crate::domain::{Email, ListId, Phone};
-use crate::store::{ContactUpsert, EntryRequest, EntryResult, FlowStatus, StoreError};
+use crate::domain::signature::{self, SignatureError, SignedHeaders};
+use crate::domain::{ApiKeyId, Email, ListId, Phone, WorkspaceId};
+use crate::store::{ContactUpsert, EntryRequest, EntryResult, FlowRecord, FlowStatus, StoreError};
 
 #[derive(Serialize, ToSchema)]
 pub struct InboundAccepted {
@@ -38,49 +42,74 @@ fn not_found() -> ApiError {
     ApiError::not_found("no inbound URL has this token (it may have been rotated)")
 }
 
+/// The flow an inbound URL leads to, with its parsed document.
+struct Target {
+    ws: WorkspaceId,
+    flow: FlowRecord,
+    doc: FlowDoc,
+}
+
+impl Target {
+    fn signature(&self) -> Option<SignatureScheme> {
+        match &self.doc.trigger {
+            Trigger::Inbound { signature, .. } => *signature,
+            _ => None,
+        }
+    }
+}
+
 /// Call a flow's inbound URL: upsert the contact into the flow's list and
 /// start a run.
-#[utoipa::path(post, path = "/hooks/{token}", tag = "inbound", params(("token" = String, Path, description = "The flow's inbound token")),
+#[utoipa::path(post, path = "/hooks/{token}", tag = "inbound", params(("token" = String, Path, description = "The flow's inbound token"),
+        ("webhook-id" = Option<String>, Header, description = "Signed calls (flows with `signature`): the message id, also the idempotency key unless `Idempotency-Key` is sent"),
+        ("webhook-timestamp" = Option<String>, Header, description = "Signed calls: seconds since the epoch, within 5 minutes of the server's time"),
+        ("webhook-signature" = Option<String>, Header, description = "Signed calls: space-separated `v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}`")),
     request_body(content = Object, description = "A JSON object with `email`; other values are mapped by the flow"),
     responses((status = 202, body = InboundAccepted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 403, description = "The caller's address is not in the flow's `allowed_ips`", body = ErrorBody),
+        (status = 429, description = "A rate limit was reached; `Retry-After` says when to retry", body = ErrorBody)))]
 pub async fn inbound_call(
     State(state): State<AppState>,
-    AnyKey(p): AnyKey,
     PathParam(token): PathParam<String>,
-    headers: HeaderMap,
-    JsonBody(body): JsonBody<Value>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let (ws, flow) = match state.store.flow_by_token(&token).await {
-        Ok(found) => found,
-        Err(StoreError::NotFound { .. }) => return Err(not_found()),
-        Err(e) => return Err(e.into()),
-    };
-    // Another workspace's key learns nothing about this URL.
-    if ws != p.workspace_id {
-        return Err(not_found());
-    }
-    refuse_nul(&body)?;
-    // An answered key is answered again, before anything about the flow or
-    // the body is re-checked: a retry after a pause still learns its result.
-    let idempotency = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            // serde_json maps keep keys sorted: equal bodies hash equally.
-            let hash = Sha256::digest(body.to_string().as_bytes()).to_vec();
-            Some((key.to_owned(), hash))
+    let headers = request.headers().clone();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let found = lookup(&state, &token).await?;
+    // A flow that asks for signed calls is authenticated by the signature
+    // alone (which covers the body, so the body is read first); any other by
+    // an API key of its workspace, checked before the body is read and
+    // before anything is said about the token (no key: 401, known token or
+    // not).
+    let (target, bytes, message_id) = match found {
+        Some(t) if t.signature().is_some() => {
+            let bytes = read_json(request, &state).await?;
+            let id = check_signature(&t.flow, &headers, &bytes)?;
+            check_peer(&t, peer)?;
+            check_limits(&state, None, &t.flow)?;
+            (t, bytes, Some(id))
+        }
+        found => {
+            let p = authenticate_headers(&headers, &state).await?;
+            // Another workspace's key learns nothing about this URL.
+            let t = found
+                .filter(|t| t.ws == p.workspace_id)
+                .ok_or_else(not_found)?;
+            check_peer(&t, peer)?;
+            check_limits(&state, Some(&p.key_id), &t.flow)?;
+            (t, read_json(request, &state).await?, None)
         }
     };
+    let body: Value = parse_json(&bytes)?;
+    refuse_nul(&body)?;
+    let Target { ws, flow, doc } = target;
+    let idempotency = idempotency(&headers, &body, message_id.as_deref())?;
+    // An answered key is answered again, before anything about the flow or
+    // the body is re-checked: a retry after a pause still learns its result.
     if let Some((key, hash)) = &idempotency
         && let Some(result) = state
             .store
@@ -99,9 +128,160 @@ pub async fn inbound_call(
             ),
         ));
     }
+    let (req, origin) = entry_request(&flow, &doc, body, idempotency)?;
+    enter(&state, &ws, req, &origin).await
+}
+
+/// The flow's `allowed_ips` (403 `ip_not_allowed`), against the TCP peer.
+/// `X-Forwarded-For` is not consulted: any caller can write it, so trusting
+/// it would let anyone claim an allowed address. Behind a reverse proxy,
+/// every peer is the proxy: restrict addresses there instead.
+fn check_peer(target: &Target, peer: Option<IpAddr>) -> Result<(), ApiError> {
+    let Trigger::Inbound { allowed_ips, .. } = &target.doc.trigger else {
+        return Ok(());
+    };
+    if allowed_ips.is_empty() {
+        return Ok(());
+    }
+    match peer {
+        Some(ip) if flow::ip_allowed(allowed_ips, ip) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ip_not_allowed",
+            match peer {
+                Some(ip) => format!(
+                    "calls from {} are not allowed by this flow's `allowed_ips`",
+                    ip.to_canonical()
+                ),
+                None => {
+                    "the caller's address is unknown, and this flow only allows listed addresses"
+                        .to_owned()
+                }
+            },
+        )),
+    }
+}
+
+/// The per-key and per-flow rate limits (429 `rate_limited` with
+/// `Retry-After`); checked once the caller is authenticated, so that nobody
+/// else can spend a key's or a flow's allowance.
+fn check_limits(
+    state: &AppState,
+    key: Option<&ApiKeyId>,
+    flow: &FlowRecord,
+) -> Result<(), ApiError> {
+    let limits = &state.inbound_limits;
+    if let Some(key) = key {
+        limits.per_key.check(key.as_str()).map_err(|wait| {
+            ApiError::rate_limited(
+                "this API key sends more inbound calls per second than `inbound_rate_per_key` allows; retry later",
+                wait,
+            )
+        })?;
+    }
+    limits.per_flow.check(flow.id.as_str()).map_err(|wait| {
+        ApiError::rate_limited(
+            "this flow receives more calls per second than `inbound_rate_per_flow` allows; retry later",
+            wait,
+        )
+    })
+}
+
+/// The flow whose inbound URL has `token`, if it has one and its trigger is
+/// (still) an inbound call.
+async fn lookup(state: &AppState, token: &str) -> Result<Option<Target>, ApiError> {
+    let (ws, flow) = match state.store.flow_by_token(token).await {
+        Ok(found) => found,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     let doc: FlowDoc =
         serde_json::from_value(flow.document.clone()).map_err(|_| ApiError::internal())?;
-    let Trigger::Inbound { list_id, mapping } = &doc.trigger else {
+    if !matches!(doc.trigger, Trigger::Inbound { .. }) {
+        return Ok(None);
+    }
+    Ok(Some(Target { ws, flow, doc }))
+}
+
+/// Verifies a signed call (IN-9); the message's `webhook-id`. 401 with
+/// `missing_signature`, `invalid_signature` or `timestamp_out_of_tolerance`.
+fn check_signature(
+    flow: &FlowRecord,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let Some(secret) = &flow.inbound_secret else {
+        // Only if the column was emptied by hand: the store makes a secret
+        // whenever a document asking for signatures is saved or activated.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "flow_misconfigured",
+            "the flow asks for signed calls but has no signing secret; rotate its token to make one",
+        ));
+    };
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = SignedHeaders {
+        id: text("webhook-id"),
+        timestamp: text("webhook-timestamp"),
+        signature: text("webhook-signature"),
+    };
+    let now = chrono::Utc::now().timestamp();
+    match signature::verify(secret, &signed, body, now) {
+        Ok(id) => Ok(id.to_owned()),
+        Err(e) => {
+            let code = match e {
+                SignatureError::Missing(_) => "missing_signature",
+                SignatureError::Invalid(_) => "invalid_signature",
+                SignatureError::OutOfTolerance(_) => "timestamp_out_of_tolerance",
+            };
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string()))
+        }
+    }
+}
+
+/// The idempotency key (the `Idempotency-Key` header, else a signed call's
+/// `webhook-id`, so a redelivery is recognised) and a hash of the body.
+fn idempotency(
+    headers: &HeaderMap,
+    body: &Value,
+    message_id: Option<&str>,
+) -> Result<Option<(String, Vec<u8>)>, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => message_id,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?,
+        ),
+    };
+    // serde_json maps keep keys sorted: equal bodies hash equally.
+    Ok(key.map(|k| {
+        (
+            k.to_owned(),
+            Sha256::digest(body.to_string().as_bytes()).to_vec(),
+        )
+    }))
+}
+
+/// What entering the flow writes: the contact (email, mapped phone and
+/// fields) and the run. Also, for each mapped list field, the body path it
+/// came from, so errors can name the path the caller sent.
+fn entry_request(
+    flow: &FlowRecord,
+    doc: &FlowDoc,
+    body: Value,
+    idempotency: Option<(String, Vec<u8>)>,
+) -> Result<(EntryRequest, Vec<(String, String)>), ApiError> {
+    let Trigger::Inbound {
+        list_id, mapping, ..
+    } = &doc.trigger
+    else {
         return Err(not_found());
     };
     let Value::Object(fields_in) = &body else {
@@ -169,10 +349,20 @@ pub async fn inbound_call(
             fields,
             lists: vec![list],
         },
-        event_data: body.clone(),
+        event_data: body,
         idempotency,
     };
-    let out = match state.store.enter_flow(&ws, req).await {
+    Ok((req, origin))
+}
+
+/// Records the entry; the 202 once it is committed and synced.
+async fn enter(
+    state: &AppState,
+    ws: &WorkspaceId,
+    req: EntryRequest,
+    origin: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let out = match state.store.enter_flow(ws, req).await {
         Ok(out) => out,
         Err(StoreError::Invalid {
             code: "unknown_list",

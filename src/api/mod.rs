@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod flows;
 pub mod hooks;
+pub mod limits;
 pub mod lists;
 pub mod ops;
 pub mod runs;
@@ -43,6 +44,24 @@ pub struct AppState {
     pub openapi: Bytes,
     /// The flow engine: its clock, and a wake-up for work just accepted.
     pub engine: Arc<crate::flows::Engine>,
+    pub inbound_limits: Arc<limits::InboundLimits>,
+}
+
+/// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Inbound calls per second per API key; 0 is unlimited.
+    pub inbound_rate_per_key: u32,
+    /// Inbound calls per second per flow; 0 is unlimited.
+    pub inbound_rate_per_flow: u32,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        crate::config::Config::default().api_options()
+    }
 }
 
 #[derive(OpenApi)]
@@ -143,7 +162,7 @@ fn loggable_path(path: &str) -> &str {
 /// The complete application: routes, error fallbacks and middleware.
 pub fn app(
     store: Arc<dyn Store>,
-    max_body_bytes: usize,
+    options: &ApiOptions,
     engine: Arc<crate::flows::Engine>,
 ) -> Router {
     let (router, _) = routes();
@@ -153,6 +172,10 @@ pub fn app(
         metrics: crate::telemetry::metrics_handle(),
         openapi: Bytes::from(doc.to_json().unwrap_or_default()),
         engine,
+        inbound_limits: Arc::new(limits::InboundLimits {
+            per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
+            per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),
+        }),
     };
     let request_id = HeaderName::from_static("x-request-id");
     router
@@ -162,7 +185,7 @@ pub fn app(
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
         })
         .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(CatchPanicLayer::custom(|payload: Box<dyn std::any::Any + Send>| {
             let cause = payload
                 .downcast_ref::<&str>()

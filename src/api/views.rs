@@ -156,6 +156,12 @@ pub struct FlowView {
     /// Path of the flow's inbound URL (`POST` here with an API key), once the
     /// flow has been activated with an `inbound` trigger.
     pub inbound_url: Option<String>,
+    /// The `whsec_…` secret that signs calls to the inbound URL, when the
+    /// trigger asks for signatures. Present only in the answer of the call
+    /// that generated it (the save that first asked for signatures,
+    /// activation, token rotation): store it then; it is never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_secret: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -175,6 +181,10 @@ impl From<FlowRecord> for FlowView {
                 .inbound_token
                 .filter(|_| inbound)
                 .map(|t| format!("/hooks/{t}")),
+            inbound_secret: f
+                .inbound_secret
+                .filter(|_| f.inbound_secret_new)
+                .map(|s| s.as_str().to_owned()),
             created_at: millis_to_rfc3339(f.created_at),
             updated_at: millis_to_rfc3339(f.updated_at),
         }

@@ -14,6 +14,7 @@ pub mod jsonpath;
 pub mod keys;
 pub mod page;
 pub mod phone;
+pub mod signature;
 
 pub use contact::{ContactStatus, MembershipStatus};
 pub use email::Email;

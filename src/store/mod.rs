@@ -27,6 +27,7 @@ pub use run::{
 };
 use serde_json::{Map, Value};
 
+use crate::domain::signature::SigningSecret;
 use crate::domain::{
     ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FlowId, ListId, MembershipStatus, Millis,
     Page, PageRequest, Phone, RunId, Scope, WorkspaceId,
@@ -216,6 +217,12 @@ pub struct FlowRecord {
     /// The secret of the flow's inbound URL, once it has been activated with
     /// an inbound trigger.
     pub inbound_token: Option<String>,
+    /// The key inbound calls are signed with, once the document has asked
+    /// for signed calls (`trigger.signature`); kept if it stops asking.
+    pub inbound_secret: Option<SigningSecret>,
+    /// True only in the record returned by the write that generated
+    /// `inbound_secret`: that answer is the one place the secret is shown.
+    pub inbound_secret_new: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -375,6 +382,8 @@ pub trait Store: Send + Sync + 'static {
         document: Value,
     ) -> Result<FlowRecord>;
     /// Sets the status; `token` becomes the inbound token if the flow has none.
+    /// Like saves (`create_flow`, `update_flow`), activation generates the
+    /// signing secret if the document asks for signed calls and there is none.
     async fn set_flow_status(
         &self,
         ws: &WorkspaceId,
@@ -382,7 +391,8 @@ pub trait Store: Send + Sync + 'static {
         status: FlowStatus,
         token: Option<String>,
     ) -> Result<FlowRecord>;
-    /// Replaces the inbound token (the old URL stops working at once).
+    /// Replaces the inbound token (the old URL stops working at once), and
+    /// the signing secret if the document asks for signed calls.
     async fn rotate_inbound_token(
         &self,
         ws: &WorkspaceId,

@@ -452,6 +452,131 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     );
 }
 
+#[test]
+fn flows_apply_reads_yaml_and_names_the_line_of_a_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("y.db").display());
+    let run = |args: &[&str]| {
+        hookflow(dir.path())
+            .args(["--database", &db])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    let yaml = "\
+# Nurture new sign-ups.
+name: Nurture
+trigger: {type: event, name: signup}
+steps:
+  - id: pause
+    type: wait
+    duration: 2d
+    next: done
+  - id: done
+    type: exit
+";
+    let file = dir.path().join("nurture.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let apply = |f: &Path| run(&["flows", "apply", "--workspace", "acme", f.to_str().unwrap()]);
+    let out = apply(&file);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("created"),
+        "{out:?}"
+    );
+    // The same document as JSON is the same flow, unchanged.
+    let json = dir.path().join("nurture.json");
+    std::fs::write(
+        &json,
+        serde_json::json!({"name": "Nurture", "trigger": {"type": "event", "name": "signup"},
+            "steps": [{"id": "pause", "type": "wait", "duration": "2d", "next": "done"},
+                      {"id": "done", "type": "exit"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = apply(&json);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unchanged"),
+        "{out:?}"
+    );
+
+    // A misspelt setting of the step on line 5 of a .yml file: named with
+    // the step's line (a step's settings are read as a whole, after its
+    // `type`, so the parser points at the step), and nothing is applied.
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        yaml.replace("Nurture\n", "Other\n")
+            .replace("    duration: 2d", "    durashun: 2d"),
+    )
+    .unwrap();
+    let out = apply(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yml:5:") && err.contains("steps[0]") && err.contains("durashun"),
+        "{err}"
+    );
+    let listed =
+        String::from_utf8_lossy(&run(&["flows", "list", "--workspace", "acme"]).stdout).to_string();
+    assert!(!listed.contains("Other"), "{listed}");
+    // Broken YAML syntax is named too.
+    std::fs::write(&bad, "name: [unclosed\nsteps: []\n").unwrap();
+    let err = String::from_utf8_lossy(&apply(&bad).stderr).to_string();
+    assert!(err.contains("bad.yml:"), "{err}");
+}
+
+#[test]
+fn flows_apply_prints_a_new_signing_secret_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("s.db").display());
+    let run = |args: &[&str]| {
+        hookflow(dir.path())
+            .args(["--database", &db])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    // Lists have no CLI: make one through the store.
+    let list = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = hookflow::store::connect(&db, &Default::default())
+            .await
+            .unwrap();
+        let ws = store.workspace_by_name("acme").await.unwrap().id;
+        let l = store.create_list(&ws, "Orders", vec![]).await.unwrap();
+        store.close().await;
+        l.id.to_string()
+    });
+    let flow = serde_json::json!({"name": "Signed", "trigger": {"type": "inbound", "list_id": list,
+        "signature": "standard_webhooks"}, "steps": [{"id": "done", "type": "exit"}]});
+    let file = dir.path().join("signed.json");
+    std::fs::write(&file, flow.to_string()).unwrap();
+    let apply = || {
+        run(&[
+            "flows",
+            "apply",
+            "--workspace",
+            "acme",
+            file.to_str().unwrap(),
+        ])
+    };
+    let out = apply();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("whsec_")),
+        "the new secret is printed: {stdout}"
+    );
+    let out = apply();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("unchanged") && !stdout.contains("whsec_"),
+        "an existing secret is not shown again: {stdout}"
+    );
+}
+
 /// SIGTERM sent the moment the address is printed is a graceful stop, not a
 /// kill: the handlers are registered before the address is announced.
 #[test]

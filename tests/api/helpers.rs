@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hookflow::api::ApiOptions;
 use hookflow::bootstrap;
 use hookflow::domain::Scope;
 use hookflow::flows::{Engine, EngineConfig, TestClock};
@@ -141,6 +142,12 @@ pub struct TestApp {
 pub const TEST_BODY_LIMIT: usize = 64 * 1024;
 
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, ApiOptions::default()).await
+}
+
+/// A server with other HTTP settings (rate limits); the body limit is always
+/// [`TEST_BODY_LIMIT`].
+pub async fn spawn_app_with(backend: Backend, options: ApiOptions) -> Option<TestApp> {
     let db = test_db(backend).await?;
     let store = open_store(&db).await;
     let key = bootstrap::ensure_default_workspace(&*store)
@@ -165,7 +172,10 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     let task = tokio::spawn(hookflow::server::serve(
         store.clone(),
         listener,
-        TEST_BODY_LIMIT,
+        ApiOptions {
+            max_body_bytes: TEST_BODY_LIMIT,
+            ..options
+        },
         async move {
             let _ = stopped.await;
         },

@@ -1,15 +1,22 @@
 //! `POST /hooks/{token}`: the inbound API call entry point.
 
 use hookflow::domain::Scope;
+use hookflow::domain::signature::SigningSecret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::both_stores;
-use crate::helpers::{Backend, TEST_BODY_LIMIT, TestApp, spawn_app};
+use crate::helpers::{Backend, TEST_BODY_LIMIT, TestApp, spawn_app, spawn_app_with};
+use hookflow::api::ApiOptions;
 
 both_stores!(
     inbound_calls_upsert_map_and_start_runs,
-    bad_inbound_calls_are_refused_and_store_nothing
+    bad_inbound_calls_are_refused_and_store_nothing,
+    signed_calls_need_no_key_and_bad_signatures_store_nothing,
+    the_signing_secret_is_shown_once_and_rotates_with_the_token,
+    a_flow_over_its_rate_gets_429_with_retry_after_and_stores_nothing,
+    a_key_over_its_rate_gets_429_and_other_keys_still_pass,
+    allowed_ips_let_listed_addresses_in_and_refuse_others
 );
 
 struct Setup {
@@ -517,5 +524,522 @@ async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
     )
     .await;
     assert_eq!(st, 202);
+    app.stop().await;
+}
+
+/// A signed call as a Standard Webhooks sender makes it: the exact bytes
+/// sent are the bytes signed. `key` is sent as well when given.
+async fn signed_call(
+    app: &TestApp,
+    url: &str,
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &Value,
+    key: Option<&str>,
+) -> (StatusCode, Value, bool) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let sig = SigningSecret::from_trusted(secret.to_owned()).sign(id, timestamp, &bytes);
+    let mut req = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", sig)
+        .body(bytes);
+    if let Some(k) = key {
+        req = req.header("X-Api-Key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let replayed = resp.headers().get("idempotent-replayed").is_some();
+    (
+        resp.status(),
+        resp.json().await.unwrap_or(Value::Null),
+        replayed,
+    )
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A list and an active flow that asks for signed calls: (list, flow id,
+/// URL, the secret from the creating answer).
+async fn signed_setup(app: &TestApp) -> (String, String, String, String) {
+    let k = &app.admin_key;
+    let (_, l) = app
+        .post(
+            k,
+            "/v1/lists",
+            json!({"name": "Signed", "fields": [{"name": "plan", "type": "text"}]}),
+        )
+        .await;
+    let list = l["id"].as_str().unwrap().to_owned();
+    let (st, f) = app
+        .post(
+            k,
+            "/v1/flows",
+            json!({"name": "Shop orders",
+            "trigger": {"type": "inbound", "list_id": list, "signature": "standard_webhooks",
+                        "mapping": {"plan": "plan"}},
+            "steps": [{"id": "x", "type": "exit"}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{f}");
+    let secret = f["inbound_secret"].as_str().unwrap_or_default().to_owned();
+    assert!(secret.starts_with("whsec_"), "{f}");
+    let flow = f["id"].as_str().unwrap().to_owned();
+    let (_, a) = app
+        .post(k, &format!("/v1/flows/{flow}/activate"), json!({}))
+        .await;
+    let url = a["inbound_url"].as_str().unwrap().to_owned();
+    (list, flow, url, secret)
+}
+
+async fn signed_calls_need_no_key_and_bad_signatures_store_nothing(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let (list, _, url, secret) = signed_setup(&app).await;
+    let other = SigningSecret::generate();
+    let body = json!({"email": "signed@shop.example", "plan": "pro"});
+    let before = snapshot(&app, &list).await;
+    let ts = now();
+    let cases: Vec<(&str, (StatusCode, Value, bool), &str)> = vec![
+        (
+            "signed with another secret, with a valid key",
+            signed_call(
+                &app,
+                &url,
+                other.as_str(),
+                "msg_1",
+                ts,
+                &body,
+                Some(&app.admin_key),
+            )
+            .await,
+            "invalid_signature",
+        ),
+        (
+            "signed more than five minutes ago",
+            signed_call(&app, &url, &secret, "msg_1", ts - 301, &body, None).await,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "signed five minutes in the future",
+            signed_call(&app, &url, &secret, "msg_1", ts + 400, &body, None).await,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "an API key but no signature",
+            call(&app, &app.admin_key, &url, body.clone(), None).await,
+            "missing_signature",
+        ),
+    ];
+    for (name, got, code) in cases {
+        assert_eq!(
+            (got.0.as_u16(), got.1["error"]["code"].as_str()),
+            (401, Some(code)),
+            "{name}: {}",
+            got.1
+        );
+    }
+    // The body changed after signing.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let sig = SigningSecret::from_trusted(secret.clone()).sign("msg_1", ts, &bytes);
+    let resp = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_1")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(serde_json::to_vec(&json!({"email": "evil@shop.example", "plan": "pro"})).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_signature", "{err}");
+    assert_eq!(
+        snapshot(&app, &list).await,
+        before,
+        "refused calls stored something"
+    );
+
+    // Signed right: accepted with no key at all.
+    let (st, first, replayed) = signed_call(&app, &url, &secret, "msg_1", now(), &body, None).await;
+    assert_eq!((st.as_u16(), replayed), (202, false), "{first}");
+    assert_eq!(first["run_started"], true);
+    // A redelivery of the message (same id, signed again later) replays the
+    // first answer and does nothing else.
+    let (st, again, replayed) =
+        signed_call(&app, &url, &secret, "msg_1", now() + 1, &body, None).await;
+    assert_eq!((st.as_u16(), &again, replayed), (202, &first, true));
+    // Another message id is another call (repeat is off: no second run).
+    let (st, second, replayed) =
+        signed_call(&app, &url, &secret, "msg_2", now(), &body, None).await;
+    assert_eq!((st.as_u16(), replayed), (202, false));
+    assert_eq!(second["reason"], "already_entered", "{second}");
+    // An explicit Idempotency-Key wins over the message id.
+    let ts = now();
+    let bytes = serde_json::to_vec(&json!({"email": "third@shop.example"})).unwrap();
+    let resp = app
+        .http
+        .post(format!("{}{url}", app.base))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_1")
+        .header("webhook-timestamp", ts.to_string())
+        .header(
+            "webhook-signature",
+            SigningSecret::from_trusted(secret.clone()).sign("msg_1", ts, &bytes),
+        )
+        .header("Idempotency-Key", "order-9")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+    let contacts = app.get(&app.admin_key, "/v1/contacts").await.1;
+    assert_eq!(contacts["data"].as_array().unwrap().len(), 2, "{contacts}");
+    assert_eq!(contacts["data"][0]["fields"]["plan"], "pro");
+    app.stop().await;
+}
+
+async fn the_signing_secret_is_shown_once_and_rotates_with_the_token(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    let (list, flow, url, secret) = signed_setup(&app).await;
+    // Activation found a secret already: it does not show it again, and
+    // neither does reading the flow.
+    let (_, got) = app.get(k, &format!("/v1/flows/{flow}")).await;
+    assert!(got.get("inbound_secret").is_none(), "{got}");
+    assert!(!got.to_string().contains(&secret), "{got}");
+    let (_, listed) = app.get(k, "/v1/flows").await;
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+    let (_, again) = app
+        .post(k, &format!("/v1/flows/{flow}/activate"), json!({}))
+        .await;
+    assert!(again.get("inbound_secret").is_none(), "{again}");
+    // Saving a new version keeps the secret and does not show it.
+    let doc = got["document"].clone();
+    let (st, saved) = app
+        .call(
+            k,
+            reqwest::Method::PUT,
+            &format!("/v1/flows/{flow}"),
+            Some(doc),
+        )
+        .await;
+    assert_eq!(st, 200, "{saved}");
+    assert!(saved.get("inbound_secret").is_none(), "{saved}");
+    let body = json!({"email": "a@shop.example"});
+    let (st, r, _) = signed_call(&app, &url, &secret, "m1", now(), &body, None).await;
+    assert_eq!(st, 202, "{r}");
+
+    // Rotation: a new URL and a new secret, shown in that answer only.
+    let (_, rotated) = app
+        .post(k, &format!("/v1/flows/{flow}/rotate-token"), json!({}))
+        .await;
+    let new_secret = rotated["inbound_secret"].as_str().unwrap().to_owned();
+    let new_url = rotated["inbound_url"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let (st, r, _) = signed_call(&app, &new_url, &secret, "m2", now(), &body, None).await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+    let (st, r, _) = signed_call(&app, &new_url, &new_secret, "m2", now(), &body, None).await;
+    assert_eq!(st, 202, "{r}");
+
+    // An active key-authenticated flow switched to signed calls gets its
+    // secret in the answer to that save; from then on a key is not enough.
+    let (_, plain) = app
+        .post(k, "/v1/flows", json!({"name": "Plain",
+            "trigger": {"type": "inbound", "list_id": list}, "steps": [{"id": "x", "type": "exit"}]}))
+        .await;
+    assert!(plain.get("inbound_secret").is_none(), "{plain}");
+    let plain_id = plain["id"].as_str().unwrap();
+    let (_, act) = app
+        .post(k, &format!("/v1/flows/{plain_id}/activate"), json!({}))
+        .await;
+    assert!(act.get("inbound_secret").is_none(), "{act}");
+    let plain_url = act["inbound_url"].as_str().unwrap();
+    assert_eq!(call(&app, k, plain_url, body.clone(), None).await.0, 202);
+    let (st, switched) = app
+        .call(
+            k,
+            reqwest::Method::PUT,
+            &format!("/v1/flows/{plain_id}"),
+            Some(json!({"name": "Plain",
+            "trigger": {"type": "inbound", "list_id": list, "signature": "standard_webhooks"},
+            "steps": [{"id": "x", "type": "exit"}]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{switched}");
+    let plain_secret = switched["inbound_secret"].as_str().unwrap();
+    let (st, r, _) = call(&app, k, plain_url, body.clone(), None).await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (401, Some("missing_signature"))
+    );
+    let (st, r, _) = signed_call(&app, plain_url, plain_secret, "m3", now(), &body, None).await;
+    assert_eq!(st, 202, "{r}");
+    app.stop().await;
+}
+
+/// Sends `n` calls with distinct emails as fast as it can; the answers'
+/// statuses, and every 429's `Retry-After` and error code.
+async fn burst(
+    app: &TestApp,
+    key: &str,
+    url: &str,
+    n: usize,
+    tag: &str,
+) -> (Vec<u16>, Vec<(String, Value)>) {
+    let mut statuses = Vec::new();
+    let mut refusals = Vec::new();
+    for i in 0..n {
+        let resp = app
+            .http
+            .post(format!("{}{url}", app.base))
+            .header("X-Api-Key", key)
+            .json(&json!({"email": format!("{tag}{i}@shop.example")}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            refusals.push((retry, resp.json().await.unwrap()));
+        }
+    }
+    (statuses, refusals)
+}
+
+#[track_caller]
+fn assert_refusals(refusals: &[(String, Value)]) {
+    assert!(!refusals.is_empty(), "no call was limited");
+    for (retry, body) in refusals {
+        assert!(
+            retry.parse::<u64>().is_ok_and(|s| s >= 1),
+            "Retry-After {retry:?}"
+        );
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    }
+}
+
+async fn contact_count(app: &TestApp) -> usize {
+    app.get(&app.admin_key, "/v1/contacts?limit=500").await.1["data"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+async fn a_flow_over_its_rate_gets_429_with_retry_after_and_stores_nothing(b: Backend) {
+    let options = ApiOptions {
+        inbound_rate_per_flow: 1,
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(b, options).await else {
+        return;
+    };
+    let s = setup(&app, false).await;
+    // One call per second per flow: of five calls in a row, the first
+    // passes and at least one later one is refused (all but the first,
+    // unless the machine stalls for a second between two calls).
+    let (statuses, refusals) = burst(&app, &app.admin_key, &s.url, 5, "a").await;
+    assert_eq!(statuses[0], 202, "{statuses:?}");
+    assert_refusals(&refusals);
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(accepted + refusals.len(), 5, "{statuses:?}");
+    assert_eq!(
+        contact_count(&app).await,
+        accepted,
+        "a refused call stored something"
+    );
+    // Another flow has its own allowance.
+    let (_, f2) = app
+        .post(&app.admin_key, "/v1/flows", json!({"name": "Second",
+            "trigger": {"type": "inbound", "list_id": s.list}, "steps": [{"id": "x", "type": "exit"}]}))
+        .await;
+    let (_, a2) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/flows/{}/activate", f2["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    let (st, r, _) = call(
+        &app,
+        &app.admin_key,
+        a2["inbound_url"].as_str().unwrap(),
+        json!({"email": "other@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{r}");
+    app.stop().await;
+}
+
+async fn a_key_over_its_rate_gets_429_and_other_keys_still_pass(b: Backend) {
+    let options = ApiOptions {
+        inbound_rate_per_key: 1,
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(b, options).await else {
+        return;
+    };
+    let s = setup(&app, false).await;
+    let first = app.workspace_key("default", Scope::Ingest).await;
+    let second = app.workspace_key("default", Scope::Ingest).await;
+    let (statuses, refusals) = burst(&app, &first, &s.url, 5, "k").await;
+    assert_eq!(statuses[0], 202, "{statuses:?}");
+    assert_refusals(&refusals);
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(contact_count(&app).await, accepted);
+    let (st, r, _) = call(
+        &app,
+        &second,
+        &s.url,
+        json!({"email": "b@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "another key has its own allowance: {r}");
+    // The limit is on inbound calls only: the admin API is not counted.
+    for _ in 0..3 {
+        assert_eq!(app.get(&app.admin_key, "/v1/flows").await.0, 200);
+    }
+    app.stop().await;
+}
+
+async fn allowed_ips_let_listed_addresses_in_and_refuse_others(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = app.admin_key.clone();
+    let s = setup(&app, true).await;
+    // A flow with an allowlist; the URL of the activated flow.
+    let flow_with = |name: &str, ips: Value, signed: bool| {
+        let mut trigger = json!({"type": "inbound", "list_id": s.list, "allowed_ips": ips});
+        if signed {
+            trigger["signature"] = json!("standard_webhooks");
+        }
+        json!({"name": name, "trigger": trigger, "steps": [{"id": "x", "type": "exit"}]})
+    };
+    let activate = |doc: Value| {
+        let app = &app;
+        let k = k.clone();
+        async move {
+            let (st, f) = app.post(&k, "/v1/flows", doc).await;
+            assert_eq!(st, 201, "{f}");
+            let (_, a) = app
+                .post(
+                    &k,
+                    &format!("/v1/flows/{}/activate", f["id"].as_str().unwrap()),
+                    json!({}),
+                )
+                .await;
+            (
+                a["inbound_url"].as_str().unwrap().to_owned(),
+                f["inbound_secret"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+
+    let (local, _) = activate(flow_with(
+        "Local",
+        json!(["127.0.0.1/32", "::1/128"]),
+        false,
+    ))
+    .await;
+    let (st, r, _) = call(&app, &k, &local, json!({"email": "in@shop.example"}), None).await;
+    assert_eq!(st, 202, "127.0.0.1 is listed: {r}");
+
+    let before = snapshot(&app, &s.list).await;
+    let (private, _) = activate(flow_with("Private", json!(["10.0.0.0/8"]), false)).await;
+    let (st, r, _) = call(
+        &app,
+        &k,
+        &private,
+        json!({"email": "out@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (403, Some("ip_not_allowed")),
+        "{r}"
+    );
+    // Without a key the caller learns nothing about the allowlist.
+    let (st, _, _) = call(
+        &app,
+        "",
+        &private,
+        json!({"email": "out@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 401);
+    // A forged X-Forwarded-For changes nothing.
+    let resp = app
+        .http
+        .post(format!("{}{private}", app.base))
+        .header("X-Api-Key", &k)
+        .header("X-Forwarded-For", "10.1.2.3")
+        .json(&json!({"email": "out@shop.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // A signed flow: a good signature from an address not listed is refused too.
+    let (signed, secret) = activate(flow_with("Signed private", json!(["10.0.0.0/8"]), true)).await;
+    let (st, r, _) = signed_call(
+        &app,
+        &signed,
+        &secret,
+        "m1",
+        now(),
+        &json!({"email": "out@shop.example"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st.as_u16(), r["error"]["code"].as_str()),
+        (403, Some("ip_not_allowed")),
+        "{r}"
+    );
+    assert_eq!(
+        snapshot(&app, &s.list).await,
+        before,
+        "a refused call stored something"
+    );
+
+    // A bad entry is refused when the flow is saved, naming it.
+    let (st, r) = app
+        .post(
+            &k,
+            "/v1/flows",
+            flow_with("Bad", json!(["10.0.0.0/8", "10.0.0.0/40"]), false),
+        )
+        .await;
+    assert_eq!(
+        (
+            st.as_u16(),
+            r["error"]["code"].as_str(),
+            r["error"]["field"].as_str()
+        ),
+        (422, Some("invalid_flow"), Some("trigger.allowed_ips[1]")),
+        "{r}"
+    );
     app.stop().await;
 }

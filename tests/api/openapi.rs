@@ -146,3 +146,45 @@ fn the_flow_document_is_described_in_full() {
             .contains("FlowDoc")
     );
 }
+
+/// docs/flows.md names every setting of the flow document that the OpenAPI
+/// schema has: a new setting is documented in the same change.
+#[test]
+fn the_flow_reference_names_every_setting() {
+    fn properties(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Object(props)) = m.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                m.values().for_each(|x| properties(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| properties(x, out)),
+            _ => {}
+        }
+    }
+    let doc = serde_json::to_value(hookflow::api::openapi_document()).unwrap();
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/flows.md")).unwrap();
+    let mut settings = BTreeSet::new();
+    for schema in [
+        "FlowDoc",
+        "Trigger",
+        "Step",
+        "StepKind",
+        "Wait",
+        "Condition",
+    ] {
+        properties(&doc["components"]["schemas"][schema], &mut settings);
+    }
+    settings.remove("type");
+    assert!(settings.contains("signature"), "{settings:?}");
+    let missing: Vec<_> = settings
+        .iter()
+        .filter(|s| !reference.contains(&format!("`{s}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/flows.md does not name {missing:?}"
+    );
+}

@@ -181,6 +181,52 @@ fn missing_lists_and_fields_are_named() {
 }
 
 #[test]
+fn allowed_ips_are_ranges_or_addresses_and_bad_ones_are_named() {
+    let cat = TestCatalog::new();
+    let mut doc = good(&cat);
+    doc["trigger"]["allowed_ips"] =
+        json!(["10.0.0.0/8", "192.168.1.7", "::1/128", "2001:db8::/32"]);
+    assert_eq!(errors(doc, &cat), vec![]);
+    let mut doc = good(&cat);
+    doc["trigger"]["allowed_ips"] = json!(["10.0.0.0/8", "10.0.0.0/33", "localhost", ""]);
+    assert_eq!(
+        errors(doc, &cat),
+        vec![
+            (None, "trigger.allowed_ips[1]".into()),
+            (None, "trigger.allowed_ips[2]".into()),
+            (None, "trigger.allowed_ips[3]".into()),
+        ]
+    );
+}
+
+#[test]
+fn allowed_ips_contain_their_addresses_only() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let list = vec![
+        "10.0.0.0/8".to_owned(),
+        "::1/128".to_owned(),
+        "192.168.1.7".to_owned(),
+    ];
+    for yes in ["10.1.2.3", "::1", "192.168.1.7", "::ffff:10.9.9.9"] {
+        assert!(ip_allowed(&list, ip(yes)), "{yes}");
+    }
+    for no in [
+        "11.0.0.1",
+        "127.0.0.1",
+        "192.168.1.8",
+        "::2",
+        "::ffff:11.0.0.1",
+    ] {
+        assert!(!ip_allowed(&list, ip(no)), "{no}");
+    }
+    assert!(ip_allowed(&[], ip("203.0.113.5")), "no list: anyone");
+    assert!(
+        !ip_allowed(&["nonsense".to_owned()], ip("127.0.0.1")),
+        "an unparsable entry allows nothing"
+    );
+}
+
+#[test]
 fn malformed_waits_are_named() {
     let cat = TestCatalog::new();
     for (wait, setting) in [

@@ -5,12 +5,13 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{constraint, internal};
+use crate::domain::signature::SigningSecret;
 use crate::domain::{FlowId, Page, PageRequest, WorkspaceId};
 use crate::store::run::trigger_index;
 use crate::store::{FlowRecord, FlowStatus, Result, StoreError, now_millis, plan};
 
 const SELECT: &str = "SELECT f.id, f.name, f.status, f.current_version, v.document, f.inbound_token,
-    f.created_at, f.updated_at FROM flows f JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version";
+    f.created_at, f.updated_at, f.inbound_secret FROM flows f JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version";
 
 fn row(r: &PgRow) -> Result<FlowRecord> {
     let status: String = r.try_get("status").map_err(internal)?;
@@ -21,6 +22,11 @@ fn row(r: &PgRow) -> Result<FlowRecord> {
         version: i64::from(r.try_get::<i32, _>("current_version").map_err(internal)?),
         document: r.try_get("document").map_err(internal)?,
         inbound_token: r.try_get("inbound_token").map_err(internal)?,
+        inbound_secret: r
+            .try_get::<Option<String>, _>("inbound_secret")
+            .map_err(internal)?
+            .map(SigningSecret::from_trusted),
+        inbound_secret_new: false,
         created_at: r.try_get("created_at").map_err(internal)?,
         updated_at: r.try_get("updated_at").map_err(internal)?,
     })
@@ -193,6 +199,42 @@ pub async fn rotate_token(
     } else {
         Ok(())
     }
+}
+
+/// The flow after a write, given a new signing secret first if its document
+/// asks for signed calls and it has none (or always, with `replace`); the
+/// record then says the secret is new, so that one answer can show it.
+pub async fn get_with_secret(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    id: &FlowId,
+    replace: bool,
+) -> Result<FlowRecord> {
+    let flow = get(c, ws, id).await?;
+    if !plan::signs_inbound(&flow.document) {
+        return Ok(flow);
+    }
+    let secret = SigningSecret::generate();
+    let n = sqlx::query(
+        "UPDATE flows SET inbound_secret = $3
+         WHERE workspace_id = $1 AND id = $2 AND (inbound_secret IS NULL OR $4)",
+    )
+    .bind(ws.as_str())
+    .bind(id.as_str())
+    .bind(secret.as_str())
+    .bind(replace)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?
+    .rows_affected();
+    if n == 0 {
+        return Ok(flow);
+    }
+    Ok(FlowRecord {
+        inbound_secret: Some(secret),
+        inbound_secret_new: true,
+        ..flow
+    })
 }
 
 pub async fn delete(c: &mut PgConnection, ws: &WorkspaceId, id: &FlowId) -> Result<()> {

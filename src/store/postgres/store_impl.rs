@@ -469,7 +469,7 @@ impl Store for PgStore {
     ) -> Result<FlowRecord> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let id = flows::create(&mut tx, ws, name, &document).await?;
-        let f = flows::get(&mut tx, ws, &id).await?;
+        let f = flows::get_with_secret(&mut tx, ws, &id, false).await?;
         tx.commit().await.map_err(internal)?;
         Ok(f)
     }
@@ -498,7 +498,7 @@ impl Store for PgStore {
     ) -> Result<FlowRecord> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         flows::update(&mut tx, ws, id, name, &document).await?;
-        let f = flows::get(&mut tx, ws, id).await?;
+        let f = flows::get_with_secret(&mut tx, ws, id, false).await?;
         tx.commit().await.map_err(internal)?;
         Ok(f)
     }
@@ -512,7 +512,11 @@ impl Store for PgStore {
     ) -> Result<FlowRecord> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         flows::set_status(&mut tx, ws, id, status, token.as_deref()).await?;
-        let f = flows::get(&mut tx, ws, id).await?;
+        let f = if status == FlowStatus::Active {
+            flows::get_with_secret(&mut tx, ws, id, false).await?
+        } else {
+            flows::get(&mut tx, ws, id).await?
+        };
         tx.commit().await.map_err(internal)?;
         Ok(f)
     }
@@ -525,7 +529,7 @@ impl Store for PgStore {
     ) -> Result<FlowRecord> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         flows::rotate_token(&mut tx, ws, id, &token).await?;
-        let f = flows::get(&mut tx, ws, id).await?;
+        let f = flows::get_with_secret(&mut tx, ws, id, true).await?;
         tx.commit().await.map_err(internal)?;
         Ok(f)
     }

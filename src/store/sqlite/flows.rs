@@ -4,12 +4,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use super::{internal, is_unique_violation};
+use crate::domain::signature::SigningSecret;
 use crate::domain::{FlowId, Page, PageRequest, WorkspaceId};
 use crate::store::run::trigger_index;
 use crate::store::{FlowRecord, FlowStatus, Result, StoreError, now_millis, plan};
 
 const SELECT: &str = "SELECT f.id, f.name, f.status, f.current_version, v.document, f.inbound_token,
-    f.created_at, f.updated_at FROM flows f JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version";
+    f.created_at, f.updated_at, f.inbound_secret FROM flows f JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version";
 
 fn row(r: &Row) -> rusqlite::Result<FlowRecord> {
     let status: String = r.get(2)?;
@@ -21,6 +22,10 @@ fn row(r: &Row) -> rusqlite::Result<FlowRecord> {
         version: r.get(3)?,
         document: serde_json::from_str(&doc).unwrap_or(Value::Null),
         inbound_token: r.get(5)?,
+        inbound_secret: r
+            .get::<_, Option<String>>(8)?
+            .map(SigningSecret::from_trusted),
+        inbound_secret_new: false,
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
     })
@@ -125,6 +130,37 @@ pub fn rotate_token(conn: &Connection, ws: &WorkspaceId, id: &FlowId, token: &st
     } else {
         Ok(())
     }
+}
+
+/// The flow after a write, given a new signing secret first if its document
+/// asks for signed calls and it has none (or always, with `replace`); the
+/// record then says the secret is new, so that one answer can show it.
+pub fn get_with_secret(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    id: &FlowId,
+    replace: bool,
+) -> Result<FlowRecord> {
+    let flow = get(conn, ws, id)?;
+    if !plan::signs_inbound(&flow.document) {
+        return Ok(flow);
+    }
+    let secret = SigningSecret::generate();
+    let n = conn
+        .prepare_cached(
+            "UPDATE flows SET inbound_secret = ?3
+             WHERE workspace_id = ?1 AND id = ?2 AND (inbound_secret IS NULL OR ?4)",
+        )
+        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), secret.as_str(), replace]))
+        .map_err(internal)?;
+    if n == 0 {
+        return Ok(flow);
+    }
+    Ok(FlowRecord {
+        inbound_secret: Some(secret),
+        inbound_secret_new: true,
+        ..flow
+    })
 }
 
 pub fn delete(conn: &Connection, ws: &WorkspaceId, id: &FlowId) -> Result<()> {

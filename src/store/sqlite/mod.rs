@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0002_flows.sql"),
     include_str!("../../../migrations/sqlite/0003_runs.sql"),
     include_str!("../../../migrations/sqlite/0004_engine.sql"),
+    include_str!("../../../migrations/sqlite/0005_inbound_secret.sql"),
 ];
 
 pub struct SqliteStore {
@@ -442,7 +443,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 let id = flows::create(c, &ws, &name, &document)?;
-                flows::get(c, &ws, &id)
+                flows::get_with_secret(c, &ws, &id, false)
             })
             .await
     }
@@ -475,7 +476,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 flows::update(c, &ws, &id, &name, &document)?;
-                flows::get(c, &ws, &id)
+                flows::get_with_secret(c, &ws, &id, false)
             })
             .await
     }
@@ -491,7 +492,11 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 flows::set_status(c, &ws, &id, status, token.as_deref())?;
-                flows::get(c, &ws, &id)
+                if status == FlowStatus::Active {
+                    flows::get_with_secret(c, &ws, &id, false)
+                } else {
+                    flows::get(c, &ws, &id)
+                }
             })
             .await
     }
@@ -506,7 +511,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 flows::rotate_token(c, &ws, &id, &token)?;
-                flows::get(c, &ws, &id)
+                flows::get_with_secret(c, &ws, &id, true)
             })
             .await
     }
