@@ -596,11 +596,10 @@ pub async fn record_event(
         }
     }
     let resumed = sqlx::query(
-        "UPDATE runs SET resume_event = $4, due_at = $5
-         WHERE contact_id = $1 AND workspace_id = $2 AND status = 'waiting' AND wait_event = $3 AND resume_event IS NULL",
+        "UPDATE runs SET resume_event = $3, due_at = $4
+         WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
     )
     .bind(contact.as_str())
-    .bind(ws.as_str())
     .bind(&ev.name)
     .bind(resume_payload(&id, ev))
     .bind(now)

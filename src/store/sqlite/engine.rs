@@ -594,12 +594,15 @@ pub fn record_event(
         }
     }
     let resume = json_text(&crate::store::run::resume_payload(&id, ev))?;
+    // The contact was found in this workspace above, so its runs are too;
+    // naming the workspace here would lead SQLite to the (workspace,
+    // status) index, a scan of every waiting run.
     let resumed = conn
         .prepare_cached(
-            "UPDATE runs SET resume_event = ?4, due_at = ?5
-             WHERE contact_id = ?1 AND workspace_id = ?2 AND status = 'waiting' AND wait_event = ?3 AND resume_event IS NULL",
+            "UPDATE runs SET resume_event = ?3, due_at = ?4
+             WHERE contact_id = ?1 AND status = 'waiting' AND wait_event = ?2 AND resume_event IS NULL",
         )
-        .and_then(|mut s| s.execute(params![contact.as_str(), ws.as_str(), ev.name, resume, now]))
+        .and_then(|mut s| s.execute(params![contact.as_str(), ev.name, resume, now]))
         .map_err(internal)?;
     Ok(EventRecorded {
         event_id: id.to_string(),
