@@ -110,6 +110,8 @@ pub async fn update_flow(
     PathParam(id): PathParam<String>,
     JsonBody(doc): JsonBody<FlowDoc>,
 ) -> Result<Json<FlowView>, ApiError> {
+    // Calls to the flow's URL must see the change (see `hooks::lookup`).
+    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     let value = checked(&*state.store, &p.workspace_id, &doc).await?;
     let saved = state
@@ -138,6 +140,8 @@ pub async fn delete_flow(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
+    // Calls to the flow's URL must see the change (see `hooks::lookup`).
+    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     state.store.delete_flow(&p.workspace_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -152,6 +156,8 @@ pub async fn activate_flow(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
+    // Calls to the flow's URL must see the change (see `hooks::lookup`).
+    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     let flow = state.store.get_flow(&p.workspace_id, &id).await?;
     let token = flow.is_inbound().then(new_token);
@@ -172,6 +178,8 @@ pub async fn pause_flow(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
+    // Calls to the flow's URL must see the change (see `hooks::lookup`).
+    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     Ok(Json(
         state
@@ -192,6 +200,8 @@ pub async fn rotate_token(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
+    // Calls to the flow's URL must see the change (see `hooks::lookup`).
+    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     let flow = state.store.get_flow(&p.workspace_id, &id).await?;
     if !flow.is_inbound() {

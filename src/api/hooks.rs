@@ -7,6 +7,10 @@
 //! sent only after contact, membership, run and idempotency answer are
 //! committed and synced (the store's one atomic `enter_flow`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use std::net::{IpAddr, SocketAddr};
 
@@ -43,7 +47,7 @@ fn not_found() -> ApiError {
 }
 
 /// The flow an inbound URL leads to, with its parsed document.
-struct Target {
+pub struct Target {
     ws: WorkspaceId,
     flow: FlowRecord,
     doc: FlowDoc,
@@ -106,14 +110,14 @@ pub async fn inbound_call(
     };
     let body: Value = parse_json(&bytes)?;
     refuse_nul(&body)?;
-    let Target { ws, flow, doc } = target;
+    let (ws, flow, doc) = (&target.ws, &target.flow, &target.doc);
     let idempotency = idempotency(&headers, &body, message_id.as_deref())?;
     // An answered key is answered again, before anything about the flow or
     // the body is re-checked: a retry after a pause still learns its result.
     if let Some((key, hash)) = &idempotency
         && let Some(result) = state
             .store
-            .idempotent_answer(&ws, flow.id.as_str(), key, hash)
+            .idempotent_answer(ws, flow.id.as_str(), key, hash)
             .await?
     {
         return Ok(accepted(result, true));
@@ -128,8 +132,15 @@ pub async fn inbound_call(
             ),
         ));
     }
-    let (req, origin) = entry_request(&flow, &doc, body, idempotency)?;
-    enter(&state, &ws, req, &origin).await
+    let (mut req, origin) = entry_request(flow, doc, body, idempotency)?;
+    req.inbound_token = Some(token.clone());
+    let entered = enter(&state, ws, req, &origin).await;
+    if entered.is_err() {
+        // The flow may have changed under the cached copy (paused, rotated
+        // or deleted by another process): the next call reads it afresh.
+        state.inbound_cache.evict(&token);
+    }
+    entered
 }
 
 /// The flow's `allowed_ips` (403 `ip_not_allowed`), against the TCP peer.
@@ -188,8 +199,14 @@ fn check_limits(
 }
 
 /// The flow whose inbound URL has `token`, if it has one and its trigger is
-/// (still) an inbound call.
-async fn lookup(state: &AppState, token: &str) -> Result<Option<Target>, ApiError> {
+/// (still) an inbound call. Served from [`InboundCache`] for up to 2 s:
+/// reading and parsing the flow was the largest cost of a call on the HTTP
+/// side. The entry's transaction re-checks status and token, so a cached
+/// copy never lets a paused, deleted or rotated-away flow take a call.
+async fn lookup(state: &AppState, token: &str) -> Result<Option<Arc<Target>>, ApiError> {
+    if let Some(t) = state.inbound_cache.get(token) {
+        return Ok(Some(t));
+    }
     let (ws, flow) = match state.store.flow_by_token(token).await {
         Ok(found) => found,
         Err(StoreError::NotFound { .. }) => return Ok(None),
@@ -200,7 +217,45 @@ async fn lookup(state: &AppState, token: &str) -> Result<Option<Target>, ApiErro
     if !matches!(doc.trigger, Trigger::Inbound { .. }) {
         return Ok(None);
     }
-    Ok(Some(Target { ws, flow, doc }))
+    let target = Arc::new(Target { ws, flow, doc });
+    state.inbound_cache.put(token, target.clone());
+    Ok(Some(target))
+}
+
+/// Flows by inbound token, each kept for [`InboundCache::TTL`]; cleared
+/// whenever this process changes a flow.
+#[derive(Default)]
+pub struct InboundCache {
+    map: Mutex<HashMap<String, (Instant, Arc<Target>)>>,
+}
+
+impl InboundCache {
+    const TTL: Duration = Duration::from_secs(2);
+    const MAX: usize = 10_000;
+
+    fn get(&self, token: &str) -> Option<Arc<Target>> {
+        let map = self.map.lock().expect("inbound cache");
+        map.get(token)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn put(&self, token: &str, target: Arc<Target>) {
+        let mut map = self.map.lock().expect("inbound cache");
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(token.to_owned(), (Instant::now(), target));
+    }
+
+    fn evict(&self, token: &str) {
+        self.map.lock().expect("inbound cache").remove(token);
+    }
+
+    /// Forgets every flow (called when this process changes one).
+    pub fn clear(&self) {
+        self.map.lock().expect("inbound cache").clear();
+    }
 }
 
 /// Verifies a signed call (IN-9); the message's `webhook-id`. 401 with
@@ -350,6 +405,7 @@ fn entry_request(
             lists: vec![list],
         },
         event_data: body,
+        inbound_token: None,
         idempotency,
     };
     Ok((req, origin))

@@ -45,6 +45,8 @@ pub struct AppState {
     /// The flow engine: its clock, and a wake-up for work just accepted.
     pub engine: Arc<crate::flows::Engine>,
     pub inbound_limits: Arc<limits::InboundLimits>,
+    /// Flows by inbound token, briefly (see `hooks::lookup`).
+    pub inbound_cache: Arc<hooks::InboundCache>,
 }
 
 /// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
@@ -172,6 +174,7 @@ pub fn app(
         metrics: crate::telemetry::metrics_handle(),
         openapi: Bytes::from(doc.to_json().unwrap_or_default()),
         engine,
+        inbound_cache: Arc::default(),
         inbound_limits: Arc::new(limits::InboundLimits {
             per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
             per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),

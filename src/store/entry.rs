@@ -1,6 +1,6 @@
 //! Decisions for a contact entering a flow, shared by both stores.
 
-use super::{EntryResult, StoreError};
+use super::{EntryRequest, EntryResult, FlowStatus, StoreError};
 
 /// Whether a new run may start, given what the store found (FL-3): without
 /// `repeat` a contact enters a flow at most once, ever; with it, never while
@@ -26,6 +26,23 @@ pub fn flow_not_active() -> StoreError {
     StoreError::Conflict {
         code: "flow_not_active",
         message: "the flow is not active; activate it to accept calls".into(),
+    }
+}
+
+/// Whether the flow, as the entry's transaction reads it, still takes this
+/// entry: active, and (for an inbound call) still reached by the token the
+/// call came through. The API caches flows by token for a moment, so this
+/// is what makes a pause, a deletion or a rotation by another process take
+/// effect at once.
+pub fn check_flow(status: &str, token: Option<&str>, req: &EntryRequest) -> Result<(), StoreError> {
+    if let Some(used) = &req.inbound_token
+        && token != Some(used.as_str())
+    {
+        return Err(StoreError::not_found("inbound URL", "this token"));
+    }
+    match FlowStatus::parse(status) {
+        Some(FlowStatus::Active) => Ok(()),
+        _ => Err(flow_not_active()),
     }
 }
 

@@ -250,6 +250,9 @@ pub struct EntryRequest {
     pub contact: ContactUpsert,
     /// Kept on the run for conditions and templates.
     pub event_data: Value,
+    /// The inbound token the call came through: the entry is refused (as an
+    /// unknown URL) if the flow's token is no longer this one.
+    pub inbound_token: Option<String>,
     /// `Idempotency-Key` and a hash of the request body; scoped to the flow.
     pub idempotency: Option<(String, Vec<u8>)>,
 }

@@ -652,6 +652,7 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
             first_step: "x".into(),
             repeat,
             has_exits: false,
+            inbound_token: None,
             contact: ContactUpsert {
                 email: Some(email("in@example.com")),
                 fields: json!({"age": "7"}).as_object().unwrap().clone(),

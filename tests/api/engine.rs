@@ -24,6 +24,7 @@ both_stores!(
     a_flow_edited_mid_run_keeps_running_runs_on_their_version,
     a_failing_step_fails_its_run_only,
     runs_are_listed_filtered_cancelled_and_isolated,
+    another_process_pausing_or_rotating_is_seen_at_once,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -955,5 +956,55 @@ async fn runs_are_listed_filtered_cancelled_and_isolated(b: Backend) {
     assert_eq!(s, 202);
     assert_ne!(e["contact_id"], cancelled["contact_id"]);
     assert_eq!(e["runs_resumed"], 0);
+    app.stop().await;
+}
+
+/// The API caches flows by inbound token for a moment; a change made by
+/// another process (here: straight through the store, as `hookflow` CLI or a
+/// second server would) must still take effect on the next call.
+async fn another_process_pausing_or_rotating_is_seen_at_once(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let l = list(&app, "Cache").await;
+    let (flow, url) = active_flow(
+        &app,
+        json!({"name": "Cached", "trigger": {"type": "inbound", "list_id": l},
+               "steps": [{"id": "g", "type": "goal", "name": "in"}]}),
+    )
+    .await;
+    let url = url.unwrap();
+    call(&app, &url, json!({"email": "a@example.com"})).await; // now cached
+    let ws = app.store.workspace_by_name("default").await.unwrap().id;
+    let id = hookflow::domain::FlowId::parse(&flow).unwrap();
+    app.store
+        .set_flow_status(&ws, &id, hookflow::store::FlowStatus::Paused, None)
+        .await
+        .unwrap();
+    assert_error(
+        &app.post(&app.admin_key, &url, json!({"email": "b@example.com"}))
+            .await,
+        409,
+        "flow_not_active",
+    );
+    app.store
+        .set_flow_status(&ws, &id, hookflow::store::FlowStatus::Active, None)
+        .await
+        .unwrap();
+    call(&app, &url, json!({"email": "c@example.com"})).await;
+    app.store
+        .rotate_inbound_token(&ws, &id, "rotated-elsewhere-0123456789abcdef".into())
+        .await
+        .unwrap();
+    assert_error(
+        &app.post(&app.admin_key, &url, json!({"email": "d@example.com"}))
+            .await,
+        404,
+        "not_found",
+    );
+    let (s, _) = app
+        .get(&app.admin_key, "/v1/contacts/lookup?email=d@example.com")
+        .await;
+    assert_eq!(s, 404, "a refused call stores nothing");
     app.stop().await;
 }

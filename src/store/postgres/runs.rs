@@ -6,8 +6,8 @@ use sqlx::{PgConnection, Row};
 use super::{engine, flows, internal, upsert_contact_in};
 use crate::domain::{FlowId, WorkspaceId};
 use crate::store::{
-    EntryOutcome, EntryPlan, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError,
-    entry, now_millis,
+    EntryOutcome, EntryPlan, EntryRequest, EntryResult, FlowRecord, Result, StoreError, entry,
+    now_millis,
 };
 
 pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
@@ -44,19 +44,18 @@ pub async fn enter(
     }
     // Share-lock the flow: a concurrent pause or delete waits for this entry
     // (or this entry sees its result), never a run in a paused or deleted flow.
-    let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE",
+    let found = sqlx::query(
+        "SELECT status, inbound_token FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE",
     )
     .bind(ws.as_str())
     .bind(req.flow_id.as_str())
     .fetch_optional(&mut *c)
     .await
-    .map_err(internal)?;
-    match status.as_deref().and_then(FlowStatus::parse) {
-        None => return Err(StoreError::not_found("flow", &req.flow_id)),
-        Some(FlowStatus::Active) => {}
-        Some(_) => return Err(entry::flow_not_active()),
-    }
+    .map_err(internal)?
+    .ok_or_else(|| StoreError::not_found("flow", &req.flow_id))?;
+    let status: String = found.try_get("status").map_err(internal)?;
+    let token: Option<String> = found.try_get("inbound_token").map_err(internal)?;
+    entry::check_flow(&status, token.as_deref(), req)?;
     let now = now_millis();
     let up = upsert_contact_in(c, ws, &req.contact).await?;
     let plan = EntryPlan {

@@ -5,8 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{engine, flows, internal};
 use crate::domain::WorkspaceId;
 use crate::store::{
-    EntryOutcome, EntryPlan, EntryRequest, EntryResult, FlowRecord, FlowStatus, Result, StoreError,
-    entry, now_millis,
+    EntryOutcome, EntryPlan, EntryRequest, EntryResult, FlowRecord, Result, StoreError, entry,
+    now_millis,
 };
 
 pub fn by_token(conn: &Connection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
@@ -34,18 +34,21 @@ pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<
     }
     // Only the status: loading (and parsing) the document here cost more
     // than the rest of the entry on the single writer thread.
-    let status: Option<String> = conn
-        .prepare_cached("SELECT status FROM flows WHERE workspace_id = ?1 AND id = ?2")
+    let found: Option<(String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT status, inbound_token FROM flows WHERE workspace_id = ?1 AND id = ?2",
+        )
         .and_then(|mut s| {
-            s.query_row([ws.as_str(), req.flow_id.as_str()], |r| r.get(0))
-                .optional()
+            s.query_row([ws.as_str(), req.flow_id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
         })
         .map_err(internal)?;
-    match status.as_deref().and_then(FlowStatus::parse) {
-        None => return Err(StoreError::not_found("flow", &req.flow_id)),
-        Some(FlowStatus::Active) => {}
-        Some(_) => return Err(entry::flow_not_active()),
-    }
+    let Some((status, token)) = found else {
+        return Err(StoreError::not_found("flow", &req.flow_id));
+    };
+    entry::check_flow(&status, token.as_deref(), req)?;
     let now = now_millis();
     let up = engine::upsert_and_trigger(conn, ws, &req.contact, now)?;
     let plan = EntryPlan {
