@@ -128,6 +128,21 @@ fn parse_event(e: NewEvent, now: Millis) -> Result<EventIn, ApiError> {
     })
 }
 
+/// The per-key rate limit of inbound traffic (`inbound_rate_per_key`) applies
+/// to the events API too; a bulk request counts as one call.
+fn check_rate(state: &AppState, key: &crate::domain::ApiKeyId) -> Result<(), ApiError> {
+    state
+        .inbound_limits
+        .per_key
+        .check(key.as_str())
+        .map_err(|wait| {
+            ApiError::rate_limited(
+                "this API key sends more calls per second than `inbound_rate_per_key` allows; retry later",
+                wait,
+            )
+        })
+}
+
 fn store_refusal(e: StoreError) -> Result<ApiError, ApiError> {
     match e {
         StoreError::Internal(_) | StoreError::Busy(_) => Err(e.into()),
@@ -138,12 +153,13 @@ fn store_refusal(e: StoreError) -> Result<ApiError, ApiError> {
 /// Record one event.
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = NewEvent,
     responses((status = 202, body = EventAccepted), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn record_event(
     State(state): State<AppState>,
     AnyKey(p): AnyKey,
     JsonBody(body): JsonBody<NewEvent>,
 ) -> Result<(StatusCode, Json<EventAccepted>), ApiError> {
+    check_rate(&state, &p.key_id)?;
     let now = state.engine.now();
     let ev = parse_event(body, now)?;
     let mut out = state
@@ -165,12 +181,14 @@ pub async fn record_event(
 /// or refused on its own; the answer lists the outcome per index.
 #[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body(content = Vec<NewEvent>, description = "A JSON array of events, or NDJSON"),
     responses((status = 200, body = BulkResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn record_events_bulk(
     State(state): State<AppState>,
     AnyKey(p): AnyKey,
     req: Request,
 ) -> Result<Json<BulkResult>, ApiError> {
+    check_rate(&state, &p.key_id)?;
     let ndjson = req
         .headers()
         .get(header::CONTENT_TYPE)

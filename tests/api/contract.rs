@@ -23,6 +23,7 @@ both_stores!(
     flows_keep_every_version,
     entering_a_flow_follows_repeat_and_idempotency,
     committed_writes_survive_reopening,
+    claims_are_leased_and_completion_checks_the_lease,
 );
 
 fn email(s: &str) -> Email {
@@ -738,6 +739,116 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
             })
         ),
         "{paused:?}"
+    );
+    s.close().await;
+}
+
+/// FL-5 at the store: a claimed run is invisible to other claims until its
+/// lease expires; after that another engine takes it, and the first one's
+/// completion is refused (nothing written), the second's applied.
+async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
+    use hookflow::store::{
+        AdvanceOutcome, EntryRequest, FlowStatus, RunAdvance, RunEnd, RunStatus,
+    };
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let list = s.create_list(&ws, "L", vec![]).await.unwrap().id;
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let flow = s.create_flow(&ws, "F", doc).await.unwrap();
+    s.set_flow_status(&ws, &flow.id, FlowStatus::Active, None)
+        .await
+        .unwrap();
+    let entered = s
+        .enter_flow(
+            &ws,
+            EntryRequest {
+                flow_id: flow.id.clone(),
+                flow_version: flow.version,
+                first_step: "x".into(),
+                repeat: false,
+                has_exits: false,
+                inbound_token: None,
+                contact: ContactUpsert {
+                    email: Some(email("lease@example.com")),
+                    lists: vec![list],
+                    ..Default::default()
+                },
+                event_data: json!({}),
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap();
+    let run_id = entered.result.run_id.unwrap();
+    let now = chrono::Utc::now().timestamp_millis() + 1_000;
+    let a = s
+        .claim_runs("engine-a", now, now + 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].id.as_str(), run_id);
+    assert_eq!(a[0].contact.email.as_str(), "lease@example.com");
+    assert!(
+        s.claim_runs("engine-b", now + 5_000, now + 15_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    // A's lease expired: B takes the run over.
+    let b_claim = s
+        .claim_runs("engine-b", now + 11_000, now + 20_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(b_claim.len(), 1);
+    let finish = |run: &hookflow::store::ClaimedRun| RunAdvance {
+        run_id: run.id.clone(),
+        workspace_id: run.workspace_id.clone(),
+        flow_id: run.flow_id.clone(),
+        contact_id: run.contact.id.clone(),
+        first_seq: run.step_count,
+        history: vec![hookflow::store::StepRecord {
+            step: "x".into(),
+            kind: "exit".into(),
+            at: now,
+            input: json!({}),
+            outcome: "exit_step".into(),
+            detail: json!(null),
+            error: None,
+        }],
+        effects: vec![],
+        end: RunEnd::Finished {
+            status: RunStatus::Exited,
+            reason: "exit_step",
+            step: Some("x".into()),
+        },
+        event_data: None,
+        consumed_event: false,
+    };
+    let late = s
+        .complete_runs("engine-a", now + 12_000, vec![finish(&a[0])])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![AdvanceOutcome::LeaseLost]);
+    let ok = s
+        .complete_runs("engine-b", now + 12_000, vec![finish(&b_claim[0])])
+        .await
+        .unwrap();
+    assert_eq!(ok, vec![AdvanceOutcome::Applied]);
+    let (run, history) = s.get_run(&ws, &b_claim[0].id).await.unwrap();
+    assert_eq!(
+        (run.status, run.end_reason.as_deref()),
+        (RunStatus::Exited, Some("exit_step"))
+    );
+    assert_eq!(history.len(), 1, "the refused completion wrote nothing");
+    // Finished runs are never claimed again.
+    assert!(
+        s.claim_runs("engine-c", now + 60_000, now + 90_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
     s.close().await;
 }

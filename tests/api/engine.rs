@@ -25,6 +25,7 @@ both_stores!(
     a_failing_step_fails_its_run_only,
     runs_are_listed_filtered_cancelled_and_isolated,
     another_process_pausing_or_rotating_is_seen_at_once,
+    a_paused_flow_holds_its_runs,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -1006,5 +1007,40 @@ async fn another_process_pausing_or_rotating_is_seen_at_once(b: Backend) {
         .get(&app.admin_key, "/v1/contacts/lookup?email=d@example.com")
         .await;
     assert_eq!(s, 404, "a refused call stores nothing");
+    app.stop().await;
+}
+
+async fn a_paused_flow_holds_its_runs(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = app.admin_key.clone();
+    let l = list(&app, "Hold").await;
+    let (flow, url) = active_flow(
+        &app,
+        json!({"name": "Held", "trigger": {"type": "inbound", "list_id": l},
+               "steps": [{"id": "w", "type": "wait", "duration": "1h", "next": "set"},
+                         {"id": "set", "type": "update_field", "field": "plan", "value": "after"}]}),
+    )
+    .await;
+    let run = run_of(&app, &url.unwrap(), "h@example.com").await;
+    app.wait_status(&run, "waiting").await;
+    let (s, _) = app
+        .post(&k, &format!("/v1/flows/{flow}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    app.advance(Duration::from_secs(7200));
+    app.engine.tick().await.unwrap();
+    assert_eq!(
+        app.wait_status(&run, "waiting").await["step"],
+        "w",
+        "paused: not executed"
+    );
+    let (s, _) = app
+        .post(&k, &format!("/v1/flows/{flow}/activate"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    app.engine.wake();
+    app.wait_status(&run, "completed").await;
     app.stop().await;
 }

@@ -915,6 +915,16 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_still_pass(b: Backend) {
     )
     .await;
     assert_eq!(st, 202, "another key has its own allowance: {r}");
+    // The events API shares the key's allowance: `first` is spent.
+    let ev = app
+        .post(
+            &first,
+            "/v1/events",
+            json!({"name": "x", "email": "ev@shop.example"}),
+        )
+        .await;
+    assert_eq!(ev.0.as_u16(), 429, "{}", ev.1);
+    assert_eq!(ev.1["error"]["code"], "rate_limited");
     // The limit is on inbound calls only: the admin API is not counted.
     for _ in 0..3 {
         assert_eq!(app.get(&app.admin_key, "/v1/flows").await.0, 200);
