@@ -39,6 +39,9 @@ pub struct Config {
     /// Longest the engine sleeps before looking for due work (work accepted
     /// by this process wakes it at once; other processes' work waits this).
     pub engine_poll_ms: u64,
+    /// Engine loops claiming and executing runs at once in this process;
+    /// 0 (default) picks by store: 1 on SQLite, 4 on PostgreSQL.
+    pub engine_workers: usize,
     /// Inbound calls (`POST /hooks/{token}`) one API key may make per second,
     /// in bursts of as many; 0 (default) is unlimited. Beyond it: 429 with
     /// `Retry-After`. Per process.
@@ -64,6 +67,7 @@ impl Default for Config {
             engine_batch: 512,
             engine_lease_secs: 30,
             engine_poll_ms: 250,
+            engine_workers: 0,
             // Unlimited: a single-tenant server has no basis for guessing a
             // limit, and any guess would throttle a legitimate import; an
             // operator sharing the server between integrations sets one.
@@ -133,7 +137,7 @@ impl Config {
                 "listen" | "database_url" | "log_format" | "log_level" => {
                     figment.extract_inner::<String>(key).map(|_| ())
                 }
-                "max_body_bytes" | "sqlite_max_batch" | "engine_batch" => {
+                "max_body_bytes" | "sqlite_max_batch" | "engine_batch" | "engine_workers" => {
                     figment.extract_inner::<usize>(key).map(|_| ())
                 }
                 "shutdown_grace_secs" | "engine_lease_secs" | "engine_poll_ms" => {
@@ -211,6 +215,12 @@ impl Config {
         if self.engine_lease_secs == 0 || self.engine_lease_secs > 3600 {
             bad("engine_lease_secs", "must be between 1 and 3600".into());
         }
+        if self.engine_workers > 64 {
+            bad(
+                "engine_workers",
+                "must be between 0 (automatic) and 64".into(),
+            );
+        }
         if self.engine_poll_ms < 10 || self.engine_poll_ms > 60_000 {
             bad("engine_poll_ms", "must be between 10 and 60000".into());
         }
@@ -230,6 +240,7 @@ impl Config {
             batch: self.engine_batch,
             lease: std::time::Duration::from_secs(self.engine_lease_secs),
             poll: std::time::Duration::from_millis(self.engine_poll_ms),
+            workers: self.engine_workers,
         }
     }
 

@@ -25,7 +25,7 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertContact {
-    /// The key of the upsert: trimmed, domain lowercased.
+    /// The key of the upsert: trimmed and lowercased.
     #[schema(example = "jane@example.com")]
     pub email: String,
     /// E.164, e.g. `+380631234567`; `null` clears it.

@@ -30,6 +30,11 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// Longest sleep between looks for due work.
     pub poll: Duration,
+    /// Claim-advance-complete loops run at once; 0 picks by store: one on
+    /// SQLite (its single writer is the limit; a second loop measured
+    /// slower), four on PostgreSQL (each loop works on its own connection,
+    /// and claims with SKIP LOCKED never overlap).
+    pub workers: usize,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +43,7 @@ impl Default for EngineConfig {
             batch: 512,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(250),
+            workers: 0,
         }
     }
 }
@@ -135,14 +141,32 @@ impl Engine {
         Ok(doc)
     }
 
-    /// Runs until `stop` is notified. Store errors are logged and retried
-    /// after a pause; one bad run never stops the loop (it fails alone).
+    /// Runs `workers` loops until `stop` is notified.
     pub async fn run(self: Arc<Self>, stop: Arc<Notify>) {
-        let stopped = stop.notified();
-        tokio::pin!(stopped);
+        let halt = Arc::new(tokio::sync::watch::channel(false));
+        let mut loops = tokio::task::JoinSet::new();
+        let workers = match (self.config.workers, self.store.kind()) {
+            (0, "postgres") => 4,
+            (0, _) => 1,
+            (n, _) => n,
+        };
+        for _ in 0..workers {
+            let (engine, rx) = (self.clone(), halt.0.subscribe());
+            loops.spawn(engine.work(rx));
+        }
+        stop.notified().await;
+        let _ = halt.0.send(true);
+        while loops.join_next().await.is_some() {}
+    }
+
+    /// One loop. Store errors are logged and retried after a pause; one bad
+    /// run never stops the loop (it fails alone).
+    async fn work(self: Arc<Self>, mut halt: tokio::sync::watch::Receiver<bool>) {
         loop {
+            if *halt.borrow() {
+                return;
+            }
             let pause = match self.tick().await {
-                Ok(n) if n >= self.config.batch => Duration::ZERO,
                 Ok(n) if n > 0 => Duration::ZERO,
                 Ok(_) => self.idle_pause().await,
                 Err(e) => {
@@ -156,7 +180,7 @@ impl Engine {
                 continue;
             }
             tokio::select! {
-                _ = &mut stopped => return,
+                _ = halt.changed() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
             }

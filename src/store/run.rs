@@ -83,7 +83,7 @@ pub struct StepRecord {
     /// The step's settings and what it read.
     pub input: Value,
     /// `next`, `yes`, `no`, `waiting`, `resumed`, `event`, `timeout`, `goal`,
-    /// `exit`, `exit_condition`, `failed`, …
+    /// `exit_step`, `exit_condition`, `failed`, `passed`, …
     pub outcome: String,
     pub detail: Value,
     pub error: Option<String>,

@@ -167,6 +167,7 @@ pub async fn spawn_app_with(backend: Backend, options: ApiOptions) -> Option<Tes
             batch: 64,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(50),
+            workers: 2,
         },
     );
     let task = tokio::spawn(hookflow::server::serve(
