@@ -280,15 +280,41 @@ pub fn next_due(conn: &Connection) -> Result<Option<Millis>> {
     .map_err(internal)
 }
 
+/// A run's advance with its history's JSON already serialised (by
+/// [`prepare`], off the writer thread: the writer is the serial resource).
+pub struct Prepared {
+    adv: RunAdvance,
+    /// `(input, detail)` of each history row.
+    json: Vec<(String, String)>,
+}
+
+pub fn prepare(advances: Vec<RunAdvance>) -> Result<Vec<Prepared>> {
+    advances
+        .into_iter()
+        .map(|adv| {
+            let json = adv
+                .history
+                .iter()
+                .map(|h| Ok((json_text(&h.input)?, json_text(&h.detail)?)))
+                .collect::<Result<_>>()?;
+            Ok(Prepared { adv, json })
+        })
+        .collect()
+}
+
+/// Stores each advance. No savepoint per run: nothing is written before the
+/// lease check, an effect that fails for a reason of the data stops where
+/// it is (the steps before it did happen), and any other error fails the
+/// whole job, whose runs are then claimed again when their leases expire.
 pub fn complete(
     conn: &Connection,
     owner: &str,
     now: Millis,
-    advances: Vec<RunAdvance>,
+    advances: Vec<Prepared>,
 ) -> Result<Vec<AdvanceOutcome>> {
     let mut out = Vec::with_capacity(advances.len());
-    for adv in advances {
-        out.push(savepoint(conn, || complete_one(conn, owner, now, adv))?);
+    for p in advances {
+        out.push(complete_one(conn, owner, now, p)?);
     }
     Ok(out)
 }
@@ -297,8 +323,9 @@ fn complete_one(
     conn: &Connection,
     owner: &str,
     now: Millis,
-    mut adv: RunAdvance,
+    prepared: Prepared,
 ) -> Result<AdvanceOutcome> {
+    let Prepared { mut adv, json } = prepared;
     let held = conn
         .prepare_cached(
             "SELECT 1 FROM runs WHERE id = ?1 AND lease_owner = ?2 AND lease_until > ?3
@@ -320,7 +347,7 @@ fn complete_one(
             break;
         }
     }
-    write_history(conn, &adv)?;
+    write_history(conn, &adv, &json)?;
     move_run(conn, &adv, now)?;
     Ok(outcome)
 }
@@ -395,23 +422,23 @@ fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Milli
     Ok(())
 }
 
-fn write_history(conn: &Connection, adv: &RunAdvance) -> Result<()> {
+fn write_history(conn: &Connection, adv: &RunAdvance, json: &[(String, String)]) -> Result<()> {
     let mut s = conn
         .prepare_cached(
             "INSERT INTO run_steps (run_id, seq, step, type, at, input, outcome, detail, error)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(internal)?;
-    for (i, h) in adv.history.iter().enumerate() {
+    for (i, (h, (input, detail))) in adv.history.iter().zip(json).enumerate() {
         s.execute(params![
             adv.run_id.as_str(),
             adv.first_seq + i as i64,
             h.step,
             h.kind,
             h.at,
-            json_text(&h.input)?,
+            input,
             h.outcome,
-            json_text(&h.detail)?,
+            detail,
             h.error
         ])
         .map_err(internal)?;

@@ -564,8 +564,9 @@ impl Store for SqliteStore {
         advances: Vec<RunAdvance>,
     ) -> Result<Vec<AdvanceOutcome>> {
         let owner = owner.to_owned();
+        let prepared = engine::prepare(advances)?;
         self.writer
-            .write(move |c| engine::complete(c, &owner, now, advances))
+            .write(move |c| engine::complete(c, &owner, now, prepared))
             .await
     }
 
