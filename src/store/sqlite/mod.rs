@@ -88,10 +88,13 @@ impl SqliteStore {
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -8192;
              PRAGMA wal_autocheckpoint = 0;
-             PRAGMA journal_size_limit = 67108864;",
+             PRAGMA journal_size_limit = 67108864;
+             PRAGMA temp_store = MEMORY; -- savepoints' statement journals: RAM, not temp files",
         )
         .map_err(internal)?;
-        conn.set_prepared_statement_cache_capacity(64);
+        // Every statement the writer runs stays prepared: with the engine's
+        // statements, 64 slots made them evict each other (re-parsed SQL).
+        conn.set_prepared_statement_cache_capacity(256);
         migrate(&mut conn)?;
         let readers = readers::Readers::open(path.clone(), options.pool_size.max(1) as usize)?;
         let restart_wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
