@@ -7,14 +7,14 @@
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorDetail};
-use super::extract::{AnyKey, JsonBody, is_json, parse_json, read_body, refuse_nul};
+use super::extract::{AnyKey, JsonBody, is_json, media_type, parse_json, read_body, refuse_nul};
 use crate::domain::{Email, Millis};
 use crate::store::{EventIn, EventRecorded, StoreError};
 
@@ -189,19 +189,8 @@ pub async fn record_events_bulk(
     req: Request,
 ) -> Result<Json<BulkResult>, ApiError> {
     check_rate(&state, &p.key_id)?;
-    let ndjson = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/x-ndjson" || mime == "application/jsonl"
-        });
+    let ndjson = media_type(req.headers())
+        .is_some_and(|mime| mime == "application/x-ndjson" || mime == "application/jsonl");
     if !ndjson && !is_json(req.headers()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

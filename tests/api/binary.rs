@@ -255,6 +255,57 @@ fn bad_configuration_lists_every_problem_and_exits_non_zero() {
     );
 }
 
+/// Sends, from `workers` concurrent clients, `per_worker` POSTs each (the
+/// body made by `body(worker, i)`) to `url`, and kills the server with
+/// SIGKILL once `kill_after` were answered 2xx, the other clients' requests
+/// still in flight. Returns the JSON answer of every acknowledged request.
+async fn load_then_kill(
+    pid: u32,
+    url: String,
+    key: String,
+    workers: usize,
+    per_worker: usize,
+    kill_after: usize,
+    body: fn(usize, usize) -> serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let http = reqwest::Client::new();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let (http, url, key, answered) = (http.clone(), url.clone(), key.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = Vec::new();
+            for i in 0..per_worker {
+                let sent = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body(worker, i))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        ok.push(r.json::<serde_json::Value>().await.unwrap_or_default())
+                    }
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => break, // the server is gone
+                }
+                if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == kill_after {
+                    Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .unwrap();
+                }
+            }
+            ok
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
 /// Every upsert answered 2xx is there after the server is killed with
 /// SIGKILL mid-load (requests in flight, no shutdown, no final checkpoint)
 /// and started again. Catches any path that answers before its group commit
@@ -275,46 +326,20 @@ fn acknowledged_upserts_survive_kill_9_under_load() {
         .enable_all()
         .build()
         .unwrap();
-    let acknowledged: Vec<String> = rt.block_on(async {
-        let http = reqwest::Client::new();
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for worker in 0..32 {
-            let (http, base, key, answered) =
-                (http.clone(), base.clone(), key.clone(), answered.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut ok = Vec::new();
-                for i in 0..100 {
-                    let email = format!("crash{worker}x{i}@example.com");
-                    let sent = http
-                        .post(format!("{base}/v1/contacts"))
-                        .bearer_auth(&key)
-                        .json(&serde_json::json!({"email": email}))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() => ok.push(email),
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        Err(_) => break, // the server is gone
-                    }
-                    // Kill once 500 upserts are acknowledged, with the
-                    // other clients' requests still in flight.
-                    if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 500 {
-                        Command::new("kill")
-                            .args(["-KILL", &pid.to_string()])
-                            .status()
-                            .unwrap();
-                    }
-                }
-                ok
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    });
+    // Kill once 500 upserts are acknowledged.
+    let acknowledged: Vec<String> = rt
+        .block_on(load_then_kill(
+            pid,
+            format!("{base}/v1/contacts"),
+            key.clone(),
+            32,
+            100,
+            500,
+            |w, i| serde_json::json!({"email": format!("crash{w}x{i}@example.com")}),
+        ))
+        .iter()
+        .map(|c| c["email"].as_str().unwrap().to_owned())
+        .collect();
     server.child.wait().unwrap();
     assert!(
         acknowledged.len() >= 500 && acknowledged.len() < 3200,
@@ -654,49 +679,24 @@ fn accepted_runs_complete_exactly_once_after_kill_9() {
         (id, f["inbound_url"].as_str().unwrap().to_owned())
     });
 
-    let accepted: Vec<(String, String)> = rt.block_on(async {
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for worker in 0..16 {
-            let (base, url, key, answered) =
-                (base.clone(), url.clone(), key.clone(), answered.clone());
-            tasks.push(tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                let mut ok = Vec::new();
-                for i in 0..60 {
-                    let sent = http
-                        .post(format!("{base}{url}"))
-                        .bearer_auth(&key)
-                        .json(&serde_json::json!({"email": format!("k{worker}x{i}@example.com")}))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().as_u16() == 202 => {
-                            let v: serde_json::Value = r.json().await.unwrap();
-                            ok.push((
-                                v["run_id"].as_str().unwrap().to_owned(),
-                                v["contact_id"].as_str().unwrap().to_owned(),
-                            ));
-                        }
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        Err(_) => break,
-                    }
-                    if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 400 {
-                        Command::new("kill")
-                            .args(["-KILL", &pid.to_string()])
-                            .status()
-                            .unwrap();
-                    }
-                }
-                ok
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    });
+    let accepted: Vec<(String, String)> = rt
+        .block_on(load_then_kill(
+            pid,
+            format!("{base}{url}"),
+            key.clone(),
+            16,
+            60,
+            400,
+            |w, i| serde_json::json!({"email": format!("k{w}x{i}@example.com")}),
+        ))
+        .iter()
+        .map(|v| {
+            (
+                v["run_id"].as_str().unwrap().to_owned(),
+                v["contact_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     server.child.wait().unwrap();
     assert!(
         accepted.len() >= 400 && accepted.len() < 960,
