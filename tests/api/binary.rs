@@ -623,10 +623,31 @@ fn sigterm_right_after_listening_is_graceful() {
 /// each of its steps executed exactly once (one history row per step, the
 /// effects applied once).
 #[test]
-fn accepted_runs_complete_exactly_once_after_kill_9() {
+fn accepted_runs_complete_exactly_once_after_kill_9_sqlite() {
+    accepted_runs_complete_exactly_once_after_kill_9(crate::helpers::Backend::Sqlite);
+}
+
+#[test]
+fn accepted_runs_complete_exactly_once_after_kill_9_postgres() {
+    accepted_runs_complete_exactly_once_after_kill_9(crate::helpers::Backend::Postgres);
+}
+
+fn accepted_runs_complete_exactly_once_after_kill_9(backend: crate::helpers::Backend) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // SQLite: a file in the server's folder; PostgreSQL: a fresh schema.
+    let Some(db) = rt.block_on(crate::helpers::test_db(backend)) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // A short lease so the restarted process takes over claims at once.
-    let env = [("HOOKFLOW_ENGINE_LEASE_SECS", "1")];
+    let mut env = vec![("HOOKFLOW_ENGINE_LEASE_SECS", "1")];
+    if backend == crate::helpers::Backend::Postgres {
+        env.push(("HOOKFLOW_DATABASE_URL", db.url.as_str()));
+    }
     let mut server = start_with(dir.path(), &env);
     let key = server
         .stdout
@@ -635,11 +656,6 @@ fn accepted_runs_complete_exactly_once_after_kill_9() {
         .unwrap()
         .clone();
     let (base, pid) = (server.base.clone(), server.child.id());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let post = |base: &str, path: &str, body: serde_json::Value| {
         let (base, path, key) = (base.to_owned(), path.to_owned(), key.clone());
         async move {
