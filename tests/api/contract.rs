@@ -24,6 +24,7 @@ both_stores!(
     entering_a_flow_follows_repeat_and_idempotency,
     committed_writes_survive_reopening,
     claims_are_leased_and_completion_checks_the_lease,
+    a_flow_activated_by_another_process_fires_at_once,
 );
 
 fn email(s: &str) -> Email {
@@ -851,4 +852,65 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
             .is_empty()
     );
     s.close().await;
+}
+
+/// Two stores on one database stand for two processes (the server and the
+/// CLI). The first has just written contacts (and learned the workspace had
+/// no contact-triggered flows); the second adds a list field and activates
+/// a `list_added` flow. The first's next writes must see both at once.
+async fn a_flow_activated_by_another_process_fires_at_once(b: Backend) {
+    use hookflow::store::{FlowStatus, RunFilter};
+    let Some(db) = test_db(b).await else { return };
+    let server = open_store(&db).await;
+    let cli = open_store(&db).await;
+    let ws = server.create_workspace("w").await.unwrap().id;
+    let list = server.create_list(&ws, "L", vec![]).await.unwrap().id;
+    let upsert = |e: &str, fields: serde_json::Value| ContactUpsert {
+        email: Some(email(e)),
+        fields: fields.as_object().unwrap().clone(),
+        lists: vec![list.clone()],
+        ..Default::default()
+    };
+    server
+        .upsert_contact(&ws, upsert("a@example.com", json!({})))
+        .await
+        .unwrap();
+
+    cli.add_list_field(
+        &ws,
+        &list,
+        FieldDef::new("tier", FieldType::Text, vec![]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let doc = json!({"name": "On join", "trigger": {"type": "list_added", "list_id": list.to_string()},
+                     "steps": [{"id": "x", "type": "exit"}]});
+    let flow = cli.create_flow(&ws, "On join", doc).await.unwrap();
+    cli.set_flow_status(&ws, &flow.id, FlowStatus::Active, None)
+        .await
+        .unwrap();
+
+    let b_contact = server
+        .upsert_contact(&ws, upsert("b@example.com", json!({"tier": "gold"})))
+        .await
+        .expect("the field added by the other process is known");
+    let runs = server
+        .list_runs(
+            &ws,
+            &RunFilter {
+                flow_id: Some(flow.id.clone()),
+                ..Default::default()
+            },
+            &hookflow::domain::PageRequest::new(None, None).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.items.len(),
+        1,
+        "the flow activated elsewhere started a run"
+    );
+    assert_eq!(runs.items[0].contact_id, b_contact.contact.id);
+    cli.close().await;
+    server.close().await;
 }

@@ -111,12 +111,14 @@ fn triggered_flows(
 /// Whether any active flow of the workspace has a contact trigger; saves
 /// the per-list and per-field lookups for the common case of none.
 fn has_contact_triggers(conn: &Connection, ws: &WorkspaceId) -> Result<bool> {
-    conn.prepare_cached(
-        "SELECT 1 FROM flows WHERE workspace_id = ?1 AND status = 'active'
-         AND trigger_type IN ('list_added', 'field_changed') LIMIT 1",
-    )
-    .and_then(|mut s| s.exists([ws.as_str()]))
-    .map_err(internal)
+    super::cache::has_contact_triggers(ws.as_str(), || {
+        conn.prepare_cached(
+            "SELECT 1 FROM flows WHERE workspace_id = ?1 AND status = 'active'
+             AND trigger_type IN ('list_added', 'field_changed') LIMIT 1",
+        )
+        .and_then(|mut s| s.exists([ws.as_str()]))
+        .map_err(internal)
+    })
 }
 
 /// After a contact changed: start flows triggered by the lists it joined

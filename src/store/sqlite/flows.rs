@@ -69,6 +69,7 @@ fn insert_version(conn: &Connection, id: &FlowId, version: i64, document: &Value
 }
 
 pub fn create(conn: &Connection, ws: &WorkspaceId, name: &str, document: &Value) -> Result<FlowId> {
+    super::cache::flows_changed();
     let id = FlowId::generate();
     let now = now_millis();
     let (kind, key) = trigger_index(document);
@@ -89,6 +90,7 @@ pub fn update(
     name: &str,
     document: &Value,
 ) -> Result<()> {
+    super::cache::flows_changed();
     let current = get(conn, ws, id)?;
     let version = current.version + 1;
     insert_version(conn, id, version, document)?;
@@ -106,6 +108,7 @@ pub fn set_status(
     status: FlowStatus,
     token: Option<&str>,
 ) -> Result<()> {
+    super::cache::flows_changed();
     let n = conn
         .prepare_cached(
             "UPDATE flows SET status = ?3, inbound_token = COALESCE(inbound_token, ?4), updated_at = ?5
@@ -164,6 +167,7 @@ pub fn get_with_secret(
 }
 
 pub fn delete(conn: &Connection, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
+    super::cache::flows_changed();
     let n = conn
         .prepare_cached("DELETE FROM flows WHERE workspace_id = ?1 AND id = ?2")
         .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))

@@ -9,6 +9,7 @@
 //! thread; sqlx's SQLite driver would add an async hop per statement on top
 //! of its own worker thread.
 
+mod cache;
 mod checkpoint;
 mod durable;
 mod engine;

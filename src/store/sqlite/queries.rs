@@ -164,6 +164,7 @@ pub fn insert_list(
 }
 
 pub fn insert_field(conn: &Connection, list: &ListId, f: &FieldDef, position: i64) -> Result<()> {
+    super::cache::lists_changed();
     let options =
         serde_json::to_string(&f.options).map_err(|e| StoreError::Internal(e.to_string()))?;
     conn.prepare_cached("INSERT INTO list_fields (list_id, name, type, options, position) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -209,15 +210,30 @@ pub fn list_fields(conn: &Connection, list: &ListId) -> Result<Vec<FieldDef>> {
 /// NotFound unless the list is in the workspace. Cheap: unlike
 /// [`load_list`] it does not count members (a scan of the list).
 pub fn list_exists(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
-    let found = conn
-        .prepare_cached("SELECT 1 FROM lists WHERE workspace_id = ?1 AND id = ?2")
-        .and_then(|mut s| s.exists([ws.as_str(), id.as_str()]))
-        .map_err(internal)?;
-    if found {
-        Ok(())
-    } else {
-        Err(StoreError::not_found("list", id))
+    match list_fields_in(conn, ws, id)? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::not_found("list", id)),
     }
+}
+
+/// The fields of a list of the workspace, `None` if it has no such list
+/// (cached on the writer: see `cache.rs`).
+pub fn list_fields_in(
+    conn: &Connection,
+    ws: &WorkspaceId,
+    id: &ListId,
+) -> Result<Option<Vec<FieldDef>>> {
+    super::cache::list_fields(ws.as_str(), id.as_str(), || {
+        let found = conn
+            .prepare_cached("SELECT 1 FROM lists WHERE workspace_id = ?1 AND id = ?2")
+            .and_then(|mut s| s.exists([ws.as_str(), id.as_str()]))
+            .map_err(internal)?;
+        if found {
+            list_fields(conn, id).map(Some)
+        } else {
+            Ok(None)
+        }
+    })
 }
 
 pub fn load_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
@@ -307,6 +323,7 @@ pub fn rename_list(conn: &Connection, ws: &WorkspaceId, id: &ListId, name: &str)
 }
 
 pub fn delete_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+    super::cache::lists_changed();
     let n = conn
         .prepare_cached("DELETE FROM lists WHERE workspace_id = ?1 AND id = ?2")
         .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))
@@ -319,6 +336,7 @@ pub fn delete_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<(
 }
 
 pub fn remove_field(conn: &Connection, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<()> {
+    super::cache::lists_changed();
     touch_list(conn, ws, id)?;
     let n = conn
         .prepare_cached("DELETE FROM list_fields WHERE list_id = ?1 AND name = ?2")
@@ -395,18 +413,14 @@ pub fn field_defs_for(
 ) -> Result<Vec<FieldDef>> {
     let mut defs = Vec::new();
     for (i, list) in extra.iter().enumerate() {
-        let exists = conn
-            .prepare_cached("SELECT 1 FROM lists WHERE workspace_id = ?1 AND id = ?2")
-            .and_then(|mut s| s.exists([ws.as_str(), list.as_str()]))
-            .map_err(internal)?;
-        if !exists {
+        let Some(fields) = list_fields_in(conn, ws, list)? else {
             return Err(StoreError::Invalid {
                 code: "unknown_list",
                 field: format!("lists[{i}]"),
                 message: format!("list `{list}` does not exist"),
             });
-        }
-        defs.extend(list_fields(conn, list)?);
+        };
+        defs.extend(fields);
     }
     if let Some(c) = contact {
         let mut s = conn

@@ -118,8 +118,19 @@ fn run(
     restart_wanted: &AtomicBool,
     syncer: &Syncer,
 ) {
+    super::cache::enter_writer();
+    let mut data_version: Option<i64> = None;
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
+        // Another process (the CLI) committed since the last batch: what the
+        // writer caches may be stale.
+        let version = conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .ok();
+        if version.is_none() || version != data_version {
+            super::cache::clear();
+            data_version = version;
+        }
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -172,6 +183,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Vec<Reply>> {
         Err(e) => {
             tracing::error!(error = %e, "SQLite group commit failed; every write in it is refused");
             let _ = conn.execute_batch("ROLLBACK");
+            super::cache::clear();
             // Jobs not yet run (if BEGIN or a savepoint failed) are answered
             // by dropping them: their reply sender closes, the caller sees an
             // error, and nothing of theirs was written.
