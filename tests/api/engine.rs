@@ -49,15 +49,8 @@ async fn list(app: &TestApp, name: &str) -> String {
 
 /// Creates and activates a flow; its id and (for inbound flows) URL path.
 async fn active_flow(app: &TestApp, doc: Value) -> (String, Option<String>) {
-    let k = &app.admin_key;
-    let (s, f) = app.post(k, "/v1/flows", doc).await;
-    assert_eq!(s, 201, "{f}");
-    let id = f["id"].as_str().unwrap().to_owned();
-    let (s, f) = app
-        .post(k, &format!("/v1/flows/{id}/activate"), json!({}))
-        .await;
-    assert_eq!(s, 200, "{f}");
-    (id, f["inbound_url"].as_str().map(str::to_owned))
+    let f = app.active_flow(doc).await;
+    (f.id, f.url)
 }
 
 async fn call(app: &TestApp, url: &str, body: Value) -> Value {

@@ -254,6 +254,27 @@ impl TestApp {
         self.call(key, Method::POST, path, Some(body)).await
     }
 
+    /// Creates a flow from `doc` and activates it (both must succeed).
+    pub async fn active_flow(&self, doc: Value) -> ActiveFlow {
+        let (s, created) = self.post(&self.admin_key, "/v1/flows", doc).await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let (s, active) = self
+            .post(
+                &self.admin_key,
+                &format!("/v1/flows/{id}/activate"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{active}");
+        let text = |v: &Value, k: &str| v[k].as_str().map(str::to_owned);
+        ActiveFlow {
+            url: text(&active, "inbound_url"),
+            secret: text(&created, "inbound_secret").or_else(|| text(&active, "inbound_secret")),
+            id,
+        }
+    }
+
     /// Moves the engine's clock forward and wakes the engine.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
@@ -286,6 +307,15 @@ impl TestApp {
     pub async fn wait_status(&self, run_id: &str, status: &str) -> Value {
         self.wait_run(run_id, |r| r["status"] == status).await
     }
+}
+
+/// A flow made by [`TestApp::active_flow`].
+pub struct ActiveFlow {
+    pub id: String,
+    /// The inbound URL's path, for an `inbound` trigger.
+    pub url: Option<String>,
+    /// The signing secret, shown once, for a flow that asks for signed calls.
+    pub secret: Option<String>,
 }
 
 impl Drop for TestApp {

@@ -31,22 +31,17 @@ async fn setup(app: &TestApp, repeat: bool) -> Setup {
         .post(k, "/v1/lists", json!({"name": "Buyers", "fields": [{"name": "first_name", "type": "text"}, {"name": "age", "type": "number"}]}))
         .await;
     let list = l["id"].as_str().unwrap().to_owned();
-    let (s, f) = app
-        .post(k, "/v1/flows", json!({
+    let f = app
+        .active_flow(json!({
             "name": "Post-sale", "repeat": repeat,
             "trigger": {"type": "inbound", "list_id": list, "mapping": {
                 "customer.first_name": "first_name", "customer.age": "age", "customer.phone": "phone"}},
             "steps": [{"id": "pause", "type": "wait", "duration": "1d", "next": "done"}, {"id": "done", "type": "exit"}]}))
         .await;
-    assert_eq!(s, 201, "{f}");
-    let flow = f["id"].as_str().unwrap().to_owned();
-    let (_, active) = app
-        .post(k, &format!("/v1/flows/{flow}/activate"), json!({}))
-        .await;
     Setup {
         list,
-        url: active["inbound_url"].as_str().unwrap().to_owned(),
-        flow,
+        url: f.url.unwrap(),
+        flow: f.id,
     }
 }
 
@@ -147,26 +142,16 @@ async fn inbound_calls_upsert_map_and_start_runs(b: Backend) {
     );
 
     // Keys are per flow: the same order number sent to another flow is a new request.
-    let (_, f2) = app
-        .post(
-            &app.admin_key,
-            "/v1/flows",
+    let second = app
+        .active_flow(
             json!({"name": "Second", "trigger": {"type": "inbound", "list_id": s.list},
             "steps": [{"id": "x", "type": "exit"}]}),
-        )
-        .await;
-    let f2 = f2["id"].as_str().unwrap().to_owned();
-    let (_, a2) = app
-        .post(
-            &app.admin_key,
-            &format!("/v1/flows/{f2}/activate"),
-            json!({}),
         )
         .await;
     let (st, other_flow, replayed) = call(
         &app,
         &ingest,
-        a2["inbound_url"].as_str().unwrap(),
+        second.url.as_deref().unwrap(),
         json!({"email": "third@shop.example"}),
         Some("order-7"),
     )
@@ -208,55 +193,29 @@ async fn bad_inbound_calls_are_refused_and_store_nothing(b: Backend) {
     let ingest = app.workspace_key("default", Scope::Ingest).await;
     let foreign = app.workspace_key("other", Scope::Ingest).await;
     let s = setup(&app, true).await;
-    let paused = {
-        let (_, f) = app
-            .post(
-                &app.admin_key,
-                "/v1/flows",
-                json!({"name": "Paused", "trigger": {"type": "inbound", "list_id": s.list},
-                "steps": [{"id": "x", "type": "exit"}]}),
-            )
-            .await;
-        let id = f["id"].as_str().unwrap();
-        let (_, a) = app
-            .post(
-                &app.admin_key,
-                &format!("/v1/flows/{id}/activate"),
-                json!({}),
-            )
-            .await;
-        app.post(&app.admin_key, &format!("/v1/flows/{id}/pause"), json!({}))
-            .await;
-        a["inbound_url"].as_str().unwrap().to_owned()
+    let exit_flow = |name: &str| {
+        json!({"name": name, "trigger": {"type": "inbound", "list_id": s.list},
+               "steps": [{"id": "x", "type": "exit"}]})
     };
+    let paused = app.active_flow(exit_flow("Paused")).await;
+    app.post(
+        &app.admin_key,
+        &format!("/v1/flows/{}/pause", paused.id),
+        json!({}),
+    )
+    .await;
+    let paused = paused.url.unwrap();
     let huge = json!({"email": "big@example.com", "blob": "x".repeat(TEST_BODY_LIMIT)});
     let foreign_admin = app.workspace_key("other", Scope::Admin).await;
-    let deleted = {
-        let (_, f) = app
-            .post(
-                &app.admin_key,
-                "/v1/flows",
-                json!({"name": "Gone", "trigger": {"type": "inbound", "list_id": s.list},
-                "steps": [{"id": "x", "type": "exit"}]}),
-            )
-            .await;
-        let id = f["id"].as_str().unwrap();
-        let (_, a) = app
-            .post(
-                &app.admin_key,
-                &format!("/v1/flows/{id}/activate"),
-                json!({}),
-            )
-            .await;
-        app.call(
-            &app.admin_key,
-            reqwest::Method::DELETE,
-            &format!("/v1/flows/{id}"),
-            None,
-        )
-        .await;
-        a["inbound_url"].as_str().unwrap().to_owned()
-    };
+    let deleted = app.active_flow(exit_flow("Gone")).await;
+    app.call(
+        &app.admin_key,
+        reqwest::Method::DELETE,
+        &format!("/v1/flows/{}", deleted.id),
+        None,
+    )
+    .await;
+    let deleted = deleted.url.unwrap();
     let raw = |ct: &'static str, b: &'static [u8]| (Some(ct), b.to_vec());
     // (name, key, url, content-type + raw body or JSON, status, code, field)
     type Case = (
@@ -867,21 +826,14 @@ async fn a_flow_over_its_rate_gets_429_with_retry_after_and_stores_nothing(b: Ba
         "a refused call stored something"
     );
     // Another flow has its own allowance.
-    let (_, f2) = app
-        .post(&app.admin_key, "/v1/flows", json!({"name": "Second",
+    let second = app
+        .active_flow(json!({"name": "Second",
             "trigger": {"type": "inbound", "list_id": s.list}, "steps": [{"id": "x", "type": "exit"}]}))
-        .await;
-    let (_, a2) = app
-        .post(
-            &app.admin_key,
-            &format!("/v1/flows/{}/activate", f2["id"].as_str().unwrap()),
-            json!({}),
-        )
         .await;
     let (st, r, _) = call(
         &app,
         &app.admin_key,
-        a2["inbound_url"].as_str().unwrap(),
+        second.url.as_deref().unwrap(),
         json!({"email": "other@shop.example"}),
         None,
     )
@@ -948,21 +900,9 @@ async fn allowed_ips_let_listed_addresses_in_and_refuse_others(b: Backend) {
     };
     let activate = |doc: Value| {
         let app = &app;
-        let k = k.clone();
         async move {
-            let (st, f) = app.post(&k, "/v1/flows", doc).await;
-            assert_eq!(st, 201, "{f}");
-            let (_, a) = app
-                .post(
-                    &k,
-                    &format!("/v1/flows/{}/activate", f["id"].as_str().unwrap()),
-                    json!({}),
-                )
-                .await;
-            (
-                a["inbound_url"].as_str().unwrap().to_owned(),
-                f["inbound_secret"].as_str().unwrap_or_default().to_owned(),
-            )
+            let f = app.active_flow(doc).await;
+            (f.url.unwrap(), f.secret.unwrap_or_default())
         }
     };
 
