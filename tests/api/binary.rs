@@ -367,29 +367,47 @@ fn acknowledged_upserts_survive_kill_9_under_load() {
     assert!(terminate(server).success());
 }
 
+/// The CLI on one database, in a workspace `acme` it creates.
+struct Cli<'a> {
+    dir: &'a Path,
+    db: &'a str,
+}
+
+impl<'a> Cli<'a> {
+    fn new(dir: &'a Path, db: &'a str) -> Self {
+        let cli = Self { dir, db };
+        assert!(cli.run(&["workspaces", "create", "acme"]).status.success());
+        cli
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        hookflow(self.dir)
+            .args(["--database", self.db])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `hookflow flows apply --workspace acme FILES…`
+    fn apply(&self, files: &[&Path]) -> std::process::Output {
+        let mut args = vec!["flows", "apply", "--workspace", "acme"];
+        args.extend(files.iter().map(|f| f.to_str().unwrap()));
+        self.run(&args)
+    }
+}
+
 #[test]
 fn flows_apply_creates_then_versions_and_names_problems() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("f.db").display());
-    let run = |args: &[&str]| {
-        hookflow(dir.path())
-            .args(["--database", &db])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    let cli = Cli::new(dir.path(), &db);
+    let run = |args: &[&str]| cli.run(args);
+    let apply = |files: &[&Path]| cli.apply(files);
     let flow = serde_json::json!({"name": "Nurture", "trigger": {"type": "event", "name": "signup"},
         "steps": [{"id": "pause", "type": "wait", "duration": "2d", "next": "done"}, {"id": "done", "type": "exit"}]});
     let file = dir.path().join("nurture.json");
     std::fs::write(&file, flow.to_string()).unwrap();
-    let out = run(&[
-        "flows",
-        "apply",
-        "--workspace",
-        "acme",
-        file.to_str().unwrap(),
-    ]);
+    let out = apply(&[&file]);
     assert!(
         out.status.success(),
         "{}",
@@ -399,13 +417,7 @@ fn flows_apply_creates_then_versions_and_names_problems() {
         String::from_utf8_lossy(&out.stdout).contains("created"),
         "{out:?}"
     );
-    let out = run(&[
-        "flows",
-        "apply",
-        "--workspace",
-        "acme",
-        file.to_str().unwrap(),
-    ]);
+    let out = apply(&[&file]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("unchanged"),
         "no version for the same document: {out:?}"
@@ -413,13 +425,7 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     let mut changed = flow.clone();
     changed["steps"][0]["duration"] = serde_json::json!("3d");
     std::fs::write(&file, changed.to_string()).unwrap();
-    let out = run(&[
-        "flows",
-        "apply",
-        "--workspace",
-        "acme",
-        file.to_str().unwrap(),
-    ]);
+    let out = apply(&[&file]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("version 2"),
         "{out:?}"
@@ -434,14 +440,7 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     let mut fresh = flow.clone();
     fresh["name"] = serde_json::json!("Fresh");
     std::fs::write(&other, fresh.to_string()).unwrap();
-    let out = run(&[
-        "flows",
-        "apply",
-        "--workspace",
-        "acme",
-        other.to_str().unwrap(),
-        bad_file.to_str().unwrap(),
-    ]);
+    let out = apply(&[&other, &bad_file]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -463,13 +462,7 @@ fn flows_apply_creates_then_versions_and_names_problems() {
     nul["steps"][1]["id"] = serde_json::json!("do\u{0}ne");
     let nul_file = dir.path().join("nul.json");
     std::fs::write(&nul_file, nul.to_string()).unwrap();
-    let out = run(&[
-        "flows",
-        "apply",
-        "--workspace",
-        "acme",
-        nul_file.to_str().unwrap(),
-    ]);
+    let out = apply(&[&nul_file]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("NUL"),
@@ -481,14 +474,9 @@ fn flows_apply_creates_then_versions_and_names_problems() {
 fn flows_apply_reads_yaml_and_names_the_line_of_a_mistake() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("y.db").display());
-    let run = |args: &[&str]| {
-        hookflow(dir.path())
-            .args(["--database", &db])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    let cli = Cli::new(dir.path(), &db);
+    let run = |args: &[&str]| cli.run(args);
+    let apply = |files: &[&Path]| cli.apply(files);
     let yaml = "\
 # Nurture new sign-ups.
 name: Nurture
@@ -503,8 +491,7 @@ steps:
 ";
     let file = dir.path().join("nurture.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let apply = |f: &Path| run(&["flows", "apply", "--workspace", "acme", f.to_str().unwrap()]);
-    let out = apply(&file);
+    let out = apply(&[&file]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("created"),
@@ -520,7 +507,7 @@ steps:
         .to_string(),
     )
     .unwrap();
-    let out = apply(&json);
+    let out = apply(&[&json]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("unchanged"),
         "{out:?}"
@@ -536,7 +523,7 @@ steps:
             .replace("    duration: 2d", "    durashun: 2d"),
     )
     .unwrap();
-    let out = apply(&bad);
+    let out = apply(&[&bad]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -548,7 +535,7 @@ steps:
     assert!(!listed.contains("Other"), "{listed}");
     // Broken YAML syntax is named too.
     std::fs::write(&bad, "name: [unclosed\nsteps: []\n").unwrap();
-    let err = String::from_utf8_lossy(&apply(&bad).stderr).to_string();
+    let err = String::from_utf8_lossy(&apply(&[&bad]).stderr).to_string();
     assert!(err.contains("bad.yml:"), "{err}");
 }
 
@@ -556,14 +543,8 @@ steps:
 fn flows_apply_prints_a_new_signing_secret_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("s.db").display());
-    let run = |args: &[&str]| {
-        hookflow(dir.path())
-            .args(["--database", &db])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    assert!(run(&["workspaces", "create", "acme"]).status.success());
+    let cli = Cli::new(dir.path(), &db);
+    let apply = |files: &[&Path]| cli.apply(files);
     // Lists have no CLI: make one through the store.
     let list = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = hookflow::store::connect(&db, &Default::default())
@@ -578,23 +559,14 @@ fn flows_apply_prints_a_new_signing_secret_once() {
         "signature": "standard_webhooks"}, "steps": [{"id": "done", "type": "exit"}]});
     let file = dir.path().join("signed.json");
     std::fs::write(&file, flow.to_string()).unwrap();
-    let apply = || {
-        run(&[
-            "flows",
-            "apply",
-            "--workspace",
-            "acme",
-            file.to_str().unwrap(),
-        ])
-    };
-    let out = apply();
+    let out = apply(&[&file]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
         stdout.lines().any(|l| l.starts_with("whsec_")),
         "the new secret is printed: {stdout}"
     );
-    let out = apply();
+    let out = apply(&[&file]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("unchanged") && !stdout.contains("whsec_"),
