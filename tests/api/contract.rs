@@ -25,6 +25,7 @@ both_stores!(
     committed_writes_survive_reopening,
     claims_are_leased_and_completion_checks_the_lease,
     a_flow_activated_by_another_process_fires_at_once,
+    a_wake_up_during_a_lease_is_not_lost,
 );
 
 fn email(s: &str) -> Email {
@@ -913,4 +914,116 @@ async fn a_flow_activated_by_another_process_fires_at_once(b: Backend) {
     assert_eq!(runs.items[0].contact_id, b_contact.contact.id);
     cli.close().await;
     server.close().await;
+}
+
+/// A contact change while the engine holds a waiting run (an exit check is
+/// owed) must not be overwritten by the completion's timer; and two runs of
+/// one contact claimed together each see the contact's lists.
+async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
+    use hookflow::store::{
+        AdvanceOutcome, ClaimedRun, ContactPatch, EntryRequest, FlowStatus, RunAdvance, RunEnd,
+        RunStatus,
+    };
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let list = s
+        .create_list(
+            &ws,
+            "L",
+            vec![FieldDef::new("plan", FieldType::Text, vec![]).unwrap()],
+        )
+        .await
+        .unwrap()
+        .id;
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "w", "type": "exit"}]});
+    let mut runs = Vec::new();
+    for name in ["one", "two"] {
+        let flow = s.create_flow(&ws, name, doc.clone()).await.unwrap();
+        s.set_flow_status(&ws, &flow.id, FlowStatus::Active, None)
+            .await
+            .unwrap();
+        let entered = s
+            .enter_flow(
+                &ws,
+                EntryRequest {
+                    flow_id: flow.id.clone(),
+                    flow_version: flow.version,
+                    first_step: "w".into(),
+                    repeat: false,
+                    has_exits: true,
+                    inbound_token: None,
+                    contact: ContactUpsert {
+                        email: Some(email("wake@example.com")),
+                        lists: vec![list.clone()],
+                        ..Default::default()
+                    },
+                    event_data: json!({}),
+                    idempotency: None,
+                },
+            )
+            .await
+            .unwrap();
+        runs.push(entered.result.run_id.unwrap());
+    }
+    let day = 86_400_000;
+    let wait = |run: &ClaimedRun, until: i64| RunAdvance {
+        run_id: run.id.clone(),
+        workspace_id: run.workspace_id.clone(),
+        flow_id: run.flow_id.clone(),
+        contact_id: run.contact.id.clone(),
+        first_seq: run.step_count,
+        history: vec![],
+        effects: vec![],
+        end: RunEnd::Waiting {
+            step: "w".into(),
+            wait_until: until,
+            wait_event: None,
+        },
+        event_data: None,
+        consumed_event: false,
+    };
+    let now = chrono::Utc::now().timestamp_millis() + 1_000;
+    let claimed = s.claim_runs("e", now, now + 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "both runs of the contact are due");
+    for c in &claimed {
+        assert_eq!(
+            c.lists,
+            vec![list.clone()],
+            "each claimed run sees the contact's lists"
+        );
+    }
+    let advances = claimed.iter().map(|c| wait(c, now + day)).collect();
+    let done = s.complete_runs("e", now, advances).await.unwrap();
+    assert_eq!(done, vec![AdvanceOutcome::Applied, AdvanceOutcome::Applied]);
+
+    // A contact change wakes the waiting runs (they have exit conditions).
+    let ct = claimed[0].contact.id.clone();
+    let patch = |v: &str| ContactPatch {
+        fields: json!({"plan": v}).as_object().unwrap().clone(),
+        ..Default::default()
+    };
+    s.update_contact(&ws, &ct, patch("a")).await.unwrap();
+    let later = chrono::Utc::now().timestamp_millis() + 2_000;
+    let claimed = s.claim_runs("e", later, later + 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "woken for an exit check");
+    // While they are leased, the contact changes again …
+    s.update_contact(&ws, &ct, patch("b")).await.unwrap();
+    // … and the engine, which read the contact before, puts them back.
+    let advances = claimed.iter().map(|c| wait(c, later + day)).collect();
+    s.complete_runs("e", later, advances).await.unwrap();
+    for id in &runs {
+        let (run, _) = s
+            .get_run(&ws, &hookflow::domain::RunId::parse(id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Waiting);
+        assert!(
+            run.due_at.unwrap() <= later,
+            "the change during the lease still owes an exit check: due {:?}",
+            run.due_at
+        );
+    }
+    s.close().await;
 }

@@ -197,7 +197,7 @@ pub async fn claim(
            WHERE r.status IN ('active', 'waiting') AND r.due_at <= $3
              AND (r.lease_until IS NULL OR r.lease_until < $3) AND f.status = 'active'
            ORDER BY r.due_at LIMIT $4 FOR UPDATE OF r SKIP LOCKED)
-         UPDATE runs SET lease_owner = $1, lease_until = $2 FROM due WHERE runs.id = due.id
+         UPDATE runs SET lease_owner = $1, lease_until = $2, due_at = $2 FROM due WHERE runs.id = due.id
          RETURNING runs.id, runs.workspace_id, runs.flow_id, runs.flow_version, runs.status, runs.step,
            runs.event_data, runs.wait_until, runs.resume_event, runs.step_count, runs.contact_id",
     )
@@ -259,7 +259,8 @@ pub async fn claim(
             wait_until: r.try_get("wait_until").map_err(internal)?,
             resume_event: r.try_get("resume_event").map_err(internal)?,
             step_count: r.try_get("step_count").map_err(internal)?,
-            lists: lists.remove(&contact_id).unwrap_or_default(),
+            // Two runs of one contact can be in one batch: each gets the lists.
+            lists: lists.get(&contact_id).cloned().unwrap_or_default(),
             contact,
         });
     }
@@ -267,13 +268,17 @@ pub async fn claim(
 }
 
 pub async fn next_due(c: &mut PgConnection) -> Result<Option<Millis>> {
-    sqlx::query_scalar(
-        "SELECT MIN(r.due_at) FROM runs r JOIN flows f ON f.id = r.flow_id
-         WHERE r.status IN ('active', 'waiting') AND f.status = 'active'",
+    // ORDER BY … LIMIT 1 rather than MIN(): PostgreSQL then walks the due
+    // index and stops at the first run of an active flow.
+    let due: Option<Option<Millis>> = sqlx::query_scalar(
+        "SELECT r.due_at FROM runs r JOIN flows f ON f.id = r.flow_id
+         WHERE r.status IN ('active', 'waiting') AND f.status = 'active'
+         ORDER BY r.due_at LIMIT 1",
     )
-    .fetch_one(&mut *c)
+    .fetch_optional(&mut *c)
     .await
-    .map_err(internal)
+    .map_err(internal)?;
+    Ok(due.flatten())
 }
 
 pub async fn complete_one(
@@ -328,7 +333,8 @@ pub async fn complete_one(
     let m = crate::store::run::RunMove::of(&adv, now);
     sqlx::query(
         "UPDATE runs SET status = $2, step = COALESCE($3, step),
-           due_at = CASE WHEN NOT $10 AND resume_event IS NOT NULL AND $2 = 'waiting' AND $3 = step THEN $11 ELSE $4 END,
+           due_at = CASE WHEN $2 = 'waiting' AND ((NOT $10 AND resume_event IS NOT NULL AND $3 = step)
+                                                  OR due_at < lease_until) THEN $11 ELSE $4 END,
            wait_until = $5, wait_event = $6, end_reason = $7, finished_at = $8, step_count = $9,
            resume_event = CASE WHEN $10 OR $2 <> 'waiting' OR $3 IS DISTINCT FROM step THEN NULL ELSE resume_event END,
            event_data = COALESCE($12, event_data), lease_owner = NULL, lease_until = NULL, updated_at = $11

@@ -187,7 +187,11 @@ pub fn upsert_and_trigger(
 
 // ---- claiming and completing ----------------------------------------------------------
 
-const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2 WHERE id IN (
+/// A claimed run's `due_at` becomes its lease's end: that is when it is
+/// due again if this process dies, the engine's sleep does not spin on runs
+/// it holds, and a wake-up during the lease (`due_at = now`, an exit check or
+/// an event) is seen by the completion (`due_at < lease_until`).
+const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2, due_at = ?2 WHERE id IN (
     SELECT r.id FROM runs r JOIN flows f ON f.id = r.flow_id
     WHERE (r.status = 'active' OR r.status = 'waiting') AND r.due_at <= ?3
       AND (r.lease_until IS NULL OR r.lease_until < ?3) AND f.status = 'active'
@@ -451,11 +455,12 @@ fn write_history(conn: &Connection, adv: &RunAdvance, json: &[(String, String)])
 fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
     let m = crate::store::run::RunMove::of(adv, now);
     let data = adv.event_data.as_ref().map(json_text).transpose()?;
-    // An event that arrived while the run was leased, for the wait it goes
-    // back to, is kept and makes the run due at once.
+    // Woken while leased (an event for the wait it goes back to, or a
+    // contact change asking for an exit check): due again at once.
     conn.prepare_cached(
         "UPDATE runs SET status = ?2, step = COALESCE(?3, step),
-           due_at = CASE WHEN ?10 = 0 AND resume_event IS NOT NULL AND ?2 = 'waiting' AND ?3 = step THEN ?11 ELSE ?4 END,
+           due_at = CASE WHEN ?2 = 'waiting' AND ((?10 = 0 AND resume_event IS NOT NULL AND ?3 = step)
+                                                  OR due_at < lease_until) THEN ?11 ELSE ?4 END,
            wait_until = ?5, wait_event = ?6, end_reason = ?7, finished_at = ?8, step_count = ?9,
            resume_event = CASE WHEN ?10 = 1 OR ?2 <> 'waiting' OR ?3 IS NOT step THEN NULL ELSE resume_event END,
            event_data = COALESCE(?12, event_data), lease_owner = NULL, lease_until = NULL, updated_at = ?11
