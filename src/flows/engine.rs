@@ -20,7 +20,9 @@ use super::clock::Clock;
 use super::exec;
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, Millis};
-use crate::store::{AdvanceOutcome, ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord, Store};
+use crate::store::{
+    AdvanceOutcome, ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord, Store, StoreError,
+};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -98,8 +100,12 @@ impl Engine {
         let mut advances = Vec::with_capacity(n);
         for run in claimed {
             let advance = match self.doc(&run).await {
-                Ok(doc) => exec::advance(&doc, run, now),
-                Err(e) => broken(run, now, e),
+                Ok(Ok(doc)) => exec::advance(&doc, run, now),
+                // The version is gone or unreadable: the run can never go on.
+                Ok(Err(why)) => broken(run, now, why),
+                // The store failed for now: the batch stays leased and is
+                // claimed again when the lease ends; no run is failed for it.
+                Err(e) => return Err(e),
             };
             advances.push(advance);
         }
@@ -111,7 +117,10 @@ impl Engine {
             let label = match o {
                 AdvanceOutcome::Applied => "applied",
                 AdvanceOutcome::LeaseLost => "lease_lost",
-                AdvanceOutcome::Failed { .. } => "failed",
+                AdvanceOutcome::Failed { step, error } => {
+                    tracing::info!(%step, %error, "a run failed at a step");
+                    "failed"
+                }
             };
             metrics::counter!("hookflow_engine_runs_advanced_total", "outcome" => label)
                 .increment(1);
@@ -119,26 +128,32 @@ impl Engine {
         Ok(n)
     }
 
-    async fn doc(&self, run: &ClaimedRun) -> Result<Arc<FlowDoc>, String> {
+    /// The run's flow version, parsed; `Ok(Err(why))` when it cannot be had
+    /// at all (the run must fail), `Err` when the store failed for now.
+    async fn doc(&self, run: &ClaimedRun) -> crate::store::Result<Result<Arc<FlowDoc>, String>> {
         let key = (run.flow_id.clone(), run.flow_version);
         if let Some(d) = self.docs.lock().expect("doc cache").get(&key) {
-            return Ok(d.clone());
+            return Ok(Ok(d.clone()));
         }
-        let raw: Value = self
+        let raw: Value = match self
             .store
             .flow_version(&run.workspace_id, &run.flow_id, run.flow_version)
             .await
-            .map_err(|e| e.to_string())?;
-        let doc: Arc<FlowDoc> = Arc::new(
-            serde_json::from_value(raw)
-                .map_err(|e| format!("the flow version is unreadable: {e}"))?,
-        );
+        {
+            Ok(raw) => raw,
+            Err(e @ StoreError::NotFound { .. }) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        let doc: Arc<FlowDoc> = match serde_json::from_value(raw) {
+            Ok(doc) => Arc::new(doc),
+            Err(e) => return Ok(Err(format!("the flow version is unreadable: {e}"))),
+        };
         let mut cache = self.docs.lock().expect("doc cache");
         if cache.len() >= DOC_CACHE {
             cache.clear();
         }
         cache.insert(key, doc.clone());
-        Ok(doc)
+        Ok(Ok(doc))
     }
 
     /// Runs `workers` loops until `stop` is notified.

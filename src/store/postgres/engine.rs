@@ -71,9 +71,13 @@ pub async fn start_run(
         return Ok(Err(why));
     }
     let id = RunId::generate();
-    sqlx::query(
+    // Engine paths (a step's effects, triggers they fire) do not hold the
+    // per-email lock, so another process may start the same run between the
+    // check above and here: the unique index decides, without an error.
+    let inserted = sqlx::query(
         "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, has_exits, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $7, $7)",
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $7, $7)
+         ON CONFLICT (flow_id, contact_id) WHERE status IN ('active', 'waiting') DO NOTHING",
     )
     .bind(id.as_str())
     .bind(ws.as_str())
@@ -86,7 +90,11 @@ pub async fn start_run(
     .bind(plan.has_exits)
     .execute(&mut *c)
     .await
-    .map_err(internal)?;
+    .map_err(internal)?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Err("run_active"));
+    }
     Ok(Ok(id))
 }
 
@@ -287,6 +295,11 @@ pub async fn complete_one(
     now: Millis,
     mut adv: RunAdvance,
 ) -> Result<AdvanceOutcome> {
+    // Lock order as in every other write: contact before run (an event
+    // locks the contact, then the runs it resumes). Only effects need it.
+    if !adv.effects.is_empty() {
+        contact_by_id(c, &adv.workspace_id, &adv.contact_id, true).await?;
+    }
     let held = sqlx::query(
         "SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $2 AND lease_until > $3
          AND status IN ('active', 'waiting') FOR UPDATE",

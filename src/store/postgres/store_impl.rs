@@ -583,13 +583,13 @@ impl Store for PgStore {
         now: Millis,
         advances: Vec<RunAdvance>,
     ) -> Result<Vec<AdvanceOutcome>> {
+        // No savepoint per run (as on SQLite): nothing is written before the
+        // lease check, a data error ends the run where it is, and any other
+        // error rolls back the batch, whose runs are claimed again later.
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let mut out = Vec::with_capacity(advances.len());
         for adv in advances {
-            engine::savepoint_begin(&mut tx).await?;
-            let one = engine::complete_one(&mut tx, owner, now, adv).await;
-            engine::savepoint_end(&mut tx, one.is_ok()).await?;
-            out.push(one?);
+            out.push(engine::complete_one(&mut tx, owner, now, adv).await?);
         }
         tx.commit().await.map_err(internal)?;
         Ok(out)
