@@ -16,7 +16,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{AnyKey, JsonBody, is_json, media_type, parse_json, read_body, refuse_nul};
 use crate::domain::{Email, Millis};
-use crate::store::{EventIn, EventRecorded, StoreError};
+use crate::store::{EventIn, EventRecorded};
 
 /// Most events in one bulk request.
 pub const MAX_BULK: usize = 10_000;
@@ -86,6 +86,8 @@ pub struct BulkResult {
 
 /// Checks an event; the error names the field at fault.
 fn parse_event(e: NewEvent, now: Millis) -> Result<EventIn, ApiError> {
+    // PostgreSQL cannot store NUL in text: refused for both stores.
+    refuse_nul(&serde_json::json!({ "name": &e.name }))?;
     let name = e.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid(
@@ -143,13 +145,6 @@ fn check_rate(state: &AppState, key: &crate::domain::ApiKeyId) -> Result<(), Api
         })
 }
 
-fn store_refusal(e: StoreError) -> Result<ApiError, ApiError> {
-    match e {
-        StoreError::Internal(_) | StoreError::Busy(_) => Err(e.into()),
-        other => Ok(other.into()),
-    }
-}
-
 /// Record one event.
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = NewEvent,
     responses((status = 202, body = EventAccepted), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody),
@@ -169,7 +164,7 @@ pub async fn record_event(
     let one = out
         .pop()
         .ok_or_else(ApiError::internal)?
-        .map_err(|e| store_refusal(e).unwrap_or_else(|e| e))?;
+        .map_err(ApiError::from)?;
     if !one.runs_started.is_empty() || one.runs_resumed > 0 {
         state.engine.wake();
     }
@@ -199,51 +194,47 @@ pub async fn record_events_bulk(
         ));
     }
     let bytes = read_body(req, &state).await?;
-    let raw: Vec<Result<NewEvent, ApiError>> = if ndjson {
+    // Each event's raw JSON, at most MAX_BULK + 1 of them: a body of tiny
+    // items is refused before anything is parsed per event.
+    let items: Vec<&[u8]> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-            .map(parse_json::<NewEvent>)
+            .take(MAX_BULK + 1)
             .collect()
     } else {
-        let items: Vec<Value> = parse_json(&bytes).map_err(|_| {
+        let capped: Capped = serde_json::from_slice(&bytes).map_err(|_| {
             ApiError::invalid(
                 "invalid_body",
                 ".",
                 "the body must be a JSON array of events",
             )
         })?;
+        let mut items: Vec<&[u8]> = capped.items.iter().map(|r| r.get().as_bytes()).collect();
+        if capped.over {
+            items.push(b"");
+        }
         items
-            .into_iter()
-            .map(|v| {
-                serde_json::to_vec(&v)
-                    .map_err(|_| ApiError::internal())
-                    .and_then(|b| parse_json(&b))
-            })
-            .collect()
     };
-    if raw.is_empty() {
+    if items.is_empty() {
         return Err(ApiError::invalid(
             "empty_batch",
             ".",
             "the batch holds no events",
         ));
     }
-    if raw.len() > MAX_BULK {
+    if items.len() > MAX_BULK {
         return Err(ApiError::invalid(
             "batch_too_large",
             ".",
-            format!(
-                "a batch holds at most {MAX_BULK} events; this one has {}",
-                raw.len()
-            ),
+            format!("a batch holds at most {MAX_BULK} events; this one has more"),
         ));
     }
     let now = state.engine.now();
-    let mut results: Vec<Option<BulkItem>> = Vec::with_capacity(raw.len());
+    let mut results: Vec<Option<BulkItem>> = Vec::with_capacity(items.len());
     let mut valid: Vec<(usize, EventIn)> = Vec::new();
-    for (index, item) in raw.into_iter().enumerate() {
-        match item.and_then(|e| parse_event(e, now)) {
+    for (index, item) in items.into_iter().enumerate() {
+        match parse_json::<NewEvent>(item).and_then(|e| parse_event(e, now)) {
             Ok(ev) => {
                 valid.push((index, ev));
                 results.push(None);
@@ -252,24 +243,51 @@ pub async fn record_events_bulk(
         }
     }
     let mut woke = false;
-    for chunk in valid.chunks(CHUNK) {
-        let events = chunk.iter().map(|(_, e)| e.clone()).collect();
-        let outcomes = state
-            .store
-            .record_events(&p.workspace_id, events, now)
-            .await?;
-        for ((index, _), outcome) in chunk.iter().zip(outcomes) {
-            results[*index] = Some(match outcome {
+    let mut failed: Option<ErrorDetail> = None;
+    let mut pending = valid.into_iter().peekable();
+    while pending.peek().is_some() {
+        let (indexes, events): (Vec<usize>, Vec<EventIn>) = pending.by_ref().take(CHUNK).unzip();
+        // Chunks before a store failure are committed: their events stay
+        // accepted, and this one and the rest are reported as not recorded,
+        // so a retry resends exactly those.
+        let outcomes = match &failed {
+            Some(_) => None,
+            None => match state
+                .store
+                .record_events(&p.workspace_id, events, now)
+                .await
+            {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::error!(error = %e, "recording a chunk of bulk events failed");
+                    failed = Some(ApiError::from(e).detail());
+                    None
+                }
+            },
+        };
+        let Some(outcomes) = outcomes else {
+            for index in indexes {
+                results[index] = Some(BulkItem {
+                    index,
+                    status: "rejected",
+                    accepted: None,
+                    error: failed.clone(),
+                });
+            }
+            continue;
+        };
+        for (index, outcome) in indexes.into_iter().zip(outcomes) {
+            results[index] = Some(match outcome {
                 Ok(rec) => {
                     woke |= !rec.runs_started.is_empty() || rec.runs_resumed > 0;
                     BulkItem {
-                        index: *index,
+                        index,
                         status: "accepted",
                         accepted: Some(rec.into()),
                         error: None,
                     }
                 }
-                Err(e) => rejected(*index, store_refusal(e)?),
+                Err(e) => rejected(index, e.into()),
             });
         }
     }
@@ -291,5 +309,40 @@ fn rejected(index: usize, e: ApiError) -> BulkItem {
         status: "rejected",
         accepted: None,
         error: Some(e.detail()),
+    }
+}
+
+/// A JSON array of events, each kept as its raw JSON; past `MAX_BULK`
+/// elements the rest is only skipped over (nothing is kept), and `over` says
+/// the batch is too large.
+struct Capped<'a> {
+    items: Vec<&'a serde_json::value::RawValue>,
+    over: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for Capped<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Capped<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON array of events")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == MAX_BULK {
+                        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                        return Ok(Capped { items, over: true });
+                    }
+                    items.push(item);
+                }
+                Ok(Capped { items, over: false })
+            }
+        }
+        d.deserialize_seq(Items)
     }
 }

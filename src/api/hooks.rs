@@ -135,9 +135,12 @@ pub async fn inbound_call(
     let (mut req, origin) = entry_request(flow, doc, body, idempotency)?;
     req.inbound_token = Some(token.clone());
     let entered = enter(&state, ws, req, &origin).await;
-    if entered.is_err() {
-        // The flow may have changed under the cached copy (paused, rotated
-        // or deleted by another process): the next call reads it afresh.
+    if let Err(e) = &entered
+        && matches!(e.code, "not_found" | "flow_not_active")
+    {
+        // The flow changed under the cached copy (paused, rotated or deleted
+        // by another process): the next call reads it afresh. A caller's own
+        // bad data says nothing about the flow and keeps the cache.
         state.inbound_cache.evict(&token);
     }
     entered

@@ -369,6 +369,15 @@ async fn events_start_flows_one_by_one_and_in_bulk(b: Backend) {
     .await;
     // An ingest key may send events.
     let ingest = app.workspace_key("default", Scope::Ingest).await;
+    let nul = app
+        .post(
+            &ingest,
+            "/v1/events",
+            json!({"name": "sign\u{0}ed", "email": "n@example.com"}),
+        )
+        .await;
+    assert_error(&nul, 422, "nul_character");
+    assert_eq!(nul.1["error"]["field"], "name");
     let (s, e) = app
         .post(&ingest, "/v1/events", json!({"name": "signed_up", "email": "one@example.com", "properties": {"plan": "pro"}, "time": "2026-01-02T03:04:05Z"}))
         .await;
