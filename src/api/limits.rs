@@ -74,6 +74,7 @@ impl<C: Clock + Clone> RateLimit<C> {
     }
 
     /// Keys currently remembered (for tests of the sweep).
+    #[cfg(test)]
     pub fn tracked_keys(&self) -> usize {
         self.buckets.as_ref().map_or(0, |b| b.len())
     }

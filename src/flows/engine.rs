@@ -223,7 +223,6 @@ fn broken(run: ClaimedRun, now: Millis, error: String) -> RunAdvance {
     RunAdvance {
         run_id: run.id,
         workspace_id: run.workspace_id,
-        flow_id: run.flow_id,
         contact_id: run.contact.id,
         first_seq: run.step_count,
         history: vec![StepRecord {

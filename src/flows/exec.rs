@@ -34,7 +34,6 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
     let ClaimedRun {
         id,
         workspace_id,
-        flow_id,
         status,
         step,
         mut event_data,
@@ -108,7 +107,6 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
             end = Some(finish(RunStatus::Exited, "exit_condition", Some(step_id)));
             break;
         }
-        let first_effect = effects.len();
         let mut ctx = StepCtx {
             now,
             contact: &mut contact,
@@ -129,7 +127,6 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
         } = ctx;
         let index = history.len();
         effects.extend(made.into_iter().map(|e| (index, e)));
-        debug_assert!(effects.len() >= first_effect);
         match outcome {
             Err(error) => {
                 history.push(record(
@@ -177,7 +174,6 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
     RunAdvance {
         run_id: id,
         workspace_id,
-        flow_id,
         contact_id,
         first_seq: step_count,
         history,

@@ -158,7 +158,6 @@ pub enum RunEnd {
 pub struct RunAdvance {
     pub run_id: RunId,
     pub workspace_id: WorkspaceId,
-    pub flow_id: FlowId,
     pub contact_id: ContactId,
     /// The sequence number of `history[0]`.
     pub first_seq: i64,
@@ -196,7 +195,7 @@ pub struct EventIn {
 }
 
 /// What recording an event did.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EventRecorded {
     pub event_id: String,
     pub contact_id: String,

@@ -808,7 +808,6 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
     let finish = |run: &hookflow::store::ClaimedRun| RunAdvance {
         run_id: run.id.clone(),
         workspace_id: run.workspace_id.clone(),
-        flow_id: run.flow_id.clone(),
         contact_id: run.contact.id.clone(),
         first_seq: run.step_count,
         history: vec![hookflow::store::StepRecord {
@@ -971,7 +970,6 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
     let wait = |run: &ClaimedRun, until: i64| RunAdvance {
         run_id: run.id.clone(),
         workspace_id: run.workspace_id.clone(),
-        flow_id: run.flow_id.clone(),
         contact_id: run.contact.id.clone(),
         first_seq: run.step_count,
         history: vec![],

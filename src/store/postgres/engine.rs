@@ -496,11 +496,12 @@ pub async fn page_runs(
             sql.push_str(&format!(" AND {col} = ${}", args.len()));
         }
     }
-    sql.push_str(&format!(" ORDER BY id LIMIT {}", i64::from(page.limit) + 1));
+    sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len() + 1));
     let mut q = sqlx::query(&sql);
     for a in &args {
         q = q.bind(a);
     }
+    let q = q.bind(i64::from(page.limit) + 1);
     let rows = q.fetch_all(&mut *c).await.map_err(internal)?;
     let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
     Ok(Page::from_overfetch(runs, page.limit, |r| r.id.as_str()))

@@ -71,13 +71,14 @@ pub fn start_run(
         return Ok(Err(why));
     }
     let id = RunId::generate();
+    let data = json_text(event_data)?;
     conn.prepare_cached(
         "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, has_exits, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?7, ?7)",
     )
     .and_then(|mut s| {
         s.execute(params![id.as_str(), ws.as_str(), flow.as_str(), version, contact.as_str(),
-            plan.first_step, now, json_text(event_data).unwrap_or_default(), plan.has_exits])
+            plan.first_step, now, data, plan.has_exits])
     })
     .map_err(internal)?;
     Ok(Ok(id))
@@ -526,7 +527,13 @@ pub fn page_runs(
             sql.push_str(&format!(" AND {col} = ?{}", args.len()));
         }
     }
-    sql.push_str(&format!(" ORDER BY id LIMIT {}", page.limit + 1));
+    // The limit is a parameter too, so one prepared statement serves every
+    // page size.
+    args.push((page.limit + 1).to_string());
+    sql.push_str(&format!(
+        " ORDER BY id LIMIT CAST(?{} AS INTEGER)",
+        args.len()
+    ));
     let rows: Vec<RunRecord> = conn
         .prepare_cached(&sql)
         .and_then(|mut s| {
