@@ -110,8 +110,6 @@ pub async fn update_flow(
     PathParam(id): PathParam<String>,
     JsonBody(doc): JsonBody<FlowDoc>,
 ) -> Result<Json<FlowView>, ApiError> {
-    // Calls to the flow's URL must see the change (see `hooks::lookup`).
-    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     let value = checked(&*state.store, &p.workspace_id, &doc).await?;
     let saved = state
@@ -140,8 +138,6 @@ pub async fn delete_flow(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
-    // Calls to the flow's URL must see the change (see `hooks::lookup`).
-    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     state.store.delete_flow(&p.workspace_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -156,8 +152,6 @@ pub async fn activate_flow(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
-    // Calls to the flow's URL must see the change (see `hooks::lookup`).
-    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     let flow = state.store.get_flow(&p.workspace_id, &id).await?;
     let token = flow.is_inbound().then(new_token);
@@ -170,7 +164,8 @@ pub async fn activate_flow(
     ))
 }
 
-/// Pause a flow: it takes no new entries (inbound calls get 409).
+/// Pause a flow: it takes no new entries (inbound calls get 409) and its
+/// runs wait where they are until it is activated again.
 #[utoipa::path(post, path = "/v1/flows/{id}/pause", tag = "flows", params(("id" = String, Path, description = "Flow id")),
     responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
 pub async fn pause_flow(
@@ -178,8 +173,6 @@ pub async fn pause_flow(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
-    // Calls to the flow's URL must see the change (see `hooks::lookup`).
-    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     Ok(Json(
         state
@@ -200,8 +193,6 @@ pub async fn rotate_token(
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
-    // Calls to the flow's URL must see the change (see `hooks::lookup`).
-    state.inbound_cache.clear();
     let id = FlowId::parse(&id)?;
     let flow = state.store.get_flow(&p.workspace_id, &id).await?;
     if !flow.is_inbound() {

@@ -161,6 +161,24 @@ fn loggable_path(path: &str) -> &str {
     }
 }
 
+/// After any write under `/v1/flows` (save, activate, pause, rotate,
+/// delete), drops the inbound cache, so the next call to a flow's URL reads
+/// it afresh (see `hooks::lookup`). Changes by other processes are caught by
+/// the entry's own re-check of status and token.
+async fn forget_inbound_flows(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let write =
+        req.method() != axum::http::Method::GET && req.uri().path().starts_with("/v1/flows");
+    let resp = next.run(req).await;
+    if write {
+        state.inbound_cache.clear();
+    }
+    resp
+}
+
 /// The complete application: routes, error fallbacks and middleware.
 pub fn app(
     store: Arc<dyn Store>,
@@ -182,6 +200,10 @@ pub fn app(
     };
     let request_id = HeaderName::from_static("x-request-id");
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forget_inbound_flows,
+        ))
         .route_layer(axum::middleware::from_fn(ops::track_metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
