@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::steps::{self, Outcome, StepCtx, Wake};
 use crate::domain::Millis;
-use crate::domain::condition::{Subject, holds};
+use crate::domain::condition::holds;
 use crate::domain::flow::{FlowDoc, StepKind};
 use crate::store::{ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
 
@@ -85,16 +85,14 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
         let kind = kind_name(&step.kind);
         let input = serde_json::to_value(&step.kind).unwrap_or(Value::Null);
         // FL-4: exit conditions before every step (any one met ends the run).
-        let list_ids: Vec<String> = lists.iter().map(|l| l.to_string()).collect();
-        let subject = Subject {
-            email: contact.email.as_str(),
-            phone: contact.phone.as_ref().map(|p| p.as_str()),
-            status: contact.status.as_str(),
-            fields: &contact.fields,
-            lists: &list_ids,
-            event: &event_data,
+        let met = if doc.exit_conditions.is_empty() {
+            None
+        } else {
+            let list_ids: Vec<String> = lists.iter().map(|l| l.to_string()).collect();
+            let subject = steps::subject(&contact, &list_ids, &event_data);
+            doc.exit_conditions.iter().find(|c| holds(c, &subject))
         };
-        if let Some(c) = doc.exit_conditions.iter().find(|c| holds(c, &subject)) {
+        if let Some(c) = met {
             history.push(record(
                 &step_id,
                 kind,

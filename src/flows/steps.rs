@@ -63,14 +63,7 @@ pub struct StepCtx<'a> {
 
 impl StepCtx<'_> {
     pub fn subject<'b>(&'b self, lists: &'b [String]) -> Subject<'b> {
-        Subject {
-            email: self.contact.email.as_str(),
-            phone: self.contact.phone.as_ref().map(|p| p.as_str()),
-            status: self.contact.status.as_str(),
-            fields: &self.contact.fields,
-            lists,
-            event: self.event_data,
-        }
+        subject(self.contact, lists, self.event_data)
     }
 
     fn add_list(&mut self, list: &ListId) {
@@ -83,6 +76,23 @@ impl StepCtx<'_> {
     fn remove_list(&mut self, list: &ListId) {
         self.lists.retain(|l| l != list);
         self.effects.push(Effect::RemoveFromList(list.clone()));
+    }
+}
+
+/// What conditions read about a run: its contact, the ids of the contact's
+/// lists, its event data.
+pub fn subject<'a>(
+    contact: &'a ContactRecord,
+    lists: &'a [String],
+    event: &'a Value,
+) -> Subject<'a> {
+    Subject {
+        email: contact.email.as_str(),
+        phone: contact.phone.as_ref().map(|p| p.as_str()),
+        status: contact.status.as_str(),
+        fields: &contact.fields,
+        lists,
+        event,
     }
 }
 
