@@ -49,6 +49,12 @@ pub struct Config {
     /// Inbound calls one flow's URL accepts per second, whoever calls, in
     /// bursts of as many; 0 (default) is unlimited.
     pub inbound_rate_per_flow: u32,
+    /// Calls kept per flow in its inbound-call log (`GET
+    /// /v1/flows/{id}/inbound-calls`), newest first; 0 keeps none.
+    pub inbound_log_per_flow: usize,
+    /// The URL other systems reach this server at (`https://hooks.example.com`),
+    /// used where hookflow prints full inbound URLs; empty: `http://` + `listen`.
+    pub public_url: String,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
@@ -73,6 +79,8 @@ impl Default for Config {
             // operator sharing the server between integrations sets one.
             inbound_rate_per_key: 0,
             inbound_rate_per_flow: 0,
+            inbound_log_per_flow: 100,
+            public_url: String::new(),
         }
     }
 }
@@ -117,13 +125,16 @@ impl Config {
         Self::extract_all(&figment)
     }
 
+    /// Every problem at once: unknown keys, values of the wrong type and
+    /// values out of range. A key of the wrong type takes its default for
+    /// the range checks of the others, so one bad key never hides another.
     fn extract_all(figment: &Figment) -> Result<Self, ConfigError> {
         let mut errors = Vec::new();
         let raw: BTreeMap<String, figment::value::Value> = figment
             .extract()
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
-        let known = serde_json::to_value(Config::default()).expect("config serialises");
-        let known = known.as_object().expect("config is a map");
+        let defaults = serde_json::to_value(Config::default()).expect("config serialises");
+        let known = defaults.as_object().expect("config is a map");
         for key in raw.keys() {
             if !known.contains_key(key) {
                 errors.push(format!(
@@ -132,38 +143,51 @@ impl Config {
                 ));
             }
         }
-        for key in known.keys() {
-            let ok = match key.as_str() {
-                "listen" | "database_url" | "log_format" | "log_level" => {
-                    figment.extract_inner::<String>(key).map(|_| ())
-                }
-                "max_body_bytes" | "sqlite_max_batch" | "engine_batch" | "engine_workers" => {
-                    figment.extract_inner::<usize>(key).map(|_| ())
-                }
-                "shutdown_grace_secs" | "engine_lease_secs" | "engine_poll_ms" => {
-                    figment.extract_inner::<u64>(key).map(|_| ())
-                }
-                "db_pool_size" | "inbound_rate_per_key" | "inbound_rate_per_flow" => {
-                    figment.extract_inner::<u32>(key).map(|_| ())
-                }
-                _ => Ok(()),
+        let mut values = serde_json::Map::new();
+        for (key, default) in known {
+            let got = match key.as_str() {
+                "listen" | "database_url" | "log_format" | "log_level" | "public_url" => figment
+                    .extract_inner::<String>(key)
+                    .map(serde_json::Value::from),
+                "max_body_bytes"
+                | "sqlite_max_batch"
+                | "engine_batch"
+                | "engine_workers"
+                | "inbound_log_per_flow" => figment
+                    .extract_inner::<usize>(key)
+                    .map(serde_json::Value::from),
+                "shutdown_grace_secs" | "engine_lease_secs" | "engine_poll_ms" => figment
+                    .extract_inner::<u64>(key)
+                    .map(serde_json::Value::from),
+                "db_pool_size" | "inbound_rate_per_key" | "inbound_rate_per_flow" => figment
+                    .extract_inner::<u32>(key)
+                    .map(serde_json::Value::from),
+                other => unreachable!("setting `{other}` has no type in extract_all"),
             };
-            if let Err(e) = ok {
-                errors.push(format!(
-                    "`{key}` (from {}): {}",
-                    source(figment, key),
-                    e.kind
-                ));
+            match got {
+                Ok(v) => {
+                    values.insert(key.clone(), v);
+                }
+                Err(e) => {
+                    errors.push(format!(
+                        "`{key}` (from {}): {}",
+                        source(figment, key),
+                        e.kind
+                    ));
+                    values.insert(key.clone(), default.clone());
+                }
             }
         }
-        if !errors.is_empty() {
-            return Err(ConfigError(errors));
-        }
-        let config: Config = figment
-            .extract()
+        let config: Config = serde_json::from_value(serde_json::Value::Object(values))
             .map_err(|e| ConfigError(vec![e.to_string()]))?;
-        config.validate(figment)?;
-        Ok(config)
+        if let Err(ConfigError(more)) = config.validate(figment) {
+            errors.extend(more);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(errors))
+        }
     }
 
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
@@ -224,10 +248,29 @@ impl Config {
         if self.engine_poll_ms < 10 || self.engine_poll_ms > 60_000 {
             bad("engine_poll_ms", "must be between 10 and 60000".into());
         }
+        if self.inbound_log_per_flow > 10_000 {
+            bad("inbound_log_per_flow", "must be between 0 and 10000".into());
+        }
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            bad(
+                "public_url",
+                format!("`{}` is not an http:// or https:// URL", self.public_url),
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(errors))
+        }
+    }
+
+    /// Where other systems reach this server, without a trailing slash.
+    pub fn public_base(&self) -> String {
+        if self.public_url.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.public_url.trim_end_matches('/').to_owned()
         }
     }
 
@@ -249,6 +292,7 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             inbound_rate_per_key: self.inbound_rate_per_key,
             inbound_rate_per_flow: self.inbound_rate_per_flow,
+            inbound_log_per_flow: self.inbound_log_per_flow,
         }
     }
 
@@ -292,12 +336,22 @@ mod tests {
             jail.set_env("HOOKFLOW_LOG_FORMAT", "xml");
             jail.set_env("HOOKFLOW_TEST_PG", "ignored");
             let err = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap_err();
+            // An unknown key, a wrong type and bad values, all in one error.
+            assert_eq!(err.0.len(), 4, "{:?}", err.0);
             let text = err.to_string();
-            assert!(text.contains("colour"), "{text}");
-            assert!(text.contains("max_body_bytes"), "{text}");
-            // Semantic checks run once the types are right.
-            let err = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap_err();
-            assert!(err.0.len() >= 2, "{:?}", err.0);
+            assert!(
+                text.contains("unknown setting `colour` (from h.toml)"),
+                "{text}"
+            );
+            assert!(
+                text.contains("`max_body_bytes` (from h.toml): invalid type"),
+                "{text}"
+            );
+            assert!(
+                text.contains("`listen` (from h.toml): `nope` is not an IP:port address"),
+                "{text}"
+            );
+            assert!(text.contains("`log_format` (from environment variable HOOKFLOW_LOG_FORMAT): `xml` is not `text` or `json`"), "{text}");
             jail.create_file("h.toml", "listen = \"nope\"\n")?;
             let err = Config::load(Some(Path::new("h.toml")), &Overrides::default()).unwrap_err();
             let text = err.to_string();

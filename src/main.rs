@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookflow::config::{Config, Overrides};
 use hookflow::domain::{ApiKeyId, Scope, millis_to_rfc3339};
-use hookflow::store::{self, Store};
+use hookflow::store::{self, FlowRecord, Store};
 
 /// mimalloc rather than glibc's allocator: under the upsert benchmark glibc's
 /// malloc, free and consolidation took about a tenth of the server's CPU.
@@ -24,10 +24,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// A TOML config file (settings: listen, database_url, max_body_bytes, …).
-    #[arg(long, global = true, env = "HOOKFLOW_CONFIG")]
+    #[arg(long, global = true, env = "HOOKFLOW_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Database URL: sqlite://PATH (default sqlite://hookflow.db) or postgres://…
-    #[arg(long, global = true)]
+    /// Database URL: sqlite://PATH (default sqlite://hookflow.db, in the
+    /// current folder) or postgres://…; also HOOKFLOW_DATABASE_URL.
+    #[arg(long, global = true, value_name = "URL")]
     database: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -37,11 +38,12 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (creates the database and a first key if needed).
     Serve {
-        /// Address to listen on (default 127.0.0.1:8420).
-        #[arg(long)]
+        /// Address to listen on (default 127.0.0.1:8420; port 0 lets the
+        /// system choose a free port, printed at start).
+        #[arg(long, value_name = "IP:PORT")]
         listen: Option<String>,
     },
-    /// Apply database migrations and exit.
+    /// Create the database if needed, apply migrations and exit.
     Migrate,
     /// Manage workspaces.
     #[command(subcommand)]
@@ -54,6 +56,15 @@ enum Command {
     Flows(FlowCmd),
 }
 
+/// The workspace a command works in; `default` is the one the first start
+/// of `hookflow serve` creates.
+#[derive(clap::Args)]
+struct WorkspaceArg {
+    /// The workspace, by name.
+    #[arg(long, default_value = hookflow::bootstrap::DEFAULT_WORKSPACE, value_name = "NAME")]
+    workspace: String,
+}
+
 #[derive(Subcommand)]
 enum FlowCmd {
     /// Create or update flows from flow documents (`.yaml`/`.yml` files are
@@ -61,29 +72,54 @@ enum FlowCmd {
     /// control. Every file is checked first; if any
     /// is invalid, nothing is applied. Unchanged documents make no version.
     Apply {
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Activate every applied flow too, and print inbound URLs.
         #[arg(long)]
-        workspace: String,
-        #[arg(required = true)]
+        activate: bool,
+        /// Flow document files.
+        #[arg(required = true, value_name = "FILE")]
         paths: Vec<PathBuf>,
     },
-    /// List a workspace's flows.
+    /// Activate flows by name; prints each inbound flow's URL.
+    Activate {
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Flow names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Pause flows by name: no new entries; their runs wait where they are.
+    Pause {
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Flow names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// List a workspace's flows (id, name, status, version, inbound URL).
     List {
-        #[arg(long)]
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
     },
 }
 
 #[derive(Subcommand)]
 enum WorkspaceCmd {
     /// Create a workspace.
-    Create { name: String },
+    Create {
+        /// The new workspace's name (1 to 200 characters).
+        name: String,
+    },
     /// List workspaces.
     List,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ScopeArg {
+    /// Every API call.
     Admin,
+    /// Only inbound calls (`POST /hooks/…`) and the events API.
     Ingest,
 }
 
@@ -91,20 +127,28 @@ enum ScopeArg {
 enum KeyCmd {
     /// Create a key; the key is printed alone on the last line, once.
     Create {
-        #[arg(long)]
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// What the key may do.
         #[arg(long, value_enum)]
         scope: ScopeArg,
-        #[arg(long)]
+        /// A label to recognise the key by in `keys list`.
+        #[arg(long, value_name = "LABEL")]
         name: Option<String>,
     },
     /// List keys (never their secrets).
     List {
-        #[arg(long)]
+        /// Only this workspace's keys (default: every workspace's).
+        #[arg(long, value_name = "NAME")]
         workspace: Option<String>,
     },
-    /// Revoke a key by id; requests with it get 401 from then on.
-    Revoke { id: String },
+    /// Revoke a key by id (`key_…`, from `keys list`). A server in another
+    /// process may accept the key for up to 2 s more (its key cache).
+    Revoke {
+        /// The key's id.
+        #[arg(value_name = "KEY_ID")]
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,16 +188,43 @@ fn main() -> ExitCode {
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    store::connect(&config.database_url, &config.store_options())
-        .await
-        .with_context(|| format!("opening {}", store::redact_url(&config.database_url)))
+/// Opens the configured database, saying on stderr which one. Only `serve`
+/// and `migrate` may create it: any other command run in the wrong folder
+/// (or with the wrong URL) is refused with what it looked for.
+async fn open_store(
+    config: &Config,
+    command: &str,
+    create: bool,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let shown = store::redact_url(&config.database_url);
+    eprintln!("hookflow: database {shown}");
+    let options = store::StoreOptions {
+        create,
+        ..config.store_options()
+    };
+    match store::connect(&config.database_url, &options).await {
+        Ok(s) => Ok(s),
+        Err(store::StoreError::NoDatabase(found)) => Err(anyhow::anyhow!(
+            "no hookflow database at {shown} ({found}); `hookflow {command}` does not create one. \
+             Point at the database your server uses with --database URL or HOOKFLOW_DATABASE_URL \
+             (`hookflow serve` keeps it in hookflow.db in the folder it was started in), \
+             or create one with `hookflow migrate`"
+        )),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("opening {shown}"))),
+    }
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
+    let name = match &command {
+        Command::Serve { .. } => return serve(config).await,
+        Command::Migrate => "migrate",
+        Command::Workspaces(_) => "workspaces",
+        Command::Keys(_) => "keys",
+        Command::Flows(_) => "flows",
+    };
+    let store = open_store(&config, name, matches!(command, Command::Migrate)).await?;
     let result = match command {
-        Command::Serve { .. } => return serve(store, config).await,
+        Command::Serve { .. } => unreachable!("handled above"),
         Command::Migrate => {
             println!(
                 "migrations applied to {}",
@@ -163,13 +234,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Workspaces(cmd) => workspaces(&*store, cmd).await,
         Command::Keys(cmd) => keys(&*store, cmd).await,
-        Command::Flows(cmd) => flows(&*store, cmd).await,
+        Command::Flows(cmd) => flows(&*store, cmd, &config).await,
     };
     store.close().await;
     result
 }
 
-async fn serve(store: std::sync::Arc<dyn Store>, config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // The address first: a port already taken fails at once, before a
+    // database or a key is created in this folder.
+    let listener = tokio::net::TcpListener::bind(config.listen_addr())
+        .await
+        .with_context(|| match config.listen_addr().port() {
+            0 => format!("cannot listen on {}", config.listen),
+            port => format!(
+                "cannot listen on {} (is another hookflow, or another program, using port {port}? \
+                 stop it, or choose another address with --listen IP:PORT; port 0 picks a free one)",
+                config.listen
+            ),
+        })?;
+    let store = open_store(&config, "serve", true).await?;
     if let Some(key) = hookflow::bootstrap::ensure_default_workspace(&*store).await? {
         println!(
             "Created workspace `{}` and an admin API key:",
@@ -178,9 +262,6 @@ async fn serve(store: std::sync::Arc<dyn Store>, config: Config) -> anyhow::Resu
         println!("{}", key.secret);
         println!("This key will not be shown again. Store it now.");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen_addr())
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     // Signal handlers first: from the moment the address is printed, SIGTERM
     // means a graceful stop.
@@ -240,6 +321,7 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
                 ScopeArg::Admin => Scope::Admin,
                 ScopeArg::Ingest => Scope::Ingest,
             };
+            let workspace = workspace.workspace;
             let key = hookflow::bootstrap::issue_key(store, &workspace, scope, name).await?;
             println!(
                 "Created {} key {} in workspace `{workspace}`. It will not be shown again:",
@@ -250,7 +332,7 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::List { workspace } => {
             let ws = match workspace {
-                Some(name) => Some(store.workspace_by_name(&name).await?.id),
+                Some(name) => Some(workspace_id(store, &name).await?),
                 None => None,
             };
             for k in store.list_api_keys(ws.as_ref()).await? {
@@ -277,81 +359,115 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
-    use hookflow::flows::save::{Applied, SaveError, apply, check};
-    match cmd {
-        FlowCmd::Apply { workspace, paths } => {
-            let ws = store.workspace_by_name(&workspace).await?.id;
-            // Check every file first: a directory of flows is applied whole
-            // or not at all.
-            let mut checked = Vec::new();
-            let mut failed = 0;
-            for path in &paths {
-                let parsed = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))
-                    .and_then(|text| {
-                        hookflow::flows::file::parse(path, &text).map_err(anyhow::Error::msg)
-                    });
-                let doc = match parsed {
-                    Ok(doc) => doc,
-                    Err(e) => {
-                        eprintln!("hookflow: {e:#}");
-                        failed += 1;
-                        continue;
-                    }
-                };
-                match check(store, &ws, &doc).await {
-                    Ok(value) => checked.push((doc, value)),
-                    Err(SaveError::Invalid(errors)) => {
-                        for e in &errors {
-                            let at = e
-                                .step
-                                .as_ref()
-                                .map_or(String::new(), |s| format!("step `{s}`, "));
-                            eprintln!("{}: {at}`{}`: {}", path.display(), e.setting, e.message);
-                        }
-                        failed += 1;
-                    }
-                    Err(SaveError::Nul(at)) => {
-                        eprintln!(
-                            "{}: `{at}`: text may not contain the NUL character",
-                            path.display()
-                        );
-                        failed += 1;
-                    }
-                    Err(SaveError::Store(e)) => return Err(e.into()),
+/// The workspace named `name`, or an error listing the ones there are.
+async fn workspace_id(
+    store: &dyn Store,
+    name: &str,
+) -> anyhow::Result<hookflow::domain::WorkspaceId> {
+    match store.workspace_by_name(name).await {
+        Ok(ws) => Ok(ws.id),
+        Err(store::StoreError::NotFound { .. }) => {
+            let names: Vec<String> = store
+                .list_workspaces()
+                .await?
+                .into_iter()
+                .map(|w| format!("`{}`", w.name))
+                .collect();
+            anyhow::bail!(
+                "workspace `{name}` does not exist in this database (it has: {}); choose one with --workspace NAME",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
                 }
-            }
-            anyhow::ensure!(
-                failed == 0,
-                "{failed} of {} flow file(s) are invalid; nothing was applied",
-                paths.len()
-            );
-            for (doc, value) in checked {
-                let (f, what) = apply(store, &ws, &doc, value).await?;
-                let verb = match what {
-                    Applied::Created => "created",
-                    Applied::Updated => "updated",
-                    Applied::Unchanged => "unchanged",
-                };
-                println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
-                if let Some(secret) = f.inbound_secret.as_ref().filter(|_| f.inbound_secret_new) {
-                    println!(
-                        "signing secret of {} (shown once; rotating the token makes a new one):\n{}",
-                        f.name,
-                        secret.as_str()
-                    );
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One line for a flow's state: `active <id> <name> version N`, then its
+/// inbound URL (where other systems send calls) if it has one.
+fn print_flow_state(f: &FlowRecord, base: &str) {
+    println!(
+        "{} {}\t{}\tversion {}",
+        f.status.as_str(),
+        f.id,
+        f.name,
+        f.version
+    );
+    if let Some(token) = &f.inbound_token {
+        println!("  inbound URL: {base}/hooks/{token}");
+    }
+    if let Some(secret) = f.inbound_secret.as_ref().filter(|_| f.inbound_secret_new) {
+        println!(
+            "  signing secret (shown once; rotating the token makes a new one): {}",
+            secret.as_str()
+        );
+    }
+}
+
+async fn flows(store: &dyn Store, cmd: FlowCmd, config: &Config) -> anyhow::Result<()> {
+    use hookflow::flows::save;
+    let base = config.public_base();
+    match cmd {
+        FlowCmd::Apply {
+            workspace,
+            activate,
+            paths,
+        } => {
+            let ws = workspace_id(store, &workspace.workspace).await?;
+            for f in apply_files(store, &ws, &paths).await? {
+                if activate {
+                    let active = save::activate(store, &ws, &f.id).await?;
+                    print_flow_state(&active, &base);
                 }
             }
         }
+        cmd @ (FlowCmd::Activate { .. } | FlowCmd::Pause { .. }) => {
+            let (activate_cmd, workspace, names) = match cmd {
+                FlowCmd::Activate { workspace, names } => (true, workspace, names),
+                FlowCmd::Pause { workspace, names } => (false, workspace, names),
+                _ => unreachable!("matched above"),
+            };
+            let ws = workspace_id(store, &workspace.workspace).await?;
+            // Every name is found first: a typo changes nothing.
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for name in &names {
+                match store.flow_by_name(&ws, name.trim()).await {
+                    Ok(f) => found.push(f),
+                    Err(store::StoreError::NotFound { .. }) => missing.push(format!("`{name}`")),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            anyhow::ensure!(
+                missing.is_empty(),
+                "no flow named {} in workspace `{}` (see `hookflow flows list`); nothing was changed",
+                missing.join(", "),
+                workspace.workspace
+            );
+            for f in found {
+                let changed = if activate_cmd {
+                    save::activate(store, &ws, &f.id).await?
+                } else {
+                    save::pause(store, &ws, &f.id).await?
+                };
+                print_flow_state(&changed, &base);
+            }
+        }
         FlowCmd::List { workspace } => {
-            let ws = store.workspace_by_name(&workspace).await?.id;
+            let ws = workspace_id(store, &workspace.workspace).await?;
             let mut page = hookflow::domain::PageRequest::first(hookflow::domain::page::MAX_LIMIT);
             loop {
                 let got = store.list_flows(&ws, &page).await?;
                 for f in &got.items {
+                    let url = f
+                        .inbound_token
+                        .as_ref()
+                        .map_or(String::new(), |t| format!("\t{base}/hooks/{t}"));
                     println!(
-                        "{}\t{}\t{}\tversion {}",
+                        "{}\t{}\t{}\tversion {}{url}",
                         f.id,
                         f.name,
                         f.status.as_str(),
@@ -371,4 +487,77 @@ async fn flows(store: &dyn Store, cmd: FlowCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `flows apply`: checks every file, then saves them all (or none); the
+/// saved flows.
+async fn apply_files(
+    store: &dyn Store,
+    ws: &hookflow::domain::WorkspaceId,
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<FlowRecord>> {
+    use hookflow::flows::save::{Applied, SaveError, apply, check};
+    // Check every file first: a directory of flows is applied whole or not
+    // at all.
+    let mut checked = Vec::new();
+    let mut failed = 0;
+    for path in paths {
+        let parsed = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|text| hookflow::flows::file::parse(path, &text).map_err(anyhow::Error::msg));
+        let doc = match parsed {
+            Ok(doc) => doc,
+            Err(e) => {
+                eprintln!("hookflow: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        match check(store, ws, &doc).await {
+            Ok(value) => checked.push((doc, value)),
+            Err(SaveError::Invalid(errors)) => {
+                for e in &errors {
+                    let at = e
+                        .step
+                        .as_ref()
+                        .map_or(String::new(), |s| format!("step `{s}`, "));
+                    eprintln!("{}: {at}`{}`: {}", path.display(), e.setting, e.message);
+                }
+                failed += 1;
+            }
+            Err(SaveError::Nul(at)) => {
+                eprintln!(
+                    "{}: `{at}`: text may not contain the NUL character",
+                    path.display()
+                );
+                failed += 1;
+            }
+            Err(SaveError::Store(e)) => return Err(e.into()),
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} flow file(s) are invalid; nothing was applied",
+        paths.len()
+    );
+    let mut saved = Vec::new();
+    for (doc, value) in checked {
+        let (f, what) = apply(store, ws, &doc, value).await?;
+        let f = hookflow::flows::save::ensure_inbound_url(store, ws, f).await?;
+        let verb = match what {
+            Applied::Created => "created",
+            Applied::Updated => "updated",
+            Applied::Unchanged => "unchanged",
+        };
+        println!("{verb} {}\t{}\tversion {}", f.id, f.name, f.version);
+        if let Some(secret) = f.inbound_secret.as_ref().filter(|_| f.inbound_secret_new) {
+            println!(
+                "signing secret of {} (shown once; rotating the token makes a new one):\n{}",
+                f.name,
+                secret.as_str()
+            );
+        }
+        saved.push(f);
+    }
+    Ok(saved)
 }

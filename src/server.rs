@@ -4,7 +4,8 @@
 //! connections and lets in-flight requests finish, for at most `grace`;
 //! requests still running then are dropped (their transactions were either
 //! committed, and answered, or will be rolled back: never half-written).
-//! Then the flow engine stops after its current batch. Finally the store is closed, which lets SQLite's writer commit what is
+//! Then the flow engine stops after its current batch, and the inbound-call
+//! log writes what it has queued. Finally the store is closed, which lets SQLite's writer commit what is
 //! queued and checkpoint.
 
 use std::future::Future;
@@ -24,7 +25,9 @@ pub async fn serve(
     grace: Duration,
     engine: Arc<Engine>,
 ) -> std::io::Result<()> {
-    let app = crate::api::app(store.clone(), &options, engine.clone());
+    let (inbound_log, log_task) =
+        crate::flows::inbound_log::InboundLog::start(store.clone(), options.inbound_log_per_flow);
+    let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log);
     let engine_stop = Arc::new(tokio::sync::Notify::new());
     let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -58,6 +61,15 @@ pub async fn serve(
     // whole; a claim left behind expires) before the store closes.
     engine_stop.notify_one();
     let _ = engine_task.await;
+    // The router (and with it the log's sender) is gone: the log task writes
+    // what is queued and ends.
+    if let Some(task) = log_task
+        && tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the inbound-call log did not finish writing in 5 s; its queue is lost");
+    }
     store.close().await;
     tracing::info!("stopped");
     result

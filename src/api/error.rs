@@ -128,7 +128,7 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(1);
                 e
             }
-            StoreError::Internal(cause) => {
+            StoreError::Internal(cause) | StoreError::NoDatabase(cause) => {
                 tracing::error!(%cause, "store failure");
                 Self::internal()
             }

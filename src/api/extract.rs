@@ -42,15 +42,42 @@ pub async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
     read_body(req, state).await
 }
 
+/// The body size limit in force for a route, carried as a request extension
+/// beside axum's `DefaultBodyLimit` so that a 413 can say what the limit is
+/// and what changes it.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit {
+    pub bytes: usize,
+    /// What raises it: a setting's name, or advice when it is fixed.
+    pub remedy: &'static str,
+}
+
+impl BodyLimit {
+    /// The server-wide limit, from the `max_body_bytes` setting.
+    pub fn setting(bytes: usize) -> Self {
+        Self {
+            bytes,
+            remedy: "the `max_body_bytes` setting (HOOKFLOW_MAX_BODY_BYTES) raises it",
+        }
+    }
+}
+
 /// The whole body, whatever its type, within the route's size limit (413
-/// beyond it).
+/// beyond it, naming the limit and what raises it).
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().copied();
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                "the body is larger than the limit",
+                match limit {
+                    Some(l) => format!(
+                        "the body is larger than the limit of {} bytes; {}",
+                        l.bytes, l.remedy
+                    ),
+                    None => "the body is larger than the limit".to_owned(),
+                },
             )
         } else {
             ApiError::bad_request(

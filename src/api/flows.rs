@@ -4,18 +4,16 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use base64::Engine;
-use rand::RngCore;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{AdminKey, JsonBody, PathParam, QueryParams};
-use super::views::{FlowPage, FlowView, PageQuery};
+use super::views::{FlowPage, FlowView, InboundCallList, InboundCallsQuery, PageQuery};
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, WorkspaceId};
 use crate::flows::save::{self, SaveError};
-use crate::store::{FlowStatus, Store};
+use crate::store::Store;
 
 /// Validates `doc` against the workspace; 422 `invalid_flow` listing every
 /// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
@@ -48,12 +46,6 @@ async fn checked(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<V
             Err(err)
         }
     }
-}
-
-fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Create a flow (a draft) from a flow document.
@@ -116,18 +108,11 @@ pub async fn update_flow(
         .store
         .update_flow(&p.workspace_id, &id, doc.name.trim(), value)
         .await?;
-    // An active flow saved with an inbound trigger needs its URL now, not at
-    // the next activation.
-    if saved.status == FlowStatus::Active && saved.inbound_token.is_none() && saved.is_inbound() {
-        let mut with_url = state
-            .store
-            .set_flow_status(&p.workspace_id, &id, FlowStatus::Active, Some(new_token()))
-            .await?;
-        // A secret this save generated is still this answer's to show.
-        with_url.inbound_secret_new |= saved.inbound_secret_new;
-        return Ok(Json(with_url.into()));
-    }
-    Ok(Json(saved.into()))
+    Ok(Json(
+        save::ensure_inbound_url(&*state.store, &p.workspace_id, saved)
+            .await?
+            .into(),
+    ))
 }
 
 /// Delete a flow and its versions.
@@ -153,12 +138,8 @@ pub async fn activate_flow(
     PathParam(id): PathParam<String>,
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
-    let flow = state.store.get_flow(&p.workspace_id, &id).await?;
-    let token = flow.is_inbound().then(new_token);
     Ok(Json(
-        state
-            .store
-            .set_flow_status(&p.workspace_id, &id, FlowStatus::Active, token)
+        save::activate(&*state.store, &p.workspace_id, &id)
             .await?
             .into(),
     ))
@@ -175,9 +156,7 @@ pub async fn pause_flow(
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
     Ok(Json(
-        state
-            .store
-            .set_flow_status(&p.workspace_id, &id, FlowStatus::Paused, None)
+        save::pause(&*state.store, &p.workspace_id, &id)
             .await?
             .into(),
     ))
@@ -205,8 +184,48 @@ pub async fn rotate_token(
     Ok(Json(
         state
             .store
-            .rotate_inbound_token(&p.workspace_id, &id, new_token())
+            .rotate_inbound_token(&p.workspace_id, &id, save::new_token())
             .await?
             .into(),
     ))
+}
+
+/// The flow's most recent inbound calls, newest first: accepted and
+/// refused, with the body as received and the answer given (see what a
+/// sender really sends, and why a call was refused). Headers are never kept,
+/// so no key or signature is shown. Calls appear within moments of their
+/// answer; the log keeps `inbound_log_per_flow` calls per flow.
+#[utoipa::path(get, path = "/v1/flows/{id}/inbound-calls", tag = "flows",
+    params(("id" = String, Path, description = "Flow id"), InboundCallsQuery),
+    responses((status = 200, body = InboundCallList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn inbound_calls(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+    QueryParams(q): QueryParams<InboundCallsQuery>,
+) -> Result<Json<InboundCallList>, ApiError> {
+    let id = FlowId::parse(&id)?;
+    let keep = state.inbound_log.keep();
+    let limit = match q.limit {
+        None => keep,
+        Some(n) if n >= 1 && n as usize <= keep.max(1) => n as usize,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                format!(
+                    "limit must be between 1 and {} (the `inbound_log_per_flow` setting)",
+                    keep.max(1)
+                ),
+            ));
+        }
+    };
+    // 404 for a flow of another workspace, as everywhere.
+    state.store.get_flow(&p.workspace_id, &id).await?;
+    let calls = state
+        .store
+        .list_inbound_calls(&p.workspace_id, &id, limit)
+        .await?;
+    Ok(Json(InboundCallList {
+        data: calls.into_iter().map(Into::into).collect(),
+    }))
 }

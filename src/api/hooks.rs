@@ -78,12 +78,88 @@ pub async fn inbound_call(
     PathParam(token): PathParam<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers().clone();
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let found = lookup(&state, &token).await?;
+    let mut seen = Seen::default();
+    let outcome = receive(&state, &token, peer, request, &mut seen).await;
+    if let Some((ws, flow)) = seen.flow {
+        state
+            .inbound_log
+            .record(log_record(ws, flow, peer, seen.body.as_deref(), &outcome));
+    }
+    outcome.map(|(result, replayed)| accepted(result, replayed))
+}
+
+/// What the inbound-call log needs to know of a call, gathered as it is
+/// handled: the flow its token leads to, and the body once it was read.
+#[derive(Default)]
+struct Seen {
+    flow: Option<(WorkspaceId, crate::domain::FlowId)>,
+    body: Option<bytes::Bytes>,
+}
+
+fn log_record(
+    workspace_id: WorkspaceId,
+    flow_id: crate::domain::FlowId,
+    peer: Option<IpAddr>,
+    body: Option<&[u8]>,
+    outcome: &Result<(EntryResult, bool), ApiError>,
+) -> crate::store::InboundCallRecord {
+    let (body, body_size) = match body {
+        Some(b) => {
+            let (kept, size) = crate::flows::inbound_log::kept_body(b);
+            (Some(kept), size)
+        }
+        None => (None, 0),
+    };
+    let mut record = crate::store::InboundCallRecord {
+        workspace_id,
+        flow_id,
+        received_at: chrono::Utc::now().timestamp_millis(),
+        status: StatusCode::ACCEPTED.as_u16(),
+        code: String::new(),
+        message: None,
+        run_id: None,
+        contact_id: None,
+        caller_ip: peer.map(|ip| ip.to_canonical().to_string()),
+        body,
+        body_size,
+    };
+    match outcome {
+        Ok((r, replayed)) => {
+            record.code = r
+                .not_started
+                .clone()
+                .unwrap_or_else(|| "run_started".into());
+            record.message = replayed.then(|| {
+                "replayed: the stored answer to an earlier call with this idempotency key".into()
+            });
+            record.run_id = r.run_id.clone();
+            record.contact_id = Some(r.contact_id.clone());
+        }
+        Err(e) => {
+            record.status = e.status.as_u16();
+            record.code = e.code.to_owned();
+            record.message = Some(e.message.clone());
+        }
+    }
+    record
+}
+
+/// Handles a call: authentication, checks, mapping and the entry. `seen`
+/// collects what the inbound-call log keeps, whatever the outcome.
+async fn receive(
+    state: &AppState,
+    token: &str,
+    peer: Option<IpAddr>,
+    request: Request,
+    seen: &mut Seen,
+) -> Result<(EntryResult, bool), ApiError> {
+    let headers = request.headers().clone();
+    let found = lookup(state, token).await?;
+    seen.flow = found.as_ref().map(|t| (t.ws.clone(), t.flow.id.clone()));
     // A flow that asks for signed calls is authenticated by the signature
     // alone (which covers the body, so the body is read first); any other by
     // an API key of its workspace, checked before the body is read and
@@ -91,21 +167,24 @@ pub async fn inbound_call(
     // not).
     let (target, bytes, message_id) = match found {
         Some(t) if t.signature().is_some() => {
-            let bytes = read_json(request, &state).await?;
+            let bytes = read_json(request, state).await?;
+            seen.body = Some(bytes.clone());
             let id = check_signature(&t.flow, &headers, &bytes)?;
             check_peer(&t, peer)?;
-            check_limits(&state, None, &t.flow)?;
+            check_limits(state, None, &t.flow)?;
             (t, bytes, Some(id))
         }
         found => {
-            let p = authenticate_headers(&headers, &state).await?;
+            let p = authenticate_headers(&headers, state).await?;
             // Another workspace's key learns nothing about this URL.
             let t = found
                 .filter(|t| t.ws == p.workspace_id)
                 .ok_or_else(not_found)?;
             check_peer(&t, peer)?;
-            check_limits(&state, Some(&p.key_id), &t.flow)?;
-            (t, read_json(request, &state).await?, None)
+            check_limits(state, Some(&p.key_id), &t.flow)?;
+            let bytes = read_json(request, state).await?;
+            seen.body = Some(bytes.clone());
+            (t, bytes, None)
         }
     };
     let body: Value = parse_json(&bytes)?;
@@ -120,7 +199,7 @@ pub async fn inbound_call(
             .idempotent_answer(ws, flow.id.as_str(), key, hash)
             .await?
     {
-        return Ok(accepted(result, true));
+        return Ok((result, true));
     }
     if flow.status != FlowStatus::Active {
         return Err(ApiError::new(
@@ -133,15 +212,15 @@ pub async fn inbound_call(
         ));
     }
     let (mut req, origin) = entry_request(flow, doc, body, idempotency)?;
-    req.inbound_token = Some(token.clone());
-    let entered = enter(&state, ws, req, &origin).await;
+    req.inbound_token = Some(token.to_owned());
+    let entered = enter(state, ws, req, &origin).await;
     if let Err(e) = &entered
         && matches!(e.code, "not_found" | "flow_not_active")
     {
         // The flow changed under the cached copy (paused, rotated or deleted
         // by another process): the next call reads it afresh. A caller's own
         // bad data says nothing about the flow and keeps the cache.
-        state.inbound_cache.evict(&token);
+        state.inbound_cache.evict(token);
     }
     entered
 }
@@ -221,7 +300,12 @@ async fn lookup(state: &AppState, token: &str) -> Result<Option<Arc<Target>>, Ap
         return Ok(None);
     }
     let target = Arc::new(Target { ws, flow, doc });
-    state.inbound_cache.put(token, target.clone());
+    // Only active flows are cached: a flow paused here and activated by
+    // another process (the CLI) must take calls at once, not after the TTL.
+    // (The other way round, the entry's own re-check refuses at once.)
+    if target.flow.status == FlowStatus::Active {
+        state.inbound_cache.put(token, target.clone());
+    }
     Ok(Some(target))
 }
 
@@ -349,24 +433,7 @@ fn entry_request(
             "the body must be a JSON object",
         ));
     };
-    let email = match fields_in.get("email") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                "missing_field",
-                "email",
-                "email is required",
-            ));
-        }
-        Some(Value::String(s)) => Email::parse(s)
-            .map_err(|e| ApiError::invalid("invalid_email", "email", e.to_string()))?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_email",
-                "email",
-                "email must be a string",
-            ));
-        }
-    };
+    let email = mapped_email(fields_in, &body, mapping)?;
     let mut phone = None;
     let mut fields = Map::new();
     let mut origin = Vec::new(); // (list field, body path) to name the body path in errors
@@ -377,6 +444,9 @@ fn entry_request(
         let Some(v) = jp.get(&body).filter(|v| !v.is_null()) else {
             continue;
         };
+        if target == "email" {
+            continue; // read above
+        }
         if target == "phone" {
             let s = v.as_str().ok_or_else(|| {
                 ApiError::invalid(
@@ -414,13 +484,53 @@ fn entry_request(
     Ok((req, origin))
 }
 
+/// The contact's email: at the body path the mapping puts onto `email`
+/// (`data.object.customer_email`, as Stripe sends it), else the top-level
+/// `email`. Validated and normalised alike; errors name the body's path.
+fn mapped_email(
+    top: &Map<String, Value>,
+    body: &Value,
+    mapping: &std::collections::BTreeMap<String, String>,
+) -> Result<Email, ApiError> {
+    let mapped = mapping.iter().find(|(_, target)| *target == "email");
+    let (path, value) = match mapped {
+        Some((path, _)) => {
+            let jp = JsonPath::parse(path).map_err(|_| ApiError::internal())?;
+            (path.as_str(), jp.get(body))
+        }
+        None => ("email", top.get("email")),
+    };
+    match value {
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            "missing_field",
+            path,
+            if mapped.is_some() {
+                format!(
+                    "email is required: this flow maps `{path}` onto the email, and the body has no value there"
+                )
+            } else {
+                "email is required (or map a body path onto `email` in the flow's trigger)"
+                    .to_owned()
+            },
+        )),
+        Some(Value::String(s)) => {
+            Email::parse(s).map_err(|e| ApiError::invalid("invalid_email", path, e.to_string()))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "invalid_email",
+            path,
+            "email must be a string",
+        )),
+    }
+}
+
 /// Records the entry; the 202 once it is committed and synced.
 async fn enter(
     state: &AppState,
     ws: &WorkspaceId,
     req: EntryRequest,
     origin: &[(String, String)],
-) -> Result<Response, ApiError> {
+) -> Result<(EntryResult, bool), ApiError> {
     let out = match state.store.enter_flow(ws, req).await {
         Ok(out) => out,
         Err(StoreError::Invalid {
@@ -450,7 +560,7 @@ async fn enter(
     if out.result.run_id.is_some() {
         state.engine.wake();
     }
-    Ok(accepted(out.result, out.replayed))
+    Ok((out.result, out.replayed))
 }
 
 fn accepted(r: EntryResult, replayed: bool) -> Response {

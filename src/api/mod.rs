@@ -47,6 +47,8 @@ pub struct AppState {
     pub inbound_limits: Arc<limits::InboundLimits>,
     /// Flows by inbound token, briefly (see `hooks::lookup`).
     pub inbound_cache: Arc<hooks::InboundCache>,
+    /// The most recent calls per inbound URL (`GET /v1/flows/{id}/inbound-calls`).
+    pub inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
 }
 
 /// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
@@ -58,6 +60,8 @@ pub struct ApiOptions {
     pub inbound_rate_per_key: u32,
     /// Inbound calls per second per flow; 0 is unlimited.
     pub inbound_rate_per_flow: u32,
+    /// Calls kept per flow in its inbound-call log; 0 keeps none.
+    pub inbound_log_per_flow: usize,
 }
 
 impl Default for ApiOptions {
@@ -126,6 +130,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(flows::activate_flow))
         .routes(routes!(flows::pause_flow))
         .routes(routes!(flows::rotate_token))
+        .routes(routes!(flows::inbound_calls))
         .routes(routes!(hooks::inbound_call))
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
@@ -137,7 +142,14 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             (
                 schemas,
                 paths,
-                method.layer(DefaultBodyLimit::max(events::MAX_BULK_BYTES)),
+                method
+                    .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(
+                        events::MAX_BULK_BYTES,
+                    ))
+                    .layer::<_, std::convert::Infallible>(axum::Extension(extract::BodyLimit {
+                        bytes: events::MAX_BULK_BYTES,
+                        remedy: "it is fixed for bulk requests: send the events in several requests",
+                    })),
             )
         })
         .split_for_parts()
@@ -184,6 +196,7 @@ pub fn app(
     store: Arc<dyn Store>,
     options: &ApiOptions,
     engine: Arc<crate::flows::Engine>,
+    inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
 ) -> Router {
     let (router, _) = routes();
     let doc = openapi_document();
@@ -193,6 +206,7 @@ pub fn app(
         openapi: Bytes::from(doc.to_json().unwrap_or_default()),
         engine,
         inbound_cache: Arc::default(),
+        inbound_log,
         inbound_limits: Arc::new(limits::InboundLimits {
             per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
             per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),
@@ -211,6 +225,7 @@ pub fn app(
         })
         .with_state(state)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(axum::Extension(extract::BodyLimit::setting(options.max_body_bytes)))
         .layer(CatchPanicLayer::custom(|payload: Box<dyn std::any::Any + Send>| {
             let cause = payload
                 .downcast_ref::<&str>()

@@ -310,3 +310,66 @@ pub struct RunDetail {
 }
 
 page_type!(RunPage, RunView);
+
+/// One call to a flow's inbound URL, as its inbound-call log keeps it.
+#[derive(Serialize, ToSchema)]
+pub struct InboundCallView {
+    pub received_at: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// What the answer said: `run_started`, `already_entered` or
+    /// `run_active` for a 202, else the error's code.
+    pub code: String,
+    /// The error's message (why the call was refused), or a note on a
+    /// replayed answer.
+    pub message: Option<String>,
+    pub run_id: Option<String>,
+    pub contact_id: Option<String>,
+    /// The caller's address (the TCP peer).
+    pub caller_ip: Option<String>,
+    /// The body as received (bytes that are not UTF-8 shown as U+FFFD), cut
+    /// at 64 KiB; null when the call was refused before its body was read
+    /// (no key, a rate limit, a body too large).
+    pub body: Option<String>,
+    /// The body's whole size in bytes.
+    pub body_bytes: i64,
+    /// Whether `body` was cut.
+    pub body_truncated: bool,
+}
+
+impl From<crate::store::InboundCallRecord> for InboundCallView {
+    fn from(r: crate::store::InboundCallRecord) -> Self {
+        let body_truncated = r
+            .body
+            .as_ref()
+            .is_some_and(|b| (b.len() as i64) < r.body_size);
+        Self {
+            received_at: millis_to_rfc3339(r.received_at),
+            status: r.status,
+            code: r.code,
+            message: r.message,
+            run_id: r.run_id,
+            contact_id: r.contact_id,
+            caller_ip: r.caller_ip,
+            body: r.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            body_bytes: r.body_size,
+            body_truncated,
+        }
+    }
+}
+
+/// A flow's most recent inbound calls, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct InboundCallList {
+    pub data: Vec<InboundCallView>,
+}
+
+/// How many inbound calls to list.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InboundCallsQuery {
+    /// At most this many (default and maximum: the `inbound_log_per_flow`
+    /// setting, 100 unless changed).
+    pub limit: Option<u32>,
+}

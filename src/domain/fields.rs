@@ -89,12 +89,26 @@ pub struct FieldDef {
     pub options: Vec<String>,
 }
 
+/// Names a list field may not take, in any case: they are the contact's
+/// own values, and a field of that name would shadow them in mappings and
+/// conditions.
+pub const RESERVED_FIELD_NAMES: [&str; 2] = ["email", "phone"];
+
 /// Longest text value accepted; a marketing field is not a document store.
 pub const MAX_TEXT_LEN: usize = 4096;
 
 impl FieldDef {
     pub fn new(name: &str, kind: FieldType, options: Vec<String>) -> Result<Self, String> {
         let name = FieldName::parse(name)?;
+        if let Some(builtin) = RESERVED_FIELD_NAMES
+            .iter()
+            .find(|r| r.eq_ignore_ascii_case(name.as_str()))
+        {
+            return Err(format!(
+                "`{}` is reserved: every contact has its own {builtin}; to take it from an inbound call, map the body's path onto `{builtin}` in the flow's trigger mapping",
+                name
+            ));
+        }
         match kind {
             FieldType::Enum if options.is_empty() => {
                 return Err("an `enum` field needs at least one option".into());

@@ -20,6 +20,11 @@ use serde_json::Value;
 
 use super::{FieldDef, ListId};
 
+/// Mapping targets that are the contact's own values rather than list
+/// fields: a body path mapped onto one of these sets the contact's email or
+/// phone. (List fields may not take these names: see `FieldDef::new`.)
+pub const BUILTIN_TARGETS: [&str; 2] = ["email", "phone"];
+
 /// How a contact enters the flow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -437,8 +442,27 @@ impl Validator<'_> {
             }
         }
         if let Trigger::Inbound { mapping, .. } = &doc.trigger {
+            for builtin in BUILTIN_TARGETS {
+                let paths: Vec<&String> = mapping
+                    .iter()
+                    .filter(|(_, t)| *t == builtin)
+                    .map(|(p, _)| p)
+                    .collect();
+                if paths.len() > 1 {
+                    self.err(
+                        None,
+                        format!("trigger.mapping.{}", paths[1]),
+                        format!(
+                            "`{}` and `{}` both map onto `{builtin}`; a contact has one {builtin}",
+                            paths[0], paths[1]
+                        ),
+                    );
+                }
+            }
             for target in mapping.values() {
-                if !self.trigger_fields.contains(target) && target != "phone" {
+                if !self.trigger_fields.contains(target)
+                    && !BUILTIN_TARGETS.contains(&target.as_str())
+                {
                     self.err(
                         None,
                         format!("trigger.mapping.{target}"),

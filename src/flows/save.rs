@@ -185,3 +185,58 @@ pub async fn apply(
         Err(e) => Err(e),
     }
 }
+
+/// A new inbound token: 256 random bits, URL-safe.
+pub fn new_token() -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Activates a flow; an `inbound` flow gets its URL (and a signing secret,
+/// shown only in the record returned, if it asks for signed calls and has
+/// none). Shared by `POST /v1/flows/{id}/activate` and `hookflow flows
+/// activate`.
+pub async fn activate(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &crate::domain::FlowId,
+) -> Result<FlowRecord, StoreError> {
+    let flow = store.get_flow(ws, id).await?;
+    let token = flow.is_inbound().then(new_token);
+    store
+        .set_flow_status(ws, id, crate::store::FlowStatus::Active, token)
+        .await
+}
+
+/// Pauses a flow: no new entries, and its runs wait where they are.
+pub async fn pause(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &crate::domain::FlowId,
+) -> Result<FlowRecord, StoreError> {
+    store
+        .set_flow_status(ws, id, crate::store::FlowStatus::Paused, None)
+        .await
+}
+
+/// After a save: an active flow saved with an inbound trigger needs its URL
+/// now, not at the next activation. Returns the record to show.
+pub async fn ensure_inbound_url(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    saved: FlowRecord,
+) -> Result<FlowRecord, StoreError> {
+    use crate::store::FlowStatus;
+    if saved.status == FlowStatus::Active && saved.inbound_token.is_none() && saved.is_inbound() {
+        let mut with_url = store
+            .set_flow_status(ws, &saved.id, FlowStatus::Active, Some(new_token()))
+            .await?;
+        // A secret this save generated is still this answer's to show.
+        with_url.inbound_secret_new |= saved.inbound_secret_new;
+        return Ok(with_url);
+    }
+    Ok(saved)
+}

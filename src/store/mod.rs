@@ -57,6 +57,10 @@ pub enum StoreError {
     /// The database failed or is unreachable; details are logged, not shown.
     #[error("store failure: {0}")]
     Internal(String),
+    /// Opened with `create: false`, and there is no hookflow database there
+    /// (no file, or no hookflow tables); says what was found.
+    #[error("{0}")]
+    NoDatabase(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -266,6 +270,31 @@ pub struct EntryResult {
     pub not_started: Option<String>,
 }
 
+/// One call to a flow's inbound URL, as its inbound-call log keeps it (see
+/// `flows::inbound_log`). Never holds a header: no key or signature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InboundCallRecord {
+    pub workspace_id: WorkspaceId,
+    pub flow_id: FlowId,
+    pub received_at: Millis,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// What the answer said: `run_started`, `already_entered`, `run_active`,
+    /// or the error's code.
+    pub code: String,
+    /// The error's message, for a refused call.
+    pub message: Option<String>,
+    pub run_id: Option<String>,
+    pub contact_id: Option<String>,
+    /// The TCP peer's address.
+    pub caller_ip: Option<String>,
+    /// The body as received, cut at `flows::inbound_log::MAX_BODY`; `None`
+    /// when the call was refused before its body was read.
+    pub body: Option<Vec<u8>>,
+    /// The body's whole size in bytes (larger than `body` when it was cut).
+    pub body_size: i64,
+}
+
 #[derive(Clone, Debug)]
 pub struct EntryOutcome {
     pub result: EntryResult,
@@ -465,6 +494,20 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<EventIn>,
         now: Millis,
     ) -> Result<Vec<Result<EventRecorded>>>;
+
+    /// Appends calls to their flows' inbound-call logs (calls of flows
+    /// deleted since are skipped), then trims each flow's log to its newest
+    /// `keep` calls.
+    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()>;
+    /// A flow's logged inbound calls, newest first (the flow must be checked
+    /// to belong to `ws` by the caller; rows of other workspaces are never
+    /// returned).
+    async fn list_inbound_calls(
+        &self,
+        ws: &WorkspaceId,
+        flow: &FlowId,
+        limit: usize,
+    ) -> Result<Vec<InboundCallRecord>>;
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if
@@ -491,6 +534,11 @@ pub struct StoreOptions {
     pub pool_size: u32,
     /// How long an API key lookup is cached (0 disables the cache).
     pub key_cache_ttl: std::time::Duration,
+    /// Whether opening may create the database (a new SQLite file, the
+    /// tables of an empty PostgreSQL database). `serve` and `migrate` may;
+    /// the other commands must find an existing one, so that running one in
+    /// the wrong folder says so instead of making an empty database.
+    pub create: bool,
 }
 
 impl Default for StoreOptions {
@@ -499,6 +547,7 @@ impl Default for StoreOptions {
             max_batch: 512,
             pool_size: 8,
             key_cache_ttl: std::time::Duration::from_secs(2),
+            create: true,
         }
     }
 }

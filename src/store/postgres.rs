@@ -12,8 +12,9 @@ use sqlx::{PgConnection, PgPool, Row};
 use super::{
     AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactChange, ContactFilter, ContactPatch,
     ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord,
-    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
-    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
+    FlowStatus, InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance,
+    RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace,
+    now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, FlowId, ListId,
@@ -52,6 +53,18 @@ impl PgStore {
             .connect_with(opts)
             .await
             .map_err(internal)?;
+        if !options.create {
+            let ours: bool = sqlx::query_scalar("SELECT to_regclass('workspaces') IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .map_err(internal)?;
+            if !ours {
+                pool.close().await;
+                return Err(StoreError::NoDatabase(
+                    "the database has no hookflow tables".into(),
+                ));
+            }
+        }
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
@@ -452,5 +465,6 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
 
 mod engine;
 mod flows;
+mod inbound_log;
 mod runs;
 mod store_impl;

@@ -10,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hookflow");
 
 /// A command for the binary with no `HOOKFLOW_*` settings leaking in from
 /// the environment of the test run.
-fn hookflow(dir: &Path) -> Command {
+pub(crate) fn hookflow(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir);
     for (k, _) in std::env::vars() {
@@ -22,10 +22,10 @@ fn hookflow(dir: &Path) -> Command {
     cmd
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    stdout: Vec<String>,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stdout: Vec<String>,
 }
 
 /// A test that fails must not leave its server running (it would hold the
@@ -40,7 +40,7 @@ impl Drop for Server {
 }
 
 /// Starts `hookflow serve` and reads stdout until it says where it listens.
-fn start(dir: &Path) -> Server {
+pub(crate) fn start(dir: &Path) -> Server {
     start_with(dir, &[])
 }
 
@@ -75,7 +75,7 @@ fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     }
 }
 
-fn terminate(server: Server) -> std::process::ExitStatus {
+pub(crate) fn terminate(server: Server) -> std::process::ExitStatus {
     let mut server = server;
     let ok = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
@@ -376,6 +376,8 @@ struct Cli<'a> {
 impl<'a> Cli<'a> {
     fn new(dir: &'a Path, db: &'a str) -> Self {
         let cli = Self { dir, db };
+        // Only `serve` and `migrate` create a database.
+        assert!(cli.run(&["migrate"]).status.success());
         assert!(cli.run(&["workspaces", "create", "acme"]).status.success());
         cli
     }

@@ -10,8 +10,10 @@ mod helpers;
 
 mod bad_input;
 mod binary;
+mod cli;
 mod contract;
 mod engine;
+mod first_run;
 mod flows;
 mod inbound;
 mod isolation;

@@ -649,4 +649,20 @@ impl Store for PgStore {
         tx.commit().await.map_err(internal)?;
         Ok(out)
     }
+
+    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        super::inbound_log::record(&mut tx, &calls, keep).await?;
+        tx.commit().await.map_err(internal)
+    }
+
+    async fn list_inbound_calls(
+        &self,
+        ws: &WorkspaceId,
+        flow: &FlowId,
+        limit: usize,
+    ) -> Result<Vec<InboundCallRecord>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        super::inbound_log::list(&mut c, ws, flow, limit).await
+    }
 }

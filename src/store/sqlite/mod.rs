@@ -14,6 +14,7 @@ mod checkpoint;
 mod durable;
 mod engine;
 mod flows;
+mod inbound_log;
 mod queries;
 mod readers;
 mod runs;
@@ -29,8 +30,9 @@ use serde_json::Value;
 use super::{
     AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactChange, ContactFilter, ContactPatch,
     ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord,
-    FlowStatus, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
-    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
+    FlowStatus, InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance,
+    RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace,
+    now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
@@ -46,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_runs.sql"),
     include_str!("../../../migrations/sqlite/0004_engine.sql"),
     include_str!("../../../migrations/sqlite/0005_inbound_secret.sql"),
+    include_str!("../../../migrations/sqlite/0006_inbound_calls.sql"),
 ];
 
 pub struct SqliteStore {
@@ -75,6 +78,13 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: PathBuf, options: &StoreOptions) -> Result<Self> {
+        if !options.create && !path.is_file() {
+            let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+            return Err(StoreError::NoDatabase(format!(
+                "there is no file {}",
+                shown.display()
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
@@ -96,7 +106,7 @@ impl SqliteStore {
         // Every statement the writer runs stays prepared: with the engine's
         // statements, 64 slots made them evict each other (re-parsed SQL).
         conn.set_prepared_statement_cache_capacity(256);
-        migrate(&mut conn)?;
+        migrate(&mut conn, options.create)?;
         let readers = readers::Readers::open(path.clone(), options.pool_size.max(1) as usize)?;
         let restart_wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         Ok(Self {
@@ -113,10 +123,15 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
     let applied: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(internal)? as usize;
+    if applied == 0 && !create {
+        return Err(StoreError::NoDatabase(
+            "the file is not a hookflow database (it has no hookflow tables)".into(),
+        ));
+    }
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Internal(format!(
             "the database has schema version {applied}, newer than this binary knows ({}); upgrade hookflow",
@@ -608,6 +623,24 @@ impl Store for SqliteStore {
         let (ws, id) = (ws.clone(), id.clone());
         self.writer
             .write(move |c| engine::cancel(c, &ws, &id, now))
+            .await
+    }
+
+    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()> {
+        self.writer
+            .write(move |c| inbound_log::record(c, &calls, keep))
+            .await
+    }
+
+    async fn list_inbound_calls(
+        &self,
+        ws: &WorkspaceId,
+        flow: &FlowId,
+        limit: usize,
+    ) -> Result<Vec<InboundCallRecord>> {
+        let (ws, flow) = (ws.clone(), flow.clone());
+        self.readers
+            .read(move |c| inbound_log::list(c, &ws, &flow, limit))
             .await
     }
 
