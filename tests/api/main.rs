@@ -18,3 +18,4 @@ mod flows;
 mod inbound;
 mod isolation;
 mod openapi;
+mod readme;
