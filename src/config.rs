@@ -252,10 +252,17 @@ impl Config {
             bad("inbound_log_per_flow", "must be between 0 and 10000".into());
         }
         let url = &self.public_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        if !url.is_empty() && host.is_none_or(str::is_empty) {
             bad(
                 "public_url",
-                format!("`{}` is not an http:// or https:// URL", self.public_url),
+                format!(
+                    "`{}` is not an http:// or https:// URL with a host",
+                    self.public_url
+                ),
             );
         }
         if errors.is_empty() {

@@ -27,7 +27,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (inbound_log, log_task) =
         crate::flows::inbound_log::InboundLog::start(store.clone(), options.inbound_log_per_flow);
-    let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log);
+    let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log.clone());
     let engine_stop = Arc::new(tokio::sync::Notify::new());
     let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -61,13 +61,15 @@ pub async fn serve(
     // whole; a claim left behind expires) before the store closes.
     engine_stop.notify_one();
     let _ = engine_task.await;
-    // The router (and with it the log's sender) is gone: the log task writes
-    // what is queued and ends.
-    if let Some(task) = log_task
-        && tokio::time::timeout(Duration::from_secs(5), task)
+    // The log writes what is queued and ends (connections dropped after the
+    // grace period may still hold its sender: it is told, not waited for).
+    inbound_log.stop();
+    if let Some(mut task) = log_task
+        && tokio::time::timeout(Duration::from_secs(5), &mut task)
             .await
             .is_err()
     {
+        task.abort();
         tracing::warn!("the inbound-call log did not finish writing in 5 s; its queue is lost");
     }
     store.close().await;

@@ -17,3 +17,13 @@ CREATE TABLE inbound_calls (
     body_size    BIGINT NOT NULL
 );
 CREATE INDEX inbound_calls_by_flow ON inbound_calls (flow_id, id);
+-- A deleted contact leaves no trace here either (the bodies hold personal data).
+CREATE INDEX inbound_calls_by_contact ON inbound_calls (contact_id) WHERE contact_id IS NOT NULL;
+CREATE FUNCTION inbound_calls_forget_contact() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM inbound_calls WHERE contact_id = OLD.id;
+    RETURN OLD;
+END;
+$$;
+CREATE TRIGGER inbound_calls_forget_contact AFTER DELETE ON contacts
+    FOR EACH ROW EXECUTE FUNCTION inbound_calls_forget_contact();

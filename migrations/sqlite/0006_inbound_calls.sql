@@ -17,3 +17,9 @@ CREATE TABLE inbound_calls (
     body_size    INTEGER NOT NULL
 );
 CREATE INDEX inbound_calls_by_flow ON inbound_calls (flow_id, id);
+-- A deleted contact leaves no trace here either (the bodies hold personal data).
+CREATE INDEX inbound_calls_by_contact ON inbound_calls (contact_id) WHERE contact_id IS NOT NULL;
+CREATE TRIGGER inbound_calls_forget_contact AFTER DELETE ON contacts
+BEGIN
+    DELETE FROM inbound_calls WHERE contact_id = OLD.id;
+END;

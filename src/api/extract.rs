@@ -269,8 +269,13 @@ pub async fn authenticate_headers(
     }
 }
 
+/// The one API key the request presents. Every `Authorization` and
+/// `X-Api-Key` header is read: a request presenting two different keys is
+/// refused (401) rather than judged by whichever header is looked at first,
+/// so an invalid key is never hidden behind a valid one.
 fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
+    let mut keys: Vec<&str> = Vec::new();
+    for v in headers.get_all(header::AUTHORIZATION) {
         let v = v
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
@@ -280,17 +285,24 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
                 "use `Authorization: Bearer <API key>` or `X-Api-Key: <API key>`",
             ));
         }
-        return Ok(token.trim());
+        keys.push(token.trim());
     }
-    if let Some(v) = headers.get("x-api-key") {
-        return v
-            .to_str()
-            .map(str::trim)
-            .map_err(|_| ApiError::unauthorized("the X-Api-Key header is not valid text"));
+    for v in headers.get_all("x-api-key") {
+        keys.push(
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::unauthorized("the X-Api-Key header is not valid text"))?,
+        );
     }
-    Err(ApiError::unauthorized(
-        "an API key is required: send `Authorization: Bearer <API key>` or `X-Api-Key: <API key>`",
-    ))
+    match keys.as_slice() {
+        [] => Err(ApiError::unauthorized(
+            "an API key is required: send `Authorization: Bearer <API key>` or `X-Api-Key: <API key>`",
+        )),
+        [first, rest @ ..] if rest.iter().all(|k| k == first) => Ok(first),
+        _ => Err(ApiError::unauthorized(
+            "the request presents different API keys (in `Authorization` and `X-Api-Key`, or repeated headers); send one",
+        )),
+    }
 }
 
 /// 422 for a body holding a NUL character somewhere.

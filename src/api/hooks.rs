@@ -84,7 +84,18 @@ pub async fn inbound_call(
         .map(|c| c.0.ip());
     let mut seen = Seen::default();
     let outcome = receive(&state, &token, peer, request, &mut seen).await;
-    if let Some((ws, flow)) = seen.flow {
+    // A caller who proved nothing (no valid key or signature) is logged
+    // without a body, and at most a few times a second per flow: whoever
+    // holds only the URL may neither write to the database at will nor push
+    // the owner's calls out of the log.
+    if let Some((ws, flow)) = seen.flow
+        && (seen.authenticated
+            || state
+                .inbound_limits
+                .unauthenticated_log
+                .check(flow.as_str())
+                .is_ok())
+    {
         state
             .inbound_log
             .record(log_record(ws, flow, peer, seen.body.as_deref(), &outcome));
@@ -93,10 +104,12 @@ pub async fn inbound_call(
 }
 
 /// What the inbound-call log needs to know of a call, gathered as it is
-/// handled: the flow its token leads to, and the body once it was read.
+/// handled: the flow its token leads to, whether the caller proved who it
+/// is, and the body once it was read and the caller authenticated.
 #[derive(Default)]
 struct Seen {
     flow: Option<(WorkspaceId, crate::domain::FlowId)>,
+    authenticated: bool,
     body: Option<bytes::Bytes>,
 }
 
@@ -168,9 +181,10 @@ async fn receive(
     let (target, bytes, message_id) = match found {
         Some(t) if t.signature().is_some() => {
             let bytes = read_json(request, state).await?;
-            seen.body = Some(bytes.clone());
             let id = check_signature(&t.flow, &headers, &bytes)?;
+            seen.authenticated = true;
             check_peer(&t, peer)?;
+            seen.body = Some(bytes.clone());
             check_limits(state, None, &t.flow)?;
             (t, bytes, Some(id))
         }
@@ -180,6 +194,7 @@ async fn receive(
             let t = found
                 .filter(|t| t.ws == p.workspace_id)
                 .ok_or_else(not_found)?;
+            seen.authenticated = true;
             check_peer(&t, peer)?;
             check_limits(state, Some(&p.key_id), &t.flow)?;
             let bytes = read_json(request, state).await?;
@@ -381,6 +396,31 @@ fn check_signature(
     }
 }
 
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters
+/// (no space, no control), sent once. Anything else is 400
+/// `invalid_idempotency_key` rather than a key silently altered or chosen.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key is sent more than once; send it once",
+        ));
+    }
+    let bytes = first.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)",
+        ));
+    }
+    // Visible ASCII is valid text.
+    Ok(first.to_str().ok())
+}
+
 /// The idempotency key (the `Idempotency-Key` header, else a signed call's
 /// `webhook-id`, so a redelivery is recognised) and a hash of the body.
 fn idempotency(
@@ -388,20 +428,7 @@ fn idempotency(
     body: &Value,
     message_id: Option<&str>,
 ) -> Result<Option<(String, Vec<u8>)>, ApiError> {
-    let key = match headers.get("idempotency-key") {
-        None => message_id,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_idempotency_key",
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?,
-        ),
-    };
+    let key = idempotency_key(headers)?.or(message_id);
     // serde_json maps keep keys sorted: equal bodies hash equally.
     Ok(key.map(|k| {
         (
@@ -495,7 +522,11 @@ fn mapped_email(
     let mapped = mapping.iter().find(|(_, target)| *target == "email");
     let (path, value) = match mapped {
         Some((path, _)) => {
-            let jp = JsonPath::parse(path).map_err(|_| ApiError::internal())?;
+            let jp = JsonPath::parse(path).map_err(|e| {
+                // Paths are checked when the flow is saved.
+                tracing::error!(%path, error = %e, "a stored mapping path does not parse");
+                ApiError::internal()
+            })?;
             (path.as_str(), jp.get(body))
         }
         None => ("email", top.get("email")),

@@ -95,7 +95,15 @@ pub struct InboundLimits {
     /// Per flow (`inbound_rate_per_flow`): one inbound URL cannot take the
     /// whole server, whoever calls it.
     pub per_flow: RateLimit,
+    /// Refused calls from callers who proved nothing, logged per flow
+    /// ([`UNAUTHENTICATED_LOG_RATE`] a second): the log shows that a shop
+    /// forgets its key without letting anyone who holds only the URL write
+    /// to the database at will.
+    pub unauthenticated_log: RateLimit,
 }
+
+/// Unauthenticated refusals logged per flow and second, in bursts of as many.
+pub const UNAUTHENTICATED_LOG_RATE: u32 = 2;
 
 #[cfg(test)]
 mod tests {

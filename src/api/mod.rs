@@ -210,6 +210,7 @@ pub fn app(
         inbound_limits: Arc::new(limits::InboundLimits {
             per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
             per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),
+            unauthenticated_log: limits::RateLimit::per_second(limits::UNAUTHENTICATED_LOG_RATE),
         }),
     };
     let request_id = HeaderName::from_static("x-request-id");

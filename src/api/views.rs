@@ -328,8 +328,10 @@ pub struct InboundCallView {
     /// The caller's address (the TCP peer).
     pub caller_ip: Option<String>,
     /// The body as received (bytes that are not UTF-8 shown as U+FFFD), cut
-    /// at 64 KiB; null when the call was refused before its body was read
-    /// (no key, a rate limit, a body too large).
+    /// at 64 KiB; null when the caller proved nothing (no valid key or
+    /// signature: such refusals are logged a few times a second per flow at
+    /// most) or the call was refused before its body was read (a rate
+    /// limit, a body too large).
     pub body: Option<String>,
     /// The body's whole size in bytes.
     pub body_bytes: i64,

@@ -13,36 +13,67 @@
 //! and signatures travel there.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::store::{InboundCallRecord, Store};
 
 /// Largest part of a body kept; the rest is cut (`body_size` keeps the size).
 pub const MAX_BODY: usize = 64 * 1024;
-/// Records waiting for the writer at most.
+/// Bytes of bodies waiting for the writer at most (memory while the store
+/// lags); records beyond it are dropped.
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Records waiting at most, whatever their size.
 const QUEUE: usize = 4096;
-/// Records written per store batch at most.
+/// Records and body bytes written per store batch at most: one batch is one
+/// job on SQLite's single writer, which must stay short.
 const BATCH: usize = 512;
+const BATCH_BYTES: usize = 1024 * 1024;
 
 pub struct InboundLog {
     /// `None` when the log is off (`keep` 0).
     tx: Option<mpsc::Sender<InboundCallRecord>>,
+    /// Body bytes queued and not yet written.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Tells the writer to write what is queued and end (shutdown), even
+    /// while connections still hold senders.
+    stop: Arc<Notify>,
     /// Calls kept per flow.
     keep: usize,
 }
 
 impl InboundLog {
-    /// Starts the writer task, which ends once every `InboundLog` handle is
-    /// dropped and the queue is written; await it before closing the store.
+    /// Starts the writer task; [`InboundLog::stop`] it, then await it, before
+    /// closing the store.
     pub fn start(store: Arc<dyn Store>, keep: usize) -> (Arc<Self>, Option<JoinHandle<()>>) {
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(Notify::new());
         if keep == 0 {
-            return (Arc::new(Self { tx: None, keep }), None);
+            let log = Self {
+                tx: None,
+                queued_bytes,
+                stop,
+                keep,
+            };
+            return (Arc::new(log), None);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_batches(store, rx, keep));
-        (Arc::new(Self { tx: Some(tx), keep }), Some(task))
+        let task = tokio::spawn(write_batches(
+            store,
+            rx,
+            keep,
+            queued_bytes.clone(),
+            stop.clone(),
+        ));
+        let log = Self {
+            tx: Some(tx),
+            queued_bytes,
+            stop,
+            keep,
+        };
+        (Arc::new(log), Some(task))
     }
 
     /// How many calls a flow's log keeps (what a listing may return).
@@ -50,13 +81,21 @@ impl InboundLog {
         self.keep
     }
 
-    /// Queues a call; never waits.
+    /// Queues a call; never waits. Dropped (and counted) when the queue is
+    /// full by count or by bytes.
     pub fn record(&self, call: InboundCallRecord) {
-        if let Some(tx) = &self.tx
-            && tx.try_send(call).is_err()
-        {
+        let Some(tx) = &self.tx else { return };
+        let bytes = call.body.as_ref().map_or(0, Vec::len);
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > QUEUE_BYTES || tx.try_send(call).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             metrics::counter!("hookflow_inbound_log_dropped_total").increment(1);
         }
+    }
+
+    /// Asks the writer to write what is queued now and end.
+    pub fn stop(&self) {
+        self.stop.notify_one();
     }
 }
 
@@ -68,19 +107,62 @@ pub fn kept_body(bytes: &[u8]) -> (Vec<u8>, i64) {
     )
 }
 
+/// Takes queued records into `batch` without waiting, within the batch
+/// limits; false once the channel is closed and empty.
+fn fill(rx: &mut mpsc::Receiver<InboundCallRecord>, batch: &mut Vec<InboundCallRecord>) -> bool {
+    let mut bytes: usize = batch
+        .iter()
+        .map(|c| c.body.as_ref().map_or(0, Vec::len))
+        .sum();
+    while batch.len() < BATCH && bytes < BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(call) => {
+                bytes += call.body.as_ref().map_or(0, Vec::len);
+                batch.push(call);
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return !batch.is_empty(),
+        }
+    }
+    true
+}
+
 async fn write_batches(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<InboundCallRecord>,
     keep: usize,
+    queued_bytes: Arc<AtomicUsize>,
+    stop: Arc<Notify>,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let n = batch.len();
-        if let Err(e) = store
-            .record_inbound_calls(std::mem::take(&mut batch), keep)
-            .await
-        {
+    let mut stopping = false;
+    loop {
+        let mut batch = Vec::new();
+        if !stopping {
+            tokio::select! {
+                first = rx.recv() => match first {
+                    Some(call) => batch.push(call),
+                    None => return,
+                },
+                () = stop.notified() => stopping = true,
+            }
+        }
+        let open = fill(&mut rx, &mut batch);
+        if batch.is_empty() {
+            if stopping || !open {
+                return;
+            }
+            continue;
+        }
+        let (n, bytes) = (
+            batch.len(),
+            batch
+                .iter()
+                .map(|c| c.body.as_ref().map_or(0, Vec::len))
+                .sum::<usize>(),
+        );
+        if let Err(e) = store.record_inbound_calls(batch, keep).await {
             tracing::warn!(error = %e, calls = n, "could not write the inbound-call log");
         }
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }

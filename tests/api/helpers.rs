@@ -197,6 +197,11 @@ pub async fn spawn_app_with(backend: Backend, options: ApiOptions) -> Option<Tes
 }
 
 impl TestApp {
+    /// The test database's URL (`sqlite://PATH` or a PostgreSQL URL).
+    pub fn db_url(&self) -> &str {
+        &self._db.url
+    }
+
     /// Stops the server and waits until it has closed the store.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

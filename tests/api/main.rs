@@ -15,6 +15,7 @@ mod contract;
 mod engine;
 mod first_run;
 mod flows;
+mod hardening;
 mod inbound;
 mod isolation;
 mod openapi;

@@ -90,9 +90,30 @@ impl SqliteStore {
                 StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let mut conn = Connection::open(&path).map_err(internal)?;
+        // Without `create`, open without SQLite's create flag and look at the
+        // schema version before any pragma: a file that is not ours is left
+        // exactly as it was (no WAL switch, no -wal/-shm files).
+        let mut conn = if options.create {
+            Connection::open(&path)
+        } else {
+            Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_URI
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        }
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::CannotOpen) => {
+                StoreError::NoDatabase(format!("cannot open {}", path.display()))
+            }
+            _ => internal(e),
+        })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(internal)?;
+        if !options.create {
+            refuse_foreign(&conn)?;
+        }
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL; -- plus our own WAL fsync per batch: see durable.rs
@@ -123,14 +144,28 @@ impl SqliteStore {
     }
 }
 
+fn not_ours() -> StoreError {
+    StoreError::NoDatabase("the file is not a hookflow database (it has no hookflow tables)".into())
+}
+
+/// Refuses a file that holds no hookflow schema, before anything writes to it.
+fn refuse_foreign(conn: &Connection) -> Result<()> {
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|_| not_ours())?;
+    if applied == 0 {
+        Err(not_ours())
+    } else {
+        Ok(())
+    }
+}
+
 fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
     let applied: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(internal)? as usize;
     if applied == 0 && !create {
-        return Err(StoreError::NoDatabase(
-            "the file is not a hookflow database (it has no hookflow tables)".into(),
-        ));
+        return Err(not_ours());
     }
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Internal(format!(

@@ -1,0 +1,117 @@
+//! Input rules that are exact (issue: hardening): credentials that disagree,
+//! idempotency keys that are not what the docs allow. Each is refused with
+//! an error naming what is wrong, and stores nothing.
+
+use serde_json::{Value, json};
+
+use crate::both_stores;
+use crate::helpers::{Backend, TestApp, spawn_app};
+
+both_stores!(
+    a_request_presenting_two_different_keys_is_refused,
+    idempotency_keys_are_visible_ascii_sent_once
+);
+
+async fn send(app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Value) {
+    let _ = app;
+    let resp = req.send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn a_request_presenting_two_different_keys_is_refused(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let url = format!("{}/v1/contacts", app.base);
+    let good = app.admin_key.clone();
+    let bad = "hfk_not_a_key_at_all";
+    let two_keys = "the request presents different API keys (in `Authorization` and `X-Api-Key`, or repeated headers); send one";
+    for (bearer, x_api_key) in [
+        (Some(good.as_str()), Some(bad)),
+        (Some(bad), Some(good.as_str())),
+    ] {
+        let mut req = app.http.post(&url).json(&json!({"email": "a@example.com"}));
+        if let Some(k) = bearer {
+            req = req.bearer_auth(k);
+        }
+        if let Some(k) = x_api_key {
+            req = req.header("X-Api-Key", k);
+        }
+        let (s, body) = send(&app, req).await;
+        assert_eq!(s, 401, "{body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(body["error"]["message"], two_keys);
+    }
+    // Two X-Api-Key headers that differ, likewise.
+    let req = app
+        .http
+        .post(&url)
+        .header("X-Api-Key", &good)
+        .header("X-Api-Key", bad)
+        .json(&json!({"email": "a@example.com"}));
+    let (s, body) = send(&app, req).await;
+    assert_eq!(
+        (s, body["error"]["message"].as_str()),
+        (401, Some(two_keys))
+    );
+    let (_, contacts) = app.get(&good, "/v1/contacts").await;
+    assert_eq!(contacts["data"], json!([]), "nothing was stored");
+    // The same key in both places is one key.
+    let req = app
+        .http
+        .post(&url)
+        .bearer_auth(&good)
+        .header("X-Api-Key", &good)
+        .json(&json!({"email": "a@example.com"}));
+    let (s, body) = send(&app, req).await;
+    assert_eq!(s, 201, "{body}");
+    app.stop().await;
+}
+
+async fn idempotency_keys_are_visible_ascii_sent_once(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    let (_, l) = app.post(k, "/v1/lists", json!({"name": "L"})).await;
+    let f = app
+        .active_flow(
+            json!({"name": "F", "trigger": {"type": "inbound", "list_id": l["id"]},
+            "steps": [{"id": "done", "type": "exit"}]}),
+        )
+        .await;
+    let url = format!("{}{}", app.base, f.url.unwrap());
+    let call = |keys: &[&str]| {
+        let mut req = app
+            .http
+            .post(&url)
+            .header("X-Api-Key", k)
+            .json(&json!({"email": "a@example.com"}));
+        for key in keys {
+            req = req.header("Idempotency-Key", *key);
+        }
+        req
+    };
+    let (s, body) = send(&app, call(&["a b"])).await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_idempotency_key");
+    assert_eq!(
+        body["error"]["message"],
+        "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)"
+    );
+    let (s, body) = send(&app, call(&["order-1", "order-2"])).await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_idempotency_key");
+    assert_eq!(
+        body["error"]["message"],
+        "Idempotency-Key is sent more than once; send it once"
+    );
+    let (_, runs) = app.get(k, &format!("/v1/runs?flow_id={}", f.id)).await;
+    assert_eq!(runs["data"], json!([]), "no run started");
+    let (s, body) = send(&app, call(&["order-1"])).await;
+    assert_eq!(s, 202, "{body}");
+    app.stop().await;
+}
