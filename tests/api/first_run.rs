@@ -249,39 +249,28 @@ async fn the_inbound_call_log_shows_accepted_and_refused_calls_as_received(b: Ba
     let (flow, url) = inbound_flow(&app, json!({"customer.name": "first_name"})).await;
     let target = format!("{}{url}", app.base);
     let sent = r#"{"email":"ada@example.com","customer":{"name":"Ada"}}"#;
+    // Sends `body` as JSON bytes, exactly, with the admin key or none.
+    let raw = |body: &'static str, with_key: bool| {
+        let mut req = app
+            .http
+            .post(&target)
+            .header("Content-Type", "application/json")
+            .body(body);
+        if with_key {
+            req = req.header("X-Api-Key", &app.admin_key);
+        }
+        req.send()
+    };
     // 1. accepted
-    let resp = app
-        .http
-        .post(&target)
-        .header("X-Api-Key", &app.admin_key)
-        .header("Content-Type", "application/json")
-        .body(sent)
-        .send()
-        .await
-        .unwrap();
+    let resp = raw(sent, true).await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let accepted: Value = resp.json().await.unwrap();
     // 2. refused for its data: the body is kept, to see why
     let bad = r#"{"email":"nope","customer":{"name":"Bob"}}"#;
-    let resp = app
-        .http
-        .post(&target)
-        .header("X-Api-Key", &app.admin_key)
-        .header("Content-Type", "application/json")
-        .body(bad)
-        .send()
-        .await
-        .unwrap();
+    let resp = raw(bad, true).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // 3. no key: refused before the body is read
-    let resp = app
-        .http
-        .post(&target)
-        .header("Content-Type", "application/json")
-        .body(sent)
-        .send()
-        .await
-        .unwrap();
+    let resp = raw(sent, false).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
     let calls = logged(&app, &flow, 3).await;
@@ -309,13 +298,7 @@ async fn the_inbound_call_log_shows_accepted_and_refused_calls_as_received(b: Ba
     // Callers who prove nothing are logged a few times a second per flow,
     // not once per request: 20 calls without a key, then one with it.
     for _ in 0..20 {
-        let resp = app
-            .http
-            .post(&target)
-            .json(&json!({"email": "x@example.com"}))
-            .send()
-            .await
-            .unwrap();
+        let resp = raw(r#"{"email":"x@example.com"}"#, false).await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
     let (s, sentinel) = hook(&app, &url, json!({"email": "sentinel@example.com"})).await;
