@@ -52,6 +52,17 @@ pub struct Config {
     /// Calls kept per flow in its inbound-call log (`GET
     /// /v1/flows/{id}/inbound-calls`), newest first; 0 keeps none.
     pub inbound_log_per_flow: usize,
+    /// Longest wait, in seconds, for a request's headers: from a connection's
+    /// opening, or the end of its previous response (keep-alive idleness),
+    /// to the end of the next request's headers. Then it is closed.
+    pub http_header_timeout_secs: u64,
+    /// Longest wait, in seconds, for a whole body once its headers arrived
+    /// (408 beyond it).
+    pub http_body_timeout_secs: u64,
+    /// Connections served at once; 0 (default) picks from the open-file
+    /// limit (raised to its hard limit at start): that limit less 128, for
+    /// the database and logs.
+    pub http_max_connections: usize,
     /// The URL other systems reach this server at (`https://hooks.example.com`),
     /// used where hookflow prints full inbound URLs; empty: `http://` + `listen`.
     pub public_url: String,
@@ -80,6 +91,9 @@ impl Default for Config {
             inbound_rate_per_key: 0,
             inbound_rate_per_flow: 0,
             inbound_log_per_flow: 100,
+            http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
+            http_max_connections: 0,
             public_url: String::new(),
         }
     }
@@ -145,24 +159,16 @@ impl Config {
         }
         let mut values = serde_json::Map::new();
         for (key, default) in known {
-            let got = match key.as_str() {
-                "listen" | "database_url" | "log_format" | "log_level" | "public_url" => figment
+            // A setting's type is its default's: text or a whole number
+            // (narrower integer types are checked when the whole is built).
+            let got = if default.is_string() {
+                figment
                     .extract_inner::<String>(key)
-                    .map(serde_json::Value::from),
-                "max_body_bytes"
-                | "sqlite_max_batch"
-                | "engine_batch"
-                | "engine_workers"
-                | "inbound_log_per_flow" => figment
-                    .extract_inner::<usize>(key)
-                    .map(serde_json::Value::from),
-                "shutdown_grace_secs" | "engine_lease_secs" | "engine_poll_ms" => figment
+                    .map(serde_json::Value::from)
+            } else {
+                figment
                     .extract_inner::<u64>(key)
-                    .map(serde_json::Value::from),
-                "db_pool_size" | "inbound_rate_per_key" | "inbound_rate_per_flow" => figment
-                    .extract_inner::<u32>(key)
-                    .map(serde_json::Value::from),
-                other => unreachable!("setting `{other}` has no type in extract_all"),
+                    .map(serde_json::Value::from)
             };
             match got {
                 Ok(v) => {
@@ -178,16 +184,19 @@ impl Config {
                 }
             }
         }
-        let config: Config = serde_json::from_value(serde_json::Value::Object(values))
-            .map_err(|e| ConfigError(vec![e.to_string()]))?;
-        if let Err(ConfigError(more)) = config.validate(figment) {
-            errors.extend(more);
+        match serde_json::from_value::<Config>(serde_json::Value::Object(values)) {
+            Ok(config) => {
+                if let Err(ConfigError(more)) = config.validate(figment) {
+                    errors.extend(more);
+                }
+                if errors.is_empty() {
+                    return Ok(config);
+                }
+            }
+            // A whole number too large for its setting's type.
+            Err(e) => errors.push(format!("a setting is out of range: {e}")),
         }
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError(errors))
-        }
+        Err(ConfigError(errors))
     }
 
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
@@ -248,6 +257,24 @@ impl Config {
         if self.engine_poll_ms < 10 || self.engine_poll_ms > 60_000 {
             bad("engine_poll_ms", "must be between 10 and 60000".into());
         }
+        if self.http_header_timeout_secs == 0 || self.http_header_timeout_secs > 3600 {
+            bad(
+                "http_header_timeout_secs",
+                "must be between 1 and 3600".into(),
+            );
+        }
+        if self.http_body_timeout_secs == 0 || self.http_body_timeout_secs > 3600 {
+            bad(
+                "http_body_timeout_secs",
+                "must be between 1 and 3600".into(),
+            );
+        }
+        if self.http_max_connections > 1_000_000 {
+            bad(
+                "http_max_connections",
+                "must be between 0 (automatic) and 1000000".into(),
+            );
+        }
         if self.inbound_log_per_flow > 10_000 {
             bad("inbound_log_per_flow", "must be between 0 and 10000".into());
         }
@@ -300,6 +327,12 @@ impl Config {
             inbound_rate_per_key: self.inbound_rate_per_key,
             inbound_rate_per_flow: self.inbound_rate_per_flow,
             inbound_log_per_flow: self.inbound_log_per_flow,
+            header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.http_body_timeout_secs),
+            max_connections: match self.http_max_connections {
+                0 => crate::server::automatic_max_connections(),
+                n => n,
+            },
         }
     }
 

@@ -169,6 +169,9 @@ fn main() -> ExitCode {
         }
     };
     hookflow::telemetry::init_logging(&config.log_format, &config.log_level);
+    if matches!(cli.command, Command::Serve { .. }) {
+        hookflow::server::raise_open_file_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,8 @@
 //! Runs the application on a bound listener until a shutdown signal.
 //!
+//! Connections are accepted by our own loop over hyper (`accept_until`):
+//! header and idle timeouts, a connection cap, accept back-off.
+//!
 //! Shutdown protocol: when `shutdown` resolves, the server stops accepting
 //! connections and lets in-flight requests finish, for at most `grace`;
 //! requests still running then are dropped (their transactions were either
@@ -9,10 +12,18 @@
 //! queued and checkpoint.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::flows::Engine;
 use crate::store::Store;
@@ -30,33 +41,19 @@ pub async fn serve(
     let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log.clone());
     let engine_stop = Arc::new(tokio::sync::Notify::new());
     let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    // The peer address reaches handlers (inbound URLs' `allowed_ips`).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        let _ = stopping_tx.send(());
-    });
-    let mut handle = tokio::spawn(async move { server.await });
-    let early = tokio::select! {
-        res = &mut handle => Some(res),
-        _ = stopping_rx => None,
-    };
-    let result = match early {
-        Some(res) => res.map_err(std::io::Error::other)?,
-        None => match tokio::time::timeout(grace, &mut handle).await {
-            Ok(res) => res.map_err(std::io::Error::other)?,
-            Err(_) => {
-                tracing::warn!(
-                    grace_secs = grace.as_secs(),
-                    "in-flight requests did not finish in time; dropping them"
-                );
-                handle.abort();
-                Ok(())
-            }
-        },
-    };
+    let connections = accept_until(listener, app, &options, shutdown).await;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    // Idle keep-alive connections close at once; busy ones after their
+    // response, for at most `grace`.
+    if tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight requests did not finish in time; dropping them"
+        );
+    }
     // The engine finishes its batch (its transactions commit or roll back
     // whole; a claim left behind expires) before the store closes.
     engine_stop.notify_one();
@@ -74,7 +71,123 @@ pub async fn serve(
     }
     store.close().await;
     tracing::info!("stopped");
-    result
+    Ok(())
+}
+
+/// Accepts connections until `shutdown`, serving each with hyper's HTTP/1
+/// and these defences (none of which axum's own `serve` offers):
+/// - a header timer (`http_header_timeout_secs`): hyper starts it whenever a
+///   connection waits for a request, the first or the next on a keep-alive
+///   connection, so a connection that sends nothing, or its headers too
+///   slowly, is closed (bodies have their own timer, in `api::extract`);
+/// - at most `http_max_connections` at once: at the limit, accepting waits
+///   for a connection to close (logged, at most every 10 s), so descriptors
+///   are never exhausted by connections alone;
+/// - accept errors (`EMFILE`, …) back off from 5 ms to 1 s instead of
+///   spinning, while existing connections go on being served.
+///
+/// Returns the connections still open, for a graceful shutdown.
+async fn accept_until(
+    listener: TcpListener,
+    app: Router,
+    options: &crate::api::ApiOptions,
+    shutdown: impl Future<Output = ()>,
+) -> GracefulShutdown {
+    let connections = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut warned: Option<Instant> = None;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max = options.max_connections,
+                        "connection limit reached (`http_max_connections`): new connections wait until one closes"
+                    );
+                    warned = Some(Instant::now());
+                }
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                    () = &mut shutdown => return connections,
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    c
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting a connection failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => return connections,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            },
+            () = &mut shutdown => return connections,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), service(app.clone(), peer));
+        let watched = connections.watch(conn);
+        tokio::spawn(async move {
+            let _ = watched.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Raises this process's soft open-file limit to its hard limit, as most
+/// servers do (a soft limit of 256 or 1024 is a denial of service waiting
+/// for idle connections); logs what it did. Call once, at start.
+pub fn raise_open_file_limit() {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, hard)) if soft < hard => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) => tracing::info!(from = soft, to = now, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
+/// `http_max_connections` when it is 0: the open-file soft limit less 128
+/// (the database, its WAL, logs), at least 16, at most 65,536.
+pub fn automatic_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft.saturating_sub(128))
+        .unwrap_or(usize::MAX)
+        .clamp(16, 65_536)
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The router as a hyper service for one connection; handlers find the
+/// peer's address as axum's `ConnectInfo` (inbound `allowed_ips`).
+fn service(
+    app: Router,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are registered when this

@@ -62,11 +62,35 @@ impl BodyLimit {
     }
 }
 
+/// How long a body may take to arrive once its headers have (a request
+/// extension, from the `http_body_timeout_secs` setting): a client sending
+/// its body a byte at a time gets 408 instead of holding a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeout(pub std::time::Duration);
+
 /// The whole body, whatever its type, within the route's size limit (413
-/// beyond it, naming the limit and what raises it).
+/// beyond it, naming the limit and what raises it) and its time limit (408).
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let limit = req.extensions().get::<BodyLimit>().copied();
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let timeout = req.extensions().get::<BodyTimeout>().map(|t| t.0);
+    let read = Bytes::from_request(req, state);
+    let read = match timeout {
+        Some(t) => match tokio::time::timeout(t, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the body did not arrive within {} s; the `http_body_timeout_secs` setting changes this",
+                        t.as_secs_f64()
+                    ),
+                ));
+            }
+        },
+        None => read.await,
+    };
+    read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

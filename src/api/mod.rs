@@ -62,6 +62,13 @@ pub struct ApiOptions {
     pub inbound_rate_per_flow: u32,
     /// Calls kept per flow in its inbound-call log; 0 keeps none.
     pub inbound_log_per_flow: usize,
+    /// Longest wait for a request's headers, on a new connection or an idle
+    /// keep-alive one (hyper times both with one timer).
+    pub header_timeout: std::time::Duration,
+    /// Longest wait for a whole request body once its headers arrived.
+    pub body_timeout: std::time::Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ApiOptions {
@@ -227,6 +234,7 @@ pub fn app(
         .with_state(state)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::Extension(extract::BodyLimit::setting(options.max_body_bytes)))
+        .layer(axum::Extension(extract::BodyTimeout(options.body_timeout)))
         .layer(CatchPanicLayer::custom(|payload: Box<dyn std::any::Any + Send>| {
             let cause = payload
                 .downcast_ref::<&str>()

@@ -11,6 +11,7 @@ mod helpers;
 mod bad_input;
 mod binary;
 mod cli;
+mod connections;
 mod contract;
 mod engine;
 mod first_run;
