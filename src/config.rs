@@ -63,6 +63,9 @@ pub struct Config {
     /// limit (raised to its hard limit at start): that limit less 128, for
     /// the database and logs.
     pub http_max_connections: usize,
+    /// The bearer token `GET /metrics` requires; empty (default): metrics are
+    /// not served. A secret: never logged.
+    pub metrics_token: String,
     /// The URL other systems reach this server at (`https://hooks.example.com`),
     /// used where hookflow prints full inbound URLs; empty: `http://` + `listen`.
     pub public_url: String,
@@ -95,6 +98,7 @@ impl Default for Config {
             http_body_timeout_secs: 30,
             http_max_connections: 0,
             public_url: String::new(),
+            metrics_token: String::new(),
         }
     }
 }
@@ -275,6 +279,15 @@ impl Config {
                 "must be between 0 (automatic) and 1000000".into(),
             );
         }
+        let token = &self.metrics_token;
+        if !token.is_empty()
+            && (token.len() < 16 || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            bad(
+                "metrics_token",
+                "must be at least 16 visible ASCII characters (its value is not shown)".into(),
+            );
+        }
         if self.inbound_log_per_flow > 10_000 {
             bad("inbound_log_per_flow", "must be between 0 and 10000".into());
         }
@@ -327,6 +340,8 @@ impl Config {
             inbound_rate_per_key: self.inbound_rate_per_key,
             inbound_rate_per_flow: self.inbound_rate_per_flow,
             inbound_log_per_flow: self.inbound_log_per_flow,
+            metrics_token: (!self.metrics_token.is_empty())
+                .then(|| std::sync::Arc::from(self.metrics_token.as_str())),
             header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
             body_timeout: std::time::Duration::from_secs(self.http_body_timeout_secs),
             max_connections: match self.http_max_connections {

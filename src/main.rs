@@ -142,8 +142,8 @@ enum KeyCmd {
         #[arg(long, value_name = "NAME")]
         workspace: Option<String>,
     },
-    /// Revoke a key by id (`key_…`, from `keys list`). A server in another
-    /// process may accept the key for up to 2 s more (its key cache).
+    /// Revoke a key by id (`key_…`, from `keys list`). When this command
+    /// returns, every server on this database refuses the key (401).
     Revoke {
         /// The key's id.
         #[arg(value_name = "KEY_ID")]
@@ -356,6 +356,9 @@ async fn keys(store: &dyn Store, cmd: KeyCmd) -> anyhow::Result<()> {
         KeyCmd::Revoke { id } => {
             let id = ApiKeyId::parse(&id)?;
             let k = store.revoke_api_key(&id).await?;
+            // Servers in other processes cache keys for KEY_CACHE_TTL: wait
+            // it out, so that from our return on no server accepts the key.
+            tokio::time::sleep(store::KEY_CACHE_TTL + Duration::from_millis(50)).await;
             println!("revoked {}", k.id);
         }
     }

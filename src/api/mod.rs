@@ -49,6 +49,8 @@ pub struct AppState {
     pub inbound_cache: Arc<hooks::InboundCache>,
     /// The most recent calls per inbound URL (`GET /v1/flows/{id}/inbound-calls`).
     pub inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
+    /// The bearer token `/metrics` requires; `None`: not served.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 /// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
@@ -69,6 +71,8 @@ pub struct ApiOptions {
     pub body_timeout: std::time::Duration,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// The bearer token `/metrics` requires; `None`: metrics are not served.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 impl Default for ApiOptions {
@@ -98,6 +102,15 @@ impl Modify for SecurityAddon {
         components.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
+        );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The `metrics_token` setting, for `/metrics` only"))
+                    .build(),
+            ),
         );
     }
 }
@@ -214,6 +227,7 @@ pub fn app(
         engine,
         inbound_cache: Arc::default(),
         inbound_log,
+        metrics_token: options.metrics_token.clone(),
         inbound_limits: Arc::new(limits::InboundLimits {
             per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
             per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),

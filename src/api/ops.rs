@@ -52,10 +52,35 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     }))
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(),
-    responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics in the text exposition format. Served only when the
+/// `metrics_token` setting is set, to a request that carries it as
+/// `Authorization: Bearer <token>` (Prometheus: `authorization` in the
+/// scrape config): the counts describe every workspace together, so they
+/// are the operator's, not any API key holder's.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("metrics_token" = [])),
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "Metrics are off (no `metrics_token` set)", body = ErrorBody)))]
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let Some(token) = &state.metrics_token else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are off: set the `metrics_token` setting and scrape with `Authorization: Bearer <token>`",
+        )
+        .into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool =
+        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into();
+    if !matches {
+        return ApiError::unauthorized("metrics need `Authorization: Bearer <metrics_token>`")
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -103,12 +103,17 @@ fn build_server() -> PathBuf {
     exe.with_file_name("hookflow")
 }
 
+/// The `/metrics` token the benchmark's server is started with.
+const METRICS_TOKEN: &str = "hookflow-bench-metrics";
+
 fn start_server(bin: &PathBuf, database: Option<&str>) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new(bin);
     cmd.current_dir(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("HOOKFLOW_LOG_LEVEL", "warn")
+        // The store's internals are read from /metrics, which needs a token.
+        .env("HOOKFLOW_METRICS_TOKEN", METRICS_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if let Some(db) = database {
@@ -258,6 +263,7 @@ async fn drive(
         .unwrap();
     let metrics = http
         .get(format!("{}/metrics", server.base))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .await
         .unwrap()

@@ -5,7 +5,9 @@
 //! of a contact upsert. Only known keys are cached (random keys sent by a
 //! scanner are never stored), entries expire after `ttl`, and a revocation
 //! through this store evicts the entry at once. A key revoked by another
-//! process (the CLI, another server) stops working within `ttl`.
+//! process (the CLI, another server) stops working within `ttl`
+//! ([`super::KEY_CACHE_TTL`], 100 ms), which `hookflow keys revoke` waits out
+//! before it returns.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -525,6 +525,13 @@ pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>
     }
 }
 
+/// How long a server may go on accepting an API key revoked by another
+/// process (the CLI, another server): its key cache's lifetime. Short enough
+/// that `hookflow keys revoke` can wait it out before it returns, so that
+/// "revoked" means refused everywhere; long enough that a busy key costs one
+/// database read per 100 ms, not one per request.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Tuning shared by both stores.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -546,7 +553,7 @@ impl Default for StoreOptions {
         Self {
             max_batch: 512,
             pool_size: 8,
-            key_cache_ttl: std::time::Duration::from_secs(2),
+            key_cache_ttl: KEY_CACHE_TTL,
             create: true,
         }
     }

@@ -349,3 +349,77 @@ fn logs_have_colour_only_on_a_terminal_without_no_color() {
     assert!(plain.contains("applied SQLite migration"), "{plain:?}");
     assert!(!plain.contains('\u{1b}'), "NO_COLOR is honoured: {plain:?}");
 }
+
+/// `hookflow keys revoke` while a server is under load with that key: no
+/// request sent after the command returned succeeds.
+#[test]
+fn a_key_revoked_by_the_cli_is_refused_by_the_server_from_the_moment_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let created = run(
+        dir.path(),
+        &["keys", "create", "--scope", "admin", "--name", "load"],
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let key = text(&created.stdout).lines().last().unwrap().to_owned();
+    let listed = text(&run(dir.path(), &["keys", "list"]).stdout);
+    let id = listed
+        .lines()
+        .find(|l| l.contains("\tload\t"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap()
+        .to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (base, key, stop) = (server.base.clone(), key.clone(), stop.clone());
+        clients.push(rt.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = Instant::now();
+                let status = http
+                    .get(format!("{base}/v1/lists"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                seen.push((sent, status));
+            }
+            seen
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(dir.path(), &["keys", "revoke", &id]);
+    let revoked = Instant::now();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<(Instant, u16)> = rt.block_on(async {
+        let mut all = Vec::new();
+        for c in clients {
+            all.extend(c.await.unwrap());
+        }
+        all
+    });
+    let before = seen
+        .iter()
+        .filter(|(t, s)| *t < revoked && *s == 200)
+        .count();
+    let after_ok = seen
+        .iter()
+        .filter(|(t, s)| *t > revoked && *s == 200)
+        .count();
+    let after_refused = seen
+        .iter()
+        .filter(|(t, s)| *t > revoked && *s == 401)
+        .count();
+    assert!(before > 10, "the key was in use before: {before} calls");
+    assert!(after_refused > 10, "calls went on after: {after_refused}");
+    assert_eq!(after_ok, 0, "calls accepted after `keys revoke` returned");
+    assert!(terminate(server).success());
+}

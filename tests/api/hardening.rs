@@ -12,6 +12,49 @@ both_stores!(
     idempotency_keys_are_visible_ascii_sent_once
 );
 
+/// `/metrics` counts every workspace's requests together: it is the
+/// operator's, served only with the configured token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_off_without_a_token_and_need_it_when_on() {
+    let app = spawn_app(Backend::Sqlite).await.unwrap();
+    let (s, body) = app.get("", "/metrics").await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(body["error"]["code"], "metrics_disabled");
+    assert_eq!(
+        body["error"]["message"],
+        "metrics are off: set the `metrics_token` setting and scrape with `Authorization: Bearer <token>`"
+    );
+    app.stop().await;
+
+    let token = "scrape-me-0123456789";
+    let app = crate::helpers::spawn_app_with(
+        Backend::Sqlite,
+        hookflow::api::ApiOptions {
+            metrics_token: Some(token.into()),
+            ..hookflow::api::ApiOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for presented in ["", "wrong-token-0123456789", app.admin_key.as_str()] {
+        let (s, body) = app.get(presented, "/metrics").await;
+        assert_eq!(s, 401, "{presented}: {body}");
+        assert_eq!(
+            body["error"]["message"],
+            "metrics need `Authorization: Bearer <metrics_token>`"
+        );
+    }
+    let (s, body) = app.get(token, "/metrics").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.as_str()
+            .unwrap()
+            .contains("hookflow_http_requests_total"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
 async fn send(app: &TestApp, req: reqwest::RequestBuilder) -> (u16, Value) {
     let _ = app;
     let resp = req.send().await.unwrap();
