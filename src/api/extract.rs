@@ -36,7 +36,7 @@ pub async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "the body must be JSON, sent with `Content-Type: application/json`",
+            "the body must be JSON in UTF-8, sent with `Content-Type: application/json`",
         ));
     }
     read_body(req, state).await
@@ -112,16 +112,25 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
     })
 }
 
-/// The request's media type, lowercased, without parameters (`charset`).
+/// The request's media type, lowercased, without parameters; `None` when
+/// there is none, or when it names a charset other than UTF-8 (bodies are
+/// read as UTF-8 only: `charset=utf-16` is refused, not misread).
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase(),
-    )
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    for param in parts {
+        if let Some((name, value)) = param.split_once('=')
+            && name.trim().eq_ignore_ascii_case("charset")
+            && !matches!(
+                value.trim().trim_matches('"').to_ascii_lowercase().as_str(),
+                "utf-8" | "utf8"
+            )
+        {
+            return None;
+        }
+    }
+    Some(mime)
 }
 
 pub fn is_json(headers: &HeaderMap) -> bool {
@@ -130,12 +139,37 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Deserialises `bytes`, mapping serde's errors to precise API errors.
+/// Deserialises `bytes`, mapping serde's errors to precise API errors: 400
+/// for what is not JSON (or repeats a key in one object), 422 naming the
+/// path for JSON of the wrong shape.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Some(at) = super::json_keys::duplicate_key(bytes) {
+        let mut err = ApiError::bad_request(
+            "duplicate_key",
+            format!("the key `{at}` appears twice in one object; send each key once"),
+        );
+        err.field = Some(at);
+        return Err(err);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        // serde reports a value of the wrong type for an enum as a syntax
+        // error ("expected value"); if the bytes are valid JSON, it is one.
+        let syntax = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        // (Parsed as a `Value`, whose depth limit matches the typed parse;
+        // on this error path only.)
+        if syntax && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
+            return ApiError::invalid(
+                "invalid_value",
+                path.clone(),
+                format!("the value at `{path}` is not of the expected type"),
+            );
+        }
         json_error(&path, &inner)
     })?;
     de.end().map_err(|e| json_error(".", &e))?;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod flows;
 pub mod hooks;
+mod json_keys;
 pub mod limits;
 pub mod lists;
 pub mod ops;

@@ -155,8 +155,8 @@ impl FieldDef {
         };
         match self.kind {
             FieldType::Text => match value {
-                Value::String(s) if s.contains('\0') => Err(format!(
-                    "text field `{}` cannot hold a NUL character",
+                Value::String(s) if s.chars().any(forbidden_control) => Err(format!(
+                    "text field `{}` cannot hold control characters (other than tab, line feed and carriage return)",
                     self.name
                 )),
                 Value::String(s) if s.chars().count() <= MAX_TEXT_LEN => Ok(value.clone()),
@@ -164,13 +164,25 @@ impl FieldDef {
                     "text field `{}` holds at most {MAX_TEXT_LEN} characters",
                     self.name
                 )),
-                Value::Number(n) => Ok(Value::String(n.to_string())),
+                Value::Number(n) => {
+                    exact(n, &self.name)?;
+                    Ok(Value::String(n.to_string()))
+                }
                 Value::Bool(b) => Ok(Value::String(b.to_string())),
                 _ => Err(wrong()),
             },
             FieldType::Number => match value {
-                Value::Number(_) => Ok(value.clone()),
-                Value::String(s) => parse_number(s.trim()).ok_or_else(wrong),
+                Value::Number(n) => {
+                    exact(n, &self.name)?;
+                    Ok(value.clone())
+                }
+                Value::String(s) => {
+                    let parsed = parse_number(s.trim()).ok_or_else(wrong)?;
+                    if let Value::Number(n) = &parsed {
+                        exact(n, &self.name)?;
+                    }
+                    Ok(parsed)
+                }
                 _ => Err(wrong()),
             },
             FieldType::Boolean => match value {
@@ -197,7 +209,10 @@ impl FieldDef {
             FieldType::Enum => {
                 let s = match value {
                     Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
+                    Value::Number(n) => {
+                        exact(n, &self.name)?;
+                        n.to_string()
+                    }
                     _ => return Err(wrong()),
                 };
                 if self.options.contains(&s) {
@@ -224,6 +239,35 @@ fn describe(value: &Value) -> String {
         Value::Object(_) => "an object".into(),
         Value::Null => "null".into(),
     }
+}
+
+/// The largest magnitude a number is kept at exactly: 2^53 − 1. Numbers
+/// are IEEE-754 doubles (what JSON readers, JavaScript among them, assume);
+/// beyond this not every integer is one, so a larger value would be stored
+/// rounded (`123456789012345678901234567890` as `1.2345678901234568e29`).
+pub const MAX_EXACT_NUMBER: u64 = (1 << 53) - 1;
+
+/// Refuses a number that cannot be kept exactly (see [`MAX_EXACT_NUMBER`]).
+fn exact(n: &Number, field: &FieldName) -> Result<(), String> {
+    let fits = match (n.as_u64(), n.as_i64(), n.as_f64()) {
+        (Some(u), _, _) => u <= MAX_EXACT_NUMBER,
+        (_, Some(i), _) => i.unsigned_abs() <= MAX_EXACT_NUMBER,
+        (_, _, Some(f)) => f.abs() <= MAX_EXACT_NUMBER as f64,
+        _ => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n} cannot be kept exactly in field `{field}`: numbers must lie within ±{MAX_EXACT_NUMBER} (send larger values, such as ids, as text)"
+        ))
+    }
+}
+
+/// Control characters text may not hold: C0 and C1 controls and DEL, except
+/// tab, line feed and carriage return (multi-line text from forms).
+pub fn forbidden_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
 }
 
 fn parse_number(s: &str) -> Option<Value> {
@@ -438,6 +482,45 @@ mod tests {
             def("d", FieldType::Date)
                 .coerce(&json!("0000-01-01"))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn numbers_beyond_the_exact_range_are_refused_naming_the_field() {
+        let d = def("age", FieldType::Number);
+        let big: Value = serde_json::from_str("123456789012345678901234567890").unwrap();
+        assert_eq!(
+            d.coerce(&big).unwrap_err(),
+            "1.2345678901234568e+29 cannot be kept exactly in field `age`: numbers must lie within ±9007199254740991 (send larger values, such as ids, as text)"
+        );
+        assert!(d.coerce(&json!("18446744073709551617")).is_err());
+        assert!(d.coerce(&json!(u64::MAX)).is_err());
+        assert!(d.coerce(&json!(-9007199254740992i64)).is_err());
+        assert_eq!(
+            d.coerce(&json!(9007199254740991u64)).unwrap(),
+            json!(9007199254740991u64)
+        );
+        assert_eq!(
+            d.coerce(&json!("-9007199254740991")).unwrap(),
+            json!(-9007199254740991i64)
+        );
+        assert_eq!(d.coerce(&json!(0.1)).unwrap(), json!(0.1));
+        // Text and enum fields read numbers too: the same rule.
+        assert!(def("t", FieldType::Text).coerce(&big).is_err());
+    }
+
+    #[test]
+    fn text_refuses_control_characters_but_tab_and_line_breaks() {
+        let d = def("note", FieldType::Text);
+        assert_eq!(
+            d.coerce(&json!("a\u{7}\u{1b}[31mb")).unwrap_err(),
+            "text field `note` cannot hold control characters (other than tab, line feed and carriage return)"
+        );
+        assert!(d.coerce(&json!("a\u{85}b")).is_err(), "C1 controls too");
+        assert!(d.coerce(&json!("a\u{0}b")).is_err());
+        assert_eq!(
+            d.coerce(&json!("line 1\r\n\tline 2")).unwrap(),
+            json!("line 1\r\n\tline 2")
         );
     }
 

@@ -158,3 +158,115 @@ async fn idempotency_keys_are_visible_ascii_sent_once(b: Backend) {
     assert_eq!(s, 202, "{body}");
     app.stop().await;
 }
+
+both_stores!(json_bodies_are_held_to_exact_rules);
+
+/// Each of these was stored (rounded, with escape codes, the last of two
+/// keys) or refused as "not JSON" before; now each is refused naming the
+/// path, and nothing is stored.
+async fn json_bodies_are_held_to_exact_rules(b: Backend) {
+    let Some(app) = spawn_app(b).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    let (_, l) = app
+        .post(
+            k,
+            "/v1/lists",
+            json!({"name": "L", "fields": [{"name": "age", "type": "number"}, {"name": "note", "type": "text"}]}),
+        )
+        .await;
+    let list = l["id"].as_str().unwrap().to_owned();
+    let raw = |body: &str, content_type: &str| {
+        app.http
+            .post(format!("{}/v1/contacts", app.base))
+            .bearer_auth(k)
+            .header("Content-Type", content_type)
+            .body(body.to_owned())
+    };
+    let json = "application/json";
+    let cases: Vec<(String, &str, u16, &str, Option<&str>)> = vec![
+        (
+            format!(
+                r#"{{"email":"a@b.co","lists":["{list}"],"fields":{{"age":123456789012345678901234567890}}}}"#
+            ),
+            json,
+            422,
+            "invalid_field_value",
+            Some("fields.age"),
+        ),
+        (
+            format!(
+                r#"{{"email":"a@b.co","lists":["{list}"],"fields":{{"age":"18446744073709551617"}}}}"#
+            ),
+            json,
+            422,
+            "invalid_field_value",
+            Some("fields.age"),
+        ),
+        (
+            format!(
+                r#"{{"email":"a@b.co","lists":["{list}"],"fields":{{"note":"a\u0007\u001b[31mb"}}}}"#
+            ),
+            json,
+            422,
+            "invalid_field_value",
+            Some("fields.note"),
+        ),
+        (
+            r#"{"email":"dup1@example.com","email":"dup2@example.com"}"#.to_owned(),
+            json,
+            400,
+            "duplicate_key",
+            Some("email"),
+        ),
+        (
+            r#"{"email":"a@b.co","status":5}"#.to_owned(),
+            json,
+            422,
+            "invalid_value",
+            Some("status"),
+        ),
+        (
+            r#"{"email":"a@b.co"}"#.to_owned(),
+            "application/json; charset=utf-16",
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+    ];
+    for (body, content_type, status, code, field) in cases {
+        let (s, got) = send(&app, raw(&body, content_type)).await;
+        assert_eq!(
+            (s, got["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {got}"
+        );
+        assert_eq!(got["error"]["field"].as_str(), field, "{body}: {got}");
+    }
+    let (_, got) = send(
+        &app,
+        raw(
+            r#"{"email":"dup1@example.com","email":"dup2@example.com"}"#,
+            json,
+        ),
+    )
+    .await;
+    assert_eq!(
+        got["error"]["message"],
+        "the key `email` appears twice in one object; send each key once"
+    );
+    let (_, contacts) = app.get(k, "/v1/contacts").await;
+    assert_eq!(contacts["data"], json!([]), "nothing was stored");
+    // A charset of UTF-8, however written, is fine.
+    let (s, got) = send(
+        &app,
+        raw(
+            r#"{"email":"a@b.co"}"#,
+            "application/json; charset=\"UTF-8\"",
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{got}");
+    app.stop().await;
+}
