@@ -3,32 +3,60 @@
 //! `b@y`), so what one layer of a proxy sees and what hookflow stores could
 //! differ. Refused instead, naming the path (`customer.email`, `items[0].sku`).
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// The path of the first repeated key, or `None` (also for bytes that are
-/// not JSON: the typed parse reports those).
+/// not JSON: the typed parse reports those). Allocation-free for bodies
+/// without escapes in their keys: keys are borrowed, paths are only
+/// written out when a key repeats.
 pub fn duplicate_key(bytes: &[u8]) -> Option<String> {
     let mut found = None;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let _ = Walk {
-        path: String::new(),
+        at: &Seg::Root,
         found: &mut found,
     }
     .deserialize(&mut de);
     found
 }
 
-/// Visits a value at `path`, recording the first repeated key in `found`.
-struct Walk<'a> {
-    path: String,
-    found: &'a mut Option<String>,
+/// Where a value is, as a chain back to the root (written out on demand).
+enum Seg<'p> {
+    Root,
+    Key(&'p Seg<'p>, &'p str),
+    Index(&'p Seg<'p>, usize),
 }
 
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
+impl Seg<'_> {
+    fn write(&self, out: &mut String) {
+        match self {
+            Seg::Root => {}
+            Seg::Key(parent, key) => {
+                parent.write(out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Seg::Index(parent, i) => {
+                parent.write(out);
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+    }
+}
+
+/// Visits the value at `at`, recording the first repeated key in `found`.
+struct Walk<'p, 'f> {
+    at: &'p Seg<'p>,
+    found: &'f mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -36,7 +64,7 @@ impl<'de> DeserializeSeed<'de> for Walk<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Walk<'_> {
+impl<'de> Visitor<'de> for Walk<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -44,36 +72,51 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                key.clone()
+        // Most objects are small: a linear scan beats hashing; past 16 keys
+        // a set, so an object of 100,000 keys is not 10^10 comparisons.
+        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let repeated = if many.is_empty() && seen.len() < 16 {
+                seen.contains(&key)
             } else {
-                format!("{}.{key}", self.path)
+                if many.is_empty() {
+                    many.extend(seen.drain(..));
+                }
+                many.contains(&key)
             };
-            if !seen.insert(key) && self.found.is_none() {
-                *self.found = Some(path.clone());
+            if self.found.is_none() && repeated {
+                let mut path = String::new();
+                Seg::Key(self.at, &key).write(&mut path);
+                *self.found = Some(path);
             }
+            let here = Seg::Key(self.at, &key);
             map.next_value_seed(Walk {
-                path,
+                at: &here,
                 found: self.found,
             })?;
+            if many.is_empty() {
+                seen.push(key);
+            } else {
+                many.insert(key);
+            }
         }
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0;
-        while seq
-            .next_element_seed(Walk {
-                path: format!("{}[{i}]", self.path),
+        loop {
+            let here = Seg::Index(self.at, i);
+            let more = seq.next_element_seed(Walk {
+                at: &here,
                 found: self.found,
-            })?
-            .is_some()
-        {
+            })?;
+            if more.is_none() {
+                return Ok(());
+            }
             i += 1;
         }
-        Ok(())
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
@@ -123,6 +166,18 @@ mod tests {
         );
         assert_eq!(dup(r#"[{"a":1},{"a":1}]"#), None);
         assert_eq!(dup("not json"), None);
+        // Large objects (the set, not the scan) find repeats too.
+        let mut big: String = (0..100).map(|i| format!("\"k{i}\":{i},")).collect();
+        big = format!("{{{big}\"k7\":0}}");
+        assert_eq!(dup(&big).as_deref(), Some("k7"));
+        let wide: String = (0..100_000).map(|i| format!("\"k{i}\":0,")).collect();
+        let started = std::time::Instant::now();
+        assert_eq!(dup(&format!("{{{}}}", wide.trim_end_matches(','))), None);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     proptest! {
