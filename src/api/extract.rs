@@ -170,6 +170,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 format!("the value at `{path}` is not of the expected type"),
             );
         }
+        // A value JSON's grammar allows but no value can be (`1e309`, a
+        // lone surrogate `\ud800`), or bytes in a string that are not
+        // UTF-8: the value at the path is at fault, not the document.
+        let msg = inner.to_string();
+        let bad_value = [
+            "number out of range",
+            "surrogate",
+            "hex escape",
+            "invalid unicode code point",
+        ]
+        .iter()
+        .any(|m| msg.contains(m));
+        if syntax && bad_value && !path.is_empty() && path != "." {
+            let clean = msg.split(" at line ").next().unwrap_or(&msg);
+            return ApiError::invalid(
+                "invalid_value",
+                path.clone(),
+                format!("the value at `{path}` is not valid: {clean}"),
+            );
+        }
         json_error(&path, &inner)
     })?;
     de.end().map_err(|e| json_error(".", &e))?;

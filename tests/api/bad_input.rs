@@ -127,7 +127,7 @@ async fn malformed_requests_are_refused_and_change_nothing(b: Backend) {
         case("empty body", M::POST, "/v1/contacts", Body::Raw("application/json", vec![]), 400, "malformed_json"),
         case("trailing garbage", M::POST, "/v1/contacts", Body::Raw("application/json", b"{\"email\":\"t@example.com\"} x".to_vec()), 400, "malformed_json"),
         case("deeply nested", M::POST, "/v1/contacts", Body::Raw("application/json", nested.into_bytes()), 400, "malformed_json"),
-        case("invalid UTF-8", M::POST, "/v1/contacts", Body::Raw("application/json", b"{\"email\":\"\xff@example.com\"}".to_vec()), 400, "malformed_json"),
+        case("invalid UTF-8", M::POST, "/v1/contacts", Body::Raw("application/json", b"{\"email\":\"\xff@example.com\"}".to_vec()), 422, "invalid_value"), // the value at `email`, named
         case("array, not object", M::POST, "/v1/contacts", Body::Json(json!([{"email": "a@example.com"}])), 422, "invalid_value"),
         case("no content type", M::POST, "/v1/contacts", Body::Raw("", b"{\"email\":\"n@example.com\"}".to_vec()), 415, "unsupported_media_type"),
         case("text/plain", M::POST, "/v1/contacts", Body::Raw("text/plain", b"{\"email\":\"n@example.com\"}".to_vec()), 415, "unsupported_media_type"),

@@ -207,3 +207,43 @@ fn a_low_descriptor_limit_is_raised_and_the_cap_keeps_serving() {
     assert!(log.contains("connection limit reached"), "{log}");
     assert!(!log.contains("Too many open files"), "{log}");
 }
+
+/// Request-smuggling hygiene: a request with both length headers is framed
+/// by `Transfer-Encoding` alone and the connection is closed after the
+/// answer (RFC 9112 §6.1; hyper drops the `Content-Length`), so a proxy that
+/// framed it by its length cannot have a second request read from the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_content_length_and_transfer_encoding_closes_its_connection() {
+    let app = spawn_app_with(Backend::Sqlite, options(10_000, 10_000, 1000))
+        .await
+        .unwrap();
+    let mut s = connect(&app);
+    // By its Content-Length (5) the body is "19\r\n{", and what follows would
+    // be a second request; by Transfer-Encoding it is one chunked body.
+    let request = format!(
+        "POST /v1/contacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n19\r\n{{\"email\":\"s@example.com\"}}\r\n0\r\n\r\n",
+        app.admin_key
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let (answer, took) = tokio::task::spawn_blocking(move || read_until_closed(s))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "framed by Transfer-Encoding: {answer}"
+    );
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer: {answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "closed after the answer: {took:?}"
+    );
+    app.stop().await;
+}

@@ -235,6 +235,17 @@ async fn json_bodies_are_held_to_exact_rules(b: Backend) {
             None,
         ),
     ];
+    let mut cases = cases;
+    // Values no JSON value can be, named by path rather than "not JSON".
+    for (body, field) in [
+        (r#"{"email":"a@b.co","fields":{"age":1e309}}"#, "fields.age"),
+        (
+            r#"{"email":"a@b.co","fields":{"note":"x\ud800y"}}"#,
+            "fields.note",
+        ),
+    ] {
+        cases.push((body.to_owned(), json, 422, "invalid_value", Some(field)));
+    }
     for (body, content_type, status, code, field) in cases {
         let (s, got) = send(&app, raw(&body, content_type)).await;
         assert_eq!(
@@ -255,6 +266,19 @@ async fn json_bodies_are_held_to_exact_rules(b: Backend) {
     assert_eq!(
         got["error"]["message"],
         "the key `email` appears twice in one object; send each key once"
+    );
+    // Bytes that are not UTF-8 inside a string: named by path too.
+    let req = app
+        .http
+        .post(format!("{}/v1/contacts", app.base))
+        .bearer_auth(k)
+        .header("Content-Type", json)
+        .body(b"{\"email\":\"a@b.co\",\"fields\":{\"note\":\"\xff\xfe\"}}".to_vec());
+    let (s, got) = send(&app, req).await;
+    assert_eq!(
+        (s, got["error"]["field"].as_str()),
+        (422, Some("fields.note")),
+        "{got}"
     );
     let (_, contacts) = app.get(k, "/v1/contacts").await;
     assert_eq!(contacts["data"], json!([]), "nothing was stored");
