@@ -63,6 +63,10 @@ pub struct Config {
     /// limit (raised to its hard limit at start): that limit less 128, for
     /// the database and logs.
     pub http_max_connections: usize,
+    /// Memory request bodies may take at once, counting their parsed JSON
+    /// (16× their length; bulk events 3×); beyond it requests wait, then
+    /// get 503.
+    pub max_body_memory_bytes: usize,
     /// The bearer token `GET /metrics` requires; empty (default): metrics are
     /// not served. A secret: never logged.
     pub metrics_token: String,
@@ -99,6 +103,7 @@ impl Default for Config {
             http_max_connections: 0,
             public_url: String::new(),
             metrics_token: String::new(),
+            max_body_memory_bytes: 96 * 1024 * 1024,
         }
     }
 }
@@ -288,6 +293,15 @@ impl Config {
                 "must be at least 16 visible ASCII characters (its value is not shown)".into(),
             );
         }
+        if self.max_body_memory_bytes < 16 * self.max_body_bytes {
+            bad(
+                "max_body_memory_bytes",
+                format!(
+                    "must be at least 16 × max_body_bytes ({}), room for one largest body and its parsed JSON",
+                    16 * self.max_body_bytes
+                ),
+            );
+        }
         if self.inbound_log_per_flow > 10_000 {
             bad("inbound_log_per_flow", "must be between 0 and 10000".into());
         }
@@ -340,6 +354,8 @@ impl Config {
             inbound_rate_per_key: self.inbound_rate_per_key,
             inbound_rate_per_flow: self.inbound_rate_per_flow,
             inbound_log_per_flow: self.inbound_log_per_flow,
+            max_body_memory_bytes: self.max_body_memory_bytes,
+            body_budget_wait: crate::api::budget::BodyBudget::WAIT,
             metrics_token: (!self.metrics_token.is_empty())
                 .then(|| std::sync::Arc::from(self.metrics_token.as_str())),
             header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),

@@ -4,6 +4,7 @@
 //! OpenAPI document is generated from the same table that routes requests
 //! and cannot forget a route (a test also checks it).
 
+pub mod budget;
 pub mod contacts;
 pub mod error;
 pub mod events;
@@ -87,6 +88,10 @@ pub struct ApiOptions {
     pub max_connections: usize,
     /// The bearer token `/metrics` requires; `None`: metrics are not served.
     pub metrics_token: Option<Arc<str>>,
+    /// Memory request bodies may take at once (see `budget`).
+    pub max_body_memory_bytes: usize,
+    /// How long a request waits for room in that budget before 503.
+    pub body_budget_wait: std::time::Duration,
 }
 
 impl Default for ApiOptions {
@@ -263,6 +268,14 @@ pub fn app(
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(axum::Extension(extract::BodyLimit::setting(options.max_body_bytes)))
         .layer(axum::Extension(extract::BodyTimeout(options.body_timeout)))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(budget::BodyBudget::new(
+                options.max_body_memory_bytes,
+                options.max_body_bytes,
+                options.body_budget_wait,
+            )),
+            budget::charge_body,
+        ))
         .layer(CatchPanicLayer::custom(|payload: Box<dyn std::any::Any + Send>| {
             let cause = payload
                 .downcast_ref::<&str>()

@@ -247,3 +247,57 @@ async fn a_request_with_content_length_and_transfer_encoding_closes_its_connecti
     );
     app.stop().await;
 }
+
+/// Bodies in flight share one memory budget: a request that finds no room
+/// waits, then gets 503 with Retry-After; room comes back when the holder's
+/// answer is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_beyond_the_memory_budget_wait_then_get_503() {
+    // Room for one 40 KB body (16 × 40 KB = 640 KiB of a 1 MiB budget).
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        ApiOptions {
+            max_body_memory_bytes: 1 << 20,
+            body_budget_wait: Duration::from_millis(300),
+            ..options(10_000, 10_000, 1000)
+        },
+    )
+    .await
+    .unwrap();
+    let body = format!(
+        r#"{{"email":"big@example.com","status":"subscribed","phone":null{}}}"#,
+        " ".repeat(40_000)
+    );
+    // The holder: headers and half its body, then it pauses.
+    let mut holder = connect(&app);
+    let head = format!(
+        "POST /v1/contacts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.admin_key,
+        body.len()
+    );
+    holder.write_all(head.as_bytes()).unwrap();
+    holder.write_all(&body.as_bytes()[..20_000]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let send = || {
+        app.http
+            .post(format!("{}/v1/contacts", app.base))
+            .bearer_auth(&app.admin_key)
+            .header("Content-Type", "application/json")
+            .body(body.replace("big@", "other@"))
+            .send()
+    };
+    let refused = send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let got: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(got["error"]["code"], "server_busy");
+
+    holder.write_all(&body.as_bytes()[20_000..]).unwrap();
+    let (answer, _) = tokio::task::spawn_blocking(move || read_until_closed(holder))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(send().await.unwrap().status(), 201, "room again");
+    app.stop().await;
+}
