@@ -179,16 +179,21 @@ impl Config {
                     .extract_inner::<u64>(key)
                     .map(serde_json::Value::from)
             };
+            // A whole number must also fit its setting's own type (`u32`…):
+            // tried alone, on the defaults, so the error names the key.
+            let got = got.map_err(|e| e.kind.to_string()).and_then(|v| {
+                let mut alone = defaults.clone();
+                alone[key] = v.clone();
+                serde_json::from_value::<Config>(alone)
+                    .map(|_| v)
+                    .map_err(|_| "a number too large for this setting".to_owned())
+            });
             match got {
                 Ok(v) => {
                     values.insert(key.clone(), v);
                 }
-                Err(e) => {
-                    errors.push(format!(
-                        "`{key}` (from {}): {}",
-                        source(figment, key),
-                        e.kind
-                    ));
+                Err(why) => {
+                    errors.push(format!("`{key}` (from {}): {why}", source(figment, key)));
                     values.insert(key.clone(), default.clone());
                 }
             }
@@ -293,12 +298,18 @@ impl Config {
                 "must be at least 16 visible ASCII characters (its value is not shown)".into(),
             );
         }
-        if self.max_body_memory_bytes < 16 * self.max_body_bytes {
+        if self.max_body_bytes > 1 << 30 {
+            bad(
+                "max_body_bytes",
+                "must be at most 1073741824 (1 GiB)".into(),
+            );
+        }
+        let room = self.max_body_bytes.saturating_mul(16);
+        if self.max_body_memory_bytes < room {
             bad(
                 "max_body_memory_bytes",
                 format!(
-                    "must be at least 16 × max_body_bytes ({}), room for one largest body and its parsed JSON",
-                    16 * self.max_body_bytes
+                    "must be at least 16 × max_body_bytes ({room}), room for one largest body and its parsed JSON"
                 ),
             );
         }
@@ -449,6 +460,14 @@ mod tests {
                 err.to_string().contains("HOOKFLOW_INBOUND_RATE_PER_FLOW"),
                 "{err}"
             );
+            // Too large for its type (u32): named, and the others still listed.
+            jail.set_env("HOOKFLOW_INBOUND_RATE_PER_KEY", "5000000000");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string().contains("`inbound_rate_per_key` (from environment variable HOOKFLOW_INBOUND_RATE_PER_KEY): a number too large for this setting"),
+                "{err}"
+            );
+            assert_eq!(err.0.len(), 2, "{err}");
             Ok(())
         });
     }

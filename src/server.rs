@@ -41,10 +41,11 @@ pub async fn serve(
     let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log.clone());
     let engine_stop = Arc::new(tokio::sync::Notify::new());
     let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
-    let connections = accept_until(listener, app, &options, shutdown).await;
+    let (connections, mut tasks) = accept_until(listener, app, &options, shutdown).await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     // Idle keep-alive connections close at once; busy ones after their
-    // response, for at most `grace`.
+    // response, for at most `grace`; then the rest are dropped, before the
+    // engine stops and the store closes.
     if tokio::time::timeout(grace, connections.shutdown())
         .await
         .is_err()
@@ -54,6 +55,8 @@ pub async fn serve(
             "in-flight requests did not finish in time; dropping them"
         );
     }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     // The engine finishes its batch (its transactions commit or roll back
     // whole; a claim left behind expires) before the store closes.
     engine_stop.notify_one();
@@ -86,14 +89,16 @@ pub async fn serve(
 /// - accept errors (`EMFILE`, …) back off from 5 ms to 1 s instead of
 ///   spinning, while existing connections go on being served.
 ///
-/// Returns the connections still open, for a graceful shutdown.
+/// Returns the connections still open, for a graceful shutdown, and their
+/// tasks, to drop those still running after it.
 async fn accept_until(
     listener: TcpListener,
     app: Router,
     options: &crate::api::ApiOptions,
     shutdown: impl Future<Output = ()>,
-) -> GracefulShutdown {
+) -> (GracefulShutdown, tokio::task::JoinSet<()>) {
     let connections = GracefulShutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -103,6 +108,7 @@ async fn accept_until(
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut warned: Option<Instant> = None;
     loop {
+        while tasks.try_join_next().is_some() {} // reap finished connections
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -115,7 +121,7 @@ async fn accept_until(
                 }
                 tokio::select! {
                     p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-                    () = &mut shutdown => return connections,
+                    () = &mut shutdown => return (connections, tasks),
                 }
             }
         };
@@ -129,18 +135,18 @@ async fn accept_until(
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accepting a connection failed");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = &mut shutdown => return connections,
+                        () = &mut shutdown => return (connections, tasks),
                     }
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
-            () = &mut shutdown => return connections,
+            () = &mut shutdown => return (connections, tasks),
         };
         let _ = stream.set_nodelay(true);
         let conn = http.serve_connection(TokioIo::new(stream), service(app.clone(), peer));
         let watched = connections.watch(conn);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _ = watched.await;
             drop(permit);
         });

@@ -2,22 +2,22 @@
 //!
 //! A body is held twice while its request runs: as the bytes received and as
 //! the parsed JSON, which takes several times the text. Without a bound, 100
-//! concurrent 1 MB inbound calls took the server to 510 MB. Each request
-//! with a body is charged [`PARSE_FACTOR`] (bulk: [`BULK_FACTOR`]) × its length (its declared
-//! `Content-Length`, or the route's limit when the length is not declared)
-//! from one budget before it is read, and gives it back when its answer is
-//! made; a request that does not find room waits (up to
-//! [`BodyBudget::WAIT`], 10 s) and is then answered 503 with `Retry-After`.
-//! Requests without a body, and bodies over the route's limit (413 at once),
-//! are not charged.
+//! concurrent 1 MB inbound calls took the server to 860 MB. Each body is
+//! charged [`PARSE_FACTOR`] (bulk: [`BULK_FACTOR`]) × its length from one
+//! budget once it has arrived, before it is parsed, and the charge is given
+//! back when the answer is made; a body that does not find room waits (up
+//! to [`BodyBudget::WAIT`], 10 s) and is then answered 503 with
+//! `Retry-After`. Charging on arrival, not on the declared length, means a
+//! client trickling a body in (up to the body timer) holds no budget that
+//! others need: only its own bytes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
@@ -35,8 +35,6 @@ pub struct BodyBudget {
     /// In KiB (a semaphore counts in `u32`).
     permits: Arc<Semaphore>,
     total_kib: u32,
-    /// The server-wide body limit, and the bulk route's own.
-    max_body_bytes: usize,
     /// Longest a request waits for room before 503.
     wait: Duration,
 }
@@ -45,114 +43,117 @@ impl BodyBudget {
     /// How long a request waits for room by default.
     pub const WAIT: Duration = Duration::from_secs(10);
 
-    pub fn new(total_bytes: usize, max_body_bytes: usize, wait: Duration) -> Self {
+    pub fn new(total_bytes: usize, wait: Duration) -> Self {
         let total_kib = u32::try_from(total_bytes / 1024).unwrap_or(u32::MAX).max(1);
         Self {
             permits: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
-            max_body_bytes,
             wait,
         }
     }
+}
 
-    /// What a request is charged, in KiB, or `None` for none.
-    fn charge(&self, req: &Request) -> Option<u32> {
-        let (limit, factor) = if req.uri().path() == "/v1/events/bulk" {
-            (super::events::MAX_BULK_BYTES, BULK_FACTOR)
-        } else {
-            (self.max_body_bytes, PARSE_FACTOR)
-        };
-        let headers = req.headers();
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let bytes = match declared {
-            Some(0) => return None,
-            Some(n) if n > limit => return None, // refused with 413 when read
-            Some(n) => n,
-            None if headers.contains_key(header::TRANSFER_ENCODING) => limit,
-            None => return None,
-        };
-        let kib = (bytes.saturating_mul(factor) / 1024).max(1);
-        Some(u32::try_from(kib).unwrap_or(u32::MAX).min(self.total_kib))
+/// A request's claim on the budget: charged by `read_body` once the whole
+/// body has arrived (so a client trickling its body in holds nothing but
+/// its own bytes), held until the answer is made.
+#[derive(Clone)]
+pub struct Charge {
+    budget: Arc<BodyBudget>,
+    bulk: bool,
+    held: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+}
+
+impl Charge {
+    /// Charges a body of `len` bytes that has arrived: waits for room, up to
+    /// the budget's wait, else 503 `server_busy`.
+    pub async fn body(&self, len: usize) -> Result<(), ApiError> {
+        let factor = if self.bulk { BULK_FACTOR } else { PARSE_FACTOR };
+        let kib = u32::try_from((len.saturating_mul(factor) / 1024).max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget.total_kib);
+        let room = tokio::time::timeout(
+            self.budget.wait,
+            self.budget.permits.clone().acquire_many_owned(kib),
+        )
+        .await;
+        match room {
+            Ok(Ok(permit)) => {
+                if let Ok(mut held) = self.held.lock() {
+                    *held = Some(permit);
+                }
+                Ok(())
+            }
+            _ => {
+                metrics::counter!("hookflow_body_budget_refusals_total").increment(1);
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_busy",
+                    "the server is handling as much request data as `max_body_memory_bytes` allows; retry shortly",
+                );
+                e.retry_after = Some(1);
+                Err(e)
+            }
+        }
     }
 }
 
-/// Charges a request's body to the budget for as long as it is handled.
+/// Gives each request a [`Charge`]; whatever `read_body` charged to it is
+/// given back once the answer is made.
 pub async fn charge_body(
     State(budget): State<Arc<BodyBudget>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(kib) = budget.charge(&req) else {
-        return next.run(req).await;
+    let charge = Charge {
+        bulk: req.uri().path() == "/v1/events/bulk",
+        budget,
+        held: Arc::default(),
     };
-    let room =
-        tokio::time::timeout(budget.wait, budget.permits.clone().acquire_many_owned(kib)).await;
-    match room {
-        Ok(Ok(permit)) => {
-            let resp = next.run(req).await;
-            drop(permit);
-            resp
-        }
-        _ => {
-            metrics::counter!("hookflow_body_budget_refusals_total").increment(1);
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                "the server is handling as much request data as `max_body_memory_bytes` allows; retry shortly",
-            );
-            e.retry_after = Some(1);
-            e.into_response()
-        }
-    }
+    req.extensions_mut().insert(charge.clone());
+    let resp = next.run(req).await;
+    drop(charge);
+    resp
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn req(path: &str, headers: &[(&str, &str)]) -> Request {
-        let mut b = axum::http::Request::builder().method("POST").uri(path);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
+    fn charge(budget: &Arc<BodyBudget>, bulk: bool) -> Charge {
+        Charge {
+            budget: budget.clone(),
+            bulk,
+            held: Arc::default(),
         }
-        b.body(axum::body::Body::empty()).unwrap()
     }
 
-    #[test]
-    fn bodies_are_charged_by_length_or_by_their_routes_limit() {
-        let b = BodyBudget::new(64 << 20, 1 << 20, BodyBudget::WAIT);
-        assert_eq!(b.charge(&req("/v1/contacts", &[])), None, "no body");
+    #[tokio::test]
+    async fn a_body_waits_for_room_then_gets_503_and_room_comes_back() {
+        // Room for one 40 KB body (16 × 40 KB = 640 KiB of 1 MiB).
+        let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
+        let first = charge(&budget, false);
+        first.body(40_000).await.unwrap();
+        let second = charge(&budget, false);
+        let refused = second.body(40_000).await.unwrap_err();
         assert_eq!(
-            b.charge(&req("/v1/contacts", &[("content-length", "0")])),
-            None
+            (refused.status.as_u16(), refused.code),
+            (503, "server_busy")
         );
-        assert_eq!(
-            b.charge(&req("/v1/contacts", &[("content-length", "1024")])),
-            Some(16)
-        );
-        assert_eq!(
-            b.charge(&req("/v1/contacts", &[("content-length", "2000000")])),
-            None,
-            "over the limit: 413, not charged"
-        );
-        assert_eq!(
-            b.charge(&req("/v1/contacts", &[("transfer-encoding", "chunked")])),
-            Some(16 * 1024),
-            "unknown length: the route's limit"
-        );
-        assert_eq!(
-            b.charge(&req("/v1/events/bulk", &[("transfer-encoding", "chunked")])),
-            Some(48 * 1024),
-            "the bulk route's own limit"
-        );
-        let small = BodyBudget::new(1 << 20, 1 << 20, BodyBudget::WAIT);
-        assert_eq!(
-            small.charge(&req("/v1/contacts", &[("content-length", "1000000")])),
-            Some(1024),
-            "never more than the whole budget"
-        );
+        assert_eq!(refused.retry_after, Some(1));
+        drop(first); // the first request's answer is made
+        second.body(40_000).await.unwrap();
+        // A body larger than the whole budget is charged the whole budget.
+        drop(second);
+        charge(&budget, false).body(10 << 20).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bulk_bodies_are_charged_less_per_byte() {
+        let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
+        // 200 KB: 3 × = 600 KiB fits twice in no budget, once here…
+        let bulk = charge(&budget, true);
+        bulk.body(200_000).await.unwrap();
+        // …and leaves room for a 20 KB ordinary body (16 × = 320 KiB).
+        charge(&budget, false).body(20_000).await.unwrap();
     }
 }

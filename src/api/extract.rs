@@ -73,6 +73,7 @@ pub struct BodyTimeout(pub std::time::Duration);
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let limit = req.extensions().get::<BodyLimit>().copied();
     let timeout = req.extensions().get::<BodyTimeout>().map(|t| t.0);
+    let charge = req.extensions().get::<super::budget::Charge>().cloned();
     let read = Bytes::from_request(req, state);
     let read = match timeout {
         Some(t) => match tokio::time::timeout(t, read).await {
@@ -90,7 +91,7 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
         },
         None => read.await,
     };
-    read.map_err(|e| {
+    let bytes = read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,7 +110,12 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
                 format!("the body could not be read: {e}"),
             )
         }
-    })
+    })?;
+    // Charged once it has all arrived: see `budget`.
+    if let Some(charge) = charge {
+        charge.body(bytes.len()).await?;
+    }
+    Ok(bytes)
 }
 
 /// The request's media type, lowercased, without parameters; `None` when

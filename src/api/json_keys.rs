@@ -24,6 +24,32 @@ pub fn duplicate_key(bytes: &[u8]) -> Option<String> {
     found
 }
 
+/// A key borrowed from the input when it has no escapes (serde's own
+/// `Cow<str>` always allocates), owned otherwise.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// Where a value is, as a chain back to the root (written out on demand).
 enum Seg<'p> {
     Root,
@@ -76,7 +102,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
         // a set, so an object of 100,000 keys is not 10^10 comparisons.
         let mut seen: Vec<Cow<'de, str>> = Vec::new();
         let mut many: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let repeated = if many.is_empty() && seen.len() < 16 {
                 seen.contains(&key)
             } else {

@@ -271,7 +271,6 @@ pub fn app(
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(budget::BodyBudget::new(
                 options.max_body_memory_bytes,
-                options.max_body_bytes,
                 options.body_budget_wait,
             )),
             budget::charge_body,

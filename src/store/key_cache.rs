@@ -29,7 +29,10 @@ pub struct KeyCache {
 }
 
 /// Taken before reading a key from the database; see [`KeyCache::put`].
-pub struct Ticket(u64);
+/// Carries the time the read started: an entry is as old as its read, so a
+/// read that began before another process's revocation and ended late is
+/// not kept for a whole TTL after it.
+pub struct Ticket(u64, Instant);
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
@@ -51,7 +54,7 @@ impl KeyCache {
 
     /// Call before reading the key from the database.
     pub fn ticket(&self) -> Ticket {
-        Ticket(self.evictions.load(Ordering::SeqCst))
+        Ticket(self.evictions.load(Ordering::SeqCst), Instant::now())
     }
 
     /// Caches `rec`, unless an eviction happened since `ticket` was taken
@@ -67,7 +70,7 @@ impl KeyCache {
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
-            map.insert(rec.hash.clone(), (rec.clone(), Instant::now()));
+            map.insert(rec.hash.clone(), (rec.clone(), ticket.1));
         }
     }
 
