@@ -83,6 +83,8 @@ pub async fn serve(
 ///   connection waits for a request, the first or the next on a keep-alive
 ///   connection, so a connection that sends nothing, or its headers too
 ///   slowly, is closed (bodies have their own timer, in `api::extract`);
+/// - a write timer (`http_body_timeout_secs`): a connection whose client
+///   stops reading its answers is closed once a write stalls that long;
 /// - at most `http_max_connections` at once: at the limit, accepting waits
 ///   for a connection to close (logged, at most every 10 s), so descriptors
 ///   are never exhausted by connections alone;
@@ -144,7 +146,13 @@ async fn accept_until(
             () = &mut shutdown => return (connections, tasks),
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service(app.clone(), peer));
+        // A client that stops reading its answers would otherwise hold the
+        // connection (and a slot under the cap) forever: a write that makes
+        // no progress for the body timer's span ends the connection.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(options.body_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let conn = http.serve_connection(io, service(app.clone(), peer));
         let watched = connections.watch(conn);
         tasks.spawn(async move {
             let _ = watched.await;

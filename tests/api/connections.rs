@@ -300,3 +300,38 @@ async fn a_body_trickling_in_holds_no_budget_that_others_need() {
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     app.stop().await;
 }
+
+/// A client that sends requests but never reads the answers cannot hold its
+/// connection: once the server's writes stall for the timer, it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let app = spawn_app_with(Backend::Sqlite, options(10_000, 500, 1000))
+        .await
+        .unwrap();
+    let s = connect(&app);
+    let mut writer = s.try_clone().unwrap();
+    // Far more answers than the socket buffers hold (the OpenAPI document
+    // is tens of KB; 2,000 of them are tens of MB).
+    let sender = std::thread::spawn(move || {
+        let one = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+        for _ in 0..20 {
+            if writer.write_all(&one).is_err() {
+                break; // closed by the server
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Now drain: the server must have given up and closed the connection,
+    // so reading ends; were it still open, draining would let it go on and
+    // the read would time out.
+    let (answers, _) = tokio::task::spawn_blocking(move || read_until_closed(s))
+        .await
+        .unwrap();
+    let answered = answers.matches("HTTP/1.1 200").count();
+    assert!(
+        answered < 200_000,
+        "closed before answering all: {answered}"
+    );
+    sender.join().unwrap();
+    app.stop().await;
+}
