@@ -2,14 +2,14 @@
 //!
 //! A body is held twice while its request runs: as the bytes received and as
 //! the parsed JSON, which takes several times the text. Without a bound, 100
-//! concurrent 1 MB inbound calls took the server to 860 MB. Each body is
-//! charged [`PARSE_FACTOR`] (bulk: [`BULK_FACTOR`]) × its length from one
-//! budget once it has arrived, before it is parsed, and the charge is given
-//! back when the answer is made; a body that does not find room waits (up
-//! to [`BodyBudget::WAIT`], 10 s) and is then answered 503 with
-//! `Retry-After`. Charging on arrival, not on the declared length, means a
-//! client trickling a body in (up to the body timer) holds no budget that
-//! others need: only its own bytes.
+//! concurrent 1 MB inbound calls took the server to 860 MB. A body's bytes
+//! are charged to one budget frame by frame as they arrive, then topped up
+//! to [`PARSE_FACTOR`] (bulk: [`BULK_FACTOR`]) × its length before it is
+//! parsed, and the charge is given back when the answer is made; a body
+//! that does not find room waits (up to [`BodyBudget::WAIT`], 10 s) and is
+//! then answered 503 with `Retry-After`. Charging what has arrived, not
+//! the declared length, means a client trickling a body in holds only the
+//! bytes it has sent, never budget that others need.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,37 +53,53 @@ impl BodyBudget {
     }
 }
 
-/// A request's claim on the budget: charged by `read_body` once the whole
-/// body has arrived (so a client trickling its body in holds nothing but
-/// its own bytes), held until the answer is made.
+/// A request's claim on the budget: its body's bytes are charged frame by
+/// frame as they arrive (so a client trickling a body in holds only what it
+/// has sent), topped up to the parse factor before parsing, and all of it is
+/// given back once the answer is made.
 #[derive(Clone)]
 pub struct Charge {
     budget: Arc<BodyBudget>,
     bulk: bool,
-    held: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    held: Arc<std::sync::Mutex<Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Body bytes seen so far.
+    seen: usize,
+    /// KiB charged so far (never more than the whole budget).
+    kib: u32,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Charge {
-    /// Charges a body of `len` bytes that has arrived: waits for room, up to
-    /// the budget's wait, else 503 `server_busy`.
-    pub async fn body(&self, len: usize) -> Result<(), ApiError> {
+    /// Charges the next `len` bytes of the body as they arrive (1×).
+    pub async fn arrived(&self, len: usize) -> Result<(), ApiError> {
+        let seen = self.held.lock().map_or(0, |h| h.seen) + len;
+        let want = u32::try_from(seen.div_ceil(1024)).unwrap_or(u32::MAX);
+        self.charge_up_to(want, seen).await
+    }
+
+    /// Tops the charge up to what the parsed body will take.
+    pub async fn parsing(&self, len: usize) -> Result<(), ApiError> {
         let factor = if self.bulk { BULK_FACTOR } else { PARSE_FACTOR };
-        let kib = u32::try_from((len.saturating_mul(factor) / 1024).max(1))
-            .unwrap_or(u32::MAX)
-            .min(self.budget.total_kib);
-        let room = tokio::time::timeout(
-            self.budget.wait,
-            self.budget.permits.clone().acquire_many_owned(kib),
-        )
-        .await;
-        match room {
-            Ok(Ok(permit)) => {
-                if let Ok(mut held) = self.held.lock() {
-                    *held = Some(permit);
-                }
-                Ok(())
-            }
-            _ => {
+        let want = u32::try_from(len.saturating_mul(factor).div_ceil(1024)).unwrap_or(u32::MAX);
+        self.charge_up_to(want, len).await
+    }
+
+    /// Holds at least `want` KiB (at most the whole budget): waits for the
+    /// difference, up to the budget's wait, else 503 `server_busy`.
+    async fn charge_up_to(&self, want: u32, seen: usize) -> Result<(), ApiError> {
+        let want = want.min(self.budget.total_kib);
+        let have = self.held.lock().map_or(0, |h| h.kib);
+        if want > have {
+            let room = tokio::time::timeout(
+                self.budget.wait,
+                self.budget.permits.clone().acquire_many_owned(want - have),
+            )
+            .await;
+            let Ok(Ok(permit)) = room else {
                 metrics::counter!("hookflow_body_budget_refusals_total").increment(1);
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -91,9 +107,20 @@ impl Charge {
                     "the server is handling as much request data as `max_body_memory_bytes` allows; retry shortly",
                 );
                 e.retry_after = Some(1);
-                Err(e)
+                return Err(e);
+            };
+            if let Ok(mut h) = self.held.lock() {
+                h.kib += want - have;
+                match &mut h.permit {
+                    Some(p) => p.merge(permit),
+                    None => h.permit = Some(permit),
+                }
             }
         }
+        if let Ok(mut h) = self.held.lock() {
+            h.seen = seen;
+        }
+        Ok(())
     }
 }
 
@@ -132,28 +159,47 @@ mod tests {
         // Room for one 40 KB body (16 × 40 KB = 640 KiB of 1 MiB).
         let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
         let first = charge(&budget, false);
-        first.body(40_000).await.unwrap();
+        first.arrived(40_000).await.unwrap();
+        first.parsing(40_000).await.unwrap();
         let second = charge(&budget, false);
-        let refused = second.body(40_000).await.unwrap_err();
+        second.arrived(40_000).await.unwrap(); // its bytes still fit…
+        let refused = second.parsing(40_000).await.unwrap_err(); // …its parse does not
         assert_eq!(
             (refused.status.as_u16(), refused.code),
             (503, "server_busy")
         );
         assert_eq!(refused.retry_after, Some(1));
         drop(first); // the first request's answer is made
-        second.body(40_000).await.unwrap();
+        second.parsing(40_000).await.unwrap();
         // A body larger than the whole budget is charged the whole budget.
         drop(second);
-        charge(&budget, false).body(10 << 20).await.unwrap();
+        let big = charge(&budget, false);
+        big.arrived(10 << 20).await.unwrap();
+        big.parsing(10 << 20).await.unwrap();
+        assert_eq!(budget.permits.available_permits(), 0);
+    }
+
+    #[tokio::test]
+    async fn bytes_arriving_are_charged_once_each_in_whole_kib() {
+        let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
+        let c = charge(&budget, false);
+        for _ in 0..10 {
+            c.arrived(100).await.unwrap(); // 1,000 bytes: 1 KiB
+        }
+        assert_eq!(budget.permits.available_permits(), 1023);
+        c.arrived(2000).await.unwrap(); // 3,000 bytes: 3 KiB
+        assert_eq!(budget.permits.available_permits(), 1021);
+        drop(c);
+        assert_eq!(budget.permits.available_permits(), 1024, "given back");
     }
 
     #[tokio::test]
     async fn bulk_bodies_are_charged_less_per_byte() {
         let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
-        // 200 KB: 3 × = 600 KiB fits twice in no budget, once here…
+        // 200 KB of bulk: 3 × = 586 KiB…
         let bulk = charge(&budget, true);
-        bulk.body(200_000).await.unwrap();
-        // …and leaves room for a 20 KB ordinary body (16 × = 320 KiB).
-        charge(&budget, false).body(20_000).await.unwrap();
+        bulk.parsing(200_000).await.unwrap();
+        // …which leaves room for a 20 KB ordinary body (16 × = 313 KiB).
+        charge(&budget, false).parsing(20_000).await.unwrap();
     }
 }

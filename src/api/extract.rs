@@ -69,53 +69,75 @@ impl BodyLimit {
 pub struct BodyTimeout(pub std::time::Duration);
 
 /// The whole body, whatever its type, within the route's size limit (413
-/// beyond it, naming the limit and what raises it) and its time limit (408).
-pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// beyond it, naming the limit and what raises it), its time limit (408) and
+/// the memory budget (503; see `budget`).
+pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes, ApiError> {
+    use axum::RequestExt;
     let limit = req.extensions().get::<BodyLimit>().copied();
     let timeout = req.extensions().get::<BodyTimeout>().map(|t| t.0);
     let charge = req.extensions().get::<super::budget::Charge>().cloned();
-    let read = Bytes::from_request(req, state);
-    let read = match timeout {
-        Some(t) => match tokio::time::timeout(t, read).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    format!(
-                        "the body did not arrive within {} s; the `http_body_timeout_secs` setting changes this",
-                        t.as_secs_f64()
-                    ),
-                ));
-            }
-        },
-        None => read.await,
-    };
-    let bytes = read.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    let read = collect(req.into_limited_body(), charge.as_ref(), limit);
+    let bytes = match timeout {
+        Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                match limit {
-                    Some(l) => format!(
-                        "the body is larger than the limit of {} bytes; {}",
-                        l.bytes, l.remedy
-                    ),
-                    None => "the body is larger than the limit".to_owned(),
-                },
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s; the `http_body_timeout_secs` setting changes this",
+                    t.as_secs_f64()
+                ),
             )
-        } else {
-            ApiError::bad_request(
-                "unreadable_body",
-                format!("the body could not be read: {e}"),
-            )
-        }
-    })?;
-    // Charged once it has all arrived: see `budget`.
-    if let Some(charge) = charge {
-        charge.body(bytes.len()).await?;
+        })??,
+        None => read.await?,
+    };
+    if let Some(charge) = &charge {
+        charge.parsing(bytes.len()).await?;
     }
     Ok(bytes)
+}
+
+/// Reads the body frame by frame, charging each frame's bytes as they come.
+async fn collect(
+    mut body: axum::body::Body,
+    charge: Option<&super::budget::Charge>,
+    limit: Option<BodyLimit>,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| unreadable(&e, limit))?;
+        if let Ok(data) = frame.into_data() {
+            if let Some(c) = charge {
+                c.arrived(data.len()).await?;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// 413 for a body over its limit (naming it and what raises it), else 400.
+fn unreadable(e: &axum::Error, limit: Option<BodyLimit>) -> ApiError {
+    let too_large =
+        std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+    if too_large {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            match limit {
+                Some(l) => format!(
+                    "the body is larger than the limit of {} bytes; {}",
+                    l.bytes, l.remedy
+                ),
+                None => "the body is larger than the limit".to_owned(),
+            },
+        )
+    } else {
+        ApiError::bad_request(
+            "unreadable_body",
+            format!("the body could not be read: {e}"),
+        )
+    }
 }
 
 /// The request's media type, lowercased, without parameters; `None` when
