@@ -27,6 +27,11 @@ use super::error::ApiError;
 /// small objects takes about 15× the text (a `BTreeMap` node and a `String`
 /// per key), measured with `tools/body_memory.py`.
 pub const PARSE_FACTOR: usize = 16;
+/// Bodies declaring at most this length are charged once, before parsing,
+/// not frame by frame: their raw bytes in flight are bounded by the
+/// connection cap (1,024 connections × 16 KiB = 16 MiB), and skipping the
+/// per-frame charge keeps small requests (almost all of them) cheap.
+pub const SMALL_BODY: usize = 16 * 1024;
 /// The bulk events route parses one event at a time into a raw slice, so
 /// its bodies cost little more than their bytes.
 pub const BULK_FACTOR: usize = 3;

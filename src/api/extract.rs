@@ -76,7 +76,15 @@ pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes
     let limit = req.extensions().get::<BodyLimit>().copied();
     let timeout = req.extensions().get::<BodyTimeout>().map(|t| t.0);
     let charge = req.extensions().get::<super::budget::Charge>().cloned();
-    let read = collect(req.into_limited_body(), charge.as_ref(), limit);
+    // A small declared body is charged once, before parsing: its raw bytes
+    // are bounded by the connection cap anyway, and most requests are small.
+    let small = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= super::budget::SMALL_BODY);
+    let per_frame = if small { None } else { charge.as_ref() };
+    let read = collect(req.into_limited_body(), per_frame, limit);
     let bytes = match timeout {
         Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
             ApiError::new(
