@@ -96,17 +96,27 @@ pub(crate) fn terminate(server: Server) -> std::process::ExitStatus {
 }
 
 fn get(base: &str, path: &str, key: &str) -> (u16, String) {
+    request(reqwest::Method::GET, &format!("{base}{path}"), key, None)
+}
+
+/// One request to a running server from the test's own thread (the tests
+/// here are not async: they drive child processes).
+pub(crate) fn request(
+    method: reqwest::Method,
+    url: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let resp = reqwest::Client::new()
-            .get(format!("{base}{path}"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let mut req = reqwest::Client::new().request(method, url).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     })
 }

@@ -113,20 +113,7 @@ fn an_empty_postgresql_database_is_not_filled_by_a_cli_command() {
 
 /// A request to a running server, from the test's own thread.
 fn http(method: reqwest::Method, url: &str, key: &str, body: serde_json::Value) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let resp = reqwest::Client::new()
-            .request(method, url)
-            .header("X-Api-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    })
+    crate::binary::request(method, url, key, Some(body))
 }
 
 #[test]
