@@ -65,7 +65,6 @@ impl BodyBudget {
 #[derive(Clone)]
 pub struct Charge {
     budget: Arc<BodyBudget>,
-    bulk: bool,
     held: Arc<std::sync::Mutex<Held>>,
 }
 
@@ -86,9 +85,9 @@ impl Charge {
         self.charge_up_to(want, seen).await
     }
 
-    /// Tops the charge up to what the parsed body will take.
-    pub async fn parsing(&self, len: usize) -> Result<(), ApiError> {
-        let factor = if self.bulk { BULK_FACTOR } else { PARSE_FACTOR };
+    /// Tops the charge up to what the parsed body will take: `factor` ×
+    /// its length (the route's, from its `BodyLimit`).
+    pub async fn parsing(&self, len: usize, factor: usize) -> Result<(), ApiError> {
         let want = u32::try_from(len.saturating_mul(factor).div_ceil(1024)).unwrap_or(u32::MAX);
         self.charge_up_to(want, len).await
     }
@@ -129,15 +128,23 @@ impl Charge {
     }
 }
 
-/// Gives each request a [`Charge`]; whatever `read_body` charged to it is
-/// given back once the answer is made.
+/// Gives each request with a body a [`Charge`]; whatever `read_body`
+/// charged to it is given back once the answer is made. Requests without a
+/// body (most reads) pass untouched.
 pub async fn charge_body(
     State(budget): State<Arc<BodyBudget>>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let headers = req.headers();
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        return next.run(req).await;
+    }
     let charge = Charge {
-        bulk: req.uri().path() == "/v1/events/bulk",
         budget,
         held: Arc::default(),
     };
@@ -151,10 +158,9 @@ pub async fn charge_body(
 mod tests {
     use super::*;
 
-    fn charge(budget: &Arc<BodyBudget>, bulk: bool) -> Charge {
+    fn charge(budget: &Arc<BodyBudget>) -> Charge {
         Charge {
             budget: budget.clone(),
-            bulk,
             held: Arc::default(),
         }
     }
@@ -163,31 +169,31 @@ mod tests {
     async fn a_body_waits_for_room_then_gets_503_and_room_comes_back() {
         // Room for one 40 KB body (16 × 40 KB = 640 KiB of 1 MiB).
         let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
-        let first = charge(&budget, false);
+        let first = charge(&budget);
         first.arrived(40_000).await.unwrap();
-        first.parsing(40_000).await.unwrap();
-        let second = charge(&budget, false);
+        first.parsing(40_000, PARSE_FACTOR).await.unwrap();
+        let second = charge(&budget);
         second.arrived(40_000).await.unwrap(); // its bytes still fit…
-        let refused = second.parsing(40_000).await.unwrap_err(); // …its parse does not
+        let refused = second.parsing(40_000, PARSE_FACTOR).await.unwrap_err(); // …its parse does not
         assert_eq!(
             (refused.status.as_u16(), refused.code),
             (503, "server_busy")
         );
         assert_eq!(refused.retry_after, Some(1));
         drop(first); // the first request's answer is made
-        second.parsing(40_000).await.unwrap();
+        second.parsing(40_000, PARSE_FACTOR).await.unwrap();
         // A body larger than the whole budget is charged the whole budget.
         drop(second);
-        let big = charge(&budget, false);
+        let big = charge(&budget);
         big.arrived(10 << 20).await.unwrap();
-        big.parsing(10 << 20).await.unwrap();
+        big.parsing(10 << 20, PARSE_FACTOR).await.unwrap();
         assert_eq!(budget.permits.available_permits(), 0);
     }
 
     #[tokio::test]
     async fn bytes_arriving_are_charged_once_each_in_whole_kib() {
         let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
-        let c = charge(&budget, false);
+        let c = charge(&budget);
         for _ in 0..10 {
             c.arrived(100).await.unwrap(); // 1,000 bytes: 1 KiB
         }
@@ -202,9 +208,9 @@ mod tests {
     async fn bulk_bodies_are_charged_less_per_byte() {
         let budget = Arc::new(BodyBudget::new(1 << 20, Duration::from_millis(50)));
         // 200 KB of bulk: 3 × = 586 KiB…
-        let bulk = charge(&budget, true);
-        bulk.parsing(200_000).await.unwrap();
+        let bulk = charge(&budget);
+        bulk.parsing(200_000, BULK_FACTOR).await.unwrap();
         // …which leaves room for a 20 KB ordinary body (16 × = 313 KiB).
-        charge(&budget, false).parsing(20_000).await.unwrap();
+        charge(&budget).parsing(20_000, PARSE_FACTOR).await.unwrap();
     }
 }

@@ -50,6 +50,9 @@ pub struct BodyLimit {
     pub bytes: usize,
     /// What raises it: a setting's name, or advice when it is fixed.
     pub remedy: &'static str,
+    /// Memory a body of this route takes per byte while it is handled, for
+    /// the body budget (see `budget`).
+    pub parse_factor: usize,
 }
 
 impl BodyLimit {
@@ -58,6 +61,16 @@ impl BodyLimit {
         Self {
             bytes,
             remedy: "the `max_body_bytes` setting (HOOKFLOW_MAX_BODY_BYTES) raises it",
+            parse_factor: super::budget::PARSE_FACTOR,
+        }
+    }
+
+    /// The bulk events route's own, fixed limit.
+    pub fn bulk() -> Self {
+        Self {
+            bytes: super::events::MAX_BULK_BYTES,
+            remedy: "it is fixed for bulk requests: send the events in several requests",
+            parse_factor: super::budget::BULK_FACTOR,
         }
     }
 }
@@ -99,7 +112,8 @@ pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes
         None => read.await?,
     };
     if let Some(charge) = &charge {
-        charge.parsing(bytes.len()).await?;
+        let factor = limit.map_or(super::budget::PARSE_FACTOR, |l| l.parse_factor);
+        charge.parsing(bytes.len(), factor).await?;
     }
     Ok(bytes)
 }

@@ -98,7 +98,7 @@ pub async fn inbound_call(
     {
         state
             .inbound_log
-            .record(log_record(ws, flow, peer, seen.body.as_deref(), &outcome));
+            .record(log_record(ws, flow, peer, seen.body.as_ref(), &outcome));
     }
     outcome.map(|(result, replayed)| accepted(result, replayed))
 }
@@ -117,7 +117,7 @@ fn log_record(
     workspace_id: WorkspaceId,
     flow_id: crate::domain::FlowId,
     peer: Option<IpAddr>,
-    body: Option<&[u8]>,
+    body: Option<&bytes::Bytes>,
     outcome: &Result<(EntryResult, bool), ApiError>,
 ) -> crate::store::InboundCallRecord {
     let (body, body_size) = match body {

@@ -185,10 +185,9 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
                     .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(
                         events::MAX_BULK_BYTES,
                     ))
-                    .layer::<_, std::convert::Infallible>(axum::Extension(extract::BodyLimit {
-                        bytes: events::MAX_BULK_BYTES,
-                        remedy: "it is fixed for bulk requests: send the events in several requests",
-                    })),
+                    .layer::<_, std::convert::Infallible>(axum::Extension(
+                        extract::BodyLimit::bulk(),
+                    )),
             )
         })
         .split_for_parts()

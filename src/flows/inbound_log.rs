@@ -87,7 +87,7 @@ impl InboundLog {
     /// full by count or by bytes.
     pub fn record(&self, call: InboundCallRecord) {
         let Some(tx) = &self.tx else { return };
-        let bytes = call.body.as_ref().map_or(0, Vec::len);
+        let bytes = body_len(&call);
         let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > QUEUE_BYTES || tx.try_send(call).is_err() {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -102,15 +102,18 @@ impl InboundLog {
 }
 
 /// A body as the log keeps it: cut at [`MAX_BODY`], with its whole size.
-pub fn kept_body(bytes: &[u8]) -> (Vec<u8>, i64) {
-    (
-        bytes[..bytes.len().min(MAX_BODY)].to_vec(),
-        bytes.len() as i64,
-    )
+pub fn kept_body(bytes: &bytes::Bytes) -> (bytes::Bytes, i64) {
+    let kept = if bytes.len() <= MAX_BODY {
+        bytes.clone() // shared, not copied: the common case
+    } else {
+        // Copied, so the log does not keep the whole large body alive.
+        bytes::Bytes::copy_from_slice(&bytes[..MAX_BODY])
+    };
+    (kept, bytes.len() as i64)
 }
 
 fn body_len(c: &InboundCallRecord) -> usize {
-    c.body.as_ref().map_or(0, Vec::len)
+    c.body.as_ref().map_or(0, bytes::Bytes::len)
 }
 
 /// Takes every queued record without waiting; false once the channel is

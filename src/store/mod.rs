@@ -290,7 +290,7 @@ pub struct InboundCallRecord {
     pub caller_ip: Option<String>,
     /// The body as received, cut at `flows::inbound_log::MAX_BODY`; `None`
     /// when the call was refused before its body was read.
-    pub body: Option<Vec<u8>>,
+    pub body: Option<bytes::Bytes>,
     /// The body's whole size in bytes (larger than `body` when it was cut).
     pub body_size: i64,
 }

@@ -32,7 +32,12 @@ pub async fn record(c: &mut PgConnection, calls: &[InboundCallRecord], keep: usi
     .bind(col(|c| c.run_id.clone()))
     .bind(col(|c| c.contact_id.clone()))
     .bind(col(|c| c.caller_ip.clone()))
-    .bind(calls.iter().map(|c| c.body.clone()).collect::<Vec<Option<Vec<u8>>>>())
+    .bind(
+        calls
+            .iter()
+            .map(|c| c.body.as_ref().map(|b| b.to_vec()))
+            .collect::<Vec<Option<Vec<u8>>>>(),
+    )
     .bind(calls.iter().map(|c| c.body_size).collect::<Vec<i64>>())
     .execute(&mut *c)
     .await
@@ -88,7 +93,10 @@ pub async fn list(
                 run_id: r.try_get("run_id").map_err(internal)?,
                 contact_id: r.try_get("contact_id").map_err(internal)?,
                 caller_ip: r.try_get("caller_ip").map_err(internal)?,
-                body: r.try_get("body").map_err(internal)?,
+                body: r
+                    .try_get::<Option<Vec<u8>>, _>("body")
+                    .map_err(internal)?
+                    .map(bytes::Bytes::from),
                 body_size: r.try_get("body_size").map_err(internal)?,
             })
         })

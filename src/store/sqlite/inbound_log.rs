@@ -30,7 +30,7 @@ pub fn record(c: &Connection, calls: &[InboundCallRecord], keep: usize) -> Resul
                 call.run_id,
                 call.contact_id,
                 call.caller_ip,
-                call.body,
+                call.body.as_deref(),
                 call.body_size,
             ])
             .map_err(internal)?;
@@ -75,7 +75,7 @@ pub fn list(
                 run_id: r.get(4)?,
                 contact_id: r.get(5)?,
                 caller_ip: r.get(6)?,
-                body: r.get(7)?,
+                body: r.get::<_, Option<Vec<u8>>>(7)?.map(bytes::Bytes::from),
                 body_size: r.get(8)?,
             })
         })
