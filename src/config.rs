@@ -69,7 +69,7 @@ pub struct Config {
     pub max_body_memory_bytes: usize,
     /// The bearer token `GET /metrics` requires; empty (default): metrics are
     /// not served. A secret: never logged.
-    pub metrics_token: String,
+    pub metrics_token: SecretSetting,
     /// The URL other systems reach this server at (`https://hooks.example.com`),
     /// used where hookflow prints full inbound URLs; empty: `http://` + `listen`.
     pub public_url: String,
@@ -102,9 +102,31 @@ impl Default for Config {
             http_body_timeout_secs: 30,
             http_max_connections: 0,
             public_url: String::new(),
-            metrics_token: String::new(),
+            metrics_token: SecretSetting::default(),
             max_body_memory_bytes: 96 * 1024 * 1024,
         }
+    }
+}
+
+/// A setting that is a secret (`metrics_token`): read and written as its
+/// text, but `Debug` never shows it, so a logged `Config` leaks nothing.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "(unset)"
+        } else {
+            "(secret)"
+        })
     }
 }
 
@@ -289,7 +311,7 @@ impl Config {
                 "must be between 0 (automatic) and 1000000".into(),
             );
         }
-        let token = &self.metrics_token;
+        let token = self.metrics_token.expose();
         if !token.is_empty()
             && (token.len() < 16 || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)))
         {
@@ -367,8 +389,8 @@ impl Config {
             inbound_log_per_flow: self.inbound_log_per_flow,
             max_body_memory_bytes: self.max_body_memory_bytes,
             body_budget_wait: crate::api::budget::BodyBudget::WAIT,
-            metrics_token: (!self.metrics_token.is_empty())
-                .then(|| std::sync::Arc::from(self.metrics_token.as_str())),
+            metrics_token_hash: (!self.metrics_token.expose().is_empty())
+                .then(|| crate::domain::keys::hash_presented(self.metrics_token.expose())),
             header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
             body_timeout: std::time::Duration::from_secs(self.http_body_timeout_secs),
             max_connections: match self.http_max_connections {
@@ -468,6 +490,19 @@ mod tests {
                 "{err}"
             );
             assert_eq!(err.0.len(), 2, "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_logged_config_shows_no_secret() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOOKFLOW_METRICS_TOKEN", "scrape-me-0123456789");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.metrics_token.expose(), "scrape-me-0123456789");
+            let shown = format!("{c:?} {:?}", c.api_options());
+            assert!(!shown.contains("scrape-me"), "{shown}");
+            assert!(shown.contains("metrics_token: (secret)"), "{shown}");
             Ok(())
         });
     }

@@ -392,6 +392,31 @@ async fn workspace_id(
     }
 }
 
+/// The workspace and the flows `names` name, all of them found before
+/// anything is changed: a typo changes nothing.
+async fn named_flows(
+    store: &dyn Store,
+    workspace: &str,
+    names: &[String],
+) -> anyhow::Result<(hookflow::domain::WorkspaceId, Vec<FlowRecord>)> {
+    let ws = workspace_id(store, workspace).await?;
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match store.flow_by_name(&ws, name.trim()).await {
+            Ok(f) => found.push(f),
+            Err(store::StoreError::NotFound { .. }) => missing.push(format!("`{name}`")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "no flow named {} in workspace `{workspace}` (see `hookflow flows list`); nothing was changed",
+        missing.join(", ")
+    );
+    Ok((ws, found))
+}
+
 /// One line for a flow's state: `active <id> <name> version N`, then its
 /// inbound URL (where other systems send calls) if it has one.
 fn print_flow_state(f: &FlowRecord, base: &str) {
@@ -430,36 +455,16 @@ async fn flows(store: &dyn Store, cmd: FlowCmd, config: &Config) -> anyhow::Resu
                 }
             }
         }
-        cmd @ (FlowCmd::Activate { .. } | FlowCmd::Pause { .. }) => {
-            let (activate_cmd, workspace, names) = match cmd {
-                FlowCmd::Activate { workspace, names } => (true, workspace, names),
-                FlowCmd::Pause { workspace, names } => (false, workspace, names),
-                _ => unreachable!("matched above"),
-            };
-            let ws = workspace_id(store, &workspace.workspace).await?;
-            // Every name is found first: a typo changes nothing.
-            let mut found = Vec::new();
-            let mut missing = Vec::new();
-            for name in &names {
-                match store.flow_by_name(&ws, name.trim()).await {
-                    Ok(f) => found.push(f),
-                    Err(store::StoreError::NotFound { .. }) => missing.push(format!("`{name}`")),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            anyhow::ensure!(
-                missing.is_empty(),
-                "no flow named {} in workspace `{}` (see `hookflow flows list`); nothing was changed",
-                missing.join(", "),
-                workspace.workspace
-            );
+        FlowCmd::Activate { workspace, names } => {
+            let (ws, found) = named_flows(store, &workspace.workspace, &names).await?;
             for f in found {
-                let changed = if activate_cmd {
-                    save::activate(store, &ws, &f.id).await?
-                } else {
-                    save::pause(store, &ws, &f.id).await?
-                };
-                print_flow_state(&changed, &base);
+                print_flow_state(&save::activate(store, &ws, &f.id).await?, &base);
+            }
+        }
+        FlowCmd::Pause { workspace, names } => {
+            let (ws, found) = named_flows(store, &workspace.workspace, &names).await?;
+            for f in found {
+                print_flow_state(&save::pause(store, &ws, &f.id).await?, &base);
             }
         }
         FlowCmd::List { workspace } => {

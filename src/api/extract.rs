@@ -407,13 +407,11 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         let v = v
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
-        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(ApiError::unauthorized(
+        keys.push(bearer_token(v).ok_or_else(|| {
+            ApiError::unauthorized(
                 "use `Authorization: Bearer <API key>` or `X-Api-Key: <API key>`",
-            ));
-        }
-        keys.push(token.trim());
+            )
+        })?);
     }
     for v in headers.get_all("x-api-key") {
         keys.push(
@@ -431,6 +429,14 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
             "the request presents different API keys (in `Authorization` and `X-Api-Key`, or repeated headers); send one",
         )),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any
+/// case, as RFC 9110 has it), or `None` for another scheme or no token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// 422 for a body holding a NUL character somewhere.

@@ -453,14 +453,14 @@ fn entry_request(
     else {
         return Err(not_found());
     };
-    let Value::Object(fields_in) = &body else {
+    if !body.is_object() {
         return Err(ApiError::invalid(
             "invalid_body",
             ".",
             "the body must be a JSON object",
         ));
-    };
-    let email = mapped_email(fields_in, &body, mapping)?;
+    }
+    let email = mapped_email(&body, mapping)?;
     let mut phone = None;
     let mut fields = Map::new();
     let mut origin = Vec::new(); // (list field, body path) to name the body path in errors
@@ -515,7 +515,6 @@ fn entry_request(
 /// (`data.object.customer_email`, as Stripe sends it), else the top-level
 /// `email`. Validated and normalised alike; errors name the body's path.
 fn mapped_email(
-    top: &Map<String, Value>,
     body: &Value,
     mapping: &std::collections::BTreeMap<String, String>,
 ) -> Result<Email, ApiError> {
@@ -529,7 +528,7 @@ fn mapped_email(
             })?;
             (path.as_str(), jp.get(body))
         }
-        None => ("email", top.get("email")),
+        None => ("email", body.get("email")),
     };
     match value {
         None | Some(Value::Null) => Err(ApiError::invalid(

@@ -59,11 +59,11 @@ pub(super) fn list_name(raw: &str) -> Result<String, ApiError> {
 
 fn field_def(input: FieldInput, path: &str) -> Result<FieldDef, ApiError> {
     // Point at the part at fault: the name, or else the options.
-    let bad_name = crate::domain::FieldName::parse(&input.name).is_err()
-        || crate::domain::fields::RESERVED_FIELD_NAMES
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(&input.name));
-    let part = if bad_name { "name" } else { "options" };
+    let part = if FieldDef::definable_name(&input.name).is_err() {
+        "name"
+    } else {
+        "options"
+    };
     let at = if path.is_empty() {
         part.to_owned()
     } else {

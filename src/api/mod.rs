@@ -64,8 +64,8 @@ pub struct Shared {
     pub inbound_cache: Arc<hooks::InboundCache>,
     /// The most recent calls per inbound URL (`GET /v1/flows/{id}/inbound-calls`).
     pub inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
-    /// The bearer token `/metrics` requires; `None`: not served.
-    pub metrics_token: Option<Arc<str>>,
+    /// The SHA-256 of the bearer token `/metrics` requires; `None`: not served.
+    pub metrics_token_hash: Option<Vec<u8>>,
 }
 
 /// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
@@ -86,8 +86,9 @@ pub struct ApiOptions {
     pub body_timeout: std::time::Duration,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
-    /// The bearer token `/metrics` requires; `None`: metrics are not served.
-    pub metrics_token: Option<Arc<str>>,
+    /// The SHA-256 of the bearer token `/metrics` requires (the token itself
+    /// is never kept past start-up); `None`: metrics are not served.
+    pub metrics_token_hash: Option<Vec<u8>>,
     /// Memory request bodies may take at once (see `budget`).
     pub max_body_memory_bytes: usize,
     /// How long a request waits for room in that budget before 503.
@@ -245,7 +246,7 @@ pub fn app(
         engine,
         inbound_cache: Arc::default(),
         inbound_log,
-        metrics_token: options.metrics_token.clone(),
+        metrics_token_hash: options.metrics_token_hash.clone(),
         inbound_limits: Arc::new(limits::InboundLimits {
             per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
             per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),

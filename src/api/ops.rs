@@ -15,6 +15,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::AdminKey;
 use crate::domain::Scope;
+use crate::domain::keys::{hash_presented, hashes_match};
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -62,7 +63,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
         (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
         (status = 404, description = "Metrics are off (no `metrics_token` set)", body = ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let Some(token) = &state.metrics_token else {
+    let Some(token) = &state.metrics_token_hash else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "metrics_disabled",
@@ -73,18 +74,11 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, t)| t.trim());
-    // Hashes of equal length, compared in constant time: neither the
-    // token's bytes nor its length show in the timing.
-    use sha2::Digest;
-    let matches: bool = subtle::ConstantTimeEq::ct_eq(
-        sha2::Sha256::digest(presented.as_bytes()).as_slice(),
-        sha2::Sha256::digest(token.as_bytes()).as_slice(),
-    )
-    .into();
-    if !matches {
+        .and_then(super::extract::bearer_token)
+        .unwrap_or("");
+    // Hashes of equal length, compared in constant time (as API keys are):
+    // neither the token's bytes nor its length show in the timing.
+    if !hashes_match(&hash_presented(presented), token) {
         return ApiError::unauthorized("metrics need `Authorization: Bearer <metrics_token>`")
             .into_response();
     }

@@ -98,17 +98,23 @@ pub const RESERVED_FIELD_NAMES: [&str; 2] = ["email", "phone"];
 pub const MAX_TEXT_LEN: usize = 4096;
 
 impl FieldDef {
-    pub fn new(name: &str, kind: FieldType, options: Vec<String>) -> Result<Self, String> {
-        let name = FieldName::parse(name)?;
-        if let Some(builtin) = RESERVED_FIELD_NAMES
+    /// The name a new definition may take: a valid field name that is not
+    /// one of [`RESERVED_FIELD_NAMES`], in any case.
+    pub fn definable_name(raw: &str) -> Result<FieldName, String> {
+        let name = FieldName::parse(raw)?;
+        match RESERVED_FIELD_NAMES
             .iter()
             .find(|r| r.eq_ignore_ascii_case(name.as_str()))
         {
-            return Err(format!(
-                "`{}` is reserved: every contact has its own {builtin}; to take it from an inbound call, map the body's path onto `{builtin}` in the flow's trigger mapping",
-                name
-            ));
+            Some(builtin) => Err(format!(
+                "`{name}` is reserved: every contact has its own {builtin}; to take it from an inbound call, map the body's path onto `{builtin}` in the flow's trigger mapping"
+            )),
+            None => Ok(name),
         }
+    }
+
+    pub fn new(name: &str, kind: FieldType, options: Vec<String>) -> Result<Self, String> {
+        let name = Self::definable_name(name)?;
         match kind {
             FieldType::Enum if options.is_empty() => {
                 return Err("an `enum` field needs at least one option".into());

@@ -30,7 +30,7 @@ async fn metrics_are_off_without_a_token_and_need_it_when_on() {
     let app = crate::helpers::spawn_app_with(
         Backend::Sqlite,
         hookflow::api::ApiOptions {
-            metrics_token: Some(token.into()),
+            metrics_token_hash: Some(hookflow::domain::keys::hash_presented(token)),
             ..hookflow::api::ApiOptions::default()
         },
     )

@@ -127,7 +127,7 @@ impl SqliteStore {
         // Every statement the writer runs stays prepared: with the engine's
         // statements, 64 slots made them evict each other (re-parsed SQL).
         conn.set_prepared_statement_cache_capacity(256);
-        migrate(&mut conn, options.create)?;
+        migrate(&mut conn)?;
         let readers = readers::Readers::open(path.clone(), options.pool_size.max(1) as usize)?;
         let restart_wanted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         Ok(Self {
@@ -160,13 +160,10 @@ fn refuse_foreign(conn: &Connection) -> Result<()> {
     }
 }
 
-fn migrate(conn: &mut Connection, create: bool) -> Result<()> {
+fn migrate(conn: &mut Connection) -> Result<()> {
     let applied: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(internal)? as usize;
-    if applied == 0 && !create {
-        return Err(not_ours());
-    }
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Internal(format!(
             "the database has schema version {applied}, newer than this binary knows ({}); upgrade hookflow",
