@@ -28,6 +28,17 @@ pub(crate) struct Server {
     pub(crate) stdout: Vec<String>,
 }
 
+impl Server {
+    /// The admin key the first start printed.
+    pub(crate) fn key(&self) -> String {
+        self.stdout
+            .iter()
+            .find(|l| l.starts_with("hfk_"))
+            .expect("bootstrap key on stdout")
+            .clone()
+    }
+}
+
 /// A test that fails must not leave its server running (it would hold the
 /// test's output pipes open and outlive the run).
 impl Drop for Server {
@@ -125,12 +136,7 @@ pub(crate) fn request(
 fn serve_in_an_empty_folder_bootstraps_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let key = server
-        .stdout
-        .iter()
-        .find(|l| l.starts_with("hfk_"))
-        .expect("bootstrap key on stdout")
-        .clone();
+    let key = server.key();
     assert!(
         server
             .stdout
@@ -324,12 +330,7 @@ async fn load_then_kill(
 fn acknowledged_upserts_survive_kill_9_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
-    let key = server
-        .stdout
-        .iter()
-        .find(|l| l.starts_with("hfk_"))
-        .unwrap()
-        .clone();
+    let key = server.key();
     let (base, pid) = (server.base.clone(), server.child.id());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -633,12 +634,7 @@ fn accepted_runs_complete_exactly_once_after_kill_9(backend: crate::helpers::Bac
         env.push(("HOOKFLOW_DATABASE_URL", db.url.as_str()));
     }
     let mut server = start_with(dir.path(), &env);
-    let key = server
-        .stdout
-        .iter()
-        .find(|l| l.starts_with("hfk_"))
-        .unwrap()
-        .clone();
+    let key = server.key();
     let (base, pid) = (server.base.clone(), server.child.id());
     let post = |base: &str, path: &str, body: serde_json::Value| {
         let (base, path, key) = (base.to_owned(), path.to_owned(), key.clone());

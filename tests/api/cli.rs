@@ -120,12 +120,7 @@ fn http(method: reqwest::Method, url: &str, key: &str, body: serde_json::Value) 
 fn flows_are_applied_activated_and_paused_by_name_with_their_inbound_url() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let key = server
-        .stdout
-        .iter()
-        .find(|l| l.starts_with("hfk_"))
-        .unwrap()
-        .clone();
+    let key = server.key();
     let (s, list) = http(
         reqwest::Method::POST,
         &format!("{}/v1/lists", server.base),
@@ -359,9 +354,19 @@ fn a_key_revoked_by_the_cli_is_refused_by_the_server_from_the_moment_it_returns(
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers so far: [accepted, refused], to wait on instead of sleeping.
+    let counts = std::sync::Arc::new([
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ]);
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (base, key, stop) = (server.base.clone(), key.clone(), stop.clone());
+        let (base, key, stop, counts) = (
+            server.base.clone(),
+            key.clone(),
+            stop.clone(),
+            counts.clone(),
+        );
         clients.push(rt.spawn(async move {
             let http = reqwest::Client::new();
             let mut seen = Vec::new();
@@ -375,16 +380,29 @@ fn a_key_revoked_by_the_cli_is_refused_by_the_server_from_the_moment_it_returns(
                     .unwrap()
                     .status()
                     .as_u16();
+                counts[usize::from(status != 200)]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 seen.push((sent, status));
             }
             seen
         }));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    let wait_for = |which: usize, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counts[which].load(std::sync::atomic::Ordering::Relaxed) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} answers of kind {which}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for(0, 20); // the key is in use
     let out = run(dir.path(), &["keys", "revoke", &id]);
     let revoked = Instant::now();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    std::thread::sleep(Duration::from_millis(300));
+    // …and refused, repeatedly, after the command returned.
+    wait_for(1, counts[1].load(std::sync::atomic::Ordering::Relaxed) + 20);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen: Vec<(Instant, u16)> = rt.block_on(async {
         let mut all = Vec::new();

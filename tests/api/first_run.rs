@@ -182,15 +182,15 @@ async fn a_too_large_body_is_told_the_limit_and_the_setting(b: Backend) {
         "{{\"email\":\"a@b.co\",\"x\":\"{}\"}}",
         "a".repeat(TEST_BODY_LIMIT)
     );
-    let resp = app
-        .http
-        .post(format!("{}/v1/contacts", app.base))
-        .bearer_auth(&app.admin_key)
-        .header("Content-Type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
+    let post = |path: &str, body: Vec<u8>| {
+        app.http
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(&app.admin_key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = post("/v1/contacts", huge.into_bytes()).await.unwrap();
     let got = (resp.status(), resp.json::<Value>().await.unwrap());
     assert_error(&got, 413, "payload_too_large");
     assert_eq!(
@@ -201,13 +201,7 @@ async fn a_too_large_body_is_told_the_limit_and_the_setting(b: Backend) {
     );
     // The bulk endpoint has its own, fixed limit, and says so.
     let bulk_limit = hookflow::api::events::MAX_BULK_BYTES;
-    let resp = app
-        .http
-        .post(format!("{}/v1/events/bulk", app.base))
-        .bearer_auth(&app.admin_key)
-        .header("Content-Type", "application/json")
-        .body(vec![b' '; bulk_limit + 1])
-        .send()
+    let resp = post("/v1/events/bulk", vec![b' '; bulk_limit + 1])
         .await
         .unwrap();
     let got = (resp.status(), resp.json::<Value>().await.unwrap());
