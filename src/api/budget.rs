@@ -98,11 +98,16 @@ impl Charge {
         let want = want.min(self.budget.total_kib);
         let have = self.held.lock().map_or(0, |h| h.kib);
         if want > have {
-            let room = tokio::time::timeout(
-                self.budget.wait,
-                self.budget.permits.clone().acquire_many_owned(want - have),
-            )
-            .await;
+            // Room now is the common case: no timer is set for it (a
+            // `timeout` registers one with the runtime on every call).
+            let permits = self.budget.permits.clone();
+            let room = match permits.clone().try_acquire_many_owned(want - have) {
+                Ok(permit) => Ok(Ok(permit)),
+                Err(_) => {
+                    tokio::time::timeout(self.budget.wait, permits.acquire_many_owned(want - have))
+                        .await
+                }
+            };
             let Ok(Ok(permit)) = room else {
                 metrics::counter!("hookflow_body_budget_refusals_total").increment(1);
                 let mut e = ApiError::new(
