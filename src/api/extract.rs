@@ -97,9 +97,14 @@ pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n <= super::budget::SMALL_BODY);
     let per_frame = if small { None } else { charge.as_ref() };
-    let read = collect(req.into_limited_body(), per_frame, limit);
-    let bytes = match timeout {
-        Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
+    let mut read = std::pin::pin!(collect(req.into_limited_body(), per_frame, limit));
+    // Most bodies have arrived with their headers: read what is there first
+    // and set the body timer (a timer registered with the runtime) only
+    // when the rest must be waited for.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+    let bytes = match (first, timeout) {
+        (std::task::Poll::Ready(done), _) => done?,
+        (std::task::Poll::Pending, Some(t)) => tokio::time::timeout(t, read).await.map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
@@ -109,7 +114,7 @@ pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes
                 ),
             )
         })??,
-        None => read.await?,
+        (std::task::Poll::Pending, None) => read.await?,
     };
     if let Some(charge) = &charge {
         let factor = limit.map_or(super::budget::PARSE_FACTOR, |l| l.parse_factor);
