@@ -33,6 +33,11 @@ pub struct Config {
     pub sqlite_max_batch: usize,
     /// Runs the engine claims and advances per transaction.
     pub engine_batch: usize,
+    /// A claim stops taking runs once their event data (the inbound bodies
+    /// and events that started them) passes this many bytes, so a burst of
+    /// large bodies does not sit parsed in memory 512 at a time; the oldest
+    /// due run is always taken, whatever its size.
+    pub engine_claim_bytes: u64,
     /// How long a claim on due runs lasts: after a crash, another process
     /// (or this one, restarted) takes the runs over once it expires.
     pub engine_lease_secs: u64,
@@ -89,6 +94,7 @@ impl Default for Config {
             db_pool_size: 8,
             sqlite_max_batch: 512,
             engine_batch: 512,
+            engine_claim_bytes: 1 << 20,
             engine_lease_secs: 30,
             engine_poll_ms: 250,
             engine_workers: 0,
@@ -281,6 +287,12 @@ impl Config {
         if self.engine_batch == 0 || self.engine_batch > 10_000 {
             bad("engine_batch", "must be between 1 and 10000".into());
         }
+        if self.engine_claim_bytes < 1024 || self.engine_claim_bytes > 1 << 30 {
+            bad(
+                "engine_claim_bytes",
+                "must be between 1024 and 1073741824 (1 GiB)".into(),
+            );
+        }
         if self.engine_lease_secs == 0 || self.engine_lease_secs > 3600 {
             bad("engine_lease_secs", "must be between 1 and 3600".into());
         }
@@ -375,6 +387,7 @@ impl Config {
     pub fn engine_config(&self) -> crate::flows::EngineConfig {
         crate::flows::EngineConfig {
             batch: self.engine_batch,
+            claim_bytes: self.engine_claim_bytes,
             lease: std::time::Duration::from_secs(self.engine_lease_secs),
             poll: std::time::Duration::from_millis(self.engine_poll_ms),
             workers: self.engine_workers,

@@ -28,6 +28,9 @@ use crate::store::{
 pub struct EngineConfig {
     /// Runs claimed per transaction.
     pub batch: usize,
+    /// A claim stops taking runs once their event data passes this many
+    /// bytes: parsed, a large body takes many times its size in memory.
+    pub claim_bytes: u64,
     /// How long a claim is held before another process may take the runs.
     pub lease: Duration,
     /// Longest sleep between looks for due work.
@@ -39,10 +42,20 @@ pub struct EngineConfig {
     pub workers: usize,
 }
 
+impl EngineConfig {
+    pub fn claim_limit(&self) -> crate::store::ClaimLimit {
+        crate::store::ClaimLimit {
+            runs: self.batch,
+            event_bytes: self.claim_bytes,
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             batch: 512,
+            claim_bytes: 1 << 20,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(250),
             workers: 0,
@@ -91,7 +104,7 @@ impl Engine {
         let lease_until = now + i64::try_from(self.config.lease.as_millis()).unwrap_or(30_000);
         let claimed = self
             .store
-            .claim_runs(&self.owner, now, lease_until, self.config.batch)
+            .claim_runs(&self.owner, now, lease_until, self.config.claim_limit())
             .await?;
         let n = claimed.len();
         if n == 0 {

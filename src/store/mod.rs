@@ -22,8 +22,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use run::{
-    AdvanceOutcome, ClaimedRun, ContactChange, Effect, EntryPlan, EventIn, EventRecorded,
-    RunAdvance, RunEnd, RunFilter, RunRecord, RunStatus, StepRecord,
+    AdvanceOutcome, ClaimLimit, ClaimedRun, ContactChange, Effect, EntryPlan, EventIn,
+    EventRecorded, RunAdvance, RunEnd, RunFilter, RunRecord, RunStatus, StepRecord,
 };
 use serde_json::{Map, Value};
 
@@ -448,15 +448,16 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- the engine ----------------------------------------------------------------
 
-    /// Leases up to `limit` runs that are due at `now` (unfinished, of an
-    /// active flow, lease free or expired) to `owner` until `lease_until`,
-    /// oldest due first, with the contact and lists their steps read.
+    /// Leases the runs that are due at `now` (unfinished, of an active flow,
+    /// lease free or expired) to `owner` until `lease_until`, oldest due
+    /// first, as many as `limit` allows, with the contact and lists their
+    /// steps read.
     async fn claim_runs(
         &self,
         owner: &str,
         now: Millis,
         lease_until: Millis,
-        limit: usize,
+        limit: ClaimLimit,
     ) -> Result<Vec<ClaimedRun>>;
     /// Stores each advance atomically with its effects, only where `owner`
     /// still holds the lease at `now`; one outcome per advance, in order.

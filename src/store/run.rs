@@ -96,6 +96,30 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
 }
 
+/// How much one claim may take: at most `runs` runs, and no more runs once
+/// their event data passes `event_bytes` (the first run is always taken, so a
+/// run larger than the limit is still claimed, alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimLimit {
+    pub runs: usize,
+    pub event_bytes: u64,
+}
+
+impl ClaimLimit {
+    /// At most `runs` runs, whatever their size.
+    pub fn runs(runs: usize) -> Self {
+        Self {
+            runs,
+            event_bytes: i64::MAX as u64,
+        }
+    }
+
+    /// The byte limit as the databases' signed integers.
+    pub fn event_bytes_i64(&self) -> i64 {
+        i64::try_from(self.event_bytes).unwrap_or(i64::MAX)
+    }
+}
+
 /// A due run the engine has leased, with everything its steps read.
 #[derive(Clone, Debug)]
 pub struct ClaimedRun {

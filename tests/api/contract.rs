@@ -6,7 +6,9 @@ use hookflow::domain::keys::hash_presented;
 use hookflow::domain::{
     ApiKeyId, ContactStatus, Email, FieldDef, FieldType, ListId, PageRequest, Phone, Scope,
 };
-use hookflow::store::{ContactFilter, ContactPatch, ContactUpsert, NewApiKey, StoreError};
+use hookflow::store::{
+    ClaimLimit, ContactFilter, ContactPatch, ContactUpsert, NewApiKey, StoreError,
+};
 use serde_json::json;
 
 use crate::both_stores;
@@ -24,6 +26,7 @@ both_stores!(
     entering_a_flow_follows_repeat_and_idempotency,
     committed_writes_survive_reopening,
     claims_are_leased_and_completion_checks_the_lease,
+    a_claim_stops_at_its_event_bytes,
     a_flow_activated_by_another_process_fires_at_once,
     a_wake_up_during_a_lease_is_not_lost,
 );
@@ -745,6 +748,79 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
     s.close().await;
 }
 
+/// A claim takes runs oldest first until their event data passes the byte
+/// limit, and always takes the first one, however large: large inbound bodies
+/// are not held in memory hundreds at a time, and none is left behind.
+async fn a_claim_stops_at_its_event_bytes(b: Backend) {
+    use hookflow::store::{EntryRequest, FlowStatus};
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let list = s.create_list(&ws, "L", vec![]).await.unwrap().id;
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let flow = s.create_flow(&ws, "F", doc).await.unwrap();
+    s.set_flow_status(&ws, &flow.id, FlowStatus::Active, None)
+        .await
+        .unwrap();
+    // Four runs of 3,000 bytes of event data each ({"pad":"…"} is 10 more).
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let entered = s
+            .enter_flow(
+                &ws,
+                EntryRequest {
+                    flow_id: flow.id.clone(),
+                    flow_version: flow.version,
+                    first_step: "x".into(),
+                    repeat: false,
+                    has_exits: false,
+                    inbound_token: None,
+                    contact: ContactUpsert {
+                        email: Some(email(&format!("big{i}@example.com"))),
+                        lists: vec![list.clone()],
+                        ..Default::default()
+                    },
+                    event_data: json!({"pad": "p".repeat(2_990)}),
+                    idempotency: None,
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(entered.result.run_id.unwrap());
+        // Distinct due times, so "oldest first" has one answer.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let now = chrono::Utc::now().timestamp_millis() + 1_000;
+    let limit = |bytes| ClaimLimit {
+        runs: 10,
+        event_bytes: bytes,
+    };
+    // 5,000 bytes: the first (0 before it) and the second (3,000 before it).
+    let first = s
+        .claim_runs("e", now, now + 30_000, limit(5_000))
+        .await
+        .unwrap();
+    let got: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, [ids[0].as_str(), ids[1].as_str()]);
+    assert_eq!(first[1].event_data["pad"].as_str().unwrap().len(), 2_990);
+    // Smaller than one run: that run alone.
+    let second = s
+        .claim_runs("e", now, now + 30_000, limit(100))
+        .await
+        .unwrap();
+    let got: Vec<&str> = second.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, [ids[2].as_str()]);
+    // The run count still limits.
+    let third = s
+        .claim_runs("e", now, now + 30_000, ClaimLimit::runs(10))
+        .await
+        .unwrap();
+    let got: Vec<&str> = third.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, [ids[3].as_str()]);
+    s.close().await;
+}
+
 /// FL-5 at the store: a claimed run is invisible to other claims until its
 /// lease expires; after that another engine takes it, and the first one's
 /// completion is refused (nothing written), the second's applied.
@@ -786,14 +862,14 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
     let run_id = entered.result.run_id.unwrap();
     let now = chrono::Utc::now().timestamp_millis() + 1_000;
     let a = s
-        .claim_runs("engine-a", now, now + 10_000, 10)
+        .claim_runs("engine-a", now, now + 10_000, ClaimLimit::runs(10))
         .await
         .unwrap();
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].id.as_str(), run_id);
     assert_eq!(a[0].contact.email.as_str(), "lease@example.com");
     assert!(
-        s.claim_runs("engine-b", now + 5_000, now + 15_000, 10)
+        s.claim_runs("engine-b", now + 5_000, now + 15_000, ClaimLimit::runs(10))
             .await
             .unwrap()
             .is_empty(),
@@ -801,7 +877,7 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
     );
     // A's lease expired: B takes the run over.
     let b_claim = s
-        .claim_runs("engine-b", now + 11_000, now + 20_000, 10)
+        .claim_runs("engine-b", now + 11_000, now + 20_000, ClaimLimit::runs(10))
         .await
         .unwrap();
     assert_eq!(b_claim.len(), 1);
@@ -846,7 +922,7 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
     assert_eq!(history.len(), 1, "the refused completion wrote nothing");
     // Finished runs are never claimed again.
     assert!(
-        s.claim_runs("engine-c", now + 60_000, now + 90_000, 10)
+        s.claim_runs("engine-c", now + 60_000, now + 90_000, ClaimLimit::runs(10))
             .await
             .unwrap()
             .is_empty()
@@ -983,7 +1059,10 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
         consumed_event: false,
     };
     let now = chrono::Utc::now().timestamp_millis() + 1_000;
-    let claimed = s.claim_runs("e", now, now + 30_000, 10).await.unwrap();
+    let claimed = s
+        .claim_runs("e", now, now + 30_000, ClaimLimit::runs(10))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 2, "both runs of the contact are due");
     for c in &claimed {
         assert_eq!(
@@ -1004,7 +1083,10 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
     };
     s.update_contact(&ws, &ct, patch("a")).await.unwrap();
     let later = chrono::Utc::now().timestamp_millis() + 2_000;
-    let claimed = s.claim_runs("e", later, later + 30_000, 10).await.unwrap();
+    let claimed = s
+        .claim_runs("e", later, later + 30_000, ClaimLimit::runs(10))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 2, "woken for an exit check");
     // While they are leased, the contact changes again …
     s.update_contact(&ws, &ct, patch("b")).await.unwrap();

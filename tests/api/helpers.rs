@@ -165,6 +165,7 @@ pub async fn spawn_app_with(backend: Backend, options: ApiOptions) -> Option<Tes
         Arc::new(clock.clone()),
         EngineConfig {
             batch: 64,
+            claim_bytes: 4 << 20,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(50),
             workers: 2,

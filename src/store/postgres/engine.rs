@@ -71,12 +71,16 @@ pub async fn start_run(
         return Ok(Err(why));
     }
     let id = RunId::generate();
+    // Sent as text (cast by the server): the same bytes sqlx would send, and
+    // their length is the run's `event_bytes`.
+    let data = serde_json::to_string(event_data)
+        .map_err(|e| StoreError::Internal(format!("event data: {e}")))?;
     // Engine paths (a step's effects, triggers they fire) do not hold the
     // per-email lock, so another process may start the same run between the
     // check above and here: the unique index decides, without an error.
     let inserted = sqlx::query(
-        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, has_exits, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $7, $7)
+        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8::text::jsonb, $10, $9, $7, $7)
          ON CONFLICT (flow_id, contact_id) WHERE status IN ('active', 'waiting') DO NOTHING",
     )
     .bind(id.as_str())
@@ -86,8 +90,9 @@ pub async fn start_run(
     .bind(contact.as_str())
     .bind(&plan.first_step)
     .bind(now)
-    .bind(event_data)
+    .bind(&data)
     .bind(plan.has_exits)
+    .bind(data.len() as i64)
     .execute(&mut *c)
     .await
     .map_err(internal)?
@@ -197,14 +202,19 @@ pub async fn claim(
     owner: &str,
     now: Millis,
     lease_until: Millis,
-    limit: usize,
+    limit: crate::store::ClaimLimit,
 ) -> Result<Vec<ClaimedRun>> {
     let rows = sqlx::query(
-        "WITH due AS (
-           SELECT r.id FROM runs r JOIN flows f ON f.id = r.flow_id
+        "WITH candidates AS (
+           SELECT r.id, r.due_at, r.event_bytes FROM runs r JOIN flows f ON f.id = r.flow_id
            WHERE r.status IN ('active', 'waiting') AND r.due_at <= $3
              AND (r.lease_until IS NULL OR r.lease_until < $3) AND f.status = 'active'
-           ORDER BY r.due_at LIMIT $4 FOR UPDATE OF r SKIP LOCKED)
+           ORDER BY r.due_at LIMIT $4 FOR UPDATE OF r SKIP LOCKED),
+         due AS (
+           SELECT id FROM (
+             SELECT id, SUM(event_bytes) OVER (ORDER BY due_at, id ROWS UNBOUNDED PRECEDING) - event_bytes AS before
+             FROM candidates) sized
+           WHERE before < $5)
          UPDATE runs SET lease_owner = $1, lease_until = $2, due_at = $2 FROM due WHERE runs.id = due.id
          RETURNING runs.id, runs.workspace_id, runs.flow_id, runs.flow_version, runs.status, runs.step,
            runs.event_data, runs.wait_until, runs.resume_event, runs.step_count, runs.contact_id",
@@ -212,7 +222,8 @@ pub async fn claim(
     .bind(owner)
     .bind(lease_until)
     .bind(now)
-    .bind(limit as i64)
+    .bind(limit.runs as i64)
+    .bind(limit.event_bytes_i64())
     .fetch_all(&mut *c)
     .await
     .map_err(internal)?;

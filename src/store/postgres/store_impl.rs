@@ -569,7 +569,7 @@ impl Store for PgStore {
         owner: &str,
         now: Millis,
         lease_until: Millis,
-        limit: usize,
+        limit: crate::store::ClaimLimit,
     ) -> Result<Vec<ClaimedRun>> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
         let runs = engine::claim(&mut tx, owner, now, lease_until, limit).await?;

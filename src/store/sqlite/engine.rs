@@ -73,12 +73,12 @@ pub fn start_run(
     let id = RunId::generate();
     let data = json_text(event_data)?;
     conn.prepare_cached(
-        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, has_exits, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?7, ?7)",
+        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?7, ?7)",
     )
     .and_then(|mut s| {
         s.execute(params![id.as_str(), ws.as_str(), flow.as_str(), version, contact.as_str(),
-            plan.first_step, now, data, plan.has_exits])
+            plan.first_step, now, data, data.len() as i64, plan.has_exits])
     })
     .map_err(internal)?;
     Ok(Ok(id))
@@ -192,11 +192,16 @@ pub fn upsert_and_trigger(
 /// due again if this process dies, the engine's sleep does not spin on runs
 /// it holds, and a wake-up during the lease (`due_at = now`, an exit check or
 /// an event) is seen by the completion (`due_at < lease_until`).
+/// The oldest `?4` due runs, cut where their event data passes `?5` bytes
+/// (the first run is always taken, whatever its size).
 const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2, due_at = ?2 WHERE id IN (
-    SELECT r.id FROM runs r JOIN flows f ON f.id = r.flow_id
-    WHERE (r.status = 'active' OR r.status = 'waiting') AND r.due_at <= ?3
-      AND (r.lease_until IS NULL OR r.lease_until < ?3) AND f.status = 'active'
-    ORDER BY r.due_at LIMIT ?4)
+    SELECT id FROM (
+      SELECT id, SUM(event_bytes) OVER (ORDER BY due_at, id ROWS UNBOUNDED PRECEDING) - event_bytes AS before
+      FROM (SELECT r.id, r.due_at, r.event_bytes FROM runs r JOIN flows f ON f.id = r.flow_id
+            WHERE (r.status = 'active' OR r.status = 'waiting') AND r.due_at <= ?3
+              AND (r.lease_until IS NULL OR r.lease_until < ?3) AND f.status = 'active'
+            ORDER BY r.due_at LIMIT ?4))
+    WHERE before < ?5)
   RETURNING id, workspace_id, flow_id, flow_version, status, step, event_data, wait_until,
     resume_event, step_count, contact_id";
 
@@ -205,7 +210,7 @@ pub fn claim(
     owner: &str,
     now: Millis,
     lease_until: Millis,
-    limit: usize,
+    limit: crate::store::ClaimLimit,
 ) -> Result<Vec<ClaimedRun>> {
     type Raw = (
         String,
@@ -223,21 +228,30 @@ pub fn claim(
     let raw: Vec<Raw> = conn
         .prepare_cached(CLAIM)
         .and_then(|mut s| {
-            s.query_map(params![owner, lease_until, now, limit as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                ))
-            })
+            s.query_map(
+                params![
+                    owner,
+                    lease_until,
+                    now,
+                    limit.runs as i64,
+                    limit.event_bytes_i64()
+                ],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                    ))
+                },
+            )
             .and_then(|rows| rows.collect())
         })
         .map_err(internal)?;

@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_engine.sql"),
     include_str!("../../../migrations/sqlite/0005_inbound_secret.sql"),
     include_str!("../../../migrations/sqlite/0006_inbound_calls.sql"),
+    include_str!("../../../migrations/sqlite/0007_event_bytes.sql"),
 ];
 
 pub struct SqliteStore {
@@ -600,7 +601,7 @@ impl Store for SqliteStore {
         owner: &str,
         now: Millis,
         lease_until: Millis,
-        limit: usize,
+        limit: crate::store::ClaimLimit,
     ) -> Result<Vec<ClaimedRun>> {
         let owner = owner.to_owned();
         self.writer
