@@ -26,11 +26,12 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct UpsertContact {
     /// The key of the upsert: trimmed and lowercased.
-    #[schema(example = "jane@example.com")]
+    #[schema(example = "jane@example.com", format = Email)]
     pub email: String,
-    /// E.164, e.g. `+380631234567`; `null` clears it.
+    /// E.164, e.g. `+380631234567` (spaces, dots, dashes and brackets are
+    /// dropped); `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[ .()-]*\+[ .()-]*[1-9]([ .()-]*[0-9]){7,14}[ .()-]*$")]
     pub phone: Option<Option<String>>,
     pub status: Option<ContactStatus>,
     /// Custom field values; each must be defined by one of the contact's lists
@@ -46,9 +47,10 @@ pub struct UpsertContact {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchContact {
+    #[schema(format = Email)]
     pub email: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[ .()-]*\+[ .()-]*[1-9]([ .()-]*[0-9]){7,14}[ .()-]*$")]
     pub phone: Option<Option<String>>,
     pub status: Option<ContactStatus>,
     #[serde(default)]
@@ -60,9 +62,14 @@ pub struct PatchContact {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ContactQuery {
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// Only members of this list.
+    #[param(pattern = r"^ls_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub list_id: Option<String>,
     pub status: Option<ContactStatus>,
 }
@@ -71,6 +78,7 @@ pub struct ContactQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct LookupQuery {
+    #[param(format = Email)]
     pub email: String,
 }
 

@@ -31,15 +31,21 @@ const CHUNK: usize = 500;
 #[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// The event's name, which flows' `event` triggers and event waits name.
-    #[schema(example = "order_placed")]
+    #[schema(
+        example = "order_placed",
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// The contact's email; a new contact is created if needed.
+    #[schema(format = Email)]
     pub email: String,
     /// Free-form data, available to conditions as `event.PATH`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub properties: Option<Value>,
     /// When it happened (RFC 3339); default: when received.
+    #[schema(format = DateTime)]
     pub time: Option<String>,
 }
 
@@ -64,16 +70,47 @@ impl From<EventRecorded> for EventAccepted {
     }
 }
 
+/// The schema of the bulk route's body: 1 to [`MAX_BULK`] events (the
+/// handler reads the body itself, one event at a time).
+pub struct EventBatch;
+
+impl utoipa::PartialSchema for EventBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(utoipa::openapi::Ref::from_schema_name("NewEvent"))
+            .min_items(Some(1))
+            .max_items(Some(MAX_BULK))
+            .into()
+    }
+}
+
+impl ToSchema for EventBatch {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "NewEvent".into(),
+            <NewEvent as utoipa::PartialSchema>::schema(),
+        ));
+        <NewEvent as ToSchema>::schemas(schemas);
+    }
+}
+
 /// The outcome for one event of a batch.
 #[derive(Serialize, ToSchema)]
-pub struct BulkItem {
-    pub index: usize,
-    /// `accepted` or `rejected`.
-    pub status: &'static str,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub accepted: Option<EventAccepted>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorDetail>,
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum BulkItem {
+    /// Stored: the event as `POST /v1/events` would have answered it.
+    Accepted {
+        index: usize,
+        #[serde(flatten)]
+        event: EventAccepted,
+    },
+    /// Not stored: why, naming the event's field at fault.
+    Rejected { index: usize, error: ErrorDetail },
 }
 
 #[derive(Serialize, ToSchema)]
@@ -174,7 +211,7 @@ pub async fn record_event(
 /// Record up to 10,000 events: a JSON array, or NDJSON (one event per
 /// line) with `Content-Type: application/x-ndjson`. Each event is recorded
 /// or refused on its own; the answer lists the outcome per index.
-#[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body(content = Vec<NewEvent>, description = "A JSON array of events, or NDJSON"),
+#[utoipa::path(post, path = "/v1/events/bulk", tag = "events", request_body(content = EventBatch, description = "A JSON array of events, or NDJSON"),
     responses((status = 200, body = BulkResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody)))]
@@ -265,26 +302,28 @@ pub async fn record_events_bulk(
                 }
             },
         };
-        let Some(outcomes) = outcomes else {
-            for index in indexes {
-                results[index] = Some(BulkItem {
-                    index,
-                    status: "rejected",
-                    accepted: None,
-                    error: failed.clone(),
-                });
+        let outcomes = match (outcomes, &failed) {
+            (Some(outcomes), _) => outcomes,
+            (None, failed) => {
+                let error = failed
+                    .clone()
+                    .unwrap_or_else(|| ApiError::internal().detail());
+                for index in indexes {
+                    results[index] = Some(BulkItem::Rejected {
+                        index,
+                        error: error.clone(),
+                    });
+                }
+                continue;
             }
-            continue;
         };
         for (index, outcome) in indexes.into_iter().zip(outcomes) {
             results[index] = Some(match outcome {
                 Ok(rec) => {
                     woke |= !rec.runs_started.is_empty() || rec.runs_resumed > 0;
-                    BulkItem {
+                    BulkItem::Accepted {
                         index,
-                        status: "accepted",
-                        accepted: Some(rec.into()),
-                        error: None,
+                        event: rec.into(),
                     }
                 }
                 Err(e) => rejected(index, e.into()),
@@ -295,7 +334,10 @@ pub async fn record_events_bulk(
         state.engine.wake();
     }
     let results: Vec<BulkItem> = results.into_iter().flatten().collect();
-    let accepted = results.iter().filter(|r| r.status == "accepted").count();
+    let accepted = results
+        .iter()
+        .filter(|r| matches!(r, BulkItem::Accepted { .. }))
+        .count();
     Ok(Json(BulkResult {
         accepted,
         rejected: results.len() - accepted,
@@ -304,11 +346,9 @@ pub async fn record_events_bulk(
 }
 
 fn rejected(index: usize, e: ApiError) -> BulkItem {
-    BulkItem {
+    BulkItem::Rejected {
         index,
-        status: "rejected",
-        accepted: None,
-        error: Some(e.detail()),
+        error: e.detail(),
     }
 }
 

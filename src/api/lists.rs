@@ -16,6 +16,7 @@ use crate::domain::{ContactId, FieldDef, FieldType, ListId};
 #[serde(deny_unknown_fields)]
 pub struct FieldInput {
     /// A letter, then letters, digits or `_` (at most 64).
+    #[schema(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
     pub name: String,
     #[serde(rename = "type")]
     pub kind: FieldType,
@@ -27,7 +28,11 @@ pub struct FieldInput {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateList {
-    /// Unique in the workspace, 1 to 200 characters.
+    /// Unique in the workspace, 1 to 200 characters, no control characters.
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     #[serde(default)]
     pub fields: Vec<FieldInput>,
@@ -36,12 +41,17 @@ pub struct CreateList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameList {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    #[schema(pattern = r"^ct_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub contact_id: String,
 }
 

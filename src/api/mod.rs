@@ -198,7 +198,149 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = routes().1;
     doc.info.version = env!("CARGO_PKG_VERSION").into();
+    add_common_responses(&mut doc);
+    open_schemas_used_in_all_of(&mut doc);
     doc
+}
+
+/// A struct that refuses unknown fields (`deny_unknown_fields`) gets
+/// `additionalProperties: false`; where it is one part of an `allOf` (a
+/// flattened struct, such as the wait forms inside a step), that refuses
+/// the other parts' properties (`id`, `type`) and no document can match.
+/// Such parts are opened; the whole still refuses unknown fields on the
+/// wire, which the server checks.
+fn open_schemas_used_in_all_of(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let mut parts = std::collections::BTreeSet::new();
+    for schema in components.schemas.values() {
+        let mut stack = vec![schema];
+        while let Some(s) = stack.pop() {
+            match s {
+                RefOr::T(Schema::AllOf(all)) => {
+                    for item in &all.items {
+                        if let RefOr::Ref(r) = item {
+                            parts
+                                .insert(r.ref_location.rsplit('/').next().unwrap_or("").to_owned());
+                        }
+                        stack.push(item);
+                    }
+                }
+                RefOr::T(Schema::OneOf(one)) => stack.extend(one.items.iter()),
+                _ => {}
+            }
+        }
+    }
+    for name in parts {
+        if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut(&name) {
+            o.additional_properties = None;
+        }
+    }
+}
+
+/// The answers that the extractors and layers give on every operation of a
+/// kind, documented once here rather than on each handler (where they were
+/// missing): a body can be malformed, too large, of another media type,
+/// wrong in a value, too slow or refused for memory; a query can be
+/// malformed; a key can be missing or of the wrong scope. A handler's own
+/// description of a status, where it has one, is kept.
+fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    let global_security = doc.security.clone().unwrap_or_default();
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            item.get.as_mut(),
+            item.post.as_mut(),
+            item.put.as_mut(),
+            item.patch.as_mut(),
+            item.delete.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut add = |status: &str, description: &str| {
+                op.responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description));
+            };
+            let has_query = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query));
+            let has_body = op.request_body.is_some();
+            let security = op.security.as_ref().unwrap_or(&global_security);
+            let needs_key = security.iter().any(|s| {
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_object().map(|o| o.contains_key("bearer")))
+                    .unwrap_or(false)
+            });
+            if has_body {
+                add(
+                    "400",
+                    "The body is not JSON (`malformed_json`), repeats a key (`duplicate_key`) or cannot be read (`unreadable_body`), or the `Idempotency-Key` header is malformed (`invalid_idempotency_key`)",
+                );
+                add(
+                    "408",
+                    "The body did not arrive within `http_body_timeout_secs` (`body_timeout`)",
+                );
+                add(
+                    "413",
+                    "The body is larger than the limit, which the message names (`payload_too_large`)",
+                );
+                add(
+                    "415",
+                    "The body is not `application/json` in UTF-8 (`unsupported_media_type`)",
+                );
+                add(
+                    "422",
+                    "A value is of the wrong type, out of range or invalid; `field` names its JSON path",
+                );
+                add(
+                    "503",
+                    "The server's memory for request bodies is taken; retry after `Retry-After` seconds (`server_busy`)",
+                );
+            }
+            if has_query {
+                add(
+                    "400",
+                    "A query parameter is malformed (`invalid_query`, `invalid_limit`, `invalid_id`, `invalid_email`), or the cursor is not one this API returned (`invalid_cursor`)",
+                );
+            }
+            if needs_key {
+                add(
+                    "401",
+                    "No API key, an unknown or revoked one, or two different keys (`unauthorized`)",
+                );
+                add(
+                    "403",
+                    "The key's scope does not allow this operation (`forbidden`)",
+                );
+                add(
+                    "503",
+                    "The database is busy (`database_busy`); retry after `Retry-After` seconds",
+                );
+            }
+        }
+    }
 }
 
 /// A request path fit for logs: an inbound URL's token is a secret (anyone

@@ -16,11 +16,17 @@ use crate::store::{RunFilter, RunStatus};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RunQuery {
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// Only runs of this flow.
+    #[param(pattern = r"^fl_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub flow_id: Option<String>,
     /// Only runs of this contact.
+    #[param(pattern = r"^ct_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub contact_id: Option<String>,
     pub status: Option<RunStatus>,
 }

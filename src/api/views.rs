@@ -197,8 +197,10 @@ impl From<FlowRecord> for FlowView {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -281,8 +283,8 @@ pub struct StepView {
     /// `timeout`, `goal`, `exit_step`, `exit_condition` or `failed`.
     pub outcome: String,
     /// Facts of the execution (the time waited for, the goal's name, the
-    /// event that arrived…).
-    #[schema(value_type = Object)]
+    /// event that arrived…); `null` when the step has none to tell.
+    #[schema(value_type = Option<Object>)]
     pub detail: Value,
     pub error: Option<String>,
 }
@@ -373,5 +375,6 @@ pub struct InboundCallList {
 pub struct InboundCallsQuery {
     /// At most this many (default and maximum: the `inbound_log_per_flow`
     /// setting, 100 unless changed).
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
 }

@@ -57,7 +57,8 @@ pub enum Trigger {
     FieldChanged {
         field: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<Object>)]
+        /// Any JSON value the field can hold (`"pro"`, `18`, `true`).
+        #[schema(value_type = Option<serde_json::Value>)]
         to: Option<Value>,
     },
     /// Another flow's `start_flow` step.
@@ -227,6 +228,11 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowDoc {
+    /// 1 to 200 characters.
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     pub trigger: Trigger,
     /// The first step is the entry.

@@ -188,3 +188,46 @@ fn the_flow_reference_names_every_setting() {
         "docs/flows.md does not name {missing:?}"
     );
 }
+
+/// Issue 8 §3: the statuses that extractors and layers give are documented
+/// on every operation they can come from, not only where a handler's
+/// author remembered them.
+#[test]
+fn every_operation_documents_the_statuses_its_input_can_get() {
+    let doc = serde_json::to_value(hookflow::api::openapi_document()).unwrap();
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let documented = |status: &str| op["responses"].get(status).is_some();
+            let mut expect = Vec::new();
+            if op.get("requestBody").is_some() {
+                expect.extend(["400", "408", "413", "415", "422", "503"]);
+            }
+            let query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if query {
+                expect.push("400");
+            }
+            let open = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|r| r.get("bearer").is_none()));
+            if !open {
+                expect.extend(["401", "403"]);
+            }
+            for status in expect {
+                if !documented(status) {
+                    missing.push(format!("{method} {path}: {status}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented statuses: {missing:#?}");
+    // A rejected bulk item is one of the forms a result can take.
+    let item = &doc["components"]["schemas"]["BulkItem"]["oneOf"];
+    let forms = item.to_string();
+    assert!(
+        forms.contains("\"rejected\"") && forms.contains("\"accepted\""),
+        "{forms}"
+    );
+}
