@@ -13,26 +13,12 @@ pub enum ContactStatus {
     Complained,
 }
 
-impl ContactStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Subscribed => "subscribed",
-            Self::Unsubscribed => "unsubscribed",
-            Self::Bounced => "bounced",
-            Self::Complained => "complained",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "subscribed" => Self::Subscribed,
-            "unsubscribed" => Self::Unsubscribed,
-            "bounced" => Self::Bounced,
-            "complained" => Self::Complained,
-            _ => return None,
-        })
-    }
-}
+crate::stored_enum!(ContactStatus, "contact status", {
+    Subscribed => "subscribed",
+    Unsubscribed => "unsubscribed",
+    Bounced => "bounced",
+    Complained => "complained",
+});
 
 /// A membership's state in one list. Removing a contact from a list deletes
 /// the membership; `unsubscribed` keeps the row for a contact who left the
@@ -44,19 +30,7 @@ pub enum MembershipStatus {
     Unsubscribed,
 }
 
-impl MembershipStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Subscribed => "subscribed",
-            Self::Unsubscribed => "unsubscribed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "subscribed" => Some(Self::Subscribed),
-            "unsubscribed" => Some(Self::Unsubscribed),
-            _ => None,
-        }
-    }
-}
+crate::stored_enum!(MembershipStatus, "membership status", {
+    Subscribed => "subscribed",
+    Unsubscribed => "unsubscribed",
+});

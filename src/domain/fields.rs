@@ -55,28 +55,13 @@ pub enum FieldType {
     Enum,
 }
 
-impl FieldType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Number => "number",
-            Self::Date => "date",
-            Self::Boolean => "boolean",
-            Self::Enum => "enum",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "text" => Self::Text,
-            "number" => Self::Number,
-            "date" => Self::Date,
-            "boolean" => Self::Boolean,
-            "enum" => Self::Enum,
-            _ => return None,
-        })
-    }
-}
+crate::stored_enum!(FieldType, "field type", {
+    Text => "text",
+    Number => "number",
+    Date => "date",
+    Boolean => "boolean",
+    Enum => "enum",
+});
 
 /// One field definition of a list. `options` is non-empty exactly when the
 /// type is `enum`.

@@ -22,22 +22,10 @@ pub enum Scope {
     Ingest,
 }
 
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Ingest => "ingest",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "admin" => Some(Self::Admin),
-            "ingest" => Some(Self::Ingest),
-            _ => None,
-        }
-    }
-}
+crate::stored_enum!(Scope, "key scope", {
+    Admin => "admin",
+    Ingest => "ingest",
+});
 
 /// A freshly generated key: the secret is shown once, then dropped.
 pub struct ApiKeySecret {

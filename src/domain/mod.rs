@@ -15,6 +15,7 @@ pub mod keys;
 pub mod page;
 pub mod phone;
 pub mod signature;
+pub mod stored;
 
 pub use contact::{ContactStatus, MembershipStatus};
 pub use email::Email;
@@ -23,6 +24,7 @@ pub use ids::{ApiKeyId, ContactId, EventId, FlowId, IdError, ListId, RunId, Work
 pub use keys::{ApiKeySecret, Scope};
 pub use page::{Cursor, Page, PageRequest};
 pub use phone::Phone;
+pub use stored::{Stored, UnknownValue};
 
 /// Milliseconds since the Unix epoch: the one time representation both stores
 /// keep, so ordering and comparisons are identical on SQLite and PostgreSQL.

@@ -65,6 +65,12 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl From<crate::domain::UnknownValue> for StoreError {
+    fn from(e: crate::domain::UnknownValue) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
 impl StoreError {
     pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
         Self::NotFound {
@@ -189,24 +195,11 @@ pub enum FlowStatus {
     Paused,
 }
 
-impl FlowStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Draft => "draft",
-            Self::Active => "active",
-            Self::Paused => "paused",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "draft" => Some(Self::Draft),
-            "active" => Some(Self::Active),
-            "paused" => Some(Self::Paused),
-            _ => None,
-        }
-    }
-}
+crate::stored_enum!(FlowStatus, "flow status", {
+    Draft => "draft",
+    Active => "active",
+    Paused => "paused",
+});
 
 /// A flow with its current document. Every save adds a version; older
 /// versions stay for the runs that started on them.

@@ -5,7 +5,7 @@
 //! never both decide "new contact".
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -17,13 +17,20 @@ use super::{
     now_millis, plan,
 };
 use crate::domain::{
-    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, FlowId, ListId,
-    MembershipStatus, Millis, Page, PageRequest, Phone, RunId, Scope, WorkspaceId,
+    ApiKeyId, ContactId, Email, FieldDef, FieldName, FlowId, ListId, MembershipStatus, Millis,
+    Page, PageRequest, Phone, RunId, WorkspaceId,
 };
 
 pub struct PgStore {
     pool: PgPool,
     keys: super::key_cache::KeyCache,
+}
+
+/// A stored enum column, decoded loudly: text no variant has is an error
+/// naming it, never a default (see `domain::stored`).
+fn stored<T: crate::domain::Stored>(r: &PgRow, col: &str) -> Result<T> {
+    let raw: String = r.try_get(col).map_err(internal)?;
+    T::decode(&raw).map_err(|e| StoreError::Internal(format!("{col}: {e}")))
 }
 
 fn internal(e: sqlx::Error) -> StoreError {
@@ -91,13 +98,12 @@ const KEY_SELECT: &str =
     k.created_at, k.revoked_at FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
 
 fn key_row(r: &PgRow) -> Result<ApiKeyRecord> {
-    let scope: String = r.try_get("scope").map_err(internal)?;
     Ok(ApiKeyRecord {
         id: ApiKeyId::from_trusted(r.try_get("id").map_err(internal)?),
         workspace_id: WorkspaceId::from_trusted(r.try_get("workspace_id").map_err(internal)?),
         workspace_name: r.try_get("workspace_name").map_err(internal)?,
         name: r.try_get("name").map_err(internal)?,
-        scope: Scope::parse(&scope).unwrap_or(Scope::Ingest),
+        scope: stored(r, "scope")?,
         prefix: r.try_get("prefix").map_err(internal)?,
         hash: r.try_get("hash").map_err(internal)?,
         created_at: r.try_get("created_at").map_err(internal)?,
@@ -108,7 +114,7 @@ fn key_row(r: &PgRow) -> Result<ApiKeyRecord> {
 const CONTACT_COLS: &str = "c.id, c.email, c.phone, c.status, c.fields, c.created_at, c.updated_at";
 
 fn contact_row(r: &PgRow) -> Result<ContactRecord> {
-    let status: String = r.try_get("status").map_err(internal)?;
+    let _status: String = r.try_get("status").map_err(internal)?;
     let fields: Value = r.try_get("fields").map_err(internal)?;
     Ok(ContactRecord {
         id: ContactId::from_trusted(r.try_get("id").map_err(internal)?),
@@ -117,10 +123,14 @@ fn contact_row(r: &PgRow) -> Result<ContactRecord> {
             .try_get::<Option<String>, _>("phone")
             .map_err(internal)?
             .map(Phone::from_trusted),
-        status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Subscribed),
+        status: stored(r, "status")?,
         fields: match fields {
             Value::Object(m) => m,
-            _ => Map::new(),
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "contacts.fields holds {other}, not an object"
+                )));
+            }
         },
         created_at: r.try_get("created_at").map_err(internal)?,
         updated_at: r.try_get("updated_at").map_err(internal)?,
@@ -129,21 +139,21 @@ fn contact_row(r: &PgRow) -> Result<ContactRecord> {
 
 fn field_row(r: &PgRow) -> Result<FieldDef> {
     let name: String = r.try_get("name").map_err(internal)?;
-    let kind: String = r.try_get("type").map_err(internal)?;
     let options: Value = r.try_get("options").map_err(internal)?;
     Ok(FieldDef {
         name: FieldName::parse(&name).map_err(StoreError::Internal)?,
-        kind: FieldType::parse(&kind).unwrap_or(FieldType::Text),
-        options: serde_json::from_value(options).unwrap_or_default(),
+        kind: stored(r, "type")?,
+        options: serde_json::from_value(options)
+            .map_err(|e| StoreError::Internal(format!("list_fields.options: {e}")))?,
     })
 }
 
 fn membership_row(r: &PgRow) -> Result<Membership> {
-    let status: String = r.try_get("status").map_err(internal)?;
+    let _status: String = r.try_get("status").map_err(internal)?;
     Ok(Membership {
         list_id: ListId::from_trusted(r.try_get("list_id").map_err(internal)?),
         contact_id: ContactId::from_trusted(r.try_get("contact_id").map_err(internal)?),
-        status: MembershipStatus::parse(&status).unwrap_or(MembershipStatus::Subscribed),
+        status: stored(r, "status")?,
         since: r.try_get("since").map_err(internal)?,
     })
 }

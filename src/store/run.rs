@@ -23,30 +23,16 @@ pub enum RunStatus {
     Cancelled,
 }
 
+crate::stored_enum!(RunStatus, "run status", {
+    Active => "active",
+    Waiting => "waiting",
+    Completed => "completed",
+    Exited => "exited",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
 impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Waiting => "waiting",
-            Self::Completed => "completed",
-            Self::Exited => "exited",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "active" => Self::Active,
-            "waiting" => Self::Waiting,
-            "completed" => Self::Completed,
-            "exited" => Self::Exited,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
-    }
-
     pub fn is_finished(self) -> bool {
         !matches!(self, Self::Active | Self::Waiting)
     }

@@ -27,6 +27,7 @@ both_stores!(
     committed_writes_survive_reopening,
     claims_are_leased_and_completion_checks_the_lease,
     a_claim_stops_at_its_event_bytes,
+    an_unknown_stored_value_is_an_error_not_a_default,
     a_flow_activated_by_another_process_fires_at_once,
     a_wake_up_during_a_lease_is_not_lost,
 );
@@ -744,6 +745,80 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
             })
         ),
         "{paused:?}"
+    );
+    s.close().await;
+}
+
+/// Runs raw SQL against the test database, as a newer version or a hand
+/// edit would.
+async fn raw_sql(db: &crate::helpers::TestDb, sqlite: &str, postgres: &str) {
+    if let Some(path) = db.url.strip_prefix("sqlite://") {
+        let path = path.to_owned();
+        let sql = sqlite.to_owned();
+        tokio::task::spawn_blocking(move || {
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .execute_batch(&sql)
+                .unwrap()
+        })
+        .await
+        .unwrap();
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::raw_sql(postgres).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+}
+
+/// A status the code does not know (written by a newer version, or by
+/// hand) is an error naming the value, on both stores; before, SQLite read
+/// such a contact as `subscribed` and such a run as `failed` (PostgreSQL:
+/// `active`, so the engine would execute it), each store its own guess.
+async fn an_unknown_stored_value_is_an_error_not_a_default(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let contact = s
+        .upsert_contact(
+            &ws,
+            ContactUpsert {
+                email: Some(email("odd@example.com")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .contact
+        .id;
+    s.get_contact(&ws, &contact).await.unwrap();
+    // The tables' CHECKs refuse it, so this stands for a newer version
+    // whose migration widened them.
+    raw_sql(
+        &db,
+        "PRAGMA ignore_check_constraints = ON; UPDATE contacts SET status = 'zombie'",
+        "ALTER TABLE contacts DROP CONSTRAINT contacts_status_check;
+         UPDATE contacts SET status = 'zombie'",
+    )
+    .await;
+    let err = s.get_contact(&ws, &contact).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Internal(m) if m.contains("contact status `zombie`")),
+        "{err:?}"
+    );
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let flow = s.create_flow(&ws, "F", doc).await.unwrap().id;
+    raw_sql(
+        &db,
+        "PRAGMA ignore_check_constraints = ON; UPDATE flows SET status = 'archived'",
+        "ALTER TABLE flows DROP CONSTRAINT flows_status_check;
+         UPDATE flows SET status = 'archived'",
+    )
+    .await;
+    let err = s.get_flow(&ws, &flow).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Internal(m) if m.contains("flow status `archived`")),
+        "{err:?}"
     );
     s.close().await;
 }

@@ -3,6 +3,7 @@
 //! `store::run` and `store::entry`. Claims use `FOR UPDATE SKIP LOCKED` so
 //! several processes take disjoint batches.
 
+use crate::domain::Stored;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -272,7 +273,7 @@ pub async fn claim(
             workspace_id: WorkspaceId::from_trusted(r.try_get("workspace_id").map_err(internal)?),
             flow_id: FlowId::from_trusted(r.try_get("flow_id").map_err(internal)?),
             flow_version: i64::from(r.try_get::<i32, _>("flow_version").map_err(internal)?),
-            status: RunStatus::parse(&status).unwrap_or(RunStatus::Active),
+            status: RunStatus::decode(&status)?,
             step: r.try_get("step").map_err(internal)?,
             event_data: r.try_get("event_data").map_err(internal)?,
             wait_until: r.try_get("wait_until").map_err(internal)?,
@@ -463,7 +464,7 @@ const RUN_COLS: &str = "id, flow_id, flow_version, contact_id, status, step, end
 
 fn run_row(r: &PgRow) -> Result<RunRecord> {
     let status: String = r.try_get("status").map_err(internal)?;
-    let status = RunStatus::parse(&status).unwrap_or(RunStatus::Failed);
+    let status = RunStatus::decode(&status)?;
     Ok(RunRecord {
         id: RunId::from_trusted(r.try_get("id").map_err(internal)?),
         flow_id: FlowId::from_trusted(r.try_get("flow_id").map_err(internal)?),

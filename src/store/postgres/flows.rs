@@ -1,5 +1,6 @@
 //! SQL for flows and their versions (PostgreSQL).
 
+use crate::domain::Stored;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -18,7 +19,7 @@ fn row(r: &PgRow) -> Result<FlowRecord> {
     Ok(FlowRecord {
         id: FlowId::from_trusted(r.try_get("id").map_err(internal)?),
         name: r.try_get("name").map_err(internal)?,
-        status: FlowStatus::parse(&status).unwrap_or(FlowStatus::Draft),
+        status: FlowStatus::decode(&status)?,
         version: i64::from(r.try_get::<i32, _>("current_version").map_err(internal)?),
         document: r.try_get("document").map_err(internal)?,
         inbound_token: r.try_get("inbound_token").map_err(internal)?,

@@ -2,6 +2,7 @@
 //! one statement) built from the queries of the parent module.
 
 use super::*;
+use crate::domain::Stored;
 
 #[async_trait]
 impl Store for PgStore {
@@ -433,8 +434,7 @@ impl Store for PgStore {
                 let status: String = r.try_get("m_status").map_err(internal)?;
                 Ok(Member {
                     contact: contact_row(r)?,
-                    status: MembershipStatus::parse(&status)
-                        .unwrap_or(MembershipStatus::Subscribed),
+                    status: MembershipStatus::decode(&status)?,
                     since: r.try_get("since").map_err(internal)?,
                 })
             })

@@ -3,6 +3,7 @@
 //! recording events. Every function runs on the writer thread (or a
 //! reader, for reads) inside the caller's transaction.
 
+use crate::domain::Stored;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
@@ -21,8 +22,10 @@ fn json_text(v: &Value) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-fn parse_json(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or(Value::Null)
+/// Stored JSON text read back outside a row closure; see `super::json`.
+fn parse_json(raw: &str) -> Result<Value> {
+    serde_json::from_str(raw)
+        .map_err(|e| StoreError::Internal(format!("stored JSON does not parse: {e}")))
 }
 
 /// Runs `f` inside a nested savepoint: all of it or none of it.
@@ -101,8 +104,11 @@ fn triggered_flows(
         .map_err(internal)?;
     let rows = s
         .query_map([ws.as_str(), kind, key], |r| {
-            let doc: String = r.get(2)?;
-            Ok((FlowId::from_trusted(r.get(0)?), r.get(1)?, parse_json(&doc)))
+            Ok((
+                FlowId::from_trusted(r.get(0)?),
+                r.get(1)?,
+                super::json(r, 2)?,
+            ))
         })
         .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(internal)?;
@@ -266,11 +272,11 @@ pub fn claim(
             workspace_id: ws,
             flow_id: FlowId::from_trusted(flow),
             flow_version: version,
-            status: RunStatus::parse(&status).unwrap_or(RunStatus::Active),
+            status: RunStatus::decode(&status)?,
             step,
-            event_data: parse_json(&data),
+            event_data: parse_json(&data)?,
             wait_until,
-            resume_event: resume.as_deref().map(parse_json),
+            resume_event: resume.as_deref().map(parse_json).transpose()?,
             step_count: count,
             contact,
             lists,
@@ -494,9 +500,7 @@ fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
 const RUN_COLS: &str = "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at, wait_event, created_at, updated_at, finished_at";
 
 fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
-    let status: String = r.get(4)?;
-    let data: String = r.get(7)?;
-    let status = RunStatus::parse(&status).unwrap_or(RunStatus::Failed);
+    let status: RunStatus = super::stored(r, 4)?;
     Ok(RunRecord {
         id: RunId::from_trusted(r.get(0)?),
         flow_id: FlowId::from_trusted(r.get(1)?),
@@ -505,7 +509,7 @@ fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
         status,
         step: r.get(5)?,
         end_reason: r.get(6)?,
-        event_data: parse_json(&data),
+        event_data: super::json(r, 7)?,
         due_at: if status.is_finished() {
             None
         } else {
@@ -573,15 +577,13 @@ pub fn history(conn: &Connection, id: &RunId) -> Result<Vec<StepRecord>> {
         .map_err(internal)?;
     let rows = s
         .query_map([id.as_str()], |r| {
-            let input: String = r.get(3)?;
-            let detail: String = r.get(5)?;
             Ok(StepRecord {
                 step: r.get(0)?,
                 kind: r.get(1)?,
                 at: r.get(2)?,
-                input: parse_json(&input),
+                input: super::json(r, 3)?,
                 outcome: r.get(4)?,
-                detail: parse_json(&detail),
+                detail: super::json(r, 5)?,
                 error: r.get(6)?,
             })
         })

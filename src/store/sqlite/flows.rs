@@ -13,14 +13,12 @@ const SELECT: &str = "SELECT f.id, f.name, f.status, f.current_version, v.docume
     f.created_at, f.updated_at, f.inbound_secret FROM flows f JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version";
 
 fn row(r: &Row) -> rusqlite::Result<FlowRecord> {
-    let status: String = r.get(2)?;
-    let doc: String = r.get(4)?;
     Ok(FlowRecord {
         id: FlowId::from_trusted(r.get(0)?),
         name: r.get(1)?,
-        status: FlowStatus::parse(&status).unwrap_or(FlowStatus::Draft),
+        status: super::stored(r, 2)?,
         version: r.get(3)?,
-        document: serde_json::from_str(&doc).unwrap_or(Value::Null),
+        document: super::json(r, 4)?,
         inbound_token: r.get(5)?,
         inbound_secret: r
             .get::<_, Option<String>>(8)?

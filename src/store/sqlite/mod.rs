@@ -63,6 +63,30 @@ pub(crate) fn internal(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
+/// A stored enum at column `idx`, decoded loudly: text no variant has is an
+/// error naming it, never a default (see `domain::stored`).
+pub(crate) fn stored<T: crate::domain::Stored>(
+    r: &rusqlite::Row,
+    idx: usize,
+) -> rusqlite::Result<T> {
+    let raw: String = r.get(idx)?;
+    T::decode(&raw).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// A stored JSON column at `idx`: text that does not parse as `T` is an
+/// error, never `null` or an empty default.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row,
+    idx: usize,
+) -> rusqlite::Result<T> {
+    let raw: String = r.get(idx)?;
+    serde_json::from_str(&raw).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE

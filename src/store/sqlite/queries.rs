@@ -6,8 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{internal, is_unique_violation};
 use crate::domain::{
-    ApiKeyId, ContactId, ContactStatus, Email, FieldDef, FieldName, FieldType, ListId,
-    MembershipStatus, Page, PageRequest, Phone, Scope, WorkspaceId,
+    ApiKeyId, ContactId, Email, FieldDef, FieldName, ListId, Page, PageRequest, Phone, WorkspaceId,
 };
 use crate::store::{
     ApiKeyRecord, ContactChange, ContactFilter, ContactRecord, ContactUpsert, ListRecord, Member,
@@ -66,13 +65,12 @@ const KEY_COLS: &str =
     "k.id, k.workspace_id, w.name, k.name, k.scope, k.prefix, k.hash, k.created_at, k.revoked_at";
 
 fn key_row(r: &Row) -> rusqlite::Result<ApiKeyRecord> {
-    let scope: String = r.get(4)?;
     Ok(ApiKeyRecord {
         id: ApiKeyId::from_trusted(r.get(0)?),
         workspace_id: WorkspaceId::from_trusted(r.get(1)?),
         workspace_name: r.get(2)?,
         name: r.get(3)?,
-        scope: Scope::parse(&scope).unwrap_or(Scope::Ingest),
+        scope: super::stored(r, 4)?,
         prefix: r.get(5)?,
         hash: r.get(6)?,
         created_at: r.get(7)?,
@@ -176,15 +174,18 @@ pub fn insert_field(conn: &Connection, list: &ListId, f: &FieldDef, position: i6
 fn field_row(r: &Row) -> rusqlite::Result<(String, FieldDef)> {
     let list: String = r.get(0)?;
     let name: String = r.get(1)?;
-    let kind: String = r.get(2)?;
-    let options: String = r.get(3)?;
     Ok((
         list,
         FieldDef {
-            name: FieldName::parse(&name)
-                .unwrap_or_else(|_| FieldName::parse("invalid").expect("static")),
-            kind: FieldType::parse(&kind).unwrap_or(FieldType::Text),
-            options: serde_json::from_str(&options).unwrap_or_default(),
+            name: FieldName::parse(&name).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("a stored field name does not parse: {e}").into(),
+                )
+            })?,
+            kind: super::stored(r, 2)?,
+            options: super::json(r, 3)?,
         },
     ))
 }
@@ -363,14 +364,12 @@ pub fn next_field_position(conn: &Connection, id: &ListId) -> Result<i64> {
 const CONTACT_COLS: &str = "c.id, c.email, c.phone, c.status, c.fields, c.created_at, c.updated_at";
 
 fn contact_row(r: &Row) -> rusqlite::Result<ContactRecord> {
-    let status: String = r.get(3)?;
-    let fields: String = r.get(4)?;
     Ok(ContactRecord {
         id: ContactId::from_trusted(r.get(0)?),
         email: Email::from_trusted(r.get(1)?),
         phone: r.get::<_, Option<String>>(2)?.map(Phone::from_trusted),
-        status: ContactStatus::parse(&status).unwrap_or(ContactStatus::Subscribed),
-        fields: serde_json::from_str::<Map<String, Value>>(&fields).unwrap_or_default(),
+        status: super::stored(r, 3)?,
+        fields: super::json::<Map<String, Value>>(r, 4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
     })
@@ -559,11 +558,10 @@ pub fn membership(conn: &Connection, list: &ListId, contact: &ContactId) -> Resu
 }
 
 fn membership_row(r: &Row) -> rusqlite::Result<Membership> {
-    let status: String = r.get(2)?;
     Ok(Membership {
         list_id: ListId::from_trusted(r.get(0)?),
         contact_id: ContactId::from_trusted(r.get(1)?),
-        status: MembershipStatus::parse(&status).unwrap_or(MembershipStatus::Subscribed),
+        status: super::stored(r, 2)?,
         since: r.get(3)?,
     })
 }
@@ -606,11 +604,9 @@ pub fn page_members(
         .query_map(
             params![list.as_str(), ws.as_str(), page.after_id(), page.limit + 1],
             |r| {
-                let status: String = r.get(7)?;
                 Ok(Member {
                     contact: contact_row(r)?,
-                    status: MembershipStatus::parse(&status)
-                        .unwrap_or(MembershipStatus::Subscribed),
+                    status: super::stored(r, 7)?,
                     since: r.get(8)?,
                 })
             },
