@@ -12,19 +12,25 @@ both_stores!(malformed_requests_are_refused_and_change_nothing);
 /// Everything the API can show of the workspace.
 async fn snapshot(app: &TestApp) -> Value {
     let k = &app.admin_key;
-    let lists = app.get(k, "/v1/lists?limit=500").await.1;
+    let lists = app.get_ok(k, "/v1/lists?limit=500").await;
     let mut members = Vec::new();
     for l in lists["data"].as_array().unwrap() {
         members.push(
-            app.get(
+            app.get_ok(
                 k,
                 &format!("/v1/lists/{}/members?limit=500", l["id"].as_str().unwrap()),
             )
-            .await
-            .1,
+            .await,
         );
     }
-    json!({"lists": lists, "contacts": app.get(k, "/v1/contacts?limit=500").await.1, "members": members})
+    json!({
+        "lists": lists,
+        "contacts": app.get_ok(k, "/v1/contacts?limit=500").await,
+        "members": members,
+        "flows": app.get_ok(k, "/v1/flows?limit=500").await,
+        "runs": app.get_ok(k, "/v1/runs?limit=500").await,
+        "rows": app.row_counts().await,
+    })
 }
 
 /// What to send: JSON, raw bytes with a content type, or nothing.

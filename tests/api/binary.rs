@@ -613,6 +613,10 @@ fn accepted_runs_complete_exactly_once_after_kill_9_sqlite() {
 }
 
 #[test]
+#[cfg_attr(
+    hookflow_no_test_pg,
+    ignore = "HOOKFLOW_TEST_PG is not set: this PostgreSQL test did not run"
+)]
 fn accepted_runs_complete_exactly_once_after_kill_9_postgres() {
     accepted_runs_complete_exactly_once_after_kill_9(crate::helpers::Backend::Postgres);
 }

@@ -90,6 +90,10 @@ fn commands_other_than_serve_and_migrate_refuse_to_create_a_database() {
 }
 
 #[test]
+#[cfg_attr(
+    hookflow_no_test_pg,
+    ignore = "HOOKFLOW_TEST_PG is not set: this PostgreSQL test did not run"
+)]
 fn an_empty_postgresql_database_is_not_filled_by_a_cli_command() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(db) = rt.block_on(crate::helpers::test_db(crate::helpers::Backend::Postgres)) else {

@@ -100,7 +100,7 @@ async fn a_request_presenting_two_different_keys_is_refused(b: Backend) {
         (s, body["error"]["message"].as_str()),
         (401, Some(two_keys))
     );
-    let (_, contacts) = app.get(&good, "/v1/contacts").await;
+    let contacts = app.get_ok(&good, "/v1/contacts").await;
     assert_eq!(contacts["data"], json!([]), "nothing was stored");
     // The same key in both places is one key.
     let req = app
@@ -280,8 +280,18 @@ async fn json_bodies_are_held_to_exact_rules(b: Backend) {
         (422, Some("fields.note")),
         "{got}"
     );
-    let (_, contacts) = app.get(k, "/v1/contacts").await;
+    let contacts = app.get_ok(k, "/v1/contacts").await;
     assert_eq!(contacts["data"], json!([]), "nothing was stored");
+    let rows = app.row_counts().await;
+    for table in [
+        "contacts",
+        "memberships",
+        "events",
+        "runs",
+        "idempotency_keys",
+    ] {
+        assert_eq!(rows[table], 0, "nothing was stored in {table}: {rows:?}");
+    }
     // A charset of UTF-8, however written, is fine.
     let (s, got) = send(
         &app,

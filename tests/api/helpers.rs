@@ -29,6 +29,7 @@ macro_rules! both_stores {
                 super::$name($crate::helpers::Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(hookflow_no_test_pg, ignore = "HOOKFLOW_TEST_PG is not set: this PostgreSQL test did not run")]
             async fn postgres() {
                 super::$name($crate::helpers::Backend::Postgres).await
             }
@@ -201,6 +202,69 @@ impl TestApp {
     /// The test database's URL (`sqlite://PATH` or a PostgreSQL URL).
     pub fn db_url(&self) -> &str {
         &self._db.url
+    }
+
+    /// A GET that must succeed: a "nothing changed" comparison of two
+    /// failed listings would pass while checking nothing.
+    pub async fn get_ok(&self, key: &str, path: &str) -> Value {
+        let (status, body) = self.get(key, path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// Rows in every table, counted in the database itself: runs, events,
+    /// step history and idempotency keys too, which no listing shows. The
+    /// inbound-call log is left out: it records refused calls by design.
+    pub async fn row_counts(&self) -> std::collections::BTreeMap<String, i64> {
+        const SKIP: &[&str] = &["inbound_calls", "_sqlx_migrations"];
+        let url = self.db_url().to_owned();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let c = rusqlite::Connection::open(path).expect("open the test database");
+                let tables: Vec<String> = c
+                    .prepare(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                    )
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                tables
+                    .into_iter()
+                    .filter(|t| !SKIP.contains(&t.as_str()))
+                    .map(|t| {
+                        let n = c
+                            .query_row(&format!("SELECT COUNT(*) FROM \"{t}\""), [], |r| r.get(0))
+                            .unwrap();
+                        (t, n)
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap()
+        } else {
+            use sqlx::Row;
+            let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let mut out = std::collections::BTreeMap::new();
+            for t in tables.into_iter().filter(|t| !SKIP.contains(&t.as_str())) {
+                let row = sqlx::query(&format!("SELECT COUNT(*) FROM \"{t}\""))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                out.insert(t, row.get::<i64, _>(0));
+            }
+            pool.close().await;
+            out
+        }
     }
 
     /// Stops the server and waits until it has closed the store.

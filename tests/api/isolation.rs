@@ -38,11 +38,14 @@ async fn seed(app: &crate::helpers::TestApp, key: &str, tag: &str) -> (String, S
 
 async fn snapshot(app: &crate::helpers::TestApp, key: &str, list: &str, contact: &str) -> Value {
     json!({
-        "list": app.get(key, &format!("/v1/lists/{list}")).await.1,
-        "contact": app.get(key, &format!("/v1/contacts/{contact}")).await.1,
-        "members": app.get(key, &format!("/v1/lists/{list}/members")).await.1,
-        "lists": app.get(key, "/v1/lists").await.1,
-        "contacts": app.get(key, "/v1/contacts").await.1,
+        "list": app.get_ok(key, &format!("/v1/lists/{list}")).await,
+        "contact": app.get_ok(key, &format!("/v1/contacts/{contact}")).await,
+        "members": app.get_ok(key, &format!("/v1/lists/{list}/members")).await,
+        "lists": app.get_ok(key, "/v1/lists").await,
+        "contacts": app.get_ok(key, "/v1/contacts").await,
+        "flows": app.get_ok(key, "/v1/flows").await,
+        "runs": app.get_ok(key, "/v1/runs").await,
+        "rows": app.row_counts().await,
     })
 }
 
