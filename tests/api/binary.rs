@@ -276,7 +276,7 @@ fn bad_configuration_lists_every_problem_and_exits_non_zero() {
 /// SIGKILL once `kill_after` were answered 2xx, the other clients' requests
 /// still in flight. Returns the JSON answer of every acknowledged request.
 async fn load_then_kill(
-    pid: u32,
+    pid: Option<u32>,
     url: String,
     key: String,
     workers: usize,
@@ -305,7 +305,9 @@ async fn load_then_kill(
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => break, // the server is gone
                 }
-                if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == kill_after {
+                if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == kill_after
+                    && let Some(pid) = pid
+                {
                     Command::new("kill")
                         .args(["-KILL", &pid.to_string()])
                         .status()
@@ -340,7 +342,7 @@ fn acknowledged_upserts_survive_kill_9_under_load() {
     // Kill once 500 upserts are acknowledged.
     let acknowledged: Vec<String> = rt
         .block_on(load_then_kill(
-            pid,
+            Some(pid),
             format!("{base}/v1/contacts"),
             key.clone(),
             32,
@@ -621,6 +623,193 @@ fn accepted_runs_complete_exactly_once_after_kill_9_postgres() {
     accepted_runs_complete_exactly_once_after_kill_9(crate::helpers::Backend::Postgres);
 }
 
+/// Issue 9: two `hookflow serve` processes on one PostgreSQL database share
+/// the work. Inbound calls go to both; one is killed with SIGKILL mid-load.
+/// Every accepted run (through either) completes exactly once, one history
+/// row per step, and the survivor takes the dead one's leased runs over
+/// once their lease (2 s here) ends.
+#[test]
+#[cfg_attr(
+    hookflow_no_test_pg,
+    ignore = "HOOKFLOW_TEST_PG is not set: this PostgreSQL test did not run"
+)]
+fn two_processes_on_one_postgresql_share_runs_and_survive_a_kill() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(db) = rt.block_on(crate::helpers::test_db(crate::helpers::Backend::Postgres)) else {
+        return;
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let env = [
+        ("HOOKFLOW_DATABASE_URL", db.url.as_str()),
+        ("HOOKFLOW_ENGINE_LEASE_SECS", "2"),
+        ("HOOKFLOW_ENGINE_POLL_MS", "50"),
+    ];
+    let mut a = start_with(dir_a.path(), &env);
+    let key = a.key();
+    let b = start_with(dir_b.path(), &env);
+    assert!(
+        !b.stdout.iter().any(|l| l.starts_with("hfk_")),
+        "the second process found the first one's workspace"
+    );
+    let url = rt.block_on(crash_flow(&a.base, &key));
+    let started = Instant::now();
+    let (through_a, through_b) = rt.block_on(async {
+        let dying = load_then_kill(
+            Some(a.child.id()),
+            format!("{}{url}", a.base),
+            key.clone(),
+            8,
+            60,
+            200,
+            |w, i| serde_json::json!({"email": format!("a{w}x{i}@example.com")}),
+        );
+        let living = load_then_kill(
+            None,
+            format!("{}{url}", b.base),
+            key.clone(),
+            8,
+            40,
+            usize::MAX,
+            |w, i| serde_json::json!({"email": format!("b{w}x{i}@example.com")}),
+        );
+        tokio::join!(dying, living)
+    });
+    a.child.wait().unwrap();
+    assert!(
+        through_a.len() >= 200 && through_a.len() < 480,
+        "A was killed mid-load: {} calls",
+        through_a.len()
+    );
+    assert_eq!(through_b.len(), 320, "every call to B was accepted");
+    let runs: Vec<(String, String)> = through_a
+        .iter()
+        .chain(&through_b)
+        .map(|v| {
+            (
+                v["run_id"].as_str().unwrap().to_owned(),
+                v["contact_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rt.block_on(expect_completed_once(
+        &b.base,
+        &key,
+        &runs,
+        Duration::from_secs(60),
+    ));
+    // The runs A held were taken over within the lease (2 s) plus the
+    // flow's own 1 s wait, with room for a loaded machine.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(terminate(b).success());
+}
+
+/// Lists `In` and `Done` and an active flow (join Done, wait 1 s, set
+/// `plan`, goal); returns its inbound URL's path.
+async fn crash_flow(base: &str, key: &str) -> String {
+    let http = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        let key = key.to_owned();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let mut lists = Vec::new();
+    for name in ["In", "Done"] {
+        let (s, l) = post(
+            "/v1/lists".into(),
+            serde_json::json!({"name": name, "fields": [{"name": "plan", "type": "text"}]}),
+        )
+        .await;
+        assert_eq!(s, 201, "{l}");
+        lists.push(l["id"].as_str().unwrap().to_owned());
+    }
+    let doc = serde_json::json!({
+        "name": "Crash",
+        "trigger": {"type": "inbound", "list_id": lists[0]},
+        "steps": [
+            {"id": "join", "type": "add_to_list", "list_id": lists[1], "next": "pause"},
+            {"id": "pause", "type": "wait", "duration": "1s", "next": "set"},
+            {"id": "set", "type": "update_field", "field": "plan", "value": "done", "next": "won"},
+            {"id": "won", "type": "goal", "name": "finished"}
+        ]
+    });
+    let (s, f) = post("/v1/flows".into(), doc).await;
+    assert_eq!(s, 201, "{f}");
+    let id = f["id"].as_str().unwrap().to_owned();
+    let (s, f) = post(format!("/v1/flows/{id}/activate"), serde_json::json!({})).await;
+    assert_eq!(s, 200, "{f}");
+    f["inbound_url"].as_str().unwrap().to_owned()
+}
+
+/// Waits until every run is completed, then checks each executed each step
+/// of the crash flow exactly once and applied its field change.
+async fn expect_completed_once(base: &str, key: &str, runs: &[(String, String)], within: Duration) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    for (run, contact) in runs {
+        let r: serde_json::Value = loop {
+            let r: serde_json::Value = http
+                .get(format!("{base}/v1/runs/{run}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["status"] == "completed" {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "run {run} never completed: {r}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let steps: Vec<(&str, &str)> = r["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["step"].as_str().unwrap(), h["outcome"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![
+                ("join", "next"),
+                ("pause", "waiting"),
+                ("pause", "resumed"),
+                ("set", "next"),
+                ("won", "goal")
+            ],
+            "run {run} executed a step twice or skipped one"
+        );
+        let c: serde_json::Value = http
+            .get(format!("{base}/v1/contacts/{contact}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(c["fields"]["plan"], "done", "{c}");
+    }
+}
+
 fn accepted_runs_complete_exactly_once_after_kill_9(backend: crate::helpers::Backend) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -640,48 +829,11 @@ fn accepted_runs_complete_exactly_once_after_kill_9(backend: crate::helpers::Bac
     let mut server = start_with(dir.path(), &env);
     let key = server.key();
     let (base, pid) = (server.base.clone(), server.child.id());
-    let post = |base: &str, path: &str, body: serde_json::Value| {
-        let (base, path, key) = (base.to_owned(), path.to_owned(), key.clone());
-        async move {
-            let r = reqwest::Client::new()
-                .post(format!("{base}{path}"))
-                .bearer_auth(&key)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
-        }
-    };
-    let (flow, url) = rt.block_on(async {
-        let mut lists = Vec::new();
-        for name in ["In", "Done"] {
-            let (s, l) = post(&base, "/v1/lists", serde_json::json!({"name": name, "fields": [{"name": "plan", "type": "text"}]})).await;
-            assert_eq!(s, 201, "{l}");
-            lists.push(l["id"].as_str().unwrap().to_owned());
-        }
-        let doc = serde_json::json!({
-            "name": "Crash",
-            "trigger": {"type": "inbound", "list_id": lists[0]},
-            "steps": [
-                {"id": "join", "type": "add_to_list", "list_id": lists[1], "next": "pause"},
-                {"id": "pause", "type": "wait", "duration": "1s", "next": "set"},
-                {"id": "set", "type": "update_field", "field": "plan", "value": "done", "next": "won"},
-                {"id": "won", "type": "goal", "name": "finished"}
-            ]
-        });
-        let (s, f) = post(&base, "/v1/flows", doc).await;
-        assert_eq!(s, 201, "{f}");
-        let id = f["id"].as_str().unwrap().to_owned();
-        let (s, f) = post(&base, &format!("/v1/flows/{id}/activate"), serde_json::json!({})).await;
-        assert_eq!(s, 200, "{f}");
-        (id, f["inbound_url"].as_str().unwrap().to_owned())
-    });
+    let url = rt.block_on(crash_flow(&base, &key));
 
     let accepted: Vec<(String, String)> = rt
         .block_on(load_then_kill(
-            pid,
+            Some(pid),
             format!("{base}{url}"),
             key.clone(),
             16,
@@ -705,56 +857,11 @@ fn accepted_runs_complete_exactly_once_after_kill_9(backend: crate::helpers::Bac
     );
 
     let server = start_with(dir.path(), &env);
-    let base = server.base.clone();
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (run, contact) in &accepted {
-            let r: serde_json::Value = loop {
-                let r: serde_json::Value = http
-                    .get(format!("{base}/v1/runs/{run}"))
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if r["status"] == "completed" {
-                    break r;
-                }
-                assert!(Instant::now() < deadline, "run {run} never completed: {r}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            let steps: Vec<(&str, &str)> = r["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| (h["step"].as_str().unwrap(), h["outcome"].as_str().unwrap()))
-                .collect();
-            assert_eq!(
-                steps,
-                vec![
-                    ("join", "next"),
-                    ("pause", "waiting"),
-                    ("pause", "resumed"),
-                    ("set", "next"),
-                    ("won", "goal")
-                ],
-                "run {run} executed a step twice or skipped one"
-            );
-            assert_eq!(r["flow_id"], flow.as_str());
-            let c: serde_json::Value = http
-                .get(format!("{base}/v1/contacts/{contact}"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(c["fields"]["plan"], "done", "{c}");
-        }
-    });
+    rt.block_on(expect_completed_once(
+        &server.base,
+        &key,
+        &accepted,
+        Duration::from_secs(60),
+    ));
     assert!(terminate(server).success());
 }
