@@ -132,16 +132,33 @@ async fn triggered_flows(
         .collect()
 }
 
-async fn has_contact_triggers(c: &mut PgConnection, ws: &WorkspaceId) -> Result<bool> {
-    Ok(sqlx::query(
-        "SELECT 1 FROM flows WHERE workspace_id = $1 AND status = 'active'
-         AND trigger_type IN ('list_added', 'field_changed') LIMIT 1",
+/// Wakes the contact's waiting runs that have exit conditions (they check
+/// them at once) and, when `ask` is true, says whether the workspace has an
+/// active flow with a contact trigger: one round trip for both, as every
+/// contact write needs the first and most need the second.
+async fn wake_exits_and_find_triggers(
+    c: &mut PgConnection,
+    ws: &WorkspaceId,
+    contact: &ContactId,
+    now: Millis,
+    ask: bool,
+) -> Result<bool> {
+    sqlx::query_scalar(
+        "WITH woken AS (
+           UPDATE runs SET due_at = $2
+           WHERE contact_id = $1 AND status = 'waiting' AND has_exits AND due_at > $2
+           RETURNING 1)
+         SELECT $4 AND EXISTS (
+           SELECT 1 FROM flows WHERE workspace_id = $3 AND status = 'active'
+           AND trigger_type IN ('list_added', 'field_changed'))",
     )
+    .bind(contact.as_str())
+    .bind(now)
     .bind(ws.as_str())
-    .fetch_optional(&mut *c)
+    .bind(ask)
+    .fetch_one(&mut *c)
     .await
-    .map_err(internal)?
-    .is_some())
+    .map_err(internal)
 }
 
 /// See `sqlite::engine::contact_changed`.
@@ -156,9 +173,10 @@ pub async fn contact_changed(
     if change.is_empty() {
         return Ok(started);
     }
-    if (!change.added_lists.is_empty() || !change.changed_fields.is_empty())
-        && has_contact_triggers(c, ws).await?
-    {
+    // The wake goes first: the runs started below are active, never
+    // waiting, so it cannot touch them.
+    let ask = !change.added_lists.is_empty() || !change.changed_fields.is_empty();
+    if wake_exits_and_find_triggers(c, ws, contact, now, ask).await? {
         let data = serde_json::json!({});
         for list in &change.added_lists {
             for (flow, version, doc) in triggered_flows(c, ws, "list_added", list.as_str()).await? {
@@ -185,14 +203,6 @@ pub async fn contact_changed(
             }
         }
     }
-    sqlx::query(
-        "UPDATE runs SET due_at = $2 WHERE contact_id = $1 AND status = 'waiting' AND has_exits AND due_at > $2",
-    )
-    .bind(contact.as_str())
-    .bind(now)
-    .execute(&mut *c)
-    .await
-    .map_err(internal)?;
     Ok(started)
 }
 
@@ -301,31 +311,109 @@ pub async fn next_due(c: &mut PgConnection) -> Result<Option<Millis>> {
     Ok(due.flatten())
 }
 
-pub async fn complete_one(
+/// Stores a batch of advances in the caller's transaction, each only where
+/// `owner` still holds its run's lease. Set-based where order cannot
+/// matter: one statement locks the contacts whose runs have effects, one
+/// checks and locks every lease, one inserts the whole batch's history (no
+/// effect reads it); effects and each run's move stay per run, in order.
+pub async fn complete_batch(
     c: &mut PgConnection,
     owner: &str,
     now: Millis,
-    mut adv: RunAdvance,
-) -> Result<AdvanceOutcome> {
-    // Lock order as in every other write: contact before run (an event
-    // locks the contact, then the runs it resumes). Only effects need it.
-    if !adv.effects.is_empty() {
-        contact_by_id(c, &adv.workspace_id, &adv.contact_id, true).await?;
+    advances: Vec<RunAdvance>,
+) -> Result<Vec<AdvanceOutcome>> {
+    // Lock order as in every other write: contacts before runs (an event
+    // locks the contact, then the runs it resumes); ordered by id, so two
+    // batches never wait on each other in a cycle.
+    let mut contacts: Vec<&str> = advances
+        .iter()
+        .filter(|a| !a.effects.is_empty())
+        .map(|a| a.contact_id.as_str())
+        .collect();
+    contacts.sort_unstable();
+    contacts.dedup();
+    if !contacts.is_empty() {
+        sqlx::query("SELECT id FROM contacts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&contacts)
+            .execute(&mut *c)
+            .await
+            .map_err(internal)?;
     }
-    let held = sqlx::query(
-        "SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $2 AND lease_until > $3
-         AND status IN ('active', 'waiting') FOR UPDATE",
+    let mut ids: Vec<&str> = advances.iter().map(|a| a.run_id.as_str()).collect();
+    ids.sort_unstable();
+    let held: std::collections::HashSet<String> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > $3
+         AND status IN ('active', 'waiting') ORDER BY id FOR UPDATE",
     )
-    .bind(adv.run_id.as_str())
+    .bind(&ids)
     .bind(owner)
     .bind(now)
-    .fetch_optional(&mut *c)
+    .fetch_all(&mut *c)
     .await
     .map_err(internal)?
-    .is_some();
-    if !held {
-        return Ok(AdvanceOutcome::LeaseLost);
+    .into_iter()
+    .collect();
+    let mut history = History::default();
+    let mut out = Vec::with_capacity(advances.len());
+    for adv in advances {
+        if !held.contains(adv.run_id.as_str()) {
+            out.push(AdvanceOutcome::LeaseLost);
+            continue;
+        }
+        out.push(complete_one(c, now, adv, &mut history).await?);
     }
+    history.insert(c).await?;
+    Ok(out)
+}
+
+/// The step history of a batch, as columns for one `UNNEST` insert.
+#[derive(Default)]
+struct History {
+    run_id: Vec<String>,
+    seq: Vec<i64>,
+    step: Vec<String>,
+    kind: Vec<String>,
+    at: Vec<Millis>,
+    input: Vec<Value>,
+    outcome: Vec<String>,
+    detail: Vec<Value>,
+    error: Vec<Option<String>>,
+}
+
+impl History {
+    async fn insert(self, c: &mut PgConnection) -> Result<()> {
+        if self.run_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO run_steps (run_id, seq, step, type, at, input, outcome, detail, error)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                                  $6::jsonb[], $7::text[], $8::jsonb[], $9::text[])",
+        )
+        .bind(&self.run_id)
+        .bind(&self.seq)
+        .bind(&self.step)
+        .bind(&self.kind)
+        .bind(&self.at)
+        .bind(&self.input)
+        .bind(&self.outcome)
+        .bind(&self.detail)
+        .bind(&self.error)
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+}
+
+/// One advance whose lease is held (and locked): its effects, its history
+/// (into `history`) and its move.
+async fn complete_one(
+    c: &mut PgConnection,
+    now: Millis,
+    mut adv: RunAdvance,
+    history: &mut History,
+) -> Result<AdvanceOutcome> {
     let mut outcome = AdvanceOutcome::Applied;
     for (index, effect) in std::mem::take(&mut adv.effects) {
         if let Err(e) = apply_effect(c, &adv, &effect, now).await {
@@ -338,22 +426,15 @@ pub async fn complete_one(
         }
     }
     for (i, h) in adv.history.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO run_steps (run_id, seq, step, type, at, input, outcome, detail, error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(adv.run_id.as_str())
-        .bind(adv.first_seq + i as i64)
-        .bind(&h.step)
-        .bind(&h.kind)
-        .bind(h.at)
-        .bind(&h.input)
-        .bind(&h.outcome)
-        .bind(&h.detail)
-        .bind(&h.error)
-        .execute(&mut *c)
-        .await
-        .map_err(internal)?;
+        history.run_id.push(adv.run_id.to_string());
+        history.seq.push(adv.first_seq + i as i64);
+        history.step.push(h.step.clone());
+        history.kind.push(h.kind.clone());
+        history.at.push(h.at);
+        history.input.push(h.input.clone());
+        history.outcome.push(h.outcome.clone());
+        history.detail.push(h.detail.clone());
+        history.error.push(h.error.clone());
     }
     let m = crate::store::run::RunMove::of(&adv, now);
     sqlx::query(

@@ -587,10 +587,7 @@ impl Store for PgStore {
         // lease check, a data error ends the run where it is, and any other
         // error rolls back the batch, whose runs are claimed again later.
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        let mut out = Vec::with_capacity(advances.len());
-        for adv in advances {
-            out.push(engine::complete_one(&mut tx, owner, now, adv).await?);
-        }
+        let out = engine::complete_batch(&mut tx, owner, now, advances).await?;
         tx.commit().await.map_err(internal)?;
         Ok(out)
     }
