@@ -272,7 +272,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Signal handlers first: from the moment the address is printed, SIGTERM
     // means a graceful stop.
-    let shutdown = hookflow::server::shutdown_signal();
+    let shutdown = hookflow::server::shutdown_on_signal();
     println!("hookflow listening on http://{addr}");
     tracing::info!(%addr, store = store.kind(), "listening");
     let engine = hookflow::flows::Engine::new(

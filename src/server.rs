@@ -3,7 +3,9 @@
 //! Connections are accepted by our own loop over hyper (`accept_until`):
 //! header and idle timeouts, a connection cap, accept back-off.
 //!
-//! Shutdown protocol: when `shutdown` resolves, the server stops accepting
+//! Shutdown protocol: every part stops on a `CancellationToken` (one
+//! primitive for the server, the engine and every later worker). When
+//! `shutdown` is cancelled, the server stops accepting
 //! connections and lets in-flight requests finish, for at most `grace`;
 //! requests still running then are dropped (their transactions were either
 //! committed, and answered, or will be rolled back: never half-written).
@@ -23,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::flows::Engine;
@@ -32,16 +35,19 @@ pub async fn serve(
     store: Arc<dyn Store>,
     listener: TcpListener,
     options: crate::api::ApiOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
     grace: Duration,
     engine: Arc<Engine>,
 ) -> std::io::Result<()> {
     let (inbound_log, log_task) =
         crate::flows::inbound_log::InboundLog::start(store.clone(), options.inbound_log_per_flow);
     let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log.clone());
-    let engine_stop = Arc::new(tokio::sync::Notify::new());
+    // One primitive for every stop: a cancellation token. Each part gets
+    // its own, cancelled in order: connections, then the engine, then the log.
+    let engine_stop = CancellationToken::new();
     let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
-    let (connections, mut tasks) = accept_until(listener, app, &options, shutdown).await;
+    let (connections, mut tasks) =
+        accept_until(listener, app, &options, shutdown.cancelled_owned()).await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     // Idle keep-alive connections close at once; busy ones after their
     // response, for at most `grace`; then the rest are dropped, before the
@@ -59,7 +65,7 @@ pub async fn serve(
     while tasks.join_next().await.is_some() {}
     // The engine finishes its batch (its transactions commit or roll back
     // whole; a claim left behind expires) before the store closes.
-    engine_stop.notify_one();
+    engine_stop.cancel();
     let _ = engine_task.await;
     // The log writes what is queued and ends (connections dropped after the
     // grace period may still hold its sender: it is told, not waited for).
@@ -204,12 +210,23 @@ fn service(
     })
 }
 
-/// Resolves on SIGINT or SIGTERM. The handlers are registered when this
-/// function is called, not when the future is first polled: a signal that
-/// arrives between "listening" being printed and the server's first poll
-/// must still mean "shut down gracefully", not the default "die". Call it
-/// inside the runtime, before announcing the address.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+/// A token cancelled on SIGINT or SIGTERM. The handlers are registered when
+/// this function is called: a signal that arrives between "listening" being
+/// printed and the server's first poll must still mean "shut down
+/// gracefully", not the default "die". Call it inside the runtime, before
+/// announcing the address.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let signalled = shutdown_signal();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        signalled.await;
+        cancel.cancel();
+    });
+    token
+}
+
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::exec;
@@ -169,9 +170,9 @@ impl Engine {
         Ok(Ok(doc))
     }
 
-    /// Runs `workers` loops until `stop` is notified.
-    pub async fn run(self: Arc<Self>, stop: Arc<Notify>) {
-        let halt = Arc::new(tokio::sync::watch::channel(false));
+    /// Runs `workers` loops until `stop` is cancelled; each finishes its
+    /// batch first.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut loops = tokio::task::JoinSet::new();
         let workers = match (self.config.workers, self.store.kind()) {
             (0, "postgres") => 4,
@@ -179,19 +180,16 @@ impl Engine {
             (n, _) => n,
         };
         for _ in 0..workers {
-            let (engine, rx) = (self.clone(), halt.0.subscribe());
-            loops.spawn(engine.work(rx));
+            loops.spawn(self.clone().work(stop.clone()));
         }
-        stop.notified().await;
-        let _ = halt.0.send(true);
         while loops.join_next().await.is_some() {}
     }
 
     /// One loop. Store errors are logged and retried after a pause; one bad
     /// run never stops the loop (it fails alone).
-    async fn work(self: Arc<Self>, mut halt: tokio::sync::watch::Receiver<bool>) {
+    async fn work(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            if *halt.borrow() {
+            if stop.is_cancelled() {
                 return;
             }
             let pause = match self.tick().await {
@@ -208,7 +206,7 @@ impl Engine {
                 continue;
             }
             tokio::select! {
-                _ = halt.changed() => return,
+                () = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
             }

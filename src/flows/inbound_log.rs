@@ -15,8 +15,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{InboundCallRecord, Store};
 
@@ -41,7 +42,7 @@ pub struct InboundLog {
     queued_bytes: Arc<AtomicUsize>,
     /// Tells the writer to write what is queued and end (shutdown), even
     /// while connections still hold senders.
-    stop: Arc<Notify>,
+    stop: CancellationToken,
     /// Calls kept per flow.
     keep: usize,
 }
@@ -51,7 +52,7 @@ impl InboundLog {
     /// closing the store.
     pub fn start(store: Arc<dyn Store>, keep: usize) -> (Arc<Self>, Option<JoinHandle<()>>) {
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
         if keep == 0 {
             let log = Self {
                 tx: None,
@@ -97,7 +98,7 @@ impl InboundLog {
 
     /// Asks the writer to write what is queued now and end.
     pub fn stop(&self) {
-        self.stop.notify_one();
+        self.stop.cancel();
     }
 }
 
@@ -153,7 +154,7 @@ async fn write_batches(
     mut rx: mpsc::Receiver<InboundCallRecord>,
     keep: usize,
     queued_bytes: Arc<AtomicUsize>,
-    stop: Arc<Notify>,
+    stop: CancellationToken,
 ) {
     let mut stopping = false;
     loop {
@@ -164,13 +165,13 @@ async fn write_batches(
                     Some(call) => batch.push(call),
                     None => return,
                 },
-                () = stop.notified() => stopping = true,
+                () = stop.cancelled() => stopping = true,
             }
         }
         if !stopping {
             tokio::select! {
                 () = tokio::time::sleep(FLUSH_EVERY) => {}
-                () = stop.notified() => stopping = true,
+                () = stop.cancelled() => stopping = true,
             }
         }
         let open = drain(&mut rx, &mut batch);

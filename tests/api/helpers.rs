@@ -11,7 +11,6 @@ use hookflow::flows::{Engine, EngineConfig, TestClock};
 use hookflow::store::{self, Store, StoreOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -136,7 +135,7 @@ pub struct TestApp {
     pub clock: TestClock,
     pub engine: Arc<Engine>,
     _db: TestDb,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<tokio_util::sync::CancellationToken>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -159,7 +158,7 @@ pub async fn spawn_app_with(backend: Backend, options: ApiOptions) -> Option<Tes
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = tokio_util::sync::CancellationToken::new();
     let clock = TestClock::new();
     let engine = Engine::new(
         store.clone(),
@@ -179,9 +178,7 @@ pub async fn spawn_app_with(backend: Backend, options: ApiOptions) -> Option<Tes
             max_body_bytes: TEST_BODY_LIMIT,
             ..options
         },
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
         Duration::from_secs(5),
         engine.clone(),
     ));
@@ -270,7 +267,7 @@ impl TestApp {
     /// Stops the server and waits until it has closed the store.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            s.cancel();
         }
         if let Some(t) = self.task.take() {
             t.await.expect("server task").expect("server exits cleanly");
@@ -391,7 +388,7 @@ pub struct ActiveFlow {
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            s.cancel();
         }
     }
 }
