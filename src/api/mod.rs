@@ -10,7 +10,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod flows;
-pub mod hooks;
+pub mod inbound;
 mod json_keys;
 pub mod limits;
 pub mod lists;
@@ -60,8 +60,8 @@ pub struct Shared {
     /// The flow engine: its clock, and a wake-up for work just accepted.
     pub engine: Arc<crate::flows::Engine>,
     pub inbound_limits: Arc<limits::InboundLimits>,
-    /// Flows by inbound token, briefly (see `hooks::lookup`).
-    pub inbound_cache: Arc<hooks::InboundCache>,
+    /// Flows by inbound token, briefly (see `flows::inbound::lookup`).
+    pub inbound_cache: Arc<crate::flows::inbound::InboundCache>,
     /// The most recent calls per inbound URL (`GET /v1/flows/{id}/inbound-calls`).
     pub inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
     /// The SHA-256 of the bearer token `/metrics` requires; `None`: not served.
@@ -171,7 +171,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(flows::pause_flow))
         .routes(routes!(flows::rotate_token))
         .routes(routes!(flows::inbound_calls))
-        .routes(routes!(hooks::inbound_call))
+        .routes(routes!(inbound::inbound_call))
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel_run))
@@ -356,7 +356,7 @@ fn loggable_path(path: &str) -> &str {
 
 /// After any write under `/v1/flows` (save, activate, pause, rotate,
 /// delete), drops the inbound cache, so the next call to a flow's URL reads
-/// it afresh (see `hooks::lookup`). Changes by other processes are caught by
+/// it afresh (see `flows::inbound::lookup`). Changes by other processes are caught by
 /// the entry's own re-check of status and token.
 async fn forget_inbound_flows(
     axum::extract::State(state): axum::extract::State<AppState>,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod engine;
 pub mod exec;
 pub mod file;
+pub mod inbound;
 pub mod inbound_log;
 pub mod save;
 pub mod steps;

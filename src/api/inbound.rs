@@ -7,10 +7,6 @@
 //! sent only after contact, membership, run and idempotency answer are
 //! committed and synced (the store's one atomic `enter_flow`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use axum::Json;
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,18 +14,18 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{PathParam, authenticate_headers, parse_json, read_json, refuse_nul};
-use crate::domain::flow::{self, FlowDoc, SignatureScheme, Trigger};
-use crate::domain::jsonpath::JsonPath;
+use crate::domain::flow::{self, Trigger};
 use crate::domain::signature::{self, SignatureError, SignedHeaders};
-use crate::domain::{ApiKeyId, Email, ListId, Phone, WorkspaceId};
-use crate::store::{ContactUpsert, EntryRequest, EntryResult, FlowRecord, FlowStatus, StoreError};
+use crate::domain::{ApiKeyId, WorkspaceId};
+use crate::flows::inbound::{InboundError, Target, entry_request, lookup};
+use crate::store::{EntryRequest, EntryResult, FlowRecord, FlowStatus, StoreError};
 
 #[derive(Serialize, ToSchema)]
 pub struct InboundAccepted {
@@ -44,22 +40,6 @@ pub struct InboundAccepted {
 
 fn not_found() -> ApiError {
     ApiError::not_found("no inbound URL has this token (it may have been rotated)")
-}
-
-/// The flow an inbound URL leads to, with its parsed document.
-pub struct Target {
-    ws: WorkspaceId,
-    flow: FlowRecord,
-    doc: FlowDoc,
-}
-
-impl Target {
-    fn signature(&self) -> Option<SignatureScheme> {
-        match &self.doc.trigger {
-            Trigger::Inbound { signature, .. } => *signature,
-            _ => None,
-        }
-    }
 }
 
 /// Call a flow's inbound URL: upsert the contact into the flow's list and
@@ -171,7 +151,7 @@ async fn receive(
     seen: &mut Seen,
 ) -> Result<(EntryResult, bool), ApiError> {
     let headers = request.headers().clone();
-    let found = lookup(state, token).await?;
+    let found = lookup(&*state.store, &state.inbound_cache, token).await?;
     seen.flow = found.as_ref().map(|t| (t.ws.clone(), t.flow.id.clone()));
     // A flow that asks for signed calls is authenticated by the signature
     // alone (which covers the body, so the body is read first); any other by
@@ -226,7 +206,18 @@ async fn receive(
             ),
         ));
     }
-    let (mut req, origin) = entry_request(flow, doc, body, idempotency)?;
+    let (mut req, origin) = entry_request(flow, doc, body, idempotency).map_err(|e| match e {
+        InboundError::NotInbound => not_found(),
+        InboundError::Invalid {
+            code,
+            field,
+            message,
+        } => ApiError::invalid(code, field, message),
+        InboundError::Internal(cause) => {
+            tracing::error!(%cause, "an inbound call met a broken flow");
+            ApiError::internal()
+        }
+    })?;
     req.inbound_token = Some(token.to_owned());
     let entered = enter(state, ws, req, &origin).await;
     if let Err(e) = &entered
@@ -293,71 +284,6 @@ fn check_limits(
             wait,
         )
     })
-}
-
-/// The flow whose inbound URL has `token`, if it has one and its trigger is
-/// (still) an inbound call. Served from [`InboundCache`] for up to 2 s:
-/// reading and parsing the flow was the largest cost of a call on the HTTP
-/// side. The entry's transaction re-checks status and token, so a cached
-/// copy never lets a paused, deleted or rotated-away flow take a call.
-async fn lookup(state: &AppState, token: &str) -> Result<Option<Arc<Target>>, ApiError> {
-    if let Some(t) = state.inbound_cache.get(token) {
-        return Ok(Some(t));
-    }
-    let (ws, flow) = match state.store.flow_by_token(token).await {
-        Ok(found) => found,
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let doc: FlowDoc =
-        serde_json::from_value(flow.document.clone()).map_err(|_| ApiError::internal())?;
-    if !matches!(doc.trigger, Trigger::Inbound { .. }) {
-        return Ok(None);
-    }
-    let target = Arc::new(Target { ws, flow, doc });
-    // Only active flows are cached: a flow paused here and activated by
-    // another process (the CLI) must take calls at once, not after the TTL.
-    // (The other way round, the entry's own re-check refuses at once.)
-    if target.flow.status == FlowStatus::Active {
-        state.inbound_cache.put(token, target.clone());
-    }
-    Ok(Some(target))
-}
-
-/// Flows by inbound token, each kept for [`InboundCache::TTL`]; cleared
-/// whenever this process changes a flow.
-#[derive(Default)]
-pub struct InboundCache {
-    map: Mutex<HashMap<String, (Instant, Arc<Target>)>>,
-}
-
-impl InboundCache {
-    const TTL: Duration = Duration::from_secs(2);
-    const MAX: usize = 10_000;
-
-    fn get(&self, token: &str) -> Option<Arc<Target>> {
-        let map = self.map.lock().expect("inbound cache");
-        map.get(token)
-            .filter(|(at, _)| at.elapsed() < Self::TTL)
-            .map(|(_, t)| t.clone())
-    }
-
-    fn put(&self, token: &str, target: Arc<Target>) {
-        let mut map = self.map.lock().expect("inbound cache");
-        if map.len() >= Self::MAX {
-            map.clear();
-        }
-        map.insert(token.to_owned(), (Instant::now(), target));
-    }
-
-    fn evict(&self, token: &str) {
-        self.map.lock().expect("inbound cache").remove(token);
-    }
-
-    /// Forgets every flow (called when this process changes one).
-    pub fn clear(&self) {
-        self.map.lock().expect("inbound cache").clear();
-    }
 }
 
 /// Verifies a signed call (IN-9); the message's `webhook-id`. 401 with
@@ -436,122 +362,6 @@ fn idempotency(
             Sha256::digest(body.to_string().as_bytes()).to_vec(),
         )
     }))
-}
-
-/// What entering the flow writes: the contact (email, mapped phone and
-/// fields) and the run. Also, for each mapped list field, the body path it
-/// came from, so errors can name the path the caller sent.
-fn entry_request(
-    flow: &FlowRecord,
-    doc: &FlowDoc,
-    body: Value,
-    idempotency: Option<(String, Vec<u8>)>,
-) -> Result<(EntryRequest, Vec<(String, String)>), ApiError> {
-    let Trigger::Inbound {
-        list_id, mapping, ..
-    } = &doc.trigger
-    else {
-        return Err(not_found());
-    };
-    if !body.is_object() {
-        return Err(ApiError::invalid(
-            "invalid_body",
-            ".",
-            "the body must be a JSON object",
-        ));
-    }
-    let email = mapped_email(&body, mapping)?;
-    let mut phone = None;
-    let mut fields = Map::new();
-    let mut origin = Vec::new(); // (list field, body path) to name the body path in errors
-    for (path, target) in mapping {
-        let Ok(jp) = JsonPath::parse(path) else {
-            continue;
-        };
-        let Some(v) = jp.get(&body).filter(|v| !v.is_null()) else {
-            continue;
-        };
-        if target == "email" {
-            continue; // read above
-        }
-        if target == "phone" {
-            let s = v.as_str().ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid_phone",
-                    path.clone(),
-                    "a phone number must be a string",
-                )
-            })?;
-            phone = Some(Some(Phone::parse(s).map_err(|e| {
-                ApiError::invalid("invalid_phone", path.clone(), e.to_string())
-            })?));
-        } else {
-            fields.insert(target.clone(), v.clone());
-            origin.push((format!("fields.{target}"), path.clone()));
-        }
-    }
-    let list = ListId::parse(list_id).map_err(|_| ApiError::internal())?;
-    let req = EntryRequest {
-        flow_id: flow.id.clone(),
-        flow_version: flow.version,
-        first_step: doc.steps.first().map(|s| s.id.clone()).unwrap_or_default(),
-        repeat: doc.repeat,
-        has_exits: !doc.exit_conditions.is_empty(),
-        contact: ContactUpsert {
-            email: Some(email),
-            phone,
-            status: None,
-            fields,
-            lists: vec![list],
-        },
-        event_data: body,
-        inbound_token: None,
-        idempotency,
-    };
-    Ok((req, origin))
-}
-
-/// The contact's email: at the body path the mapping puts onto `email`
-/// (`data.object.customer_email`, as Stripe sends it), else the top-level
-/// `email`. Validated and normalised alike; errors name the body's path.
-fn mapped_email(
-    body: &Value,
-    mapping: &std::collections::BTreeMap<String, String>,
-) -> Result<Email, ApiError> {
-    let mapped = mapping.iter().find(|(_, target)| *target == "email");
-    let (path, value) = match mapped {
-        Some((path, _)) => {
-            let jp = JsonPath::parse(path).map_err(|e| {
-                // Paths are checked when the flow is saved.
-                tracing::error!(%path, error = %e, "a stored mapping path does not parse");
-                ApiError::internal()
-            })?;
-            (path.as_str(), jp.get(body))
-        }
-        None => ("email", body.get("email")),
-    };
-    match value {
-        None | Some(Value::Null) => Err(ApiError::invalid(
-            "missing_field",
-            path,
-            if mapped.is_some() {
-                format!(
-                    "email is required: this flow maps `{path}` onto the email, and the body has no value there"
-                )
-            } else {
-                "email is required (or map a body path onto `email` in the flow's trigger)"
-                    .to_owned()
-            },
-        )),
-        Some(Value::String(s)) => {
-            Email::parse(s).map_err(|e| ApiError::invalid("invalid_email", path, e.to_string()))
-        }
-        Some(_) => Err(ApiError::invalid(
-            "invalid_email",
-            path,
-            "email must be a string",
-        )),
-    }
 }
 
 /// Records the entry; the 202 once it is committed and synced.
