@@ -34,6 +34,7 @@ const KINDS: &[(&str, &str)] = &[
     ("run", "run"),
     ("wh", "webhook"),
     ("dlv", "delivery"),
+    ("job", "job"),
 ];
 
 fn parse_id(raw: &str, prefix: &'static str, kind: &'static str) -> Result<String, IdError> {
@@ -145,6 +146,10 @@ typed_id!(ContactId, "ct", "contact");
 typed_id!(FlowId, "fl", "flow");
 typed_id!(RunId, "run", "run");
 typed_id!(EventId, "evt", "event");
+typed_id!(
+    /// A job of the leased queue (`store::queue`).
+    JobId, "job", "job"
+);
 
 #[cfg(test)]
 mod tests {

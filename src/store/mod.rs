@@ -14,6 +14,7 @@ pub mod entry;
 pub mod key_cache;
 pub mod plan;
 pub mod postgres;
+pub mod queue;
 pub mod run;
 pub mod sqlite;
 
@@ -463,6 +464,25 @@ pub trait Store: Send + Sync + 'static {
     /// When the next unfinished run of an active flow is due (for the
     /// engine's sleep), if any.
     async fn next_due(&self) -> Result<Option<Millis>>;
+
+    // ---- the leased job queue (see `queue`) --------------------------------------
+
+    /// Stores jobs; their ids in order.
+    async fn enqueue_jobs(&self, jobs: Vec<queue::NewJob>) -> Result<Vec<crate::domain::JobId>>;
+    /// Leases due jobs of one kind, oldest due first, within the claim's
+    /// limits; each claim counts an attempt.
+    async fn claim_jobs(&self, claim: queue::JobClaim) -> Result<Vec<queue::Job>>;
+    /// Records a claimed job's outcome if `owner` still holds its lease at
+    /// `now`; false (and nothing written) if it does not.
+    async fn finish_job(
+        &self,
+        id: &crate::domain::JobId,
+        owner: &str,
+        now: Millis,
+        outcome: queue::JobOutcome,
+    ) -> Result<bool>;
+    /// A job as stored.
+    async fn get_job(&self, id: &crate::domain::JobId) -> Result<queue::JobRecord>;
     /// One version's document of a flow (runs follow the version they
     /// started on).
     async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value>;

@@ -476,5 +476,6 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
 mod engine;
 mod flows;
 mod inbound_log;
+mod queue;
 mod runs;
 mod store_impl;

@@ -20,4 +20,5 @@ mod hardening;
 mod inbound;
 mod isolation;
 mod openapi;
+mod queue;
 mod readme;

@@ -597,6 +597,40 @@ impl Store for PgStore {
         engine::next_due(&mut c).await
     }
 
+    async fn enqueue_jobs(
+        &self,
+        jobs: Vec<crate::store::queue::NewJob>,
+    ) -> Result<Vec<crate::domain::JobId>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        super::queue::enqueue(&mut c, &jobs, crate::store::now_millis()).await
+    }
+
+    async fn claim_jobs(
+        &self,
+        claim: crate::store::queue::JobClaim,
+    ) -> Result<Vec<crate::store::queue::Job>> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let jobs = super::queue::claim(&mut tx, &claim).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(jobs)
+    }
+
+    async fn finish_job(
+        &self,
+        id: &crate::domain::JobId,
+        owner: &str,
+        now: Millis,
+        outcome: crate::store::queue::JobOutcome,
+    ) -> Result<bool> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        super::queue::finish(&mut c, id, owner, now, &outcome).await
+    }
+
+    async fn get_job(&self, id: &crate::domain::JobId) -> Result<crate::store::queue::JobRecord> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        super::queue::get(&mut c, id).await
+    }
+
     async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
         let mut c = self.pool.acquire().await.map_err(internal)?;
         flows::version(&mut c, ws, flow, version).await

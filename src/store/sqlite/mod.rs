@@ -16,6 +16,7 @@ mod engine;
 mod flows;
 mod inbound_log;
 mod queries;
+mod queue;
 mod readers;
 mod runs;
 mod writer;
@@ -50,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_inbound_secret.sql"),
     include_str!("../../../migrations/sqlite/0006_inbound_calls.sql"),
     include_str!("../../../migrations/sqlite/0007_event_bytes.sql"),
+    include_str!("../../../migrations/sqlite/0008_jobs.sql"),
 ];
 
 pub struct SqliteStore {
@@ -648,6 +650,41 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<Millis>> {
         self.readers.read(engine::next_due).await
+    }
+
+    async fn enqueue_jobs(
+        &self,
+        jobs: Vec<crate::store::queue::NewJob>,
+    ) -> Result<Vec<crate::domain::JobId>> {
+        let now = crate::store::now_millis();
+        self.writer
+            .write(move |c| queue::enqueue(c, &jobs, now))
+            .await
+    }
+
+    async fn claim_jobs(
+        &self,
+        claim: crate::store::queue::JobClaim,
+    ) -> Result<Vec<crate::store::queue::Job>> {
+        self.writer.write(move |c| queue::claim(c, &claim)).await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &crate::domain::JobId,
+        owner: &str,
+        now: Millis,
+        outcome: crate::store::queue::JobOutcome,
+    ) -> Result<bool> {
+        let (id, owner) = (id.clone(), owner.to_owned());
+        self.writer
+            .write(move |c| queue::finish(c, &id, &owner, now, &outcome))
+            .await
+    }
+
+    async fn get_job(&self, id: &crate::domain::JobId) -> Result<crate::store::queue::JobRecord> {
+        let id = id.clone();
+        self.readers.read(move |c| queue::get(c, &id)).await
     }
 
     async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {

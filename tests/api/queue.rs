@@ -1,0 +1,321 @@
+//! The leased job queue's contract (`store::queue`), run on both stores.
+//! "Two processes" are two store handles on one database: each has its own
+//! connections (and on SQLite its own writer), as two servers would.
+
+use std::collections::BTreeSet;
+
+use hookflow::domain::JobId;
+use hookflow::store::queue::{Job, JobClaim, JobOutcome, JobStatus, NewJob};
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::{Backend, open_store, test_db};
+
+both_stores!(
+    claims_are_exclusive_and_finished_jobs_are_never_claimed_again,
+    an_expired_lease_is_taken_over_and_a_lost_lease_writes_nothing,
+    a_retry_waits_for_its_time_and_a_failure_is_final,
+    per_key_limits_hold_across_two_processes,
+    one_keys_backlog_does_not_hide_another_key,
+);
+
+const T0: i64 = 1_800_000_000_000;
+
+fn job(key: &str, n: usize, due_at: i64) -> NewJob {
+    NewJob {
+        kind: "test".into(),
+        key: key.into(),
+        workspace_id: None,
+        payload: json!({"n": n}),
+        due_at,
+    }
+}
+
+fn claim(owner: &str, now: i64, limit: usize, per_key: Option<u32>) -> JobClaim {
+    JobClaim {
+        kind: "test".into(),
+        owner: owner.into(),
+        now,
+        lease_until: now + 10_000,
+        limit,
+        per_key,
+    }
+}
+
+fn ids(jobs: &[Job]) -> BTreeSet<JobId> {
+    jobs.iter().map(|j| j.id.clone()).collect()
+}
+
+async fn claims_are_exclusive_and_finished_jobs_are_never_claimed_again(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let (a, bb) = (open_store(&db).await, open_store(&db).await);
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|n| job(&format!("k{}", n % 4), n, T0))
+        .collect();
+    let all: BTreeSet<JobId> = a.enqueue_jobs(jobs).await.unwrap().into_iter().collect();
+    assert_eq!(all.len(), 40);
+    // Both "processes" claim at once, repeatedly, until nothing is left.
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    loop {
+        let (x, y) = tokio::join!(
+            a.claim_jobs(claim("A", T0, 7, None)),
+            bb.claim_jobs(claim("B", T0, 7, None))
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        if x.is_empty() && y.is_empty() {
+            break;
+        }
+        got_a.extend(x);
+        got_b.extend(y);
+    }
+    let (set_a, set_b) = (ids(&got_a), ids(&got_b));
+    assert!(set_a.is_disjoint(&set_b), "a job was leased twice");
+    assert_eq!(set_a.len() + set_b.len(), 40, "every job was claimed");
+    assert_eq!(set_a.union(&set_b).cloned().collect::<BTreeSet<_>>(), all);
+    assert!(
+        got_a
+            .iter()
+            .chain(&got_b)
+            .all(|j| j.attempt == 1 && j.kind == "test")
+    );
+    let payloads: BTreeSet<u64> = got_a
+        .iter()
+        .chain(&got_b)
+        .map(|j| j.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(payloads, (0..40).collect(), "each job's payload, as stored");
+    for j in &got_a {
+        assert!(
+            a.finish_job(&j.id, "A", T0 + 1, JobOutcome::Done)
+                .await
+                .unwrap()
+        );
+    }
+    for j in &got_b {
+        // The other handle records it: the database, not the process, decides.
+        assert!(
+            a.finish_job(&j.id, "B", T0 + 1, JobOutcome::Done)
+                .await
+                .unwrap()
+        );
+    }
+    // Finished: never claimed again, even long after every lease.
+    let later = T0 + 1_000_000;
+    assert!(
+        a.claim_jobs(claim("C", later, 100, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rec = a.get_job(&got_b[0].id).await.unwrap();
+    assert_eq!(
+        (rec.status, rec.attempts, rec.lease_owner),
+        (JobStatus::Done, 1, None)
+    );
+    assert_eq!(rec.finished_at, Some(T0 + 1));
+    // A second finish of a finished job writes nothing.
+    assert!(
+        !a.finish_job(&got_a[0].id, "A", T0 + 2, JobOutcome::Done)
+            .await
+            .unwrap()
+    );
+    a.close().await;
+    bb.close().await;
+}
+
+async fn an_expired_lease_is_taken_over_and_a_lost_lease_writes_nothing(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let (a, bb) = (open_store(&db).await, open_store(&db).await);
+    let id = a
+        .enqueue_jobs(vec![job("", 0, T0)])
+        .await
+        .unwrap()
+        .remove(0);
+    let first = a.claim_jobs(claim("A", T0, 10, None)).await.unwrap();
+    assert_eq!(ids(&first), BTreeSet::from([id.clone()]));
+    // Leased until T0 + 10 s: nobody else gets it before.
+    assert!(
+        bb.claim_jobs(claim("B", T0 + 9_999, 10, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A died; its lease ends; B takes the job over, as a second attempt.
+    let second = bb
+        .claim_jobs(claim("B", T0 + 10_000, 10, None))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!((second[0].attempt, second[0].lease_until), (2, T0 + 20_000));
+    // A comes back: its outcome is refused and changes nothing.
+    let late = JobOutcome::Failed {
+        error: "late".into(),
+    };
+    assert!(!a.finish_job(&id, "A", T0 + 10_001, late).await.unwrap());
+    assert_eq!(a.get_job(&id).await.unwrap().status, JobStatus::Queued);
+    // B's lease, once over, is lost too.
+    assert!(
+        !bb.finish_job(&id, "B", T0 + 20_000, JobOutcome::Done)
+            .await
+            .unwrap()
+    );
+    let third = a
+        .claim_jobs(claim("A", T0 + 20_000, 10, None))
+        .await
+        .unwrap();
+    assert_eq!(third[0].attempt, 3);
+    assert!(
+        a.finish_job(&id, "A", T0 + 20_001, JobOutcome::Done)
+            .await
+            .unwrap()
+    );
+    let rec = a.get_job(&id).await.unwrap();
+    assert_eq!(
+        (rec.status, rec.attempts, rec.last_error),
+        (JobStatus::Done, 3, None)
+    );
+    a.close().await;
+    bb.close().await;
+}
+
+async fn a_retry_waits_for_its_time_and_a_failure_is_final(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ids_ = s
+        .enqueue_jobs(vec![job("", 0, T0), job("", 1, T0 + 60_000)])
+        .await
+        .unwrap();
+    // Only the job that is due.
+    let got = s.claim_jobs(claim("A", T0, 10, None)).await.unwrap();
+    assert_eq!(ids(&got), BTreeSet::from([ids_[0].clone()]));
+    let retry = JobOutcome::Retry {
+        due_at: T0 + 30_000,
+        error: "503 from the endpoint".into(),
+    };
+    assert!(s.finish_job(&ids_[0], "A", T0 + 5, retry).await.unwrap());
+    let rec = s.get_job(&ids_[0]).await.unwrap();
+    assert_eq!(
+        (
+            rec.status,
+            rec.due_at,
+            rec.last_error.as_deref(),
+            rec.lease_owner
+        ),
+        (
+            JobStatus::Queued,
+            T0 + 30_000,
+            Some("503 from the endpoint"),
+            None
+        )
+    );
+    assert!(
+        s.claim_jobs(claim("A", T0 + 29_999, 10, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = s
+        .claim_jobs(claim("A", T0 + 30_000, 10, None))
+        .await
+        .unwrap();
+    assert_eq!((again.len(), again[0].attempt), (1, 2));
+    let failed = JobOutcome::Failed {
+        error: "gave up".into(),
+    };
+    assert!(
+        s.finish_job(&ids_[0], "A", T0 + 30_001, failed)
+            .await
+            .unwrap()
+    );
+    let rec = s.get_job(&ids_[0]).await.unwrap();
+    assert_eq!(
+        (rec.status, rec.last_error.as_deref()),
+        (JobStatus::Failed, Some("gave up"))
+    );
+    // Later, only the other job (now due) is claimed; the failed one never.
+    let last = s
+        .claim_jobs(claim("A", T0 + 600_000, 10, None))
+        .await
+        .unwrap();
+    assert_eq!(ids(&last), BTreeSet::from([ids_[1].clone()]));
+    s.close().await;
+}
+
+async fn per_key_limits_hold_across_two_processes(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let (a, bb) = (open_store(&db).await, open_store(&db).await);
+    let mut jobs: Vec<NewJob> = (0..12).map(|n| job("slow.example", n, T0)).collect();
+    jobs.extend((0..3).map(|n| job("fast.example", n, T0)));
+    a.enqueue_jobs(jobs).await.unwrap();
+    // Both claim at once with room for everything, two per key at most.
+    let (x, y) = tokio::join!(
+        a.claim_jobs(claim("A", T0, 100, Some(2))),
+        bb.claim_jobs(claim("B", T0, 100, Some(2)))
+    );
+    let leased: Vec<Job> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+    let per = |key: &str| leased.iter().filter(|j| j.key == key).count();
+    assert_eq!(
+        (per("slow.example"), per("fast.example")),
+        (2, 2),
+        "{leased:?}"
+    );
+    // Nothing more while both slots of each key are held.
+    assert!(
+        bb.claim_jobs(claim("B", T0 + 1, 100, Some(2)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // One slot frees: one more job of that key, and no more.
+    let done = leased.iter().find(|j| j.key == "slow.example").unwrap();
+    let owner = if a
+        .finish_job(&done.id, "A", T0 + 2, JobOutcome::Done)
+        .await
+        .unwrap()
+    {
+        "A"
+    } else {
+        assert!(
+            bb.finish_job(&done.id, "B", T0 + 2, JobOutcome::Done)
+                .await
+                .unwrap()
+        );
+        "B"
+    };
+    let next = a
+        .claim_jobs(claim("A", T0 + 3, 100, Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1, "after {owner} finished one: {next:?}");
+    assert_eq!(next[0].key, "slow.example");
+    // Expired leases free their slots too.
+    let after = bb
+        .claim_jobs(claim("B", T0 + 20_000, 100, Some(2)))
+        .await
+        .unwrap();
+    let per = |key: &str| after.iter().filter(|j| j.key == key).count();
+    assert_eq!(
+        (per("slow.example"), per("fast.example")),
+        (2, 2),
+        "{after:?}"
+    );
+    a.close().await;
+    bb.close().await;
+}
+
+async fn one_keys_backlog_does_not_hide_another_key(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    // 300 old jobs of one endpoint, then one of another.
+    let mut jobs: Vec<NewJob> = (0..300).map(|n| job("down.example", n, T0)).collect();
+    jobs.push(job("up.example", 0, T0 + 1));
+    s.enqueue_jobs(jobs).await.unwrap();
+    let got = s.claim_jobs(claim("A", T0 + 2, 5, Some(1))).await.unwrap();
+    let keys: BTreeSet<&str> = got.iter().map(|j| j.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["down.example", "up.example"]),
+        "{got:?}"
+    );
+    s.close().await;
+}
