@@ -10,6 +10,8 @@
 //! - [`config`]: typed, layered configuration (defaults < file < env).
 //! - [`server`]: wires config, store and router; runs until shutdown.
 //! - [`telemetry`]: tracing and Prometheus metrics set-up.
+//! - [`worker`]: the claim → work → finish loop every leased worker runs
+//!   (the flow engine, and jobs of the leased queue through `JobWorker`).
 //!
 //! `src/main.rs` is the CLI and the only place that uses `anyhow`.
 
@@ -21,3 +23,4 @@ pub mod flows;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -170,60 +170,39 @@ impl Engine {
         Ok(Ok(doc))
     }
 
-    /// Runs `workers` loops until `stop` is cancelled; each finishes its
-    /// batch first.
+    /// Runs the engine's loops (`worker::run`) until `stop` is cancelled;
+    /// each finishes its batch first.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut loops = tokio::task::JoinSet::new();
         let workers = match (self.config.workers, self.store.kind()) {
             (0, "postgres") => 4,
             (0, _) => 1,
             (n, _) => n,
         };
-        for _ in 0..workers {
-            loops.spawn(self.clone().work(stop.clone()));
-        }
-        while loops.join_next().await.is_some() {}
+        let loops = crate::worker::Loops {
+            workers,
+            poll: self.config.poll,
+        };
+        let wake = self.wake.clone();
+        crate::worker::run(self, loops, wake, stop).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::worker::LeasedWork for Engine {
+    fn name(&self) -> &str {
+        "engine"
     }
 
-    /// One loop. Store errors are logged and retried after a pause; one bad
-    /// run never stops the loop (it fails alone).
-    async fn work(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            let pause = match self.tick().await {
-                Ok(n) if n > 0 => Duration::ZERO,
-                Ok(_) => self.idle_pause().await,
-                Err(e) => {
-                    tracing::error!(error = %e, "engine: claiming or completing runs failed");
-                    Duration::from_secs(1)
-                }
-            };
-            if pause.is_zero() {
-                // Let the rest of the runtime in between two batches.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
+    async fn tick(&self) -> crate::store::Result<usize> {
+        Engine::tick(self).await
     }
 
-    /// How long to sleep when nothing is due: until the next due run, at most
-    /// the poll interval.
-    async fn idle_pause(&self) -> Duration {
-        let poll = self.config.poll;
-        match self.store.next_due().await {
-            Ok(Some(at)) => {
-                let wait = at.saturating_sub(self.clock.now()).max(1);
-                poll.min(Duration::from_millis(u64::try_from(wait).unwrap_or(1)))
-            }
-            _ => poll,
-        }
+    async fn next_due(&self) -> crate::store::Result<Option<Millis>> {
+        self.store.next_due().await
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now()
     }
 }
 

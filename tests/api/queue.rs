@@ -17,6 +17,7 @@ both_stores!(
     a_retry_waits_for_its_time_and_a_failure_is_final,
     per_key_limits_hold_across_two_processes,
     one_keys_backlog_does_not_hide_another_key,
+    two_job_workers_handle_each_job_once_and_keep_per_key_limits,
 );
 
 const T0: i64 = 1_800_000_000_000;
@@ -318,4 +319,116 @@ async fn one_keys_backlog_does_not_hide_another_key(b: Backend) {
         "{got:?}"
     );
     s.close().await;
+}
+
+/// A handler that counts: every call, and the most calls in progress at
+/// once per key (across both workers, which share it here).
+#[derive(Default)]
+struct Counting {
+    calls: std::sync::Mutex<Vec<(u64, i64)>>,
+    busy: std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>,
+}
+
+struct Handler(std::sync::Arc<Counting>);
+
+#[async_trait::async_trait]
+impl hookflow::worker::JobHandler for Handler {
+    async fn handle(&self, job: &Job) -> JobOutcome {
+        {
+            let mut busy = self.0.busy.lock().unwrap();
+            let e = busy.entry(job.key.clone()).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(e.0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        self.0.busy.lock().unwrap().get_mut(&job.key).unwrap().0 -= 1;
+        let n = job.payload["n"].as_u64().unwrap();
+        self.0.calls.lock().unwrap().push((n, job.attempt));
+        // Even jobs fail their first attempt and are retried shortly.
+        if n.is_multiple_of(2) && job.attempt == 1 {
+            JobOutcome::Retry {
+                due_at: chrono::Utc::now().timestamp_millis() + 50,
+                error: "first attempt".into(),
+            }
+        } else {
+            JobOutcome::Done
+        }
+    }
+}
+
+async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend) {
+    use hookflow::worker::{JobWorker, Loops};
+    use std::sync::Arc;
+    let Some(db) = test_db(b).await else { return };
+    let (a, bb) = (open_store(&db).await, open_store(&db).await);
+    let now = chrono::Utc::now().timestamp_millis();
+    let jobs: Vec<NewJob> = (0..24)
+        .map(|n| job(&format!("endpoint-{}", n % 3), n, now))
+        .collect();
+    let ids_ = a.enqueue_jobs(jobs).await.unwrap();
+    let counting = Arc::new(Counting::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut running = Vec::new();
+    for (name, store) in [("A", a.clone()), ("B", bb.clone())] {
+        let worker = Arc::new(JobWorker {
+            store,
+            clock: Arc::new(hookflow::flows::SystemClock),
+            handler: Handler(counting.clone()),
+            kind: "test".into(),
+            owner: format!("worker-{name}"),
+            lease: std::time::Duration::from_secs(30),
+            batch: 8,
+            per_key: Some(1),
+        });
+        let loops = Loops {
+            workers: 2,
+            poll: std::time::Duration::from_millis(20),
+        };
+        running.push(tokio::spawn(hookflow::worker::run(
+            worker,
+            loops,
+            Arc::new(tokio::sync::Notify::new()),
+            stop.clone(),
+        )));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for id in &ids_ {
+        loop {
+            let rec = a.get_job(id).await.unwrap();
+            if rec.status == JobStatus::Done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job never done: {rec:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    stop.cancel();
+    for r in running {
+        r.await.unwrap();
+    }
+    let mut calls = counting.calls.lock().unwrap().clone();
+    calls.sort_unstable();
+    let expected: Vec<(u64, i64)> = (0..24u64)
+        .flat_map(|n| {
+            if n % 2 == 0 {
+                vec![(n, 1), (n, 2)]
+            } else {
+                vec![(n, 1)]
+            }
+        })
+        .collect();
+    assert_eq!(
+        calls, expected,
+        "each job handled once per attempt, retried once if even"
+    );
+    let busy = counting.busy.lock().unwrap().clone();
+    assert!(
+        busy.values().all(|(_, most)| *most == 1),
+        "per_key 1 held across both workers: {busy:?}"
+    );
+    a.close().await;
+    bb.close().await;
 }
