@@ -152,7 +152,7 @@ pub struct FlowView {
     pub version: i64,
     /// The flow document as saved.
     #[schema(value_type = crate::domain::flow::FlowDoc)]
-    pub document: Value,
+    pub document: std::sync::Arc<crate::domain::flow::FlowDoc>,
     /// Path of the flow's inbound URL (`POST` here with an API key), once the
     /// flow has been activated with an `inbound` trigger.
     pub inbound_url: Option<String>,

@@ -243,6 +243,61 @@ pub struct FlowDoc {
     pub exit_conditions: Vec<Condition>,
 }
 
+impl FlowDoc {
+    /// The trigger's type as stored in `flows.trigger_type`.
+    pub fn trigger_type(&self) -> &'static str {
+        match &self.trigger {
+            Trigger::Inbound { .. } => "inbound",
+            Trigger::Event { .. } => "event",
+            Trigger::ListAdded { .. } => "list_added",
+            Trigger::FieldChanged { .. } => "field_changed",
+            Trigger::Flow => "flow",
+        }
+    }
+
+    /// What the trigger is keyed by (`flows.trigger_key`): the list id,
+    /// event name or field name; `""` for the others.
+    pub fn trigger_key(&self) -> &str {
+        match &self.trigger {
+            Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } => list_id,
+            Trigger::Event { name } => name,
+            Trigger::FieldChanged { field, .. } => field,
+            Trigger::Flow => "",
+        }
+    }
+
+    pub fn is_inbound(&self) -> bool {
+        matches!(self.trigger, Trigger::Inbound { .. })
+    }
+
+    /// Whether inbound calls must be signed (the store then keeps a secret).
+    pub fn signs_inbound(&self) -> bool {
+        matches!(
+            self.trigger,
+            Trigger::Inbound {
+                signature: Some(SignatureScheme::StandardWebhooks),
+                ..
+            }
+        )
+    }
+
+    /// Whether a `field_changed` trigger fires for a change to `new` (any
+    /// change when it names no value). False for other triggers.
+    pub fn field_trigger_fires(&self, new: Option<&Value>) -> bool {
+        match &self.trigger {
+            Trigger::FieldChanged { to: None, .. } => true,
+            Trigger::FieldChanged {
+                to: Some(Value::Null),
+                ..
+            } => true,
+            Trigger::FieldChanged { to: Some(want), .. } => {
+                new.is_some_and(|v| super::condition::values_equal(v, want))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One problem found in a flow document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FlowError {

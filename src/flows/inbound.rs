@@ -43,7 +43,8 @@ impl InboundError {
 pub struct Target {
     pub ws: WorkspaceId,
     pub flow: FlowRecord,
-    pub doc: FlowDoc,
+    /// The flow's document (the same `Arc` as `flow.document`).
+    pub doc: Arc<FlowDoc>,
 }
 
 impl Target {
@@ -73,13 +74,8 @@ pub async fn lookup(
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let doc: FlowDoc = serde_json::from_value(flow.document.clone()).map_err(|e| {
-        StoreError::Internal(format!(
-            "flow {}: stored document does not parse: {e}",
-            flow.id
-        ))
-    })?;
-    if !matches!(doc.trigger, Trigger::Inbound { .. }) {
+    let doc = flow.document.clone();
+    if !doc.is_inbound() {
         return Ok(None);
     }
     let target = Arc::new(Target { ws, flow, doc });
@@ -252,19 +248,20 @@ mod tests {
     use serde_json::json;
 
     fn flow(doc: &Value) -> (FlowRecord, FlowDoc) {
+        let parsed: FlowDoc = serde_json::from_value(doc.clone()).unwrap();
         let record = FlowRecord {
             id: crate::domain::FlowId::generate(),
             name: "F".into(),
             status: FlowStatus::Active,
             version: 3,
-            document: doc.clone(),
+            document: Arc::new(parsed.clone()),
             inbound_token: Some("t".into()),
             inbound_secret: None,
             inbound_secret_new: false,
             created_at: 0,
             updated_at: 0,
         };
-        (record, serde_json::from_value(doc.clone()).unwrap())
+        (record, parsed)
     }
 
     fn stripe_flow() -> Value {

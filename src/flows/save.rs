@@ -74,10 +74,10 @@ async fn check_targets(
             continue;
         };
         let problem = match store.get_flow(ws, &id).await {
-            Ok(f) if f.document["trigger"]["type"] == "flow" => None,
+            Ok(f) if matches!(f.document.trigger, Trigger::Flow) => None,
             Ok(f) => Some(format!(
                 "flow `{flow_id}` is not started by other flows (its trigger is `{}`, not `flow`)",
-                f.document["trigger"]["type"].as_str().unwrap_or("?")
+                f.document.trigger_type()
             )),
             Err(StoreError::NotFound { .. }) => Some(format!("flow `{flow_id}` does not exist")),
             Err(e) => return Err(e),
@@ -174,7 +174,7 @@ pub async fn apply(
 ) -> Result<(FlowRecord, Applied), StoreError> {
     let name = doc.name.trim();
     match store.flow_by_name(ws, name).await {
-        Ok(existing) if existing.document == value => Ok((existing, Applied::Unchanged)),
+        Ok(existing) if *existing.document == *doc => Ok((existing, Applied::Unchanged)),
         Ok(existing) => Ok((
             store.update_flow(ws, &existing.id, name, value).await?,
             Applied::Updated,

@@ -210,8 +210,8 @@ pub struct FlowRecord {
     pub name: String,
     pub status: FlowStatus,
     pub version: i64,
-    /// The validated flow document (a `domain::flow::FlowDoc` as JSON).
-    pub document: Value,
+    /// The validated flow document, parsed once when read.
+    pub document: std::sync::Arc<crate::domain::flow::FlowDoc>,
     /// The secret of the flow's inbound URL, once it has been activated with
     /// an inbound trigger.
     pub inbound_token: Option<String>,
@@ -229,7 +229,7 @@ impl FlowRecord {
     /// Whether the current document's trigger is an inbound call (the flow
     /// then has, or gets on activation, an inbound URL).
     pub fn is_inbound(&self) -> bool {
-        self.document["trigger"]["type"] == "inbound"
+        self.document.is_inbound()
     }
 }
 

@@ -118,13 +118,6 @@ pub fn workspace_name_taken(name: &str) -> StoreError {
     }
 }
 
-/// Whether a flow document asks for signed inbound calls: the store then
-/// keeps a signing secret for the flow.
-pub fn signs_inbound(document: &serde_json::Value) -> bool {
-    let t = &document["trigger"];
-    t["type"] == "inbound" && t["signature"] == "standard_webhooks"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! them, and events. Plus the pure rules both stores share for indexing flows
 //! by trigger and for starting runs from a trigger.
 
+use crate::domain::flow::FlowDoc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -217,15 +218,18 @@ pub struct EventRecorded {
 
 /// The trigger columns of a flow, derived from its document: type and key
 /// (list id, event name or field name).
-pub fn trigger_index(document: &Value) -> (String, String) {
-    let t = &document["trigger"];
-    let kind = t["type"].as_str().unwrap_or_default().to_owned();
-    let key = ["list_id", "name", "field"]
-        .iter()
-        .find_map(|k| t[*k].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    (kind, key)
+pub fn trigger_index(doc: &FlowDoc) -> (&'static str, &str) {
+    (doc.trigger_type(), doc.trigger_key())
+}
+
+/// A flow document handed to the store for saving, parsed (it was
+/// validated by `flows::save`; a caller that skipped that learns here).
+pub fn parse_doc(document: &Value) -> super::Result<FlowDoc> {
+    serde_json::from_value(document.clone()).map_err(|e| super::StoreError::Invalid {
+        code: "invalid_flow",
+        field: ".".into(),
+        message: format!("the flow document does not parse: {e}"),
+    })
 }
 
 /// How to start a run of a flow found by its trigger.
@@ -238,22 +242,12 @@ pub struct EntryPlan {
 
 impl EntryPlan {
     /// From a stored (validated) document; `None` if it has no steps.
-    pub fn of(document: &Value) -> Option<Self> {
+    pub fn of(doc: &FlowDoc) -> Option<Self> {
         Some(Self {
-            first_step: document["steps"][0]["id"].as_str()?.to_owned(),
-            repeat: document["repeat"].as_bool().unwrap_or(false),
-            has_exits: document["exit_conditions"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty()),
+            first_step: doc.steps.first()?.id.clone(),
+            repeat: doc.repeat,
+            has_exits: !doc.exit_conditions.is_empty(),
         })
-    }
-}
-
-/// Whether a `field_changed` trigger (document) fires for a change to `new`.
-pub fn field_trigger_fires(document: &Value, new: Option<&Value>) -> bool {
-    match document["trigger"].get("to") {
-        None | Some(Value::Null) => true,
-        Some(want) => new.is_some_and(|v| crate::domain::condition::values_equal(v, want)),
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
 use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
-use crate::store::run::{EntryPlan, field_trigger_fires, resume_payload, run_finished};
+use crate::store::run::{EntryPlan, resume_payload, run_finished};
 use crate::store::{
     AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
     EventRecorded, FlowStatus, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord,
@@ -109,7 +109,7 @@ async fn triggered_flows(
     ws: &WorkspaceId,
     kind: &str,
     key: &str,
-) -> Result<Vec<(FlowId, i64, Value)>> {
+) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
     let rows = sqlx::query(
         "SELECT f.id, f.current_version, v.document FROM flows f
          JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version
@@ -126,7 +126,8 @@ async fn triggered_flows(
             Ok((
                 FlowId::from_trusted(r.try_get("id").map_err(internal)?),
                 i64::from(r.try_get::<i32, _>("current_version").map_err(internal)?),
-                r.try_get("document").map_err(internal)?,
+                serde_json::from_value(r.try_get("document").map_err(internal)?)
+                    .map_err(|e| StoreError::Internal(format!("flow_versions.document: {e}")))?,
             ))
         })
         .collect()
@@ -190,7 +191,7 @@ pub async fn contact_changed(
         }
         for (field, value) in &change.changed_fields {
             for (flow, version, doc) in triggered_flows(c, ws, "field_changed", field).await? {
-                if !field_trigger_fires(&doc, value.as_ref()) {
+                if !doc.field_trigger_fires(value.as_ref()) {
                     continue;
                 }
                 let data = serde_json::json!({ "field": field, "value": value });
@@ -528,7 +529,7 @@ async fn apply_effect(
         Effect::StartFlow { flow, event_data } => {
             let target = flows::get(c, ws, flow).await?;
             if target.status == FlowStatus::Active
-                && target.document["trigger"]["type"] == "flow"
+                && matches!(target.document.trigger, crate::domain::flow::Trigger::Flow)
                 && let Some(plan) = EntryPlan::of(&target.document)
             {
                 let _ =

@@ -21,7 +21,10 @@ fn row(r: &PgRow) -> Result<FlowRecord> {
         name: r.try_get("name").map_err(internal)?,
         status: FlowStatus::decode(&status)?,
         version: i64::from(r.try_get::<i32, _>("current_version").map_err(internal)?),
-        document: r.try_get("document").map_err(internal)?,
+        document: std::sync::Arc::new(
+            serde_json::from_value(r.try_get("document").map_err(internal)?)
+                .map_err(|e| StoreError::Internal(format!("flow_versions.document: {e}")))?,
+        ),
         inbound_token: r.try_get("inbound_token").map_err(internal)?,
         inbound_secret: r
             .try_get::<Option<String>, _>("inbound_secret")
@@ -99,7 +102,8 @@ pub async fn create(
     document: &Value,
 ) -> Result<FlowId> {
     let id = FlowId::generate();
-    let (kind, key) = trigger_index(document);
+    let doc = crate::store::run::parse_doc(document)?;
+    let (kind, key) = trigger_index(&doc);
     sqlx::query(
         "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at, trigger_type, trigger_key)
          VALUES ($1, $2, $3, 'draft', 1, $4, $4, $5, $6)",
@@ -136,7 +140,8 @@ pub async fn update(
     .ok_or_else(|| StoreError::not_found("flow", id))?;
     let next = i64::from(version) + 1;
     insert_version(c, id, next, document).await?;
-    let (kind, key) = trigger_index(document);
+    let doc = crate::store::run::parse_doc(document)?;
+    let (kind, key) = trigger_index(&doc);
     sqlx::query("UPDATE flows SET name = $3, current_version = $4, updated_at = $5, trigger_type = $6, trigger_key = $7 WHERE workspace_id = $1 AND id = $2")
         .bind(ws.as_str())
         .bind(id.as_str())
@@ -212,7 +217,7 @@ pub async fn get_with_secret(
     replace: bool,
 ) -> Result<FlowRecord> {
     let flow = get(c, ws, id).await?;
-    if !plan::signs_inbound(&flow.document) {
+    if !flow.document.signs_inbound() {
         return Ok(flow);
     }
     let secret = SigningSecret::generate();

@@ -11,7 +11,7 @@ use super::{internal, queries as q};
 use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
-use crate::store::run::{EntryPlan, field_trigger_fires};
+use crate::store::run::EntryPlan;
 use crate::store::{
     AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
     EventRecorded, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
@@ -94,7 +94,7 @@ fn triggered_flows(
     ws: &WorkspaceId,
     kind: &str,
     key: &str,
-) -> Result<Vec<(FlowId, i64, Value)>> {
+) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
     let mut s = conn
         .prepare_cached(
             "SELECT f.id, f.current_version, v.document FROM flows f
@@ -159,7 +159,7 @@ pub fn contact_changed(
         }
         for (field, value) in &change.changed_fields {
             for (flow, version, doc) in triggered_flows(conn, ws, "field_changed", field)? {
-                if !field_trigger_fires(&doc, value.as_ref()) {
+                if !doc.field_trigger_fires(value.as_ref()) {
                     continue;
                 }
                 let data = serde_json::json!({ "field": field, "value": value });
@@ -430,7 +430,7 @@ fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Milli
         Effect::StartFlow { flow, event_data } => {
             let target = super::flows::get(conn, ws, flow)?;
             if target.status == crate::store::FlowStatus::Active
-                && target.document["trigger"]["type"] == "flow"
+                && matches!(target.document.trigger, crate::domain::flow::Trigger::Flow)
                 && let Some(plan) = EntryPlan::of(&target.document)
             {
                 let _ = start_run(

@@ -18,7 +18,7 @@ fn row(r: &Row) -> rusqlite::Result<FlowRecord> {
         name: r.get(1)?,
         status: super::stored(r, 2)?,
         version: r.get(3)?,
-        document: super::json(r, 4)?,
+        document: std::sync::Arc::new(super::json(r, 4)?),
         inbound_token: r.get(5)?,
         inbound_secret: r
             .get::<_, Option<String>>(8)?
@@ -70,7 +70,8 @@ pub fn create(conn: &Connection, ws: &WorkspaceId, name: &str, document: &Value)
     super::cache::flows_changed();
     let id = FlowId::generate();
     let now = now_millis();
-    let (kind, key) = trigger_index(document);
+    let doc = crate::store::run::parse_doc(document)?;
+    let (kind, key) = trigger_index(&doc);
     conn.prepare_cached(
         "INSERT INTO flows (id, workspace_id, name, status, current_version, created_at, updated_at, trigger_type, trigger_key)
          VALUES (?1, ?2, ?3, 'draft', 1, ?4, ?4, ?5, ?6)",
@@ -92,7 +93,8 @@ pub fn update(
     let current = get(conn, ws, id)?;
     let version = current.version + 1;
     insert_version(conn, id, version, document)?;
-    let (kind, key) = trigger_index(document);
+    let doc = crate::store::run::parse_doc(document)?;
+    let (kind, key) = trigger_index(&doc);
     conn.prepare_cached("UPDATE flows SET name = ?3, current_version = ?4, updated_at = ?5, trigger_type = ?6, trigger_key = ?7 WHERE workspace_id = ?1 AND id = ?2")
         .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), name, version, now_millis(), kind, key]))
         .map_err(|e| if is_unique_violation(&e) { plan::flow_name_taken(name) } else { internal(e) })?;
@@ -143,7 +145,7 @@ pub fn get_with_secret(
     replace: bool,
 ) -> Result<FlowRecord> {
     let flow = get(conn, ws, id)?;
-    if !plan::signs_inbound(&flow.document) {
+    if !flow.document.signs_inbound() {
         return Ok(flow);
     }
     let secret = SigningSecret::generate();
