@@ -19,11 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::exec;
+use super::records::{AdvanceOutcome, ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, Millis};
-use crate::store::{
-    AdvanceOutcome, ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord, Store, StoreError,
-};
+use crate::store::{Store, StoreError};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {

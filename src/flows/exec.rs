@@ -5,11 +5,11 @@
 
 use serde_json::{Value, json};
 
+use super::records::{ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
 use super::steps::{self, Outcome, StepCtx, Wake};
 use crate::domain::Millis;
 use crate::domain::condition::holds;
 use crate::domain::flow::{FlowDoc, StepKind};
-use crate::store::{ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
 
 /// Most steps one claim executes for a run before handing it back as due
 /// (a guard: validation already refuses loops without a wait).

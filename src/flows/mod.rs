@@ -11,6 +11,7 @@ pub mod exec;
 pub mod file;
 pub mod inbound;
 pub mod inbound_log;
+pub mod records;
 pub mod save;
 pub mod steps;
 

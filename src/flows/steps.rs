@@ -9,10 +9,11 @@ use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
+use super::records::{Effect, RunStatus};
 use crate::domain::condition::{Subject, matches};
 use crate::domain::flow::{StepKind, Wait, parse_duration};
 use crate::domain::{FlowId, ListId, Millis};
-use crate::store::{ContactRecord, Effect, RunStatus};
+use crate::store::ContactRecord;
 
 /// How a waiting run was woken, given to the wait step it waits in.
 #[derive(Clone, Debug, PartialEq)]
