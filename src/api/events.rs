@@ -22,9 +22,6 @@ use crate::store::{EventIn, EventRecorded};
 pub const MAX_BULK: usize = 10_000;
 /// Largest bulk body: room for `MAX_BULK` events of ~1.6 KiB each.
 pub const MAX_BULK_BYTES: usize = 16 * 1024 * 1024;
-/// Events per store transaction within a bulk request, so other writes
-/// are not held up behind one large batch.
-const CHUNK: usize = 500;
 
 /// An event.
 #[derive(Deserialize, ToSchema)]
@@ -282,8 +279,10 @@ pub async fn record_events_bulk(
     let mut woke = false;
     let mut failed: Option<ErrorDetail> = None;
     let mut pending = valid.into_iter().peekable();
+    // The store decides how many events one write may carry.
+    let chunk = state.store.events_per_write().max(1);
     while pending.peek().is_some() {
-        let (indexes, events): (Vec<usize>, Vec<EventIn>) = pending.by_ref().take(CHUNK).unzip();
+        let (indexes, events): (Vec<usize>, Vec<EventIn>) = pending.by_ref().take(chunk).unzip();
         // Chunks before a store failure are committed: their events stay
         // accepted, and this one and the rest are reported as not recorded,
         // so a retry resends exactly those.

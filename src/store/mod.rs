@@ -508,6 +508,12 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<EventIn>,
         now: Millis,
     ) -> Result<Vec<Result<EventRecorded>>>;
+    /// Most events one `record_events` call should carry, so that one bulk
+    /// upload does not hold other writes up behind one long transaction
+    /// (the store knows how long its transactions may be).
+    fn events_per_write(&self) -> usize {
+        500
+    }
 
     /// Appends calls to their flows' inbound-call logs (calls of flows
     /// deleted since are skipped), then trims each flow's log to its newest
