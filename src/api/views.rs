@@ -254,7 +254,7 @@ impl From<crate::store::RunRecord> for RunView {
             contact_id: r.contact_id.to_string(),
             status: r.status,
             step: r.step,
-            end_reason: r.end_reason,
+            end_reason: r.end_reason.map(|e| e.as_str().to_owned()),
             event_data: r.event_data,
             due_at: r.due_at.map(millis_to_rfc3339),
             waiting_for_event: if r.status == crate::store::RunStatus::Waiting {
@@ -296,7 +296,7 @@ impl From<crate::store::StepRecord> for StepView {
             kind: s.kind,
             at: millis_to_rfc3339(s.at),
             input: s.input,
-            outcome: s.outcome,
+            outcome: s.outcome.as_str().to_owned(),
             detail: s.detail,
             error: s.error,
         }

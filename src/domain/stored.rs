@@ -86,6 +86,8 @@ macro_rules! stored_enum {
 mod tests {
     use super::*;
     use crate::domain::{ContactStatus, FieldType, MembershipStatus, Scope};
+    use crate::flows::records::{EndReason, StepOutcome};
+    use crate::store::entry::EntryRefusal;
     use crate::store::{FlowStatus, RunStatus};
 
     fn texts<T: Stored>() -> Vec<&'static str> {
@@ -118,6 +120,41 @@ mod tests {
             texts::<FieldType>(),
             ["text", "number", "date", "boolean", "enum"]
         );
+        assert_eq!(
+            texts::<StepOutcome>(),
+            [
+                "next",
+                "yes",
+                "no",
+                "waiting",
+                "resumed",
+                "passed",
+                "event",
+                "timeout",
+                "goal",
+                "exit_step",
+                "exit_condition",
+                "failed",
+                "completed",
+                "cancelled"
+            ]
+        );
+        assert_eq!(
+            texts::<EndReason>(),
+            [
+                "completed",
+                "goal",
+                "exit_step",
+                "exit_condition",
+                "failed",
+                "cancelled"
+            ]
+        );
+        assert_eq!(texts::<EntryRefusal>(), ["already_entered", "run_active"]);
+        // A run's end reason is also its last step's outcome.
+        for r in EndReason::ALL {
+            assert_eq!(StepOutcome::from(*r).as_str(), r.as_str());
+        }
     }
 
     fn round_trips<T>()
@@ -142,5 +179,7 @@ mod tests {
         round_trips::<MembershipStatus>();
         round_trips::<Scope>();
         round_trips::<FieldType>();
+        round_trips::<StepOutcome>();
+        round_trips::<EndReason>();
     }
 }

@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::exec;
-use super::records::{AdvanceOutcome, ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
+use super::records::{
+    AdvanceOutcome, ClaimedRun, EndReason, RunAdvance, RunEnd, RunStatus, StepOutcome, StepRecord,
+};
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, Millis};
 use crate::store::{Store, StoreError};
@@ -219,14 +221,14 @@ fn broken(run: ClaimedRun, now: Millis, error: String) -> RunAdvance {
             kind: "unknown".into(),
             at: now,
             input: Value::Null,
-            outcome: "failed".into(),
+            outcome: StepOutcome::Failed,
             detail: Value::Null,
             error: Some(error),
         }],
         effects: Vec::new(),
         end: RunEnd::Finished {
             status: RunStatus::Failed,
-            reason: "failed",
+            reason: EndReason::Failed,
             step: Some(step),
         },
         event_data: None,

@@ -5,7 +5,9 @@
 
 use serde_json::{Value, json};
 
-use super::records::{ClaimedRun, RunAdvance, RunEnd, RunStatus, StepRecord};
+use super::records::{
+    ClaimedRun, EndReason, RunAdvance, RunEnd, RunStatus, StepOutcome, StepRecord,
+};
 use super::steps::{self, Outcome, StepCtx, Wake};
 use crate::domain::Millis;
 use crate::domain::condition::holds;
@@ -66,7 +68,7 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
     let mut end = None;
     for _ in 0..STEP_BUDGET {
         let Some(step_id) = current.clone() else {
-            end = Some(finish(RunStatus::Completed, "completed", None));
+            end = Some(finish(RunStatus::Completed, EndReason::Completed, None));
             break;
         };
         let Some(step) = doc.steps.iter().find(|s| s.id == step_id) else {
@@ -75,11 +77,11 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
                 "unknown",
                 now,
                 Value::Null,
-                "failed",
+                StepOutcome::Failed,
                 Value::Null,
                 Some(format!("the flow version has no step `{step_id}`")),
             ));
-            end = Some(finish(RunStatus::Failed, "failed", Some(step_id)));
+            end = Some(finish(RunStatus::Failed, EndReason::Failed, Some(step_id)));
             break;
         };
         let kind = kind_name(&step.kind);
@@ -98,11 +100,15 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
                 kind,
                 now,
                 input,
-                "exit_condition",
+                StepOutcome::ExitCondition,
                 json!({ "condition": c }),
                 None,
             ));
-            end = Some(finish(RunStatus::Exited, "exit_condition", Some(step_id)));
+            end = Some(finish(
+                RunStatus::Exited,
+                EndReason::ExitCondition,
+                Some(step_id),
+            ));
             break;
         }
         let mut ctx = StepCtx {
@@ -132,11 +138,11 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
                     kind,
                     now,
                     input,
-                    "failed",
+                    StepOutcome::Failed,
                     detail,
                     Some(error),
                 ));
-                end = Some(finish(RunStatus::Failed, "failed", Some(step_id)));
+                end = Some(finish(RunStatus::Failed, EndReason::Failed, Some(step_id)));
                 break;
             }
             Ok(Outcome::Next { to, label }) => {
@@ -149,7 +155,15 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
                 fresh,
             }) => {
                 if fresh {
-                    history.push(record(&step_id, kind, now, input, "waiting", detail, None));
+                    history.push(record(
+                        &step_id,
+                        kind,
+                        now,
+                        input,
+                        StepOutcome::Waiting,
+                        detail,
+                        None,
+                    ));
                 }
                 end = Some(RunEnd::Waiting {
                     step: step_id,
@@ -159,7 +173,15 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
                 break;
             }
             Ok(Outcome::End { status, reason }) => {
-                history.push(record(&step_id, kind, now, input, reason, detail, None));
+                history.push(record(
+                    &step_id,
+                    kind,
+                    now,
+                    input,
+                    reason.into(),
+                    detail,
+                    None,
+                ));
                 end = Some(finish(status, reason, Some(step_id)));
                 break;
             }
@@ -167,7 +189,7 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
     }
     let end = end.unwrap_or_else(|| match current {
         Some(step) => RunEnd::Due { step },
-        None => finish(RunStatus::Completed, "completed", None),
+        None => finish(RunStatus::Completed, EndReason::Completed, None),
     });
     RunAdvance {
         run_id: id,
@@ -187,7 +209,7 @@ fn record(
     kind: &str,
     at: Millis,
     input: Value,
-    outcome: &str,
+    outcome: StepOutcome,
     detail: Value,
     error: Option<String>,
 ) -> StepRecord {
@@ -196,7 +218,7 @@ fn record(
         kind: kind.to_owned(),
         at,
         input,
-        outcome: outcome.to_owned(),
+        outcome,
         detail,
         error,
     }

@@ -47,9 +47,7 @@ pub struct StepRecord {
     pub at: Millis,
     /// The step's settings and what it read.
     pub input: Value,
-    /// `next`, `yes`, `no`, `waiting`, `resumed`, `event`, `timeout`, `goal`,
-    /// `exit_step`, `exit_condition`, `failed`, `passed`, …
-    pub outcome: String,
+    pub outcome: StepOutcome,
     pub detail: Value,
     pub error: Option<String>,
 }
@@ -105,7 +103,7 @@ pub enum RunEnd {
     Due { step: String },
     Finished {
         status: RunStatus,
-        reason: &'static str,
+        reason: EndReason,
         step: Option<String>,
     },
 }
@@ -141,4 +139,76 @@ pub enum AdvanceOutcome {
         step: String,
         error: String,
     },
+}
+
+/// What a step's execution came to, as its history row says (FL-6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    Next,
+    Yes,
+    No,
+    Waiting,
+    Resumed,
+    Passed,
+    Event,
+    Timeout,
+    Goal,
+    ExitStep,
+    ExitCondition,
+    Failed,
+    Completed,
+    Cancelled,
+}
+
+crate::stored_enum!(StepOutcome, "step outcome", {
+    Next => "next",
+    Yes => "yes",
+    No => "no",
+    Waiting => "waiting",
+    Resumed => "resumed",
+    Passed => "passed",
+    Event => "event",
+    Timeout => "timeout",
+    Goal => "goal",
+    ExitStep => "exit_step",
+    ExitCondition => "exit_condition",
+    Failed => "failed",
+    Completed => "completed",
+    Cancelled => "cancelled",
+});
+
+/// Why a finished run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Completed,
+    Goal,
+    ExitStep,
+    ExitCondition,
+    Failed,
+    Cancelled,
+}
+
+crate::stored_enum!(EndReason, "end reason", {
+    Completed => "completed",
+    Goal => "goal",
+    ExitStep => "exit_step",
+    ExitCondition => "exit_condition",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+impl From<EndReason> for StepOutcome {
+    /// The history row of the step that ended a run says why.
+    fn from(r: EndReason) -> Self {
+        match r {
+            EndReason::Completed => Self::Completed,
+            EndReason::Goal => Self::Goal,
+            EndReason::ExitStep => Self::ExitStep,
+            EndReason::ExitCondition => Self::ExitCondition,
+            EndReason::Failed => Self::Failed,
+            EndReason::Cancelled => Self::Cancelled,
+        }
+    }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
-use super::records::{Effect, RunStatus};
+use super::records::{Effect, EndReason, RunStatus, StepOutcome};
 use crate::domain::condition::{Subject, matches};
 use crate::domain::flow::{StepKind, Wait, parse_duration};
 use crate::domain::{FlowId, ListId, Millis};
@@ -34,7 +34,7 @@ pub enum Outcome {
     /// the history's outcome (`next`, `yes`, `no`, `event`, `timeout`…).
     Next {
         to: Option<String>,
-        label: &'static str,
+        label: StepOutcome,
     },
     /// Wait until the time (or the event); `fresh` is false when the run was
     /// woken early and goes back to the same wait (no history row then).
@@ -46,7 +46,7 @@ pub enum Outcome {
     /// Finish the run.
     End {
         status: RunStatus,
-        reason: &'static str,
+        reason: EndReason,
     },
 }
 
@@ -101,7 +101,7 @@ pub fn subject<'a>(
 pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
     let next = |to: &Option<String>| Outcome::Next {
         to: to.clone(),
-        label: "next",
+        label: StepOutcome::Next,
     };
     Ok(match kind {
         StepKind::Wait(w) => wait(w, wake, ctx)?,
@@ -113,7 +113,11 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
         } => {
             let lists: Vec<String> = ctx.lists.iter().map(|l| l.to_string()).collect();
             let holds = matches(conditions, *r#match, &ctx.subject(&lists));
-            let (to, label) = if holds { (yes, "yes") } else { (no, "no") };
+            let (to, label) = if holds {
+                (yes, StepOutcome::Yes)
+            } else {
+                (no, StepOutcome::No)
+            };
             Outcome::Next {
                 to: Some(to.clone()),
                 label,
@@ -157,11 +161,11 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
             match n {
                 Some(_) => Outcome::Next {
                     to: n.clone(),
-                    label: "goal",
+                    label: StepOutcome::Goal,
                 },
                 None => Outcome::End {
                     status: RunStatus::Completed,
-                    reason: "goal",
+                    reason: EndReason::Goal,
                 },
             }
         }
@@ -175,7 +179,7 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
         }
         StepKind::Exit {} => Outcome::End {
             status: RunStatus::Exited,
-            reason: "exit_step",
+            reason: EndReason::ExitStep,
         },
     })
 }
@@ -201,19 +205,19 @@ fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
                 ctx.detail = json!({ "event": ev });
                 return Ok(Outcome::Next {
                     to: w.on_event.clone(),
-                    label: "event",
+                    label: StepOutcome::Event,
                 });
             }
             if now >= wait_until {
                 return Ok(Outcome::Next {
                     to: w.on_timeout.clone(),
-                    label: "timeout",
+                    label: StepOutcome::Timeout,
                 });
             }
         } else if now >= wait_until {
             return Ok(Outcome::Next {
                 to: w.next.clone(),
-                label: "resumed",
+                label: StepOutcome::Resumed,
             });
         }
         // Woken early (a contact change asked for an exit check): keep waiting.
@@ -233,7 +237,7 @@ fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
             ctx.detail = json!({ "until": u, "passed": true });
             return Ok(Outcome::Next {
                 to: w.next.clone(),
-                label: "passed",
+                label: StepOutcome::Passed,
             });
         }
         t

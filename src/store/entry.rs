@@ -2,14 +2,28 @@
 
 use super::{EntryRequest, EntryResult, FlowStatus, StoreError};
 
+/// Why a contact's entry started no run (the answer's `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryRefusal {
+    /// The flow does not repeat and the contact went through it before.
+    AlreadyEntered,
+    /// A run of the contact in this flow is unfinished.
+    RunActive,
+}
+
+crate::stored_enum!(EntryRefusal, "entry refusal", {
+    AlreadyEntered => "already_entered",
+    RunActive => "run_active",
+});
+
 /// Whether a new run may start, given what the store found (FL-3): without
 /// `repeat` a contact enters a flow at most once, ever; with it, never while
 /// a run of theirs in that flow is unfinished.
-pub fn run_decision(repeat: bool, any_run: bool, active_run: bool) -> Option<&'static str> {
+pub fn run_decision(repeat: bool, any_run: bool, active_run: bool) -> Option<EntryRefusal> {
     if !repeat && any_run {
-        Some("already_entered")
+        Some(EntryRefusal::AlreadyEntered)
     } else if active_run {
-        Some("run_active")
+        Some(EntryRefusal::RunActive)
     } else {
         None
     }
@@ -58,8 +72,14 @@ mod tests {
     #[test]
     fn repeat_rules() {
         assert_eq!(run_decision(false, false, false), None);
-        assert_eq!(run_decision(false, true, false), Some("already_entered"));
+        assert_eq!(
+            run_decision(false, true, false),
+            Some(EntryRefusal::AlreadyEntered)
+        );
         assert_eq!(run_decision(true, true, false), None);
-        assert_eq!(run_decision(true, true, true), Some("run_active"));
+        assert_eq!(
+            run_decision(true, true, true),
+            Some(EntryRefusal::RunActive)
+        );
     }
 }

@@ -24,7 +24,7 @@ pub struct RunRecord {
     pub step: Option<String>,
     /// Why a finished run ended: `completed`, `goal`, `exit_step`,
     /// `exit_condition`, `failed` or `cancelled`.
-    pub end_reason: Option<String>,
+    pub end_reason: Option<crate::flows::records::EndReason>,
     pub event_data: Value,
     pub due_at: Option<Millis>,
     pub wait_event: Option<String>,
@@ -185,12 +185,12 @@ pub fn fail_at(adv: &mut RunAdvance, index: usize, error: String) -> AdvanceOutc
         .map(|h| h.step.clone())
         .unwrap_or_default();
     if let Some(last) = adv.history.last_mut() {
-        last.outcome = "failed".into();
+        last.outcome = crate::flows::records::StepOutcome::Failed;
         last.error = Some(error.clone());
     }
     adv.end = RunEnd::Finished {
         status: RunStatus::Failed,
-        reason: "failed",
+        reason: crate::flows::records::EndReason::Failed,
         step: Some(step.clone()),
     };
     AdvanceOutcome::Failed { step, error }
@@ -203,7 +203,7 @@ pub struct RunMove<'a> {
     pub due_at: Option<Millis>,
     pub wait_until: Option<Millis>,
     pub wait_event: Option<&'a str>,
-    pub reason: Option<&'static str>,
+    pub reason: Option<crate::flows::records::EndReason>,
     pub finished_at: Option<Millis>,
     pub step_count: i64,
 }
@@ -246,7 +246,7 @@ impl<'a> RunMove<'a> {
                 due_at: None,
                 wait_until: None,
                 wait_event: None,
-                reason: Some(reason),
+                reason: Some(*reason),
                 finished_at: Some(now),
                 step_count,
             },

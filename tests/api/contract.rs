@@ -972,14 +972,14 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
             kind: "exit".into(),
             at: now,
             input: json!({}),
-            outcome: "exit_step".into(),
+            outcome: hookflow::flows::records::StepOutcome::ExitStep,
             detail: json!(null),
             error: None,
         }],
         effects: vec![],
         end: RunEnd::Finished {
             status: RunStatus::Exited,
-            reason: "exit_step",
+            reason: hookflow::flows::records::EndReason::ExitStep,
             step: Some("x".into()),
         },
         event_data: None,
@@ -997,7 +997,7 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
     assert_eq!(ok, vec![AdvanceOutcome::Applied]);
     let (run, history) = s.get_run(&ws, &b_claim[0].id).await.unwrap();
     assert_eq!(
-        (run.status, run.end_reason.as_deref()),
+        (run.status, run.end_reason.map(|r| r.as_str())),
         (RunStatus::Exited, Some("exit_step"))
     );
     assert_eq!(history.len(), 1, "the refused completion wrote nothing");

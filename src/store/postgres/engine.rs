@@ -56,7 +56,7 @@ pub async fn start_run(
     contact: &ContactId,
     event_data: &Value,
     now: Millis,
-) -> Result<std::result::Result<RunId, &'static str>> {
+) -> Result<std::result::Result<RunId, crate::store::entry::EntryRefusal>> {
     let row = sqlx::query(
         "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
          FROM runs WHERE flow_id = $1 AND contact_id = $2",
@@ -99,7 +99,7 @@ pub async fn start_run(
     .map_err(internal)?
     .rows_affected();
     if inserted == 0 {
-        return Ok(Err("run_active"));
+        return Ok(Err(crate::store::entry::EntryRefusal::RunActive));
     }
     Ok(Ok(id))
 }
@@ -433,7 +433,7 @@ async fn complete_one(
         history.kind.push(h.kind.clone());
         history.at.push(h.at);
         history.input.push(h.input.clone());
-        history.outcome.push(h.outcome.clone());
+        history.outcome.push(h.outcome.as_str().to_owned());
         history.detail.push(h.detail.clone());
         history.error.push(h.error.clone());
     }
@@ -453,7 +453,7 @@ async fn complete_one(
     .bind(m.due_at)
     .bind(m.wait_until)
     .bind(m.wait_event)
-    .bind(m.reason)
+    .bind(m.reason.map(|r| r.as_str()))
     .bind(m.finished_at)
     .bind(m.step_count)
     .bind(adv.consumed_event)
@@ -554,7 +554,11 @@ fn run_row(r: &PgRow) -> Result<RunRecord> {
         contact_id: ContactId::from_trusted(r.try_get("contact_id").map_err(internal)?),
         status,
         step: r.try_get("step").map_err(internal)?,
-        end_reason: r.try_get("end_reason").map_err(internal)?,
+        end_reason: r
+            .try_get::<Option<String>, _>("end_reason")
+            .map_err(internal)?
+            .map(|e| crate::flows::records::EndReason::decode(&e))
+            .transpose()?,
         event_data: r.try_get("event_data").map_err(internal)?,
         due_at: if status.is_finished() {
             None
@@ -635,7 +639,9 @@ pub async fn history(c: &mut PgConnection, id: &RunId) -> Result<Vec<StepRecord>
                 kind: r.try_get("type").map_err(internal)?,
                 at: r.try_get("at").map_err(internal)?,
                 input: r.try_get("input").map_err(internal)?,
-                outcome: r.try_get("outcome").map_err(internal)?,
+                outcome: crate::flows::records::StepOutcome::decode(
+                    &r.try_get::<String, _>("outcome").map_err(internal)?,
+                )?,
                 detail: r.try_get("detail").map_err(internal)?,
                 error: r.try_get("error").map_err(internal)?,
             })

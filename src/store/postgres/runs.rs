@@ -81,7 +81,7 @@ pub async fn enter(
     let result = EntryResult {
         contact_id: up.contact.id.to_string(),
         run_id,
-        not_started: not_started.map(str::to_owned),
+        not_started: not_started.map(|r| r.as_str().to_owned()),
     };
     if let Some((key, hash)) = &req.idempotency {
         sqlx::query("INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")

@@ -58,7 +58,7 @@ pub fn start_run(
     contact: &ContactId,
     event_data: &Value,
     now: Millis,
-) -> Result<std::result::Result<RunId, &'static str>> {
+) -> Result<std::result::Result<RunId, crate::store::entry::EntryRefusal>> {
     let (any_run, active_run): (bool, bool) = conn
         .prepare_cached(
             "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
@@ -464,7 +464,7 @@ fn write_history(conn: &Connection, adv: &RunAdvance, json: &[(String, String)])
             h.kind,
             h.at,
             input,
-            h.outcome,
+            h.outcome.as_str(),
             detail,
             h.error
         ])
@@ -489,7 +489,7 @@ fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
     )
     .and_then(|mut s| {
         s.execute(params![adv.run_id.as_str(), m.status.as_str(), m.step, m.due_at, m.wait_until,
-            m.wait_event, m.reason, m.finished_at, m.step_count, adv.consumed_event, now, data])
+            m.wait_event, m.reason.map(|r| r.as_str()), m.finished_at, m.step_count, adv.consumed_event, now, data])
     })
     .map_err(internal)?;
     Ok(())
@@ -508,7 +508,18 @@ fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
         contact_id: ContactId::from_trusted(r.get(3)?),
         status,
         step: r.get(5)?,
-        end_reason: r.get(6)?,
+        end_reason: r
+            .get::<_, Option<String>>(6)?
+            .map(|e| {
+                crate::flows::records::EndReason::decode(&e).map_err(|err| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        6,
+                        rusqlite::types::Type::Text,
+                        Box::new(err),
+                    )
+                })
+            })
+            .transpose()?,
         event_data: super::json(r, 7)?,
         due_at: if status.is_finished() {
             None
@@ -582,7 +593,7 @@ pub fn history(conn: &Connection, id: &RunId) -> Result<Vec<StepRecord>> {
                 kind: r.get(1)?,
                 at: r.get(2)?,
                 input: super::json(r, 3)?,
-                outcome: r.get(4)?,
+                outcome: super::stored(r, 4)?,
                 detail: super::json(r, 5)?,
                 error: r.get(6)?,
             })

@@ -73,7 +73,7 @@ pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<
     let result = EntryResult {
         contact_id: up.contact.id.to_string(),
         run_id,
-        not_started: not_started.map(str::to_owned),
+        not_started: not_started.map(|r| r.as_str().to_owned()),
     };
     if let Some((key, hash)) = &req.idempotency {
         let response =
