@@ -762,18 +762,23 @@ async fn crash_flow(base: &str, key: &str) -> String {
 /// of the crash flow exactly once and applied its field change.
 async fn expect_completed_once(base: &str, key: &str, runs: &[(String, String)], within: Duration) {
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + within;
-    for (run, contact) in runs {
-        let r: serde_json::Value = loop {
-            let r: serde_json::Value = http
-                .get(format!("{base}/v1/runs/{run}"))
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}{path}"))
                 .bearer_auth(key)
                 .send()
                 .await
                 .unwrap()
-                .json()
+                .json::<serde_json::Value>()
                 .await
-                .unwrap();
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + within;
+    for (run, contact) in runs {
+        let r: serde_json::Value = loop {
+            let r = get(format!("/v1/runs/{run}")).await;
             if r["status"] == "completed" {
                 break r;
             }
@@ -797,15 +802,7 @@ async fn expect_completed_once(base: &str, key: &str, runs: &[(String, String)],
             ],
             "run {run} executed a step twice or skipped one"
         );
-        let c: serde_json::Value = http
-            .get(format!("{base}/v1/contacts/{contact}"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let c = get(format!("/v1/contacts/{contact}")).await;
         assert_eq!(c["fields"]["plan"], "done", "{c}");
     }
 }
