@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Schemathesis against the real server: every operation of /openapi.json,
 # all checks, deterministic generation (the same cases every run; a seed alone
-# still varied with the answers) and a bounded number of examples. Fails on any
+# still varied between runs) and a bounded number of examples. Fails on any
 # 5xx, any response that does not match the schema, any undocumented status,
 # and any schema-valid request refused (or invalid one accepted) beyond the
 # rules listed in the generated config below, each with its reason.
