@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/debug/hookflow}")
 VERSION=4.32.5
 EXAMPLES=${SCHEMATHESIS_EXAMPLES:-100}
-VENV=target/schemathesis-venv
+VENV=$PWD/target/schemathesis-venv
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$VERSION"; then
     echo "== installing schemathesis $VERSION"
     python3 -m venv "$VENV"
@@ -169,6 +169,8 @@ parameters = { id = "$RUN" }
 EOF
 
 echo "== schemathesis $VERSION: $EXAMPLES examples per operation, deterministic, against $BASE"
+# Run from the temporary folder: schemathesis keeps a cache where it runs.
+cd "$WORK"
 "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$BASE/openapi.json" \
     -H "Authorization: Bearer $KEY" -H "X-Api-Key: $KEY" \
     --checks all --generation-deterministic --max-examples "$EXAMPLES" --workers 1 \

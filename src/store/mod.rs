@@ -12,6 +12,7 @@
 
 pub mod entry;
 pub mod key_cache;
+pub(crate) mod logic;
 pub mod plan;
 pub mod postgres;
 pub mod queue;

@@ -4,6 +4,7 @@
 //! several processes take disjoint batches.
 
 use crate::domain::Stored;
+use crate::store::logic;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -19,7 +20,7 @@ use crate::store::run::{EntryPlan, resume_payload, run_finished};
 use crate::store::{
     AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
     EventRecorded, FlowStatus, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord,
-    StoreError, entry, plan,
+    StoreError, plan,
 };
 
 /// Opens a savepoint; [`savepoint_end`] releases it, or rolls it back when
@@ -46,6 +47,73 @@ pub async fn savepoint_end(c: &mut PgConnection, ok: bool) -> Result<()> {
     Ok(())
 }
 
+/// The statements `store::logic` needs, in the caller's transaction.
+pub(crate) struct PgTx<'c>(pub &'c mut PgConnection);
+
+impl logic::Tx for PgTx<'_> {
+    async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
+             FROM runs WHERE flow_id = $1 AND contact_id = $2",
+        )
+        .bind(flow.as_str())
+        .bind(contact.as_str())
+        .fetch_one(&mut *self.0)
+        .await
+        .map_err(internal)?;
+        Ok((
+            row.try_get("any_run").map_err(internal)?,
+            row.try_get("active_run").map_err(internal)?,
+        ))
+    }
+
+    async fn insert_run(&mut self, run: &logic::NewRun<'_>) -> Result<bool> {
+        // The event data is sent as text (cast by the server): the same
+        // bytes sqlx would send, and their length is the run's `event_bytes`.
+        let inserted = sqlx::query(
+            "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8::text::jsonb, $10, $9, $7, $7)
+             ON CONFLICT (flow_id, contact_id) WHERE status IN ('active', 'waiting') DO NOTHING",
+        )
+        .bind(run.id.as_str())
+        .bind(run.ws.as_str())
+        .bind(run.flow.as_str())
+        .bind(run.version as i32)
+        .bind(run.contact.as_str())
+        .bind(&run.plan.first_step)
+        .bind(run.now)
+        .bind(run.event_data)
+        .bind(run.plan.has_exits)
+        .bind(run.event_data.len() as i64)
+        .execute(&mut *self.0)
+        .await
+        .map_err(internal)?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn wake_exits_and_find_triggers(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+        now: Millis,
+        ask: bool,
+    ) -> Result<bool> {
+        wake_exits_and_find_triggers(self.0, ws, contact, now, ask).await
+    }
+
+    async fn triggered_flows(
+        &mut self,
+        ws: &WorkspaceId,
+        kind: &str,
+        key: &str,
+    ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
+        triggered_flows(self.0, ws, kind, key).await
+    }
+}
+
+/// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);
+/// the run id, or why none started (`logic::start_run`).
 #[allow(clippy::too_many_arguments)]
 pub async fn start_run(
     c: &mut PgConnection,
@@ -57,51 +125,17 @@ pub async fn start_run(
     event_data: &Value,
     now: Millis,
 ) -> Result<std::result::Result<RunId, crate::store::entry::EntryRefusal>> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
-         FROM runs WHERE flow_id = $1 AND contact_id = $2",
+    logic::start_run(
+        &mut PgTx(c),
+        ws,
+        flow,
+        version,
+        plan,
+        contact,
+        event_data,
+        now,
     )
-    .bind(flow.as_str())
-    .bind(contact.as_str())
-    .fetch_one(&mut *c)
     .await
-    .map_err(internal)?;
-    let any_run: bool = row.try_get("any_run").map_err(internal)?;
-    let active_run: bool = row.try_get("active_run").map_err(internal)?;
-    if let Some(why) = entry::run_decision(plan.repeat, any_run, active_run) {
-        return Ok(Err(why));
-    }
-    let id = RunId::generate();
-    // Sent as text (cast by the server): the same bytes sqlx would send, and
-    // their length is the run's `event_bytes`.
-    let data = serde_json::to_string(event_data)
-        .map_err(|e| StoreError::Internal(format!("event data: {e}")))?;
-    // Engine paths (a step's effects, triggers they fire) do not hold the
-    // per-email lock, so another process may start the same run between the
-    // check above and here: the unique index decides, without an error.
-    let inserted = sqlx::query(
-        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8::text::jsonb, $10, $9, $7, $7)
-         ON CONFLICT (flow_id, contact_id) WHERE status IN ('active', 'waiting') DO NOTHING",
-    )
-    .bind(id.as_str())
-    .bind(ws.as_str())
-    .bind(flow.as_str())
-    .bind(version as i32)
-    .bind(contact.as_str())
-    .bind(&plan.first_step)
-    .bind(now)
-    .bind(&data)
-    .bind(plan.has_exits)
-    .bind(data.len() as i64)
-    .execute(&mut *c)
-    .await
-    .map_err(internal)?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Err(crate::store::entry::EntryRefusal::RunActive));
-    }
-    Ok(Ok(id))
 }
 
 async fn triggered_flows(
@@ -162,7 +196,7 @@ async fn wake_exits_and_find_triggers(
     .map_err(internal)
 }
 
-/// See `sqlite::engine::contact_changed`.
+/// After a contact changed: what it fires (`logic::contact_changed`).
 pub async fn contact_changed(
     c: &mut PgConnection,
     ws: &WorkspaceId,
@@ -170,41 +204,7 @@ pub async fn contact_changed(
     change: &ContactChange,
     now: Millis,
 ) -> Result<Vec<RunId>> {
-    let mut started = Vec::new();
-    if change.is_empty() {
-        return Ok(started);
-    }
-    // The wake goes first: the runs started below are active, never
-    // waiting, so it cannot touch them.
-    let ask = !change.added_lists.is_empty() || !change.changed_fields.is_empty();
-    if wake_exits_and_find_triggers(c, ws, contact, now, ask).await? {
-        let data = serde_json::json!({});
-        for list in &change.added_lists {
-            for (flow, version, doc) in triggered_flows(c, ws, "list_added", list.as_str()).await? {
-                if let Some(plan) = EntryPlan::of(&doc)
-                    && let Ok(run) =
-                        start_run(c, ws, &flow, version, &plan, contact, &data, now).await?
-                {
-                    started.push(run);
-                }
-            }
-        }
-        for (field, value) in &change.changed_fields {
-            for (flow, version, doc) in triggered_flows(c, ws, "field_changed", field).await? {
-                if !doc.field_trigger_fires(value.as_ref()) {
-                    continue;
-                }
-                let data = serde_json::json!({ "field": field, "value": value });
-                if let Some(plan) = EntryPlan::of(&doc)
-                    && let Ok(run) =
-                        start_run(c, ws, &flow, version, &plan, contact, &data, now).await?
-                {
-                    started.push(run);
-                }
-            }
-        }
-    }
-    Ok(started)
+    logic::contact_changed(&mut PgTx(c), ws, contact, change, now).await
 }
 
 // ---- claiming and completing ----------------------------------------------------------

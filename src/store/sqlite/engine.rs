@@ -4,6 +4,7 @@
 //! reader, for reads) inside the caller's transaction.
 
 use crate::domain::Stored;
+use crate::store::logic;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
@@ -15,7 +16,7 @@ use crate::store::run::EntryPlan;
 use crate::store::{
     AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
     EventRecorded, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
-    entry, plan,
+    plan,
 };
 
 fn json_text(v: &Value) -> Result<String> {
@@ -46,8 +47,76 @@ pub fn savepoint<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<
     }
 }
 
+/// The statements `store::logic` needs, on the writer's connection: every
+/// future is ready at once (`logic::run_ready`).
+pub(crate) struct SqliteTx<'c>(pub &'c Connection);
+
+impl logic::Tx for SqliteTx<'_> {
+    async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
+        self.0
+            .prepare_cached(
+                "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
+                 FROM runs WHERE flow_id = ?1 AND contact_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row([flow.as_str(), contact.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .map_err(internal)
+    }
+
+    async fn insert_run(&mut self, run: &logic::NewRun<'_>) -> Result<bool> {
+        let inserted = self
+            .0
+            .prepare_cached(
+                "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?7, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![run.id.as_str(), run.ws.as_str(), run.flow.as_str(), run.version,
+                    run.contact.as_str(), run.plan.first_step, run.now, run.event_data,
+                    run.event_data.len() as i64, run.plan.has_exits])
+            });
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(e) if super::is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn wake_exits_and_find_triggers(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+        now: Millis,
+        ask: bool,
+    ) -> Result<bool> {
+        self.0
+            .prepare_cached(
+                "UPDATE runs SET due_at = ?2 WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1 AND due_at > ?2",
+            )
+            .and_then(|mut s| s.execute(params![contact.as_str(), now]))
+            .map_err(internal)?;
+        if ask {
+            has_contact_triggers(self.0, ws)
+        } else {
+            Ok(false)
+        }
+    }
+
+    async fn triggered_flows(
+        &mut self,
+        ws: &WorkspaceId,
+        kind: &str,
+        key: &str,
+    ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
+        triggered_flows(self.0, ws, kind, key)
+    }
+}
+
 /// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);
-/// the run id, or why none started.
+/// the run id, or why none started (`logic::start_run`).
 #[allow(clippy::too_many_arguments)]
 pub fn start_run(
     conn: &Connection,
@@ -59,32 +128,16 @@ pub fn start_run(
     event_data: &Value,
     now: Millis,
 ) -> Result<std::result::Result<RunId, crate::store::entry::EntryRefusal>> {
-    let (any_run, active_run): (bool, bool) = conn
-        .prepare_cached(
-            "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
-             FROM runs WHERE flow_id = ?1 AND contact_id = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row([flow.as_str(), contact.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-        })
-        .map_err(internal)?;
-    if let Some(why) = entry::run_decision(plan.repeat, any_run, active_run) {
-        return Ok(Err(why));
-    }
-    let id = RunId::generate();
-    let data = json_text(event_data)?;
-    conn.prepare_cached(
-        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?7, ?7)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![id.as_str(), ws.as_str(), flow.as_str(), version, contact.as_str(),
-            plan.first_step, now, data, data.len() as i64, plan.has_exits])
-    })
-    .map_err(internal)?;
-    Ok(Ok(id))
+    logic::run_ready(logic::start_run(
+        &mut SqliteTx(conn),
+        ws,
+        flow,
+        version,
+        plan,
+        contact,
+        event_data,
+        now,
+    ))
 }
 
 /// Active flows of the workspace whose trigger is `kind` with `key`, with
@@ -128,10 +181,7 @@ fn has_contact_triggers(conn: &Connection, ws: &WorkspaceId) -> Result<bool> {
     })
 }
 
-/// After a contact changed: start flows triggered by the lists it joined
-/// and the fields that changed, and wake its waiting runs that have exit
-/// conditions so the engine checks them (FL-4). Same transaction as the
-/// change, so a trigger is never lost.
+/// After a contact changed: what it fires (`logic::contact_changed`).
 pub fn contact_changed(
     conn: &Connection,
     ws: &WorkspaceId,
@@ -139,45 +189,13 @@ pub fn contact_changed(
     change: &ContactChange,
     now: Millis,
 ) -> Result<Vec<RunId>> {
-    let mut started = Vec::new();
-    if change.is_empty() {
-        return Ok(started);
-    }
-    if (!change.added_lists.is_empty() || !change.changed_fields.is_empty())
-        && has_contact_triggers(conn, ws)?
-    {
-        let data = serde_json::json!({});
-        for list in &change.added_lists {
-            for (flow, version, doc) in triggered_flows(conn, ws, "list_added", list.as_str())? {
-                if let Some(plan) = EntryPlan::of(&doc)
-                    && let Ok(run) =
-                        start_run(conn, ws, &flow, version, &plan, contact, &data, now)?
-                {
-                    started.push(run);
-                }
-            }
-        }
-        for (field, value) in &change.changed_fields {
-            for (flow, version, doc) in triggered_flows(conn, ws, "field_changed", field)? {
-                if !doc.field_trigger_fires(value.as_ref()) {
-                    continue;
-                }
-                let data = serde_json::json!({ "field": field, "value": value });
-                if let Some(plan) = EntryPlan::of(&doc)
-                    && let Ok(run) =
-                        start_run(conn, ws, &flow, version, &plan, contact, &data, now)?
-                {
-                    started.push(run);
-                }
-            }
-        }
-    }
-    conn.prepare_cached(
-        "UPDATE runs SET due_at = ?2 WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1 AND due_at > ?2",
-    )
-    .and_then(|mut s| s.execute(params![contact.as_str(), now]))
-    .map_err(internal)?;
-    Ok(started)
+    logic::run_ready(logic::contact_changed(
+        &mut SqliteTx(conn),
+        ws,
+        contact,
+        change,
+        now,
+    ))
 }
 
 /// Upserts a contact and fires what its change triggers.
