@@ -4,17 +4,18 @@
 //! on a transaction's connection. What is here decides; the `Tx` methods
 //! only read and write.
 //!
-//! Moved here so far: starting a run (the repeat rules and the insert) and
-//! what a contact change fires (contact triggers, exit-condition wake-ups).
+//! Moved here so far: starting a run (the repeat rules and the insert), what
+//! a contact change fires (contact triggers, exit-condition wake-ups) and a
+//! step's effects on the contact.
 //! The rest of the per-store orchestration follows (see ARCHITECTURE.md).
 
 use serde_json::{Value, json};
 
 use super::entry::{self, EntryRefusal};
-use super::run::{ContactChange, EntryPlan};
-use super::{Result, StoreError};
-use crate::domain::flow::FlowDoc;
-use crate::domain::{ContactId, FlowId, Millis, RunId, WorkspaceId};
+use super::run::{ContactChange, Effect, EntryPlan, RunAdvance};
+use super::{ContactPatch, ContactRecord, FlowRecord, FlowStatus, Result, StoreError, plan};
+use crate::domain::flow::{FlowDoc, Trigger};
+use crate::domain::{ContactId, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId};
 
 /// A run to insert.
 pub(crate) struct NewRun<'a> {
@@ -54,6 +55,117 @@ pub(crate) trait Tx {
         kind: &str,
         key: &str,
     ) -> Result<Vec<(FlowId, i64, FlowDoc)>>;
+    /// The contact, locked for the rest of the transaction where the
+    /// database locks rows (NotFound if it is not in the workspace).
+    async fn contact_for_update(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+    ) -> Result<ContactRecord>;
+    /// The field definitions of the lists the contact is in.
+    async fn contact_field_defs(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+    ) -> Result<Vec<FieldDef>>;
+    async fn write_contact(&mut self, ws: &WorkspaceId, contact: &ContactRecord) -> Result<()>;
+    /// Whether the list is in the workspace; share-locked where the database
+    /// locks rows, so it is not deleted under the write that uses it.
+    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool>;
+    /// Adds the contact to the list (subscribed); true if it was not in it.
+    async fn add_membership(
+        &mut self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<bool>;
+    /// Removes the contact from the list; true if it was in it.
+    async fn remove_membership(
+        &mut self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<bool>;
+    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord>;
+}
+
+/// Applies one effect of a step to the run's contact, with what the change
+/// fires, in the transaction that moves the run. A data error (the list was
+/// deleted since the flow was saved) ends the run at that step.
+pub(crate) async fn apply_effect<T: Tx>(
+    tx: &mut T,
+    adv: &RunAdvance,
+    effect: &Effect,
+    now: Millis,
+) -> Result<()> {
+    let ws = &adv.workspace_id;
+    let contact = &adv.contact_id;
+    match effect {
+        Effect::SetField { name, value } => {
+            let existing = tx.contact_for_update(ws, contact).await?;
+            let defs = tx.contact_field_defs(ws, contact).await?;
+            let mut fields = serde_json::Map::new();
+            fields.insert(name.clone(), value.clone());
+            let before = existing.fields.clone();
+            let patch = ContactPatch {
+                fields,
+                ..Default::default()
+            };
+            let updated = plan::patch(existing, &defs, &patch, now)?;
+            if updated.fields != before {
+                tx.write_contact(ws, &updated).await?;
+                let change = ContactChange {
+                    changed_fields: ContactChange::fields(Some(&before), &updated.fields),
+                    ..Default::default()
+                };
+                contact_changed(tx, ws, contact, &change, now).await?;
+            }
+        }
+        Effect::AddToList(list) => {
+            if !tx.lock_list(ws, list).await? {
+                return Err(StoreError::not_found("list", list));
+            }
+            if tx.add_membership(ws, list, contact).await? {
+                let change = ContactChange {
+                    added_lists: vec![list.clone()],
+                    ..Default::default()
+                };
+                contact_changed(tx, ws, contact, &change, now).await?;
+            }
+        }
+        Effect::RemoveFromList(list) => {
+            if !tx.lock_list(ws, list).await? {
+                return Err(StoreError::not_found("list", list));
+            }
+            if tx.remove_membership(ws, list, contact).await? {
+                let change = ContactChange {
+                    other: true,
+                    ..Default::default()
+                };
+                contact_changed(tx, ws, contact, &change, now).await?;
+            }
+        }
+        Effect::StartFlow { flow, event_data } => {
+            let target = tx.flow(ws, flow).await?;
+            if target.status == FlowStatus::Active
+                && matches!(target.document.trigger, Trigger::Flow)
+                && let Some(plan) = EntryPlan::of(&target.document)
+            {
+                let _ = start_run(
+                    tx,
+                    ws,
+                    flow,
+                    target.version,
+                    &plan,
+                    contact,
+                    event_data,
+                    now,
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3):

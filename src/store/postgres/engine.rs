@@ -18,9 +18,8 @@ use crate::domain::{
 };
 use crate::store::run::{EntryPlan, resume_payload, run_finished};
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
-    EventRecorded, FlowStatus, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord,
-    StoreError, plan,
+    AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, Effect, EventIn, EventRecorded,
+    Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
 };
 
 /// Opens a savepoint; [`savepoint_end`] releases it, or rolls it back when
@@ -109,6 +108,66 @@ impl logic::Tx for PgTx<'_> {
         key: &str,
     ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
         triggered_flows(self.0, ws, kind, key).await
+    }
+
+    async fn contact_for_update(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+    ) -> Result<crate::store::ContactRecord> {
+        contact_by_id(self.0, ws, id, true).await
+    }
+
+    async fn contact_field_defs(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+    ) -> Result<Vec<crate::domain::FieldDef>> {
+        field_defs_for(self.0, ws, Some(id), &[]).await
+    }
+
+    async fn write_contact(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: &crate::store::ContactRecord,
+    ) -> Result<()> {
+        write_contact(self.0, ws, contact).await
+    }
+
+    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
+        super::share_list(self.0, ws, list).await
+    }
+
+    async fn add_membership(
+        &mut self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<bool> {
+        Ok(upsert_membership(self.0, ws, list, contact).await?.1)
+    }
+
+    async fn remove_membership(
+        &mut self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3",
+        )
+        .bind(ws.as_str())
+        .bind(list.as_str())
+        .bind(contact.as_str())
+        .execute(&mut *self.0)
+        .await
+        .map_err(internal)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
+        flows::get(self.0, ws, id).await
     }
 }
 
@@ -471,73 +530,7 @@ async fn apply_effect(
     effect: &Effect,
     now: Millis,
 ) -> Result<()> {
-    let ws = &adv.workspace_id;
-    let contact = &adv.contact_id;
-    match effect {
-        Effect::SetField { name, value } => {
-            let existing = contact_by_id(c, ws, contact, true).await?;
-            let defs = field_defs_for(c, ws, Some(contact), &[]).await?;
-            let mut fields = serde_json::Map::new();
-            fields.insert(name.clone(), value.clone());
-            let before = existing.fields.clone();
-            let patch = ContactPatch {
-                fields,
-                ..Default::default()
-            };
-            let updated = plan::patch(existing, &defs, &patch, now)?;
-            if updated.fields != before {
-                write_contact(c, ws, &updated).await?;
-                let change = ContactChange {
-                    changed_fields: ContactChange::fields(Some(&before), &updated.fields),
-                    ..Default::default()
-                };
-                Box::pin(contact_changed(c, ws, contact, &change, now)).await?;
-            }
-        }
-        Effect::AddToList(list) => {
-            if !super::share_list(c, ws, list).await? {
-                return Err(StoreError::not_found("list", list));
-            }
-            if upsert_membership(c, ws, list, contact).await?.1 {
-                let change = ContactChange {
-                    added_lists: vec![list.clone()],
-                    ..Default::default()
-                };
-                Box::pin(contact_changed(c, ws, contact, &change, now)).await?;
-            }
-        }
-        Effect::RemoveFromList(list) => {
-            if !super::share_list(c, ws, list).await? {
-                return Err(StoreError::not_found("list", list));
-            }
-            let n = sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3")
-                .bind(ws.as_str())
-                .bind(list.as_str())
-                .bind(contact.as_str())
-                .execute(&mut *c)
-                .await
-                .map_err(internal)?
-                .rows_affected();
-            if n > 0 {
-                let change = ContactChange {
-                    other: true,
-                    ..Default::default()
-                };
-                Box::pin(contact_changed(c, ws, contact, &change, now)).await?;
-            }
-        }
-        Effect::StartFlow { flow, event_data } => {
-            let target = flows::get(c, ws, flow).await?;
-            if target.status == FlowStatus::Active
-                && matches!(target.document.trigger, crate::domain::flow::Trigger::Flow)
-                && let Some(plan) = EntryPlan::of(&target.document)
-            {
-                let _ =
-                    start_run(c, ws, flow, target.version, &plan, contact, event_data, now).await?;
-            }
-        }
-    }
-    Ok(())
+    logic::apply_effect(&mut PgTx(c), adv, effect, now).await
 }
 
 // ---- reading runs ------------------------------------------------------------------------

@@ -14,9 +14,8 @@ use crate::domain::{
 };
 use crate::store::run::EntryPlan;
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, ContactPatch, ContactUpsert, Effect, EventIn,
-    EventRecorded, Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
-    plan,
+    AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, Effect, EventIn, EventRecorded,
+    Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
 };
 
 fn json_text(v: &Value) -> Result<String> {
@@ -112,6 +111,65 @@ impl logic::Tx for SqliteTx<'_> {
         key: &str,
     ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
         triggered_flows(self.0, ws, kind, key)
+    }
+
+    async fn contact_for_update(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+    ) -> Result<crate::store::ContactRecord> {
+        // The writer holds the only write transaction: reading is locking.
+        q::contact_by_id(self.0, ws, id)
+    }
+
+    async fn contact_field_defs(
+        &mut self,
+        ws: &WorkspaceId,
+        id: &ContactId,
+    ) -> Result<Vec<crate::domain::FieldDef>> {
+        q::field_defs_for(self.0, ws, Some(id), &[])
+    }
+
+    async fn write_contact(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: &crate::store::ContactRecord,
+    ) -> Result<()> {
+        q::write_contact(self.0, ws, contact)
+    }
+
+    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
+        match q::list_exists(self.0, ws, list) {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn add_membership(
+        &mut self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<bool> {
+        q::upsert_membership(self.0, ws, list, contact)
+    }
+
+    async fn remove_membership(
+        &mut self,
+        ws: &WorkspaceId,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<bool> {
+        match q::delete_membership(self.0, ws, list, contact) {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
+        super::flows::get(self.0, ws, id)
     }
 }
 
@@ -398,73 +456,7 @@ fn complete_one(
 }
 
 fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Millis) -> Result<()> {
-    let ws = &adv.workspace_id;
-    let contact = &adv.contact_id;
-    match effect {
-        Effect::SetField { name, value } => {
-            let existing = q::contact_by_id(conn, ws, contact)?;
-            let defs = q::field_defs_for(conn, ws, Some(contact), &[])?;
-            let mut fields = serde_json::Map::new();
-            fields.insert(name.clone(), value.clone());
-            let before = existing.fields.clone();
-            let patch = ContactPatch {
-                fields,
-                ..Default::default()
-            };
-            let updated = plan::patch(existing, &defs, &patch, now)?;
-            if updated.fields != before {
-                q::write_contact(conn, ws, &updated)?;
-                let change = ContactChange {
-                    changed_fields: ContactChange::fields(Some(&before), &updated.fields),
-                    ..Default::default()
-                };
-                contact_changed(conn, ws, contact, &change, now)?;
-            }
-        }
-        Effect::AddToList(list) => {
-            q::list_exists(conn, ws, list)?;
-            if q::upsert_membership(conn, ws, list, contact)? {
-                let change = ContactChange {
-                    added_lists: vec![list.clone()],
-                    ..Default::default()
-                };
-                contact_changed(conn, ws, contact, &change, now)?;
-            }
-        }
-        Effect::RemoveFromList(list) => {
-            q::list_exists(conn, ws, list)?;
-            match q::delete_membership(conn, ws, list, contact) {
-                Ok(()) => {
-                    let change = ContactChange {
-                        other: true,
-                        ..Default::default()
-                    };
-                    contact_changed(conn, ws, contact, &change, now)?;
-                }
-                Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Effect::StartFlow { flow, event_data } => {
-            let target = super::flows::get(conn, ws, flow)?;
-            if target.status == crate::store::FlowStatus::Active
-                && matches!(target.document.trigger, crate::domain::flow::Trigger::Flow)
-                && let Some(plan) = EntryPlan::of(&target.document)
-            {
-                let _ = start_run(
-                    conn,
-                    ws,
-                    flow,
-                    target.version,
-                    &plan,
-                    contact,
-                    event_data,
-                    now,
-                )?;
-            }
-        }
-    }
-    Ok(())
+    logic::run_ready(logic::apply_effect(&mut SqliteTx(conn), adv, effect, now))
 }
 
 fn write_history(conn: &Connection, adv: &RunAdvance, json: &[(String, String)]) -> Result<()> {
