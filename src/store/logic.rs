@@ -13,9 +13,12 @@ use serde_json::{Value, json};
 
 use super::entry::{self, EntryRefusal};
 use super::run::{ContactChange, Effect, EntryPlan, RunAdvance};
-use super::{ContactPatch, ContactRecord, FlowRecord, FlowStatus, Result, StoreError, plan};
+use super::{
+    ContactPatch, ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EntryResult,
+    FlowRecord, FlowStatus, Result, StoreError, Upserted, plan,
+};
 use crate::domain::flow::{FlowDoc, Trigger};
-use crate::domain::{ContactId, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::domain::{ContactId, Email, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId};
 
 /// A run to insert.
 pub(crate) struct NewRun<'a> {
@@ -87,6 +90,149 @@ pub(crate) trait Tx {
         contact: &ContactId,
     ) -> Result<bool>;
     async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord>;
+    /// Serialises upserts of one email until the transaction ends, across
+    /// processes (PostgreSQL: an advisory lock; SQLite's one writer already
+    /// does).
+    async fn lock_email(&mut self, ws: &WorkspaceId, email: &Email) -> Result<()>;
+    /// The contact with this email, locked for the transaction where the
+    /// database locks rows.
+    async fn contact_by_email(
+        &mut self,
+        ws: &WorkspaceId,
+        email: &Email,
+    ) -> Result<Option<ContactRecord>>;
+    /// The field definitions of the contact's lists (if it exists) and of
+    /// `lists`.
+    async fn field_defs(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: Option<&ContactId>,
+        lists: &[ListId],
+    ) -> Result<Vec<FieldDef>>;
+    /// Serialises calls with one idempotency key until the transaction
+    /// ends (the second waits and replays); SQLite's writer already does.
+    async fn lock_idempotency_key(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+    ) -> Result<()>;
+    /// The stored answer to `key` in `scope`; a Conflict if it came with
+    /// another request.
+    async fn idempotent_answer(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+    ) -> Result<Option<EntryResult>>;
+    async fn store_answer(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+        answer: &EntryResult,
+        now: Millis,
+    ) -> Result<()>;
+    /// A flow's status and inbound token, share-locked where the database
+    /// locks rows (a concurrent pause or delete waits for the entry, or the
+    /// entry sees its result); NotFound if it is not in the workspace.
+    async fn flow_for_entry(
+        &mut self,
+        ws: &WorkspaceId,
+        flow: &FlowId,
+    ) -> Result<(String, Option<String>)>;
+}
+
+/// Upserts a contact by email (with its lists), and fires what the change
+/// triggers. The same routine for `POST /v1/contacts`, inbound calls and
+/// events.
+pub(crate) async fn upsert_contact<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    input: &ContactUpsert,
+    now: Millis,
+) -> Result<Upserted> {
+    let email = input.email.as_ref().ok_or_else(plan::email_required)?;
+    tx.lock_email(ws, email).await?;
+    let existing = tx.contact_by_email(ws, email).await?;
+    let before = existing.as_ref().map(|e| e.fields.clone());
+    let defs = tx
+        .field_defs(ws, existing.as_ref().map(|e| &e.id), &input.lists)
+        .await?;
+    let out = plan::upsert(existing, &defs, input, now)?;
+    let mut change = ContactChange::default();
+    if out.changed {
+        tx.write_contact(ws, &out.contact).await?;
+        change.changed_fields = ContactChange::fields(before.as_ref(), &out.contact.fields);
+        change.other = true;
+    }
+    for list in &input.lists {
+        if tx.add_membership(ws, list, &out.contact.id).await? {
+            change.added_lists.push(list.clone());
+        }
+    }
+    contact_changed(tx, ws, &out.contact.id, &change, now).await?;
+    Ok(out)
+}
+
+/// A contact entering a flow (an inbound call), all at once: replay a
+/// stored answer to its idempotency key (or refuse the key with another
+/// body), check the flow is still active with the token the call came
+/// through, upsert the contact, start the run if the repeat rules allow,
+/// store the answer.
+pub(crate) async fn enter<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    req: &EntryRequest,
+) -> Result<EntryOutcome> {
+    let scope = req.flow_id.as_str();
+    if let Some((key, hash)) = &req.idempotency {
+        tx.lock_idempotency_key(ws, scope, key).await?;
+        if let Some(result) = tx.idempotent_answer(ws, scope, key, hash).await? {
+            return Ok(EntryOutcome {
+                result,
+                replayed: true,
+            });
+        }
+    }
+    let (status, token) = tx.flow_for_entry(ws, &req.flow_id).await?;
+    entry::check_flow(&status, token.as_deref(), req)?;
+    let now = super::now_millis();
+    let up = upsert_contact(tx, ws, &req.contact, now).await?;
+    let plan = EntryPlan {
+        first_step: req.first_step.clone(),
+        repeat: req.repeat,
+        has_exits: req.has_exits,
+    };
+    let started = start_run(
+        tx,
+        ws,
+        &req.flow_id,
+        req.flow_version,
+        &plan,
+        &up.contact.id,
+        &req.event_data,
+        now,
+    )
+    .await?;
+    let (run_id, not_started) = match started {
+        Ok(id) => (Some(id.to_string()), None),
+        Err(why) => (None, Some(why.as_str().to_owned())),
+    };
+    let result = EntryResult {
+        contact_id: up.contact.id.to_string(),
+        run_id,
+        not_started,
+    };
+    if let Some((key, hash)) = &req.idempotency {
+        tx.store_answer(ws, scope, key, hash, &result, now).await?;
+    }
+    Ok(EntryOutcome {
+        result,
+        replayed: false,
+    })
 }
 
 /// Applies one effect of a step to the run's contact, with what the change

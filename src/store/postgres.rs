@@ -440,26 +440,7 @@ async fn upsert_contact_in(
     ws: &WorkspaceId,
     input: &ContactUpsert,
 ) -> Result<Upserted> {
-    let email = input.email.as_ref().ok_or_else(plan::email_required)?;
-    lock_email(c, ws, email).await?;
-    let existing = contact_where(c, ws, "email", email.as_str(), true).await?;
-    let before = existing.as_ref().map(|e| e.fields.clone());
-    let defs = field_defs_for(c, ws, existing.as_ref().map(|e| &e.id), &input.lists).await?;
-    let now = now_millis();
-    let out = plan::upsert(existing, &defs, input, now)?;
-    let mut change = ContactChange::default();
-    if out.changed {
-        write_contact(c, ws, &out.contact).await?;
-        change.changed_fields = ContactChange::fields(before.as_ref(), &out.contact.fields);
-        change.other = true;
-    }
-    for list in &input.lists {
-        if upsert_membership(c, ws, list, &out.contact.id).await?.1 {
-            change.added_lists.push(list.clone());
-        }
-    }
-    engine::contact_changed(c, ws, &out.contact.id, &change, now).await?;
-    Ok(out)
+    crate::store::logic::upsert_contact(&mut engine::PgTx(c), ws, input, now_millis()).await
 }
 
 /// Serialises upserts of one email across processes until the transaction

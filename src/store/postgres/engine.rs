@@ -169,6 +169,93 @@ impl logic::Tx for PgTx<'_> {
     async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
         flows::get(self.0, ws, id).await
     }
+
+    async fn lock_email(&mut self, ws: &WorkspaceId, email: &crate::domain::Email) -> Result<()> {
+        super::lock_email(self.0, ws, email).await
+    }
+
+    async fn contact_by_email(
+        &mut self,
+        ws: &WorkspaceId,
+        email: &crate::domain::Email,
+    ) -> Result<Option<crate::store::ContactRecord>> {
+        super::contact_where(self.0, ws, "email", email.as_str(), true).await
+    }
+
+    async fn field_defs(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: Option<&ContactId>,
+        lists: &[ListId],
+    ) -> Result<Vec<crate::domain::FieldDef>> {
+        field_defs_for(self.0, ws, contact, lists).await
+    }
+
+    async fn lock_idempotency_key(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+    ) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+            .bind(format!("{ws}/idem/{scope}/{key}"))
+            .execute(&mut *self.0)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn idempotent_answer(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+    ) -> Result<Option<crate::store::EntryResult>> {
+        super::runs::answer(self.0, ws, scope, key, hash).await
+    }
+
+    async fn store_answer(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+        answer: &crate::store::EntryResult,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(ws.as_str())
+            .bind(scope)
+            .bind(key)
+            .bind(hash)
+            .bind(serde_json::to_value(answer).map_err(|e| StoreError::Internal(e.to_string()))?)
+            .bind(now)
+            .execute(&mut *self.0)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn flow_for_entry(
+        &mut self,
+        ws: &WorkspaceId,
+        flow: &FlowId,
+    ) -> Result<(String, Option<String>)> {
+        let found = sqlx::query(
+            "SELECT status, inbound_token FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE",
+        )
+        .bind(ws.as_str())
+        .bind(flow.as_str())
+        .fetch_optional(&mut *self.0)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("flow", flow))?;
+        Ok((
+            found.try_get("status").map_err(internal)?,
+            found.try_get("inbound_token").map_err(internal)?,
+        ))
+    }
 }
 
 /// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);

@@ -171,6 +171,85 @@ impl logic::Tx for SqliteTx<'_> {
     async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
         super::flows::get(self.0, ws, id)
     }
+
+    async fn lock_email(&mut self, _ws: &WorkspaceId, _email: &crate::domain::Email) -> Result<()> {
+        Ok(()) // the one writer serialises every write
+    }
+
+    async fn contact_by_email(
+        &mut self,
+        ws: &WorkspaceId,
+        email: &crate::domain::Email,
+    ) -> Result<Option<crate::store::ContactRecord>> {
+        q::contact_by_email(self.0, ws, email)
+    }
+
+    async fn field_defs(
+        &mut self,
+        ws: &WorkspaceId,
+        contact: Option<&ContactId>,
+        lists: &[ListId],
+    ) -> Result<Vec<crate::domain::FieldDef>> {
+        q::field_defs_for(self.0, ws, contact, lists)
+    }
+
+    async fn lock_idempotency_key(
+        &mut self,
+        _ws: &WorkspaceId,
+        _scope: &str,
+        _key: &str,
+    ) -> Result<()> {
+        Ok(()) // the one writer serialises every write
+    }
+
+    async fn idempotent_answer(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+    ) -> Result<Option<crate::store::EntryResult>> {
+        super::runs::answer(self.0, ws, scope, key, hash)
+    }
+
+    async fn store_answer(
+        &mut self,
+        ws: &WorkspaceId,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+        answer: &crate::store::EntryResult,
+        now: Millis,
+    ) -> Result<()> {
+        let response =
+            serde_json::to_string(answer).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| s.execute(params![ws.as_str(), scope, key, hash, response, now]))
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn flow_for_entry(
+        &mut self,
+        ws: &WorkspaceId,
+        flow: &FlowId,
+    ) -> Result<(String, Option<String>)> {
+        // Only the status: loading (and parsing) the document here cost more
+        // than the rest of the entry on the single writer thread.
+        self.0
+            .prepare_cached(
+                "SELECT status, inbound_token FROM flows WHERE workspace_id = ?1 AND id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row([ws.as_str(), flow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(internal)?
+            .ok_or_else(|| StoreError::not_found("flow", flow))
+    }
 }
 
 /// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);
@@ -263,9 +342,7 @@ pub fn upsert_and_trigger(
     input: &ContactUpsert,
     now: Millis,
 ) -> Result<crate::store::Upserted> {
-    let (out, change) = q::upsert_contact(conn, ws, input)?;
-    contact_changed(conn, ws, &out.contact.id, &change, now)?;
-    Ok(out)
+    logic::run_ready(logic::upsert_contact(&mut SqliteTx(conn), ws, input, now))
 }
 
 // ---- claiming and completing ----------------------------------------------------------

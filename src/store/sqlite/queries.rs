@@ -9,8 +9,8 @@ use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FieldName, ListId, Page, PageRequest, Phone, WorkspaceId,
 };
 use crate::store::{
-    ApiKeyRecord, ContactChange, ContactFilter, ContactRecord, ContactUpsert, ListRecord, Member,
-    Membership, NewApiKey, Result, StoreError, Upserted, Workspace, now_millis, plan,
+    ApiKeyRecord, ContactFilter, ContactRecord, ListRecord, Member, Membership, NewApiKey, Result,
+    StoreError, Workspace, now_millis, plan,
 };
 
 // ---- workspaces and keys ----------------------------------------------------
@@ -501,35 +501,6 @@ pub fn delete_contact(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Re
     } else {
         Ok(())
     }
-}
-
-/// Creates or updates the contact with `input`'s email, checking its field
-/// values against the lists it is in or joins, and adds it to those lists.
-/// Shared by the contacts API and entering a flow.
-/// Returns what changed, for triggers and exit checks
-/// (`engine::contact_changed`, which callers run next).
-pub fn upsert_contact(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    input: &ContactUpsert,
-) -> Result<(Upserted, ContactChange)> {
-    let email = input.email.as_ref().ok_or_else(plan::email_required)?;
-    let existing = contact_by_email(conn, ws, email)?;
-    let before = existing.as_ref().map(|e| e.fields.clone());
-    let defs = field_defs_for(conn, ws, existing.as_ref().map(|e| &e.id), &input.lists)?;
-    let out = plan::upsert(existing, &defs, input, now_millis())?;
-    let mut change = ContactChange::default();
-    if out.changed {
-        write_contact(conn, ws, &out.contact)?;
-        change.changed_fields = ContactChange::fields(before.as_ref(), &out.contact.fields);
-        change.other = true;
-    }
-    for list in &input.lists {
-        if upsert_membership(conn, ws, list, &out.contact.id)? {
-            change.added_lists.push(list.clone());
-        }
-    }
-    Ok((out, change))
 }
 
 // ---- memberships ------------------------------------------------------------------
