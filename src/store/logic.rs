@@ -12,13 +12,15 @@
 use serde_json::{Value, json};
 
 use super::entry::{self, EntryRefusal};
-use super::run::{ContactChange, Effect, EntryPlan, RunAdvance};
+use super::run::{ContactChange, Effect, EntryPlan, EventIn, EventRecorded, RunAdvance};
 use super::{
     ContactPatch, ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EntryResult,
     FlowRecord, FlowStatus, Result, StoreError, Upserted, plan,
 };
 use crate::domain::flow::{FlowDoc, Trigger};
-use crate::domain::{ContactId, Email, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::domain::{
+    ContactId, Email, EventId, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId,
+};
 
 /// A run to insert.
 pub(crate) struct NewRun<'a> {
@@ -143,6 +145,63 @@ pub(crate) trait Tx {
         ws: &WorkspaceId,
         flow: &FlowId,
     ) -> Result<(String, Option<String>)>;
+    async fn insert_event(
+        &mut self,
+        id: &EventId,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+        ev: &EventIn,
+        now: Millis,
+    ) -> Result<()>;
+    /// Hands the event to the contact's runs waiting for its name (and not
+    /// already holding one): they are due now. How many.
+    async fn resume_waiting(
+        &mut self,
+        contact: &ContactId,
+        name: &str,
+        payload: &Value,
+        now: Millis,
+    ) -> Result<u64>;
+}
+
+/// Records one event (IN-8): the contact (created if new), the event, the
+/// runs of flows it triggers, and the runs waiting for it.
+pub(crate) async fn record_event<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    ev: &EventIn,
+    now: Millis,
+) -> Result<EventRecorded> {
+    let up = upsert_contact(
+        tx,
+        ws,
+        &ContactUpsert {
+            email: Some(ev.email.clone()),
+            ..Default::default()
+        },
+        now,
+    )
+    .await?;
+    let contact = &up.contact.id;
+    let id = EventId::generate();
+    tx.insert_event(&id, ws, contact, ev, now).await?;
+    let mut runs_started = Vec::new();
+    for (flow, version, doc) in tx.triggered_flows(ws, "event", &ev.name).await? {
+        if let Some(plan) = EntryPlan::of(&doc)
+            && let Ok(run) =
+                start_run(tx, ws, &flow, version, &plan, contact, &ev.properties, now).await?
+        {
+            runs_started.push(run.to_string());
+        }
+    }
+    let payload = super::run::resume_payload(&id, ev);
+    let runs_resumed = tx.resume_waiting(contact, &ev.name, &payload, now).await?;
+    Ok(EventRecorded {
+        event_id: id.to_string(),
+        contact_id: contact.to_string(),
+        runs_started,
+        runs_resumed,
+    })
 }
 
 /// Upserts a contact by email (with its lists), and fires what the change

@@ -10,16 +10,16 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{
-    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, upsert_contact_in,
-    upsert_membership, write_contact,
+    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, upsert_membership,
+    write_contact,
 };
 use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
-use crate::store::run::{EntryPlan, resume_payload, run_finished};
+use crate::store::run::run_finished;
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, Effect, EventIn, EventRecorded,
-    Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
+    AdvanceOutcome, ClaimedRun, ContactChange, Effect, EventIn, EventRecorded, Result, RunAdvance,
+    RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
 };
 
 /// Opens a savepoint; [`savepoint_end`] releases it, or rolls it back when
@@ -237,6 +237,52 @@ impl logic::Tx for PgTx<'_> {
         Ok(())
     }
 
+    async fn insert_event(
+        &mut self,
+        id: &EventId,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+        ev: &EventIn,
+        now: Millis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id.as_str())
+        .bind(ws.as_str())
+        .bind(contact.as_str())
+        .bind(&ev.name)
+        .bind(&ev.properties)
+        .bind(ev.occurred_at)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn resume_waiting(
+        &mut self,
+        contact: &ContactId,
+        name: &str,
+        payload: &Value,
+        now: Millis,
+    ) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE runs SET resume_event = $3, due_at = $4
+             WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
+        )
+        .bind(contact.as_str())
+        .bind(name)
+        .bind(payload)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await
+        .map_err(internal)?
+        .rows_affected())
+    }
+
     async fn flow_for_entry(
         &mut self,
         ws: &WorkspaceId,
@@ -256,32 +302,6 @@ impl logic::Tx for PgTx<'_> {
             found.try_get("inbound_token").map_err(internal)?,
         ))
     }
-}
-
-/// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);
-/// the run id, or why none started (`logic::start_run`).
-#[allow(clippy::too_many_arguments)]
-pub async fn start_run(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    flow: &FlowId,
-    version: i64,
-    plan: &EntryPlan,
-    contact: &ContactId,
-    event_data: &Value,
-    now: Millis,
-) -> Result<std::result::Result<RunId, crate::store::entry::EntryRefusal>> {
-    logic::start_run(
-        &mut PgTx(c),
-        ws,
-        flow,
-        version,
-        plan,
-        contact,
-        event_data,
-        now,
-    )
-    .await
 }
 
 async fn triggered_flows(
@@ -761,56 +781,5 @@ pub async fn record_event(
     ev: &EventIn,
     now: Millis,
 ) -> Result<EventRecorded> {
-    let up = upsert_contact_in(
-        c,
-        ws,
-        &ContactUpsert {
-            email: Some(ev.email.clone()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let contact = &up.contact.id;
-    let id = EventId::generate();
-    sqlx::query(
-        "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(id.as_str())
-    .bind(ws.as_str())
-    .bind(contact.as_str())
-    .bind(&ev.name)
-    .bind(&ev.properties)
-    .bind(ev.occurred_at)
-    .bind(now)
-    .execute(&mut *c)
-    .await
-    .map_err(internal)?;
-    let mut runs_started = Vec::new();
-    for (flow, version, doc) in triggered_flows(c, ws, "event", &ev.name).await? {
-        if let Some(plan) = EntryPlan::of(&doc)
-            && let Ok(run) =
-                start_run(c, ws, &flow, version, &plan, contact, &ev.properties, now).await?
-        {
-            runs_started.push(run.to_string());
-        }
-    }
-    let resumed = sqlx::query(
-        "UPDATE runs SET resume_event = $3, due_at = $4
-         WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
-    )
-    .bind(contact.as_str())
-    .bind(&ev.name)
-    .bind(resume_payload(&id, ev))
-    .bind(now)
-    .execute(&mut *c)
-    .await
-    .map_err(internal)?
-    .rows_affected();
-    Ok(EventRecorded {
-        event_id: id.to_string(),
-        contact_id: contact.to_string(),
-        runs_started,
-        runs_resumed: resumed,
-    })
+    logic::record_event(&mut PgTx(c), ws, ev, now).await
 }

@@ -12,7 +12,6 @@ use super::{internal, queries as q};
 use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
-use crate::store::run::EntryPlan;
 use crate::store::{
     AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, Effect, EventIn, EventRecorded,
     Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
@@ -232,6 +231,50 @@ impl logic::Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn insert_event(
+        &mut self,
+        id: &EventId,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+        ev: &EventIn,
+        now: Millis,
+    ) -> Result<()> {
+        let props = json_text(&ev.properties)?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![id.as_str(), ws.as_str(), contact.as_str(), ev.name, props,
+                    ev.occurred_at, now])
+            })
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn resume_waiting(
+        &mut self,
+        contact: &ContactId,
+        name: &str,
+        payload: &Value,
+        now: Millis,
+    ) -> Result<u64> {
+        let resume = json_text(payload)?;
+        // The contact was found in this workspace, so its runs are too;
+        // naming the workspace here would lead SQLite to the (workspace,
+        // status) index, a scan of every waiting run.
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE runs SET resume_event = ?3, due_at = ?4
+                 WHERE contact_id = ?1 AND status = 'waiting' AND wait_event = ?2 AND resume_event IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![contact.as_str(), name, resume, now]))
+            .map_err(internal)?;
+        Ok(n as u64)
+    }
+
     async fn flow_for_entry(
         &mut self,
         ws: &WorkspaceId,
@@ -250,31 +293,6 @@ impl logic::Tx for SqliteTx<'_> {
             .map_err(internal)?
             .ok_or_else(|| StoreError::not_found("flow", flow))
     }
-}
-
-/// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3);
-/// the run id, or why none started (`logic::start_run`).
-#[allow(clippy::too_many_arguments)]
-pub fn start_run(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    flow: &FlowId,
-    version: i64,
-    plan: &EntryPlan,
-    contact: &ContactId,
-    event_data: &Value,
-    now: Millis,
-) -> Result<std::result::Result<RunId, crate::store::entry::EntryRefusal>> {
-    logic::run_ready(logic::start_run(
-        &mut SqliteTx(conn),
-        ws,
-        flow,
-        version,
-        plan,
-        contact,
-        event_data,
-        now,
-    ))
 }
 
 /// Active flows of the workspace whose trigger is `kind` with `key`, with
@@ -713,56 +731,5 @@ pub fn record_event(
     ev: &EventIn,
     now: Millis,
 ) -> Result<EventRecorded> {
-    let up = upsert_and_trigger(
-        conn,
-        ws,
-        &ContactUpsert {
-            email: Some(ev.email.clone()),
-            ..Default::default()
-        },
-        now,
-    )?;
-    let contact = &up.contact.id;
-    let id = EventId::generate();
-    let props = json_text(&ev.properties)?;
-    conn.prepare_cached(
-        "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), contact.as_str(), ev.name, props, ev.occurred_at, now]))
-    .map_err(internal)?;
-    let mut runs_started = Vec::new();
-    for (flow, version, doc) in triggered_flows(conn, ws, "event", &ev.name)? {
-        if let Some(plan) = EntryPlan::of(&doc)
-            && let Ok(run) = start_run(
-                conn,
-                ws,
-                &flow,
-                version,
-                &plan,
-                contact,
-                &ev.properties,
-                now,
-            )?
-        {
-            runs_started.push(run.to_string());
-        }
-    }
-    let resume = json_text(&crate::store::run::resume_payload(&id, ev))?;
-    // The contact was found in this workspace above, so its runs are too;
-    // naming the workspace here would lead SQLite to the (workspace,
-    // status) index, a scan of every waiting run.
-    let resumed = conn
-        .prepare_cached(
-            "UPDATE runs SET resume_event = ?3, due_at = ?4
-             WHERE contact_id = ?1 AND status = 'waiting' AND wait_event = ?2 AND resume_event IS NULL",
-        )
-        .and_then(|mut s| s.execute(params![contact.as_str(), ev.name, resume, now]))
-        .map_err(internal)?;
-    Ok(EventRecorded {
-        event_id: id.to_string(),
-        contact_id: contact.to_string(),
-        runs_started,
-        runs_resumed: resumed as u64,
-    })
+    logic::run_ready(logic::record_event(&mut SqliteTx(conn), ws, ev, now))
 }
