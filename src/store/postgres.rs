@@ -33,6 +33,15 @@ fn stored<T: crate::domain::Stored>(r: &PgRow, col: &str) -> Result<T> {
     T::decode(&raw).map_err(|e| StoreError::Internal(format!("{col}: {e}")))
 }
 
+/// `Ok` when a write touched a row; NotFound naming the row when not.
+fn touched(rows: u64, kind: &'static str, id: &dyn std::fmt::Display) -> Result<()> {
+    if rows == 0 {
+        Err(StoreError::not_found(kind, id))
+    } else {
+        Ok(())
+    }
+}
+
 fn internal(e: sqlx::Error) -> StoreError {
     // 40P01 deadlock_detected, 40001 serialization_failure: the transaction
     // was rolled back whole, so the request can be retried as is.

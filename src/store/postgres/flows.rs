@@ -176,11 +176,7 @@ pub async fn set_status(
     .await
     .map_err(internal)?
     .rows_affected();
-    if n == 0 {
-        Err(StoreError::not_found("flow", id))
-    } else {
-        Ok(())
-    }
+    super::touched(n, "flow", &id)
 }
 
 pub async fn rotate_token(
@@ -200,11 +196,7 @@ pub async fn rotate_token(
     .await
     .map_err(internal)?
     .rows_affected();
-    if n == 0 {
-        Err(StoreError::not_found("flow", id))
-    } else {
-        Ok(())
-    }
+    super::touched(n, "flow", &id)
 }
 
 /// The flow after a write, given a new signing secret first if its document
@@ -251,11 +243,7 @@ pub async fn delete(c: &mut PgConnection, ws: &WorkspaceId, id: &FlowId) -> Resu
         .await
         .map_err(internal)?
         .rows_affected();
-    if n == 0 {
-        Err(StoreError::not_found("flow", id))
-    } else {
-        Ok(())
-    }
+    super::touched(n, "flow", &id)
 }
 
 /// One version's document.

@@ -205,11 +205,7 @@ impl Store for PgStore {
             .await
             .map_err(internal)?
             .rows_affected();
-        if n == 0 {
-            Err(StoreError::not_found("list", id))
-        } else {
-            Ok(())
-        }
+        super::touched(n, "list", &id)
     }
 
     async fn add_list_field(
@@ -339,11 +335,7 @@ impl Store for PgStore {
             .await
             .map_err(internal)?
             .rows_affected();
-        if n == 0 {
-            Err(StoreError::not_found("contact", id))
-        } else {
-            Ok(())
-        }
+        super::touched(n, "contact", &id)
     }
 
     async fn add_membership(
