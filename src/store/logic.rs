@@ -12,7 +12,9 @@
 use serde_json::{Value, json};
 
 use super::entry::{self, EntryRefusal};
-use super::run::{ContactChange, Effect, EntryPlan, EventIn, EventRecorded, RunAdvance};
+use super::run::{
+    AdvanceOutcome, ContactChange, Effect, EntryPlan, EventIn, EventRecorded, RunAdvance,
+};
 use super::{
     ContactPatch, ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EntryResult,
     FlowRecord, FlowStatus, Result, StoreError, Upserted, plan,
@@ -162,6 +164,75 @@ pub(crate) trait Tx {
         payload: &Value,
         now: Millis,
     ) -> Result<u64>;
+
+    /// What a store prepares of each advance before its transaction (SQLite:
+    /// the history's JSON text, serialised off the writer thread).
+    type Prepared;
+    /// Locks the contacts (sorted ids) whose runs have effects, before any
+    /// run: the lock order of every other write (a contact, then its runs).
+    async fn lock_contacts(&mut self, ids: &[&str]) -> Result<()>;
+    /// Which of the runs (sorted ids) `owner` still holds at `now`, locked
+    /// for the transaction where the database locks rows.
+    async fn held_leases(
+        &mut self,
+        owner: &str,
+        now: Millis,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>>;
+    /// Writes an advance's history rows, or buffers them for `flush_history`.
+    async fn add_history(&mut self, adv: &RunAdvance, prepared: &Self::Prepared) -> Result<()>;
+    async fn flush_history(&mut self) -> Result<()>;
+    /// Moves the run to where the advance stopped and releases its lease.
+    async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()>;
+}
+
+/// Stores the engine's advances, each only where `owner` still holds its
+/// run's lease: contacts first, then every lease, checked at once; then per
+/// run, in order, its effects (a data error ends the run there), history
+/// and move. Any other error fails the whole batch, whose runs are claimed
+/// again when their leases end.
+pub(crate) async fn complete_batch<T: Tx>(
+    tx: &mut T,
+    owner: &str,
+    now: Millis,
+    advances: Vec<(RunAdvance, T::Prepared)>,
+) -> Result<Vec<AdvanceOutcome>> {
+    let mut contacts: Vec<&str> = advances
+        .iter()
+        .filter(|(a, _)| !a.effects.is_empty())
+        .map(|(a, _)| a.contact_id.as_str())
+        .collect();
+    contacts.sort_unstable();
+    contacts.dedup();
+    if !contacts.is_empty() {
+        tx.lock_contacts(&contacts).await?;
+    }
+    let mut ids: Vec<&str> = advances.iter().map(|(a, _)| a.run_id.as_str()).collect();
+    ids.sort_unstable();
+    let held = tx.held_leases(owner, now, &ids).await?;
+    let mut out = Vec::with_capacity(advances.len());
+    for (mut adv, prepared) in advances {
+        if !held.contains(adv.run_id.as_str()) {
+            out.push(AdvanceOutcome::LeaseLost);
+            continue;
+        }
+        let mut outcome = AdvanceOutcome::Applied;
+        for (index, effect) in std::mem::take(&mut adv.effects) {
+            if let Err(e) = apply_effect(tx, &adv, &effect, now).await {
+                let error = match e {
+                    StoreError::Internal(_) | StoreError::Busy(_) => return Err(e),
+                    other => other.to_string(),
+                };
+                outcome = super::run::fail_at(&mut adv, index, error);
+                break;
+            }
+        }
+        tx.add_history(&adv, &prepared).await?;
+        tx.move_run(&adv, now).await?;
+        out.push(outcome);
+    }
+    tx.flush_history().await?;
+    Ok(out)
 }
 
 /// Records one event (IN-8): the contact (created if new), the event, the

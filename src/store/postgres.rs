@@ -449,7 +449,7 @@ async fn upsert_contact_in(
     ws: &WorkspaceId,
     input: &ContactUpsert,
 ) -> Result<Upserted> {
-    crate::store::logic::upsert_contact(&mut engine::PgTx(c), ws, input, now_millis()).await
+    crate::store::logic::upsert_contact(&mut engine::PgTx::new(c), ws, input, now_millis()).await
 }
 
 /// Serialises upserts of one email across processes until the transaction

@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::store::run::run_finished;
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, Effect, EventIn, EventRecorded, Result, RunAdvance,
+    AdvanceOutcome, ClaimedRun, ContactChange, EventIn, EventRecorded, Result, RunAdvance,
     RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
 };
 
@@ -47,7 +47,20 @@ pub async fn savepoint_end(c: &mut PgConnection, ok: bool) -> Result<()> {
 }
 
 /// The statements `store::logic` needs, in the caller's transaction.
-pub(crate) struct PgTx<'c>(pub &'c mut PgConnection);
+pub(crate) struct PgTx<'c> {
+    c: &'c mut PgConnection,
+    /// History rows of a completion batch, written at its end.
+    history: History,
+}
+
+impl<'c> PgTx<'c> {
+    pub(crate) fn new(c: &'c mut PgConnection) -> Self {
+        Self {
+            c,
+            history: History::default(),
+        }
+    }
+}
 
 impl logic::Tx for PgTx<'_> {
     async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
@@ -57,7 +70,7 @@ impl logic::Tx for PgTx<'_> {
         )
         .bind(flow.as_str())
         .bind(contact.as_str())
-        .fetch_one(&mut *self.0)
+        .fetch_one(&mut *self.c)
         .await
         .map_err(internal)?;
         Ok((
@@ -84,7 +97,7 @@ impl logic::Tx for PgTx<'_> {
         .bind(run.event_data)
         .bind(run.plan.has_exits)
         .bind(run.event_data.len() as i64)
-        .execute(&mut *self.0)
+        .execute(&mut *self.c)
         .await
         .map_err(internal)?
         .rows_affected();
@@ -98,7 +111,7 @@ impl logic::Tx for PgTx<'_> {
         now: Millis,
         ask: bool,
     ) -> Result<bool> {
-        wake_exits_and_find_triggers(self.0, ws, contact, now, ask).await
+        wake_exits_and_find_triggers(self.c, ws, contact, now, ask).await
     }
 
     async fn triggered_flows(
@@ -107,7 +120,7 @@ impl logic::Tx for PgTx<'_> {
         kind: &str,
         key: &str,
     ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
-        triggered_flows(self.0, ws, kind, key).await
+        triggered_flows(self.c, ws, kind, key).await
     }
 
     async fn contact_for_update(
@@ -115,7 +128,7 @@ impl logic::Tx for PgTx<'_> {
         ws: &WorkspaceId,
         id: &ContactId,
     ) -> Result<crate::store::ContactRecord> {
-        contact_by_id(self.0, ws, id, true).await
+        contact_by_id(self.c, ws, id, true).await
     }
 
     async fn contact_field_defs(
@@ -123,7 +136,7 @@ impl logic::Tx for PgTx<'_> {
         ws: &WorkspaceId,
         id: &ContactId,
     ) -> Result<Vec<crate::domain::FieldDef>> {
-        field_defs_for(self.0, ws, Some(id), &[]).await
+        field_defs_for(self.c, ws, Some(id), &[]).await
     }
 
     async fn write_contact(
@@ -131,11 +144,11 @@ impl logic::Tx for PgTx<'_> {
         ws: &WorkspaceId,
         contact: &crate::store::ContactRecord,
     ) -> Result<()> {
-        write_contact(self.0, ws, contact).await
+        write_contact(self.c, ws, contact).await
     }
 
     async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
-        super::share_list(self.0, ws, list).await
+        super::share_list(self.c, ws, list).await
     }
 
     async fn add_membership(
@@ -144,7 +157,7 @@ impl logic::Tx for PgTx<'_> {
         list: &ListId,
         contact: &ContactId,
     ) -> Result<bool> {
-        Ok(upsert_membership(self.0, ws, list, contact).await?.1)
+        Ok(upsert_membership(self.c, ws, list, contact).await?.1)
     }
 
     async fn remove_membership(
@@ -159,7 +172,7 @@ impl logic::Tx for PgTx<'_> {
         .bind(ws.as_str())
         .bind(list.as_str())
         .bind(contact.as_str())
-        .execute(&mut *self.0)
+        .execute(&mut *self.c)
         .await
         .map_err(internal)?
         .rows_affected();
@@ -167,11 +180,11 @@ impl logic::Tx for PgTx<'_> {
     }
 
     async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
-        flows::get(self.0, ws, id).await
+        flows::get(self.c, ws, id).await
     }
 
     async fn lock_email(&mut self, ws: &WorkspaceId, email: &crate::domain::Email) -> Result<()> {
-        super::lock_email(self.0, ws, email).await
+        super::lock_email(self.c, ws, email).await
     }
 
     async fn contact_by_email(
@@ -179,7 +192,7 @@ impl logic::Tx for PgTx<'_> {
         ws: &WorkspaceId,
         email: &crate::domain::Email,
     ) -> Result<Option<crate::store::ContactRecord>> {
-        super::contact_where(self.0, ws, "email", email.as_str(), true).await
+        super::contact_where(self.c, ws, "email", email.as_str(), true).await
     }
 
     async fn field_defs(
@@ -188,7 +201,7 @@ impl logic::Tx for PgTx<'_> {
         contact: Option<&ContactId>,
         lists: &[ListId],
     ) -> Result<Vec<crate::domain::FieldDef>> {
-        field_defs_for(self.0, ws, contact, lists).await
+        field_defs_for(self.c, ws, contact, lists).await
     }
 
     async fn lock_idempotency_key(
@@ -199,7 +212,7 @@ impl logic::Tx for PgTx<'_> {
     ) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
             .bind(format!("{ws}/idem/{scope}/{key}"))
-            .execute(&mut *self.0)
+            .execute(&mut *self.c)
             .await
             .map_err(internal)?;
         Ok(())
@@ -212,7 +225,7 @@ impl logic::Tx for PgTx<'_> {
         key: &str,
         hash: &[u8],
     ) -> Result<Option<crate::store::EntryResult>> {
-        super::runs::answer(self.0, ws, scope, key, hash).await
+        super::runs::answer(self.c, ws, scope, key, hash).await
     }
 
     async fn store_answer(
@@ -231,7 +244,7 @@ impl logic::Tx for PgTx<'_> {
             .bind(hash)
             .bind(serde_json::to_value(answer).map_err(|e| StoreError::Internal(e.to_string()))?)
             .bind(now)
-            .execute(&mut *self.0)
+            .execute(&mut *self.c)
             .await
             .map_err(internal)?;
         Ok(())
@@ -256,7 +269,7 @@ impl logic::Tx for PgTx<'_> {
         .bind(&ev.properties)
         .bind(ev.occurred_at)
         .bind(now)
-        .execute(&mut *self.0)
+        .execute(&mut *self.c)
         .await
         .map_err(internal)?;
         Ok(())
@@ -277,10 +290,54 @@ impl logic::Tx for PgTx<'_> {
         .bind(name)
         .bind(payload)
         .bind(now)
-        .execute(&mut *self.0)
+        .execute(&mut *self.c)
         .await
         .map_err(internal)?
         .rows_affected())
+    }
+
+    type Prepared = ();
+
+    async fn lock_contacts(&mut self, ids: &[&str]) -> Result<()> {
+        sqlx::query("SELECT id FROM contacts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .execute(&mut *self.c)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn held_leases(
+        &mut self,
+        owner: &str,
+        now: Millis,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > $3
+             AND status IN ('active', 'waiting') ORDER BY id FOR UPDATE",
+        )
+        .bind(ids)
+        .bind(owner)
+        .bind(now)
+        .fetch_all(&mut *self.c)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .collect())
+    }
+
+    async fn add_history(&mut self, adv: &RunAdvance, _: &()) -> Result<()> {
+        self.history.push(adv);
+        Ok(())
+    }
+
+    async fn flush_history(&mut self) -> Result<()> {
+        std::mem::take(&mut self.history).insert(self.c).await
+    }
+
+    async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
+        move_run(self.c, adv, now).await
     }
 
     async fn flow_for_entry(
@@ -293,7 +350,7 @@ impl logic::Tx for PgTx<'_> {
         )
         .bind(ws.as_str())
         .bind(flow.as_str())
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(&mut *self.c)
         .await
         .map_err(internal)?
         .ok_or_else(|| StoreError::not_found("flow", flow))?;
@@ -370,7 +427,7 @@ pub async fn contact_changed(
     change: &ContactChange,
     now: Millis,
 ) -> Result<Vec<RunId>> {
-    logic::contact_changed(&mut PgTx(c), ws, contact, change, now).await
+    logic::contact_changed(&mut PgTx::new(c), ws, contact, change, now).await
 }
 
 // ---- claiming and completing ----------------------------------------------------------
@@ -478,59 +535,18 @@ pub async fn next_due(c: &mut PgConnection) -> Result<Option<Millis>> {
     Ok(due.flatten())
 }
 
-/// Stores a batch of advances in the caller's transaction, each only where
-/// `owner` still holds its run's lease. Set-based where order cannot
-/// matter: one statement locks the contacts whose runs have effects, one
-/// checks and locks every lease, one inserts the whole batch's history (no
-/// effect reads it); effects and each run's move stay per run, in order.
+/// Stores a batch of advances in the caller's transaction
+/// (`logic::complete_batch`): set-based where order cannot matter (contacts
+/// locked in one statement, every lease checked in one, the history in one
+/// `UNNEST` insert), effects and moves per run, in order.
 pub async fn complete_batch(
     c: &mut PgConnection,
     owner: &str,
     now: Millis,
     advances: Vec<RunAdvance>,
 ) -> Result<Vec<AdvanceOutcome>> {
-    // Lock order as in every other write: contacts before runs (an event
-    // locks the contact, then the runs it resumes); ordered by id, so two
-    // batches never wait on each other in a cycle.
-    let mut contacts: Vec<&str> = advances
-        .iter()
-        .filter(|a| !a.effects.is_empty())
-        .map(|a| a.contact_id.as_str())
-        .collect();
-    contacts.sort_unstable();
-    contacts.dedup();
-    if !contacts.is_empty() {
-        sqlx::query("SELECT id FROM contacts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&contacts)
-            .execute(&mut *c)
-            .await
-            .map_err(internal)?;
-    }
-    let mut ids: Vec<&str> = advances.iter().map(|a| a.run_id.as_str()).collect();
-    ids.sort_unstable();
-    let held: std::collections::HashSet<String> = sqlx::query_scalar(
-        "SELECT id FROM runs WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > $3
-         AND status IN ('active', 'waiting') ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .bind(owner)
-    .bind(now)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(internal)?
-    .into_iter()
-    .collect();
-    let mut history = History::default();
-    let mut out = Vec::with_capacity(advances.len());
-    for adv in advances {
-        if !held.contains(adv.run_id.as_str()) {
-            out.push(AdvanceOutcome::LeaseLost);
-            continue;
-        }
-        out.push(complete_one(c, now, adv, &mut history).await?);
-    }
-    history.insert(c).await?;
-    Ok(out)
+    let advances = advances.into_iter().map(|a| (a, ())).collect();
+    logic::complete_batch(&mut PgTx::new(c), owner, now, advances).await
 }
 
 /// The step history of a batch, as columns for one `UNNEST` insert.
@@ -548,6 +564,20 @@ struct History {
 }
 
 impl History {
+    fn push(&mut self, adv: &RunAdvance) {
+        for (i, h) in adv.history.iter().enumerate() {
+            self.run_id.push(adv.run_id.to_string());
+            self.seq.push(adv.first_seq + i as i64);
+            self.step.push(h.step.clone());
+            self.kind.push(h.kind.clone());
+            self.at.push(h.at);
+            self.input.push(h.input.clone());
+            self.outcome.push(h.outcome.as_str().to_owned());
+            self.detail.push(h.detail.clone());
+            self.error.push(h.error.clone());
+        }
+    }
+
     async fn insert(self, c: &mut PgConnection) -> Result<()> {
         if self.run_id.is_empty() {
             return Ok(());
@@ -573,37 +603,9 @@ impl History {
     }
 }
 
-/// One advance whose lease is held (and locked): its effects, its history
-/// (into `history`) and its move.
-async fn complete_one(
-    c: &mut PgConnection,
-    now: Millis,
-    mut adv: RunAdvance,
-    history: &mut History,
-) -> Result<AdvanceOutcome> {
-    let mut outcome = AdvanceOutcome::Applied;
-    for (index, effect) in std::mem::take(&mut adv.effects) {
-        if let Err(e) = apply_effect(c, &adv, &effect, now).await {
-            let error = match e {
-                StoreError::Internal(_) | StoreError::Busy(_) => return Err(e),
-                other => other.to_string(),
-            };
-            outcome = crate::store::run::fail_at(&mut adv, index, error);
-            break;
-        }
-    }
-    for (i, h) in adv.history.iter().enumerate() {
-        history.run_id.push(adv.run_id.to_string());
-        history.seq.push(adv.first_seq + i as i64);
-        history.step.push(h.step.clone());
-        history.kind.push(h.kind.clone());
-        history.at.push(h.at);
-        history.input.push(h.input.clone());
-        history.outcome.push(h.outcome.as_str().to_owned());
-        history.detail.push(h.detail.clone());
-        history.error.push(h.error.clone());
-    }
-    let m = crate::store::run::RunMove::of(&adv, now);
+/// Moves a run to where its advance stopped and releases the lease.
+async fn move_run(c: &mut PgConnection, adv: &RunAdvance, now: Millis) -> Result<()> {
+    let m = crate::store::run::RunMove::of(adv, now);
     sqlx::query(
         "UPDATE runs SET status = $2, step = COALESCE($3, step),
            due_at = CASE WHEN $2 = 'waiting' AND ((NOT $10 AND resume_event IS NOT NULL AND $3 = step)
@@ -628,16 +630,7 @@ async fn complete_one(
     .execute(&mut *c)
     .await
     .map_err(internal)?;
-    Ok(outcome)
-}
-
-async fn apply_effect(
-    c: &mut PgConnection,
-    adv: &RunAdvance,
-    effect: &Effect,
-    now: Millis,
-) -> Result<()> {
-    logic::apply_effect(&mut PgTx(c), adv, effect, now).await
+    Ok(())
 }
 
 // ---- reading runs ------------------------------------------------------------------------
@@ -781,5 +774,5 @@ pub async fn record_event(
     ev: &EventIn,
     now: Millis,
 ) -> Result<EventRecorded> {
-    logic::record_event(&mut PgTx(c), ws, ev, now).await
+    logic::record_event(&mut PgTx::new(c), ws, ev, now).await
 }

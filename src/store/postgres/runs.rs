@@ -28,7 +28,7 @@ pub async fn enter(
     ws: &WorkspaceId,
     req: &EntryRequest,
 ) -> Result<EntryOutcome> {
-    logic::enter(&mut engine::PgTx(c), ws, req).await
+    logic::enter(&mut engine::PgTx::new(c), ws, req).await
 }
 
 /// The stored answer to `key` in `scope`; a Conflict if it came with another

@@ -13,8 +13,8 @@ use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, Effect, EventIn, EventRecorded,
-    Result, RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
+    AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, EventIn, EventRecorded, Result,
+    RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
 };
 
 fn json_text(v: &Value) -> Result<String> {
@@ -275,6 +275,46 @@ impl logic::Tx for SqliteTx<'_> {
         Ok(n as u64)
     }
 
+    type Prepared = Vec<(String, String)>;
+
+    async fn lock_contacts(&mut self, _ids: &[&str]) -> Result<()> {
+        Ok(()) // the one writer serialises every write
+    }
+
+    async fn held_leases(
+        &mut self,
+        owner: &str,
+        now: Millis,
+        ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut s = self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM runs WHERE id = ?1 AND lease_owner = ?2 AND lease_until > ?3
+                 AND (status = 'active' OR status = 'waiting')",
+            )
+            .map_err(internal)?;
+        let mut held = std::collections::HashSet::with_capacity(ids.len());
+        for id in ids {
+            if s.exists(params![id, owner, now]).map_err(internal)? {
+                held.insert((*id).to_owned());
+            }
+        }
+        Ok(held)
+    }
+
+    async fn add_history(&mut self, adv: &RunAdvance, json: &Self::Prepared) -> Result<()> {
+        write_history(self.0, adv, json)
+    }
+
+    async fn flush_history(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
+        move_run(self.0, adv, now)
+    }
+
     async fn flow_for_entry(
         &mut self,
         ws: &WorkspaceId,
@@ -478,14 +518,11 @@ pub fn next_due(conn: &Connection) -> Result<Option<Millis>> {
     .map_err(internal)
 }
 
-/// A run's advance with its history's JSON already serialised (by
-/// [`prepare`], off the writer thread: the writer is the serial resource).
-pub struct Prepared {
-    adv: RunAdvance,
-    /// `(input, detail)` of each history row.
-    json: Vec<(String, String)>,
-}
+/// An advance with its history's `(input, detail)` JSON text.
+pub type Prepared = (RunAdvance, Vec<(String, String)>);
 
+/// Serialises each advance's history JSON before the writer thread (the
+/// writer is the one serial resource; this measured +30 % calls/s).
 pub fn prepare(advances: Vec<RunAdvance>) -> Result<Vec<Prepared>> {
     advances
         .into_iter()
@@ -495,14 +532,14 @@ pub fn prepare(advances: Vec<RunAdvance>) -> Result<Vec<Prepared>> {
                 .iter()
                 .map(|h| Ok((json_text(&h.input)?, json_text(&h.detail)?)))
                 .collect::<Result<_>>()?;
-            Ok(Prepared { adv, json })
+            Ok((adv, json))
         })
         .collect()
 }
 
-/// Stores each advance. No savepoint per run: nothing is written before the
-/// lease check, an effect that fails for a reason of the data stops where
-/// it is (the steps before it did happen), and any other error fails the
+/// Stores each advance (`logic::complete_batch`). No savepoint per run:
+/// nothing is written before the lease check, an effect that fails for a
+/// reason of the data stops where it is, and any other error fails the
 /// whole job, whose runs are then claimed again when their leases expire.
 pub fn complete(
     conn: &Connection,
@@ -510,48 +547,12 @@ pub fn complete(
     now: Millis,
     advances: Vec<Prepared>,
 ) -> Result<Vec<AdvanceOutcome>> {
-    let mut out = Vec::with_capacity(advances.len());
-    for p in advances {
-        out.push(complete_one(conn, owner, now, p)?);
-    }
-    Ok(out)
-}
-
-fn complete_one(
-    conn: &Connection,
-    owner: &str,
-    now: Millis,
-    prepared: Prepared,
-) -> Result<AdvanceOutcome> {
-    let Prepared { mut adv, json } = prepared;
-    let held = conn
-        .prepare_cached(
-            "SELECT 1 FROM runs WHERE id = ?1 AND lease_owner = ?2 AND lease_until > ?3
-             AND (status = 'active' OR status = 'waiting')",
-        )
-        .and_then(|mut s| s.exists(params![adv.run_id.as_str(), owner, now]))
-        .map_err(internal)?;
-    if !held {
-        return Ok(AdvanceOutcome::LeaseLost);
-    }
-    let mut outcome = AdvanceOutcome::Applied;
-    for (index, effect) in std::mem::take(&mut adv.effects) {
-        if let Err(e) = apply_effect(conn, &adv, &effect, now) {
-            let error = match e {
-                StoreError::Internal(_) | StoreError::Busy(_) => return Err(e),
-                other => other.to_string(),
-            };
-            outcome = crate::store::run::fail_at(&mut adv, index, error);
-            break;
-        }
-    }
-    write_history(conn, &adv, &json)?;
-    move_run(conn, &adv, now)?;
-    Ok(outcome)
-}
-
-fn apply_effect(conn: &Connection, adv: &RunAdvance, effect: &Effect, now: Millis) -> Result<()> {
-    logic::run_ready(logic::apply_effect(&mut SqliteTx(conn), adv, effect, now))
+    logic::run_ready(logic::complete_batch(
+        &mut SqliteTx(conn),
+        owner,
+        now,
+        advances,
+    ))
 }
 
 fn write_history(conn: &Connection, adv: &RunAdvance, json: &[(String, String)]) -> Result<()> {
