@@ -352,15 +352,43 @@ async fn field_defs_for(
     extra: &[ListId],
 ) -> Result<Vec<FieldDef>> {
     let mut defs = Vec::new();
-    for (i, list) in extra.iter().enumerate() {
-        if !share_list(c, ws, list).await? {
-            return Err(StoreError::Invalid {
-                code: "unknown_list",
-                field: format!("lists[{i}]"),
-                message: format!("list `{list}` does not exist"),
-            });
+    if !extra.is_empty() {
+        // One statement for every list named: share-locks it (so it is not
+        // deleted under this write) and reads its fields; a list without
+        // fields is one row of NULLs, a list not in the workspace no row.
+        let ids: Vec<&str> = extra.iter().map(ListId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT l.id AS list_id, f.name, f.type, f.options FROM lists l
+             LEFT JOIN list_fields f ON f.list_id = l.id
+             WHERE l.workspace_id = $1 AND l.id = ANY($2)
+             ORDER BY l.id, f.position FOR SHARE OF l",
+        )
+        .bind(ws.as_str())
+        .bind(&ids)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(internal)?;
+        let mut by_list: std::collections::HashMap<String, Vec<FieldDef>> = Default::default();
+        for r in &rows {
+            let list: String = r.try_get("list_id").map_err(internal)?;
+            let fields = by_list.entry(list).or_default();
+            if r.try_get::<Option<String>, _>("name")
+                .map_err(internal)?
+                .is_some()
+            {
+                fields.push(field_row(r)?);
+            }
         }
-        defs.extend(list_fields(c, list).await?);
+        for (i, list) in extra.iter().enumerate() {
+            let Some(fields) = by_list.get(list.as_str()) else {
+                return Err(StoreError::Invalid {
+                    code: "unknown_list",
+                    field: format!("lists[{i}]"),
+                    message: format!("list `{list}` does not exist"),
+                });
+            };
+            defs.extend(fields.iter().cloned());
+        }
     }
     if let Some(id) = contact {
         let rows = sqlx::query(

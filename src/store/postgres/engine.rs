@@ -10,8 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{
-    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, upsert_membership,
-    write_contact,
+    CONTACT_COLS, contact_by_id, contact_row, field_defs_for, flows, internal, write_contact,
 };
 use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
@@ -157,7 +156,22 @@ impl logic::Tx for PgTx<'_> {
         list: &ListId,
         contact: &ContactId,
     ) -> Result<bool> {
-        Ok(upsert_membership(self.c, ws, list, contact).await?.1)
+        // Only whether it was new: no second read of the row (the API's
+        // `upsert_membership` returns the membership itself).
+        Ok(sqlx::query(
+            "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES ($1, $2, $3, 'subscribed', $4)
+             ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
+               since = EXCLUDED.since WHERE memberships.status <> 'subscribed'
+             RETURNING 1",
+        )
+        .bind(list.as_str())
+        .bind(contact.as_str())
+        .bind(ws.as_str())
+        .bind(crate::store::now_millis())
+        .fetch_optional(&mut *self.c)
+        .await
+        .map_err(internal)?
+        .is_some())
     }
 
     async fn remove_membership(
