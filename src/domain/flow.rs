@@ -285,9 +285,8 @@ impl FlowDoc {
     /// change when it names no value). False for other triggers.
     pub fn field_trigger_fires(&self, new: Option<&Value>) -> bool {
         match &self.trigger {
-            Trigger::FieldChanged { to: None, .. } => true,
             Trigger::FieldChanged {
-                to: Some(Value::Null),
+                to: None | Some(Value::Null),
                 ..
             } => true,
             Trigger::FieldChanged { to: Some(want), .. } => {

@@ -48,14 +48,18 @@ pub fn flow_not_active() -> StoreError {
 /// call came through. The API caches flows by token for a moment, so this
 /// is what makes a pause, a deletion or a rotation by another process take
 /// effect at once.
-pub fn check_flow(status: &str, token: Option<&str>, req: &EntryRequest) -> Result<(), StoreError> {
+pub fn check_flow(
+    status: FlowStatus,
+    token: Option<&str>,
+    req: &EntryRequest,
+) -> Result<(), StoreError> {
     if let Some(used) = &req.inbound_token
         && token != Some(used.as_str())
     {
         return Err(StoreError::not_found("inbound URL", "this token"));
     }
-    match FlowStatus::parse(status) {
-        Some(FlowStatus::Active) => Ok(()),
+    match status {
+        FlowStatus::Active => Ok(()),
         _ => Err(flow_not_active()),
     }
 }

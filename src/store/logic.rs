@@ -4,10 +4,11 @@
 //! on a transaction's connection. What is here decides; the `Tx` methods
 //! only read and write.
 //!
-//! Moved here so far: starting a run (the repeat rules and the insert), what
-//! a contact change fires (contact triggers, exit-condition wake-ups) and a
-//! step's effects on the contact.
-//! The rest of the per-store orchestration follows (see ARCHITECTURE.md).
+//! Here: entering a flow, upserting and patching a contact, memberships,
+//! what a contact change fires (contact triggers, exit-condition wake-ups),
+//! starting runs, a step's effects, recording events and completing the
+//! engine's advances. Claims keep their own SQL per store (see
+//! ARCHITECTURE.md).
 
 use serde_json::{Value, json};
 
@@ -17,7 +18,7 @@ use super::run::{
 };
 use super::{
     ContactPatch, ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EntryResult,
-    FlowRecord, FlowStatus, Result, StoreError, Upserted, plan,
+    FlowRecord, FlowStatus, Membership, Result, StoreError, Upserted, plan,
 };
 use crate::domain::flow::{FlowDoc, Trigger};
 use crate::domain::{
@@ -69,12 +70,6 @@ pub(crate) trait Tx {
         ws: &WorkspaceId,
         id: &ContactId,
     ) -> Result<ContactRecord>;
-    /// The field definitions of the lists the contact is in.
-    async fn contact_field_defs(
-        &mut self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-    ) -> Result<Vec<FieldDef>>;
     async fn write_contact(&mut self, ws: &WorkspaceId, contact: &ContactRecord) -> Result<()>;
     /// Whether the list is in the workspace; share-locked where the database
     /// locks rows, so it is not deleted under the write that uses it.
@@ -86,6 +81,8 @@ pub(crate) trait Tx {
         list: &ListId,
         contact: &ContactId,
     ) -> Result<bool>;
+    /// The contact's membership of the list (NotFound if there is none).
+    async fn membership(&mut self, list: &ListId, contact: &ContactId) -> Result<Membership>;
     /// Removes the contact from the list; true if it was in it.
     async fn remove_membership(
         &mut self,
@@ -146,7 +143,7 @@ pub(crate) trait Tx {
         &mut self,
         ws: &WorkspaceId,
         flow: &FlowId,
-    ) -> Result<(String, Option<String>)>;
+    ) -> Result<(FlowStatus, Option<String>)>;
     async fn insert_event(
         &mut self,
         id: &EventId,
@@ -307,6 +304,83 @@ pub(crate) async fn upsert_contact<T: Tx>(
     Ok(out)
 }
 
+/// Patches a contact (`PATCH /v1/contacts/{id}`), and fires what the change
+/// triggers.
+pub(crate) async fn patch_contact<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    id: &ContactId,
+    patch: &ContactPatch,
+    now: Millis,
+) -> Result<ContactRecord> {
+    if let Some(email) = &patch.email {
+        tx.lock_email(ws, email).await?;
+    }
+    let existing = tx.contact_for_update(ws, id).await?;
+    let defs = tx.field_defs(ws, Some(id), &[]).await?;
+    let before = existing.clone();
+    let updated = plan::patch(existing, &defs, patch, now)?;
+    tx.write_contact(ws, &updated).await?;
+    let change = ContactChange {
+        changed_fields: ContactChange::fields(Some(&before.fields), &updated.fields),
+        other: before.email != updated.email
+            || before.phone != updated.phone
+            || before.status != updated.status,
+        ..Default::default()
+    };
+    contact_changed(tx, ws, id, &change, now).await?;
+    Ok(updated)
+}
+
+/// Adds a contact to a list (`POST /v1/lists/{id}/members`), and fires
+/// what joining triggers. The list is locked before the contact, as in
+/// every write that names both.
+pub(crate) async fn add_member<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    list: &ListId,
+    contact: &ContactId,
+    now: Millis,
+) -> Result<Membership> {
+    if !tx.lock_list(ws, list).await? {
+        return Err(StoreError::not_found("list", list));
+    }
+    tx.contact_for_update(ws, contact).await?;
+    if tx.add_membership(ws, list, contact).await? {
+        let change = ContactChange {
+            added_lists: vec![list.clone()],
+            ..Default::default()
+        };
+        contact_changed(tx, ws, contact, &change, now).await?;
+    }
+    tx.membership(list, contact).await
+}
+
+/// Removes a contact from a list; NotFound if it was not in it.
+pub(crate) async fn remove_member<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    list: &ListId,
+    contact: &ContactId,
+    now: Millis,
+) -> Result<()> {
+    if !tx.lock_list(ws, list).await? {
+        return Err(StoreError::not_found("list", list));
+    }
+    tx.contact_for_update(ws, contact).await?;
+    if !tx.remove_membership(ws, list, contact).await? {
+        return Err(StoreError::not_found(
+            "membership",
+            format!("{list}/{contact}"),
+        ));
+    }
+    let change = ContactChange {
+        other: true,
+        ..Default::default()
+    };
+    contact_changed(tx, ws, contact, &change, now).await
+}
+
 /// A contact entering a flow (an inbound call), all at once: replay a
 /// stored answer to its idempotency key (or refuse the key with another
 /// body), check the flow is still active with the token the call came
@@ -328,7 +402,7 @@ pub(crate) async fn enter<T: Tx>(
         }
     }
     let (status, token) = tx.flow_for_entry(ws, &req.flow_id).await?;
-    entry::check_flow(&status, token.as_deref(), req)?;
+    entry::check_flow(status, token.as_deref(), req)?;
     let now = super::now_millis();
     let up = upsert_contact(tx, ws, &req.contact, now).await?;
     let plan = EntryPlan {
@@ -379,7 +453,7 @@ pub(crate) async fn apply_effect<T: Tx>(
     match effect {
         Effect::SetField { name, value } => {
             let existing = tx.contact_for_update(ws, contact).await?;
-            let defs = tx.contact_field_defs(ws, contact).await?;
+            let defs = tx.field_defs(ws, Some(contact), &[]).await?;
             let mut fields = serde_json::Map::new();
             fields.insert(name.clone(), value.clone());
             let before = existing.fields.clone();
@@ -487,17 +561,16 @@ pub(crate) async fn start_run<T: Tx>(
 /// After a contact changed: starts the flows triggered by the lists it
 /// joined and the fields that changed, and wakes its waiting runs that have
 /// exit conditions so the engine checks them (FL-4). In the transaction of
-/// the change, so a trigger is never lost. The runs started.
+/// the change, so a trigger is never lost.
 pub(crate) async fn contact_changed<T: Tx>(
     tx: &mut T,
     ws: &WorkspaceId,
     contact: &ContactId,
     change: &ContactChange,
     now: Millis,
-) -> Result<Vec<RunId>> {
-    let mut started = Vec::new();
+) -> Result<()> {
     if change.is_empty() {
-        return Ok(started);
+        return Ok(());
     }
     // The wake goes first: the runs started below are active, never
     // waiting, so it cannot touch them.
@@ -506,16 +579,15 @@ pub(crate) async fn contact_changed<T: Tx>(
         .wake_exits_and_find_triggers(ws, contact, now, ask)
         .await?
     {
-        return Ok(started);
+        return Ok(());
     }
     let empty = json!({});
     for list in &change.added_lists {
         for (flow, version, doc) in tx.triggered_flows(ws, "list_added", list.as_str()).await? {
-            if let Some(plan) = EntryPlan::of(&doc)
-                && let Ok(run) =
-                    start_run(tx, ws, &flow, version, &plan, contact, &empty, now).await?
-            {
-                started.push(run);
+            if let Some(plan) = EntryPlan::of(&doc) {
+                // A contact that already went through, or is in, the flow
+                // is not an error here: the trigger simply starts nothing.
+                let _ = start_run(tx, ws, &flow, version, &plan, contact, &empty, now).await?;
             }
         }
     }
@@ -525,15 +597,12 @@ pub(crate) async fn contact_changed<T: Tx>(
                 continue;
             }
             let data = json!({ "field": field, "value": value });
-            if let Some(plan) = EntryPlan::of(&doc)
-                && let Ok(run) =
-                    start_run(tx, ws, &flow, version, &plan, contact, &data, now).await?
-            {
-                started.push(run);
+            if let Some(plan) = EntryPlan::of(&doc) {
+                let _ = start_run(tx, ws, &flow, version, &plan, contact, &data, now).await?;
             }
         }
     }
-    Ok(started)
+    Ok(())
 }
 
 /// Runs orchestration over a `Tx` whose futures are all ready at once (the

@@ -10,11 +10,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactChange, ContactFilter, ContactPatch,
-    ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord,
-    FlowStatus, InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance,
-    RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace,
-    now_millis, plan,
+    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactFilter, ContactPatch, ContactRecord,
+    ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus,
+    InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
+    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FieldName, FlowId, ListId, MembershipStatus, Millis,
@@ -431,53 +430,6 @@ async fn write_contact(c: &mut PgConnection, ws: &WorkspaceId, ct: &ContactRecor
         }
     })?;
     Ok(())
-}
-
-async fn upsert_membership(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    list: &ListId,
-    contact: &ContactId,
-) -> Result<(Membership, bool)> {
-    let row = sqlx::query(
-        "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES ($1, $2, $3, 'subscribed', $4)
-         ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
-           since = EXCLUDED.since WHERE memberships.status <> 'subscribed'
-         RETURNING list_id, contact_id, status, since",
-    )
-    .bind(list.as_str())
-    .bind(contact.as_str())
-    .bind(ws.as_str())
-    .bind(now_millis())
-    .fetch_optional(&mut *c)
-    .await
-    .map_err(internal)?;
-    match row {
-        Some(row) => Ok((membership_row(&row)?, true)),
-        // Already subscribed: the conditional update wrote nothing.
-        None => {
-            let row = sqlx::query("SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = $1 AND contact_id = $2")
-                .bind(list.as_str())
-                .bind(contact.as_str())
-                .fetch_one(&mut *c)
-                .await
-                .map_err(internal)?;
-            Ok((membership_row(&row)?, false))
-        }
-    }
-}
-
-/// Creates or updates the contact with `input`'s email inside the caller's
-/// transaction (serialised per email), checking field values against the
-/// lists it is in or joins, and adds it to those lists. Shared by the
-/// contacts API, events and entering a flow; fires what the change triggers
-/// (`engine::contact_changed`).
-async fn upsert_contact_in(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    input: &ContactUpsert,
-) -> Result<Upserted> {
-    crate::store::logic::upsert_contact(&mut engine::PgTx::new(c), ws, input, now_millis()).await
 }
 
 /// Serialises upserts of one email across processes until the transaction

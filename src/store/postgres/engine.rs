@@ -17,8 +17,8 @@ use crate::domain::{
 };
 use crate::store::run::run_finished;
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, EventIn, EventRecorded, Result, RunAdvance,
-    RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
+    AdvanceOutcome, ClaimedRun, EventIn, EventRecorded, Result, RunAdvance, RunFilter, RunRecord,
+    RunStatus, StepRecord, StoreError,
 };
 
 /// Opens a savepoint; [`savepoint_end`] releases it, or rolls it back when
@@ -110,7 +110,24 @@ impl logic::Tx for PgTx<'_> {
         now: Millis,
         ask: bool,
     ) -> Result<bool> {
-        wake_exits_and_find_triggers(self.c, ws, contact, now, ask).await
+        // One round trip for both: every contact write needs the wake-up,
+        // most need the answer.
+        sqlx::query_scalar(
+            "WITH woken AS (
+               UPDATE runs SET due_at = $2
+               WHERE contact_id = $1 AND status = 'waiting' AND has_exits AND due_at > $2
+               RETURNING 1)
+             SELECT $4 AND EXISTS (
+               SELECT 1 FROM flows WHERE workspace_id = $3 AND status = 'active'
+               AND trigger_type IN ('list_added', 'field_changed'))",
+        )
+        .bind(contact.as_str())
+        .bind(now)
+        .bind(ws.as_str())
+        .bind(ask)
+        .fetch_one(&mut *self.c)
+        .await
+        .map_err(internal)
     }
 
     async fn triggered_flows(
@@ -128,14 +145,6 @@ impl logic::Tx for PgTx<'_> {
         id: &ContactId,
     ) -> Result<crate::store::ContactRecord> {
         contact_by_id(self.c, ws, id, true).await
-    }
-
-    async fn contact_field_defs(
-        &mut self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-    ) -> Result<Vec<crate::domain::FieldDef>> {
-        field_defs_for(self.c, ws, Some(id), &[]).await
     }
 
     async fn write_contact(
@@ -172,6 +181,23 @@ impl logic::Tx for PgTx<'_> {
         .await
         .map_err(internal)?
         .is_some())
+    }
+
+    async fn membership(
+        &mut self,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<crate::store::Membership> {
+        let row = sqlx::query(
+            "SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = $1 AND contact_id = $2",
+        )
+        .bind(list.as_str())
+        .bind(contact.as_str())
+        .fetch_optional(&mut *self.c)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| StoreError::not_found("membership", format!("{list}/{contact}")))?;
+        super::membership_row(&row)
     }
 
     async fn remove_membership(
@@ -358,7 +384,7 @@ impl logic::Tx for PgTx<'_> {
         &mut self,
         ws: &WorkspaceId,
         flow: &FlowId,
-    ) -> Result<(String, Option<String>)> {
+    ) -> Result<(crate::store::FlowStatus, Option<String>)> {
         let found = sqlx::query(
             "SELECT status, inbound_token FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE",
         )
@@ -369,7 +395,7 @@ impl logic::Tx for PgTx<'_> {
         .map_err(internal)?
         .ok_or_else(|| StoreError::not_found("flow", flow))?;
         Ok((
-            found.try_get("status").map_err(internal)?,
+            super::stored(&found, "status")?,
             found.try_get("inbound_token").map_err(internal)?,
         ))
     }
@@ -402,46 +428,6 @@ async fn triggered_flows(
             ))
         })
         .collect()
-}
-
-/// Wakes the contact's waiting runs that have exit conditions (they check
-/// them at once) and, when `ask` is true, says whether the workspace has an
-/// active flow with a contact trigger: one round trip for both, as every
-/// contact write needs the first and most need the second.
-async fn wake_exits_and_find_triggers(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    contact: &ContactId,
-    now: Millis,
-    ask: bool,
-) -> Result<bool> {
-    sqlx::query_scalar(
-        "WITH woken AS (
-           UPDATE runs SET due_at = $2
-           WHERE contact_id = $1 AND status = 'waiting' AND has_exits AND due_at > $2
-           RETURNING 1)
-         SELECT $4 AND EXISTS (
-           SELECT 1 FROM flows WHERE workspace_id = $3 AND status = 'active'
-           AND trigger_type IN ('list_added', 'field_changed'))",
-    )
-    .bind(contact.as_str())
-    .bind(now)
-    .bind(ws.as_str())
-    .bind(ask)
-    .fetch_one(&mut *c)
-    .await
-    .map_err(internal)
-}
-
-/// After a contact changed: what it fires (`logic::contact_changed`).
-pub async fn contact_changed(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    contact: &ContactId,
-    change: &ContactChange,
-    now: Millis,
-) -> Result<Vec<RunId>> {
-    logic::contact_changed(&mut PgTx::new(c), ws, contact, change, now).await
 }
 
 // ---- claiming and completing ----------------------------------------------------------

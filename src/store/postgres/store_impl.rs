@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::Stored;
+use crate::store::logic;
 
 #[async_trait]
 impl Store for PgStore {
@@ -254,7 +255,8 @@ impl Store for PgStore {
 
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        let out = upsert_contact_in(&mut tx, ws, &input).await?;
+        let out = logic::upsert_contact(&mut engine::PgTx::new(&mut tx), ws, &input, now_millis())
+            .await?;
         tx.commit().await.map_err(internal)?;
         Ok(out)
     }
@@ -306,23 +308,14 @@ impl Store for PgStore {
         patch: ContactPatch,
     ) -> Result<ContactRecord> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        if let Some(email) = &patch.email {
-            lock_email(&mut tx, ws, email).await?;
-        }
-        let existing = contact_by_id(&mut tx, ws, id, true).await?;
-        let defs = field_defs_for(&mut tx, ws, Some(id), &[]).await?;
-        let now = now_millis();
-        let before = existing.clone();
-        let updated = plan::patch(existing, &defs, &patch, now)?;
-        write_contact(&mut tx, ws, &updated).await?;
-        let change = ContactChange {
-            changed_fields: ContactChange::fields(Some(&before.fields), &updated.fields),
-            other: before.email != updated.email
-                || before.phone != updated.phone
-                || before.status != updated.status,
-            ..Default::default()
-        };
-        engine::contact_changed(&mut tx, ws, id, &change, now).await?;
+        let updated = logic::patch_contact(
+            &mut engine::PgTx::new(&mut tx),
+            ws,
+            id,
+            &patch,
+            now_millis(),
+        )
+        .await?;
         tx.commit().await.map_err(internal)?;
         Ok(updated)
     }
@@ -345,21 +338,14 @@ impl Store for PgStore {
         contact: &ContactId,
     ) -> Result<Membership> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        // Same lock order as upsert_contact (list shared, then contact), so
-        // the two cannot deadlock; a shared lock also keeps the list's
-        // updated_at untouched, as on SQLite.
-        if !share_list(&mut tx, ws, list).await? {
-            return Err(StoreError::not_found("list", list));
-        }
-        contact_by_id(&mut tx, ws, contact, true).await?;
-        let (m, added) = upsert_membership(&mut tx, ws, list, contact).await?;
-        if added {
-            let change = ContactChange {
-                added_lists: vec![list.clone()],
-                ..Default::default()
-            };
-            engine::contact_changed(&mut tx, ws, contact, &change, now_millis()).await?;
-        }
+        let m = logic::add_member(
+            &mut engine::PgTx::new(&mut tx),
+            ws,
+            list,
+            contact,
+            now_millis(),
+        )
+        .await?;
         tx.commit().await.map_err(internal)?;
         Ok(m)
     }
@@ -371,33 +357,15 @@ impl Store for PgStore {
         contact: &ContactId,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(internal)?;
-        if !share_list(&mut tx, ws, list).await? {
-            return Err(StoreError::not_found("list", list));
-        }
-        contact_by_id(&mut tx, ws, contact, false).await?;
-        let n = sqlx::query(
-            "DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3",
+        logic::remove_member(
+            &mut engine::PgTx::new(&mut tx),
+            ws,
+            list,
+            contact,
+            now_millis(),
         )
-        .bind(ws.as_str())
-        .bind(list.as_str())
-        .bind(contact.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?
-        .rows_affected();
-        if n == 0 {
-            return Err(StoreError::not_found(
-                "membership",
-                format!("{list}/{contact}"),
-            ));
-        }
-        let change = ContactChange {
-            other: true,
-            ..Default::default()
-        };
-        engine::contact_changed(&mut tx, ws, contact, &change, now_millis()).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(())
+        .await?;
+        tx.commit().await.map_err(internal)
     }
 
     async fn list_members(

@@ -13,8 +13,8 @@ use crate::domain::{
     ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactChange, ContactUpsert, EventIn, EventRecorded, Result,
-    RunAdvance, RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
+    AdvanceOutcome, ClaimedRun, EventIn, EventRecorded, Result, RunAdvance, RunFilter, RunRecord,
+    RunStatus, StepRecord, StoreError,
 };
 
 fn json_text(v: &Value) -> Result<String> {
@@ -121,14 +121,6 @@ impl logic::Tx for SqliteTx<'_> {
         q::contact_by_id(self.0, ws, id)
     }
 
-    async fn contact_field_defs(
-        &mut self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-    ) -> Result<Vec<crate::domain::FieldDef>> {
-        q::field_defs_for(self.0, ws, Some(id), &[])
-    }
-
     async fn write_contact(
         &mut self,
         ws: &WorkspaceId,
@@ -152,6 +144,14 @@ impl logic::Tx for SqliteTx<'_> {
         contact: &ContactId,
     ) -> Result<bool> {
         q::upsert_membership(self.0, ws, list, contact)
+    }
+
+    async fn membership(
+        &mut self,
+        list: &ListId,
+        contact: &ContactId,
+    ) -> Result<crate::store::Membership> {
+        q::membership(self.0, list, contact)
     }
 
     async fn remove_membership(
@@ -319,7 +319,7 @@ impl logic::Tx for SqliteTx<'_> {
         &mut self,
         ws: &WorkspaceId,
         flow: &FlowId,
-    ) -> Result<(String, Option<String>)> {
+    ) -> Result<(crate::store::FlowStatus, Option<String>)> {
         // Only the status: loading (and parsing) the document here cost more
         // than the rest of the entry on the single writer thread.
         self.0
@@ -327,8 +327,10 @@ impl logic::Tx for SqliteTx<'_> {
                 "SELECT status, inbound_token FROM flows WHERE workspace_id = ?1 AND id = ?2",
             )
             .and_then(|mut s| {
-                s.query_row([ws.as_str(), flow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+                s.query_row([ws.as_str(), flow.as_str()], |r| {
+                    Ok((super::stored(r, 0)?, r.get(1)?))
+                })
+                .optional()
             })
             .map_err(internal)?
             .ok_or_else(|| StoreError::not_found("flow", flow))
@@ -374,33 +376,6 @@ fn has_contact_triggers(conn: &Connection, ws: &WorkspaceId) -> Result<bool> {
         .and_then(|mut s| s.exists([ws.as_str()]))
         .map_err(internal)
     })
-}
-
-/// After a contact changed: what it fires (`logic::contact_changed`).
-pub fn contact_changed(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    contact: &ContactId,
-    change: &ContactChange,
-    now: Millis,
-) -> Result<Vec<RunId>> {
-    logic::run_ready(logic::contact_changed(
-        &mut SqliteTx(conn),
-        ws,
-        contact,
-        change,
-        now,
-    ))
-}
-
-/// Upserts a contact and fires what its change triggers.
-pub fn upsert_and_trigger(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    input: &ContactUpsert,
-    now: Millis,
-) -> Result<crate::store::Upserted> {
-    logic::run_ready(logic::upsert_contact(&mut SqliteTx(conn), ws, input, now))
 }
 
 // ---- claiming and completing ----------------------------------------------------------

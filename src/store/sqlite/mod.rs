@@ -29,16 +29,16 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
-    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactChange, ContactFilter, ContactPatch,
-    ContactRecord, ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord,
-    FlowStatus, InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance,
-    RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace,
-    now_millis, plan,
+    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactFilter, ContactPatch, ContactRecord,
+    ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus,
+    InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
+    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis,
 };
 use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
     WorkspaceId,
 };
+use crate::store::logic;
 use queries as q;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -375,7 +375,14 @@ impl Store for SqliteStore {
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
         let ws = ws.clone();
         self.writer
-            .write(move |c| engine::upsert_and_trigger(c, &ws, &input, now_millis()))
+            .write(move |c| {
+                logic::run_ready(logic::upsert_contact(
+                    &mut engine::SqliteTx(c),
+                    &ws,
+                    &input,
+                    now_millis(),
+                ))
+            })
             .await
     }
 
@@ -417,21 +424,13 @@ impl Store for SqliteStore {
         let (ws, id) = (ws.clone(), id.clone());
         self.writer
             .write(move |c| {
-                let existing = q::contact_by_id(c, &ws, &id)?;
-                let defs = q::field_defs_for(c, &ws, Some(&id), &[])?;
-                let now = now_millis();
-                let before = existing.clone();
-                let updated = plan::patch(existing, &defs, &patch, now)?;
-                q::write_contact(c, &ws, &updated)?;
-                let change = ContactChange {
-                    changed_fields: ContactChange::fields(Some(&before.fields), &updated.fields),
-                    other: before.email != updated.email
-                        || before.phone != updated.phone
-                        || before.status != updated.status,
-                    ..Default::default()
-                };
-                engine::contact_changed(c, &ws, &id, &change, now)?;
-                Ok(updated)
+                logic::run_ready(logic::patch_contact(
+                    &mut engine::SqliteTx(c),
+                    &ws,
+                    &id,
+                    &patch,
+                    now_millis(),
+                ))
             })
             .await
     }
@@ -452,16 +451,13 @@ impl Store for SqliteStore {
         let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
         self.writer
             .write(move |c| {
-                q::list_exists(c, &ws, &list)?;
-                q::contact_by_id(c, &ws, &contact)?;
-                if q::upsert_membership(c, &ws, &list, &contact)? {
-                    let change = ContactChange {
-                        added_lists: vec![list.clone()],
-                        ..Default::default()
-                    };
-                    engine::contact_changed(c, &ws, &contact, &change, now_millis())?;
-                }
-                q::membership(c, &list, &contact)
+                logic::run_ready(logic::add_member(
+                    &mut engine::SqliteTx(c),
+                    &ws,
+                    &list,
+                    &contact,
+                    now_millis(),
+                ))
             })
             .await
     }
@@ -475,15 +471,13 @@ impl Store for SqliteStore {
         let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
         self.writer
             .write(move |c| {
-                q::list_exists(c, &ws, &list)?;
-                q::contact_by_id(c, &ws, &contact)?;
-                q::delete_membership(c, &ws, &list, &contact)?;
-                let change = ContactChange {
-                    other: true,
-                    ..Default::default()
-                };
-                engine::contact_changed(c, &ws, &contact, &change, now_millis())?;
-                Ok(())
+                logic::run_ready(logic::remove_member(
+                    &mut engine::SqliteTx(c),
+                    &ws,
+                    &list,
+                    &contact,
+                    now_millis(),
+                ))
             })
             .await
     }
