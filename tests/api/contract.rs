@@ -869,9 +869,10 @@ async fn a_claim_stops_at_its_event_bytes(b: Backend) {
             .await
             .unwrap();
         ids.push(entered.result.run_id.unwrap());
-        // Distinct due times, so "oldest first" has one answer.
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
+    // Claims go by due time, then id; ids made by one process increase, so
+    // "oldest first" has one answer even within one millisecond. A claim's
+    // rows come back in no set order: compare them sorted.
     let now = chrono::Utc::now().timestamp_millis() + 1_000;
     let limit = |bytes| ClaimLimit {
         runs: 10,
@@ -882,7 +883,8 @@ async fn a_claim_stops_at_its_event_bytes(b: Backend) {
         .claim_runs("e", now, now + 30_000, limit(5_000))
         .await
         .unwrap();
-    let got: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    let mut got: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    got.sort_unstable();
     assert_eq!(got, [ids[0].as_str(), ids[1].as_str()]);
     assert_eq!(first[1].event_data["pad"].as_str().unwrap().len(), 2_990);
     // Smaller than one run: that run alone.
@@ -890,14 +892,16 @@ async fn a_claim_stops_at_its_event_bytes(b: Backend) {
         .claim_runs("e", now, now + 30_000, limit(100))
         .await
         .unwrap();
-    let got: Vec<&str> = second.iter().map(|r| r.id.as_str()).collect();
+    let mut got: Vec<&str> = second.iter().map(|r| r.id.as_str()).collect();
+    got.sort_unstable();
     assert_eq!(got, [ids[2].as_str()]);
     // The run count still limits.
     let third = s
         .claim_runs("e", now, now + 30_000, ClaimLimit::runs(10))
         .await
         .unwrap();
-    let got: Vec<&str> = third.iter().map(|r| r.id.as_str()).collect();
+    let mut got: Vec<&str> = third.iter().map(|r| r.id.as_str()).collect();
+    got.sort_unstable();
     assert_eq!(got, [ids[3].as_str()]);
     s.close().await;
 }
