@@ -22,6 +22,8 @@ use crate::domain::{
 
 pub struct PgStore {
     pool: PgPool,
+    /// Contact upserts and flow entries, batched (see `batch.rs`).
+    batcher: batch::Batcher,
     keys: super::key_cache::KeyCache,
 }
 
@@ -85,6 +87,7 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
         Ok(Self {
+            batcher: batch::Batcher::start(pool.clone()),
             pool,
             keys: super::key_cache::KeyCache::new(options.key_cache_ttl),
         })
@@ -443,6 +446,7 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
     Ok(())
 }
 
+mod batch;
 mod engine;
 mod flows;
 mod inbound_log;

@@ -7,7 +7,8 @@ use hookflow::domain::{
     ApiKeyId, ContactStatus, Email, FieldDef, FieldType, ListId, PageRequest, Phone, Scope,
 };
 use hookflow::store::{
-    ClaimLimit, ContactFilter, ContactPatch, ContactUpsert, NewApiKey, StoreError,
+    ClaimLimit, ContactFilter, ContactPatch, ContactUpsert, EntryRequest, FlowStatus, NewApiKey,
+    StoreError,
 };
 use serde_json::json;
 
@@ -30,6 +31,7 @@ both_stores!(
     an_unknown_stored_value_is_an_error_not_a_default,
     a_flow_activated_by_another_process_fires_at_once,
     a_wake_up_during_a_lease_is_not_lost,
+    a_burst_of_mixed_writes_answers_each_as_if_alone,
 );
 
 fn email(s: &str) -> Email {
@@ -1190,5 +1192,99 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
             run.due_at
         );
     }
+    s.close().await;
+}
+
+/// Many writes at once (PostgreSQL batches them into shared transactions):
+/// each gets the answer it would get alone. Data errors stay with their
+/// write, a write the database refuses (NUL in jsonb) fails alone after the
+/// batch is retried one write at a time, and two entries of one email
+/// start one run.
+async fn a_burst_of_mixed_writes_answers_each_as_if_alone(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let fields = vec![FieldDef::new("age", FieldType::Number, vec![]).unwrap()];
+    let list = s.create_list(&ws, "L", fields).await.unwrap().id;
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let flow = s.create_flow(&ws, "f", doc).await.unwrap();
+    s.set_flow_status(&ws, &flow.id, FlowStatus::Active, None)
+        .await
+        .unwrap();
+    let unknown = ListId::generate();
+    let mut tasks = Vec::new();
+    for i in 0..60usize {
+        let (s, ws, list, unknown, flow) = (
+            s.clone(),
+            ws.clone(),
+            list.clone(),
+            unknown.clone(),
+            flow.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut contact = ContactUpsert {
+                email: Some(email(&format!("c{i}@example.com"))),
+                lists: vec![list],
+                ..Default::default()
+            };
+            let enter = |contact: ContactUpsert, data: serde_json::Value| EntryRequest {
+                flow_id: flow.id.clone(),
+                flow_version: flow.version,
+                first_step: "x".into(),
+                repeat: false,
+                has_exits: false,
+                inbound_token: None,
+                contact,
+                event_data: data,
+                idempotency: None,
+            };
+            match i % 6 {
+                0 => {
+                    contact.lists = vec![unknown];
+                    s.upsert_contact(&ws, contact).await.map(|_| None)
+                }
+                1 => {
+                    contact.fields = json!({"age": "old"}).as_object().unwrap().clone();
+                    s.upsert_contact(&ws, contact).await.map(|_| None)
+                }
+                2 => {
+                    let nul = json!({"note": "a\u{0}b"});
+                    let out = s.enter_flow(&ws, enter(contact, nul)).await;
+                    out.map(|o| o.result.run_id)
+                }
+                3 => {
+                    contact.email = Some(email(&format!("pair{}@example.com", i / 12)));
+                    let out = s.enter_flow(&ws, enter(contact, json!({"i": i}))).await;
+                    out.map(|o| o.result.run_id)
+                }
+                _ => s.upsert_contact(&ws, contact).await.map(|_| None),
+            }
+        }));
+    }
+    let mut runs = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.unwrap();
+        match (i % 6, &out) {
+            (0, Err(StoreError::Invalid { code, .. })) => assert_eq!(*code, "unknown_list"),
+            (1, Err(StoreError::Invalid { field, .. })) => assert_eq!(field, "fields.age"),
+            (2, Err(StoreError::Internal(_))) if matches!(b, Backend::Postgres) => {}
+            (2, Ok(Some(_))) if matches!(b, Backend::Sqlite) => runs += 1,
+            (3, Ok(run)) => runs += usize::from(run.is_some()),
+            (4 | 5, Ok(None)) => {}
+            _ => panic!("write {i} answered {out:?}"),
+        }
+    }
+    // Ten `pair` entries over five emails start five runs; SQLite also
+    // stores the NUL character PostgreSQL refuses.
+    let sqlite_nul = if matches!(b, Backend::Sqlite) { 10 } else { 0 };
+    assert_eq!(runs, 5 + sqlite_nul);
+    let page = PageRequest::first(500);
+    let all = s
+        .list_contacts(&ws, &ContactFilter::default(), &page)
+        .await
+        .unwrap();
+    // 20 plain upserts, 5 pair contacts, and the NUL entries' contacts on SQLite.
+    assert_eq!(all.items.len(), 25 + sqlite_nul, "{:?}", all.items.len());
     s.close().await;
 }

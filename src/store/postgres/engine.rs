@@ -47,7 +47,7 @@ pub async fn savepoint_end(c: &mut PgConnection, ok: bool) -> Result<()> {
 
 /// The statements `store::logic` needs, in the caller's transaction.
 pub(crate) struct PgTx<'c> {
-    c: &'c mut PgConnection,
+    pub(super) c: &'c mut PgConnection,
     /// History rows of a completion batch, written at its end.
     history: History,
 }

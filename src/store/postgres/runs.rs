@@ -3,12 +3,9 @@
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use super::{engine, flows, internal};
+use super::{flows, internal};
 use crate::domain::{FlowId, WorkspaceId};
-use crate::store::logic;
-use crate::store::{
-    EntryOutcome, EntryRequest, EntryResult, FlowRecord, Result, StoreError, entry,
-};
+use crate::store::{EntryResult, FlowRecord, Result, StoreError, entry};
 
 pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
     let row = sqlx::query("SELECT workspace_id, id FROM flows WHERE inbound_token = $1")
@@ -21,14 +18,6 @@ pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId,
     let id = FlowId::from_trusted(row.try_get("id").map_err(internal)?);
     let flow = flows::get(c, &ws, &id).await?;
     Ok((ws, flow))
-}
-
-pub async fn enter(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    req: &EntryRequest,
-) -> Result<EntryOutcome> {
-    logic::enter(&mut engine::PgTx::new(c), ws, req).await
 }
 
 /// The stored answer to `key` in `scope`; a Conflict if it came with another

@@ -5,6 +5,8 @@ use super::*;
 use crate::domain::Stored;
 use crate::store::logic;
 
+use crate::store::logic::batch::{Write, Written};
+
 #[async_trait]
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
@@ -254,11 +256,12 @@ impl Store for PgStore {
     }
 
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let out = logic::upsert_contact(&mut engine::PgTx::new(&mut tx), ws, &input, now_millis())
-            .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(out)
+        match self.batcher.write(ws, Write::Upsert(input)).await? {
+            Written::Upserted(out) => Ok(out),
+            Written::Entered(_) => Err(StoreError::Internal(
+                "an upsert answered as an entry".into(),
+            )),
+        }
     }
 
     async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
@@ -505,12 +508,12 @@ impl Store for PgStore {
     }
 
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let out = runs::enter(&mut tx, ws, &req).await?;
-        if !out.replayed {
-            tx.commit().await.map_err(internal)?;
+        match self.batcher.write(ws, Write::Enter(req)).await? {
+            Written::Entered(out) => Ok(out),
+            Written::Upserted(_) => Err(StoreError::Internal(
+                "an entry answered as an upsert".into(),
+            )),
         }
-        Ok(out)
     }
 
     async fn idempotent_answer(

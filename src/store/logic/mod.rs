@@ -8,7 +8,10 @@
 //! what a contact change fires (contact triggers, exit-condition wake-ups),
 //! starting runs, a step's effects, recording events and completing the
 //! engine's advances. Claims keep their own SQL per store (see
-//! ARCHITECTURE.md).
+//! ARCHITECTURE.md). `batch` holds the same writes for several callers in
+//! one transaction (PostgreSQL's batching writer).
+
+pub(crate) mod batch;
 
 use serde_json::{Value, json};
 
@@ -421,15 +424,7 @@ pub(crate) async fn enter<T: Tx>(
         now,
     )
     .await?;
-    let (run_id, not_started) = match started {
-        Ok(id) => (Some(id.to_string()), None),
-        Err(why) => (None, Some(why.as_str().to_owned())),
-    };
-    let result = EntryResult {
-        contact_id: up.contact.id.to_string(),
-        run_id,
-        not_started,
-    };
+    let result = entry_result(&up.contact.id, started);
     if let Some((key, hash)) = &req.idempotency {
         tx.store_answer(ws, scope, key, hash, &result, now).await?;
     }
@@ -437,6 +432,27 @@ pub(crate) async fn enter<T: Tx>(
         result,
         replayed: false,
     })
+}
+
+/// An entry's answer: the contact, and the run or why none started.
+fn entry_result(
+    contact: &ContactId,
+    started: std::result::Result<RunId, EntryRefusal>,
+) -> EntryResult {
+    let (run_id, not_started) = match started {
+        Ok(id) => (Some(id.to_string()), None),
+        Err(why) => (None, Some(why.as_str().to_owned())),
+    };
+    EntryResult {
+        contact_id: contact.to_string(),
+        run_id,
+        not_started,
+    }
+}
+
+/// The event data as stored on a run (its length is `event_bytes`).
+fn event_text(event_data: &Value) -> Result<String> {
+    serde_json::to_string(event_data).map_err(|e| StoreError::Internal(format!("event data: {e}")))
 }
 
 /// Applies one effect of a step to the run's contact, with what the change
@@ -536,8 +552,7 @@ pub(crate) async fn start_run<T: Tx>(
         return Ok(Err(why));
     }
     let id = RunId::generate();
-    let data = serde_json::to_string(event_data)
-        .map_err(|e| StoreError::Internal(format!("event data: {e}")))?;
+    let data = event_text(event_data)?;
     let run = NewRun {
         id: &id,
         ws,
@@ -575,12 +590,24 @@ pub(crate) async fn contact_changed<T: Tx>(
     // The wake goes first: the runs started below are active, never
     // waiting, so it cannot touch them.
     let ask = !change.added_lists.is_empty() || !change.changed_fields.is_empty();
-    if !tx
+    if tx
         .wake_exits_and_find_triggers(ws, contact, now, ask)
         .await?
     {
-        return Ok(());
+        start_triggered(tx, ws, contact, change, now).await?;
     }
+    Ok(())
+}
+
+/// Starts the flows triggered by the lists the contact joined and the
+/// fields that changed (once the workspace is known to have such flows).
+pub(crate) async fn start_triggered<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    contact: &ContactId,
+    change: &ContactChange,
+    now: Millis,
+) -> Result<()> {
     let empty = json!({});
     for list in &change.added_lists {
         for (flow, version, doc) in tx.triggered_flows(ws, "list_added", list.as_str()).await? {
