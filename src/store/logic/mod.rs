@@ -179,18 +179,23 @@ pub(crate) trait Tx {
         now: Millis,
         ids: &[&str],
     ) -> Result<std::collections::HashSet<String>>;
-    /// Writes an advance's history rows, or buffers them for `flush_history`.
+    /// Writes an advance's history rows, or buffers them for `flush`.
     async fn add_history(&mut self, adv: &RunAdvance, prepared: &Self::Prepared) -> Result<()>;
-    async fn flush_history(&mut self) -> Result<()>;
-    /// Moves the run to where the advance stopped and releases its lease.
+    /// Moves the run to where the advance stopped and releases its lease,
+    /// or buffers the move for `flush`.
     async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()>;
+    /// Writes the buffered history rows and moves.
+    async fn flush(&mut self) -> Result<()>;
 }
 
 /// Stores the engine's advances, each only where `owner` still holds its
 /// run's lease: contacts first, then every lease, checked at once; then per
 /// run, in order, its effects (a data error ends the run there), history
 /// and move. Any other error fails the whole batch, whose runs are claimed
-/// again when their leases end.
+/// again when their leases end. A store may buffer moves (one statement
+/// for the batch): effects only read and write their own contact's runs,
+/// so the buffer is written before the effects of a contact it holds a
+/// move of, and the order each run sees is the order of the batch.
 pub(crate) async fn complete_batch<T: Tx>(
     tx: &mut T,
     owner: &str,
@@ -211,10 +216,15 @@ pub(crate) async fn complete_batch<T: Tx>(
     ids.sort_unstable();
     let held = tx.held_leases(owner, now, &ids).await?;
     let mut out = Vec::with_capacity(advances.len());
+    let mut moved = std::collections::HashSet::new();
     for (mut adv, prepared) in advances {
         if !held.contains(adv.run_id.as_str()) {
             out.push(AdvanceOutcome::LeaseLost);
             continue;
+        }
+        if !adv.effects.is_empty() && moved.contains(&adv.contact_id) {
+            tx.flush().await?;
+            moved.clear();
         }
         let mut outcome = AdvanceOutcome::Applied;
         for (index, effect) in std::mem::take(&mut adv.effects) {
@@ -229,9 +239,10 @@ pub(crate) async fn complete_batch<T: Tx>(
         }
         tx.add_history(&adv, &prepared).await?;
         tx.move_run(&adv, now).await?;
+        moved.insert(adv.contact_id.clone());
         out.push(outcome);
     }
-    tx.flush_history().await?;
+    tx.flush().await?;
     Ok(out)
 }
 

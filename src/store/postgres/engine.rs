@@ -50,6 +50,10 @@ pub(crate) struct PgTx<'c> {
     pub(super) c: &'c mut PgConnection,
     /// History rows of a completion batch, written at its end.
     history: History,
+    /// Run moves of a completion batch, written at its end (or before an
+    /// effect on a contact they hold a run of: see `logic::complete_batch`).
+    moves: Moves,
+    moves_at: Millis,
 }
 
 impl<'c> PgTx<'c> {
@@ -57,6 +61,8 @@ impl<'c> PgTx<'c> {
         Self {
             c,
             history: History::default(),
+            moves: Moves::default(),
+            moves_at: 0,
         }
     }
 }
@@ -372,12 +378,17 @@ impl logic::Tx for PgTx<'_> {
         Ok(())
     }
 
-    async fn flush_history(&mut self) -> Result<()> {
-        std::mem::take(&mut self.history).insert(self.c).await
+    async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
+        self.moves.push(adv, now);
+        self.moves_at = now;
+        Ok(())
     }
 
-    async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
-        move_run(self.c, adv, now).await
+    async fn flush(&mut self) -> Result<()> {
+        std::mem::take(&mut self.history).insert(self.c).await?;
+        std::mem::take(&mut self.moves)
+            .write(self.c, self.moves_at)
+            .await
     }
 
     async fn flow_for_entry(
@@ -603,34 +614,78 @@ impl History {
     }
 }
 
-/// Moves a run to where its advance stopped and releases the lease.
-async fn move_run(c: &mut PgConnection, adv: &RunAdvance, now: Millis) -> Result<()> {
-    let m = crate::store::run::RunMove::of(adv, now);
-    sqlx::query(
-        "UPDATE runs SET status = $2, step = COALESCE($3, step),
-           due_at = CASE WHEN $2 = 'waiting' AND ((NOT $10 AND resume_event IS NOT NULL AND $3 = step)
-                                                  OR due_at < lease_until) THEN $11 ELSE $4 END,
-           wait_until = $5, wait_event = $6, end_reason = $7, finished_at = $8, step_count = $9,
-           resume_event = CASE WHEN $10 OR $2 <> 'waiting' OR $3 IS DISTINCT FROM step THEN NULL ELSE resume_event END,
-           event_data = COALESCE($12, event_data), lease_owner = NULL, lease_until = NULL, updated_at = $11
-         WHERE id = $1",
-    )
-    .bind(adv.run_id.as_str())
-    .bind(m.status.as_str())
-    .bind(m.step)
-    .bind(m.due_at)
-    .bind(m.wait_until)
-    .bind(m.wait_event)
-    .bind(m.reason.map(|r| r.as_str()))
-    .bind(m.finished_at)
-    .bind(m.step_count)
-    .bind(adv.consumed_event)
-    .bind(now)
-    .bind(adv.event_data.as_ref())
-    .execute(&mut *c)
-    .await
-    .map_err(internal)?;
-    Ok(())
+/// The run moves of a batch, as columns for one `UPDATE … FROM UNNEST`:
+/// each run goes to where its advance stopped and its lease is released.
+/// A wait keeps a wake-up that came during the lease (`due_at` set before
+/// `lease_until`) or an event that arrived for the step it waits at.
+#[derive(Default)]
+struct Moves {
+    id: Vec<String>,
+    status: Vec<&'static str>,
+    step: Vec<Option<String>>,
+    due_at: Vec<Option<Millis>>,
+    wait_until: Vec<Option<Millis>>,
+    wait_event: Vec<Option<String>>,
+    reason: Vec<Option<&'static str>>,
+    finished_at: Vec<Option<Millis>>,
+    step_count: Vec<i64>,
+    consumed: Vec<bool>,
+    event_data: Vec<Option<Value>>,
+}
+
+impl Moves {
+    fn push(&mut self, adv: &RunAdvance, now: Millis) {
+        let m = crate::store::run::RunMove::of(adv, now);
+        self.id.push(adv.run_id.to_string());
+        self.status.push(m.status.as_str());
+        self.step.push(m.step.map(str::to_owned));
+        self.due_at.push(m.due_at);
+        self.wait_until.push(m.wait_until);
+        self.wait_event.push(m.wait_event.map(str::to_owned));
+        self.reason.push(m.reason.map(|r| r.as_str()));
+        self.finished_at.push(m.finished_at);
+        self.step_count.push(m.step_count);
+        self.consumed.push(adv.consumed_event);
+        self.event_data.push(adv.event_data.clone());
+    }
+
+    async fn write(self, c: &mut PgConnection, now: Millis) -> Result<()> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE runs r SET status = k.status, step = COALESCE(k.step, r.step),
+               due_at = CASE WHEN k.status = 'waiting' AND ((NOT k.consumed AND r.resume_event IS NOT NULL AND k.step = r.step)
+                                                            OR r.due_at < r.lease_until) THEN $12 ELSE k.due_at END,
+               wait_until = k.wait_until, wait_event = k.wait_event, end_reason = k.reason,
+               finished_at = k.finished_at, step_count = k.step_count,
+               resume_event = CASE WHEN k.consumed OR k.status <> 'waiting' OR k.step IS DISTINCT FROM r.step
+                                   THEN NULL ELSE r.resume_event END,
+               event_data = COALESCE(k.event_data, r.event_data), lease_owner = NULL, lease_until = NULL,
+               updated_at = $12
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+                         $7::text[], $8::bigint[], $9::bigint[], $10::bool[], $11::jsonb[])
+                  AS k(id, status, step, due_at, wait_until, wait_event, reason, finished_at,
+                       step_count, consumed, event_data)
+             WHERE r.id = k.id",
+        )
+        .bind(&self.id)
+        .bind(&self.status)
+        .bind(&self.step)
+        .bind(&self.due_at)
+        .bind(&self.wait_until)
+        .bind(&self.wait_event)
+        .bind(&self.reason)
+        .bind(&self.finished_at)
+        .bind(&self.step_count)
+        .bind(&self.consumed)
+        .bind(&self.event_data)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map_err(internal)?;
+        Ok(())
+    }
 }
 
 // ---- reading runs ------------------------------------------------------------------------

@@ -307,12 +307,12 @@ impl logic::Tx for SqliteTx<'_> {
         write_history(self.0, adv, json)
     }
 
-    async fn flush_history(&mut self) -> Result<()> {
-        Ok(())
-    }
-
     async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
         move_run(self.0, adv, now)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
     }
 
     async fn flow_for_entry(
