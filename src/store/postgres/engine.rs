@@ -681,6 +681,7 @@ impl Moves {
         .bind(&self.consumed)
         .bind(&self.event_data)
         .bind(now)
+        .persistent(false) // planned for its rows, as the batch writer's statements
         .execute(&mut *c)
         .await
         .map_err(internal)?;
