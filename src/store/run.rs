@@ -135,6 +135,11 @@ impl ContactChange {
         self.added_lists.is_empty() && self.changed_fields.is_empty() && !self.other
     }
 
+    /// Whether the change can start a flow (a list joined, a field changed).
+    pub fn may_trigger(&self) -> bool {
+        !self.added_lists.is_empty() || !self.changed_fields.is_empty()
+    }
+
     /// The custom fields that differ between `before` and `after`.
     pub fn fields(
         before: Option<&serde_json::Map<String, Value>>,

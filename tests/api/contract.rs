@@ -32,6 +32,7 @@ both_stores!(
     a_flow_activated_by_another_process_fires_at_once,
     a_wake_up_during_a_lease_is_not_lost,
     a_burst_of_mixed_writes_answers_each_as_if_alone,
+    one_completion_applies_each_runs_effects_in_order,
 );
 
 fn email(s: &str) -> Email {
@@ -1286,5 +1287,123 @@ async fn a_burst_of_mixed_writes_answers_each_as_if_alone(b: Backend) {
         .unwrap();
     // 20 plain upserts, 5 pair contacts, and the NUL entries' contacts on SQLite.
     assert_eq!(all.items.len(), 25 + sqlite_nul, "{:?}", all.items.len());
+    s.close().await;
+}
+
+/// One completion batch with several runs (the engine's usual case): each
+/// run's effects apply as if the runs were stored one after another. Two
+/// runs of one contact keep their order (leave a list, then join it again:
+/// the contact ends in the list); an effect on a deleted list fails its run
+/// at that step and skips the run's later effects; other runs still apply.
+async fn one_completion_applies_each_runs_effects_in_order(b: Backend) {
+    use hookflow::flows::records::{EndReason, StepOutcome};
+    use hookflow::store::{AdvanceOutcome, ClaimedRun, Effect, RunAdvance, RunEnd, RunStatus};
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let ws = s.create_workspace("w").await.unwrap().id;
+    let fields = vec![FieldDef::new("age", FieldType::Number, vec![]).unwrap()];
+    let list = s.create_list(&ws, "L", fields).await.unwrap().id;
+    let gone = s.create_list(&ws, "gone", vec![]).await.unwrap().id;
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let mut flows = Vec::new();
+    for name in ["f1", "f2"] {
+        let f = s.create_flow(&ws, name, doc.clone()).await.unwrap();
+        s.set_flow_status(&ws, &f.id, FlowStatus::Active, None)
+            .await
+            .unwrap();
+        flows.push(f);
+    }
+    let enter = |flow: usize, who: &str| EntryRequest {
+        flow_id: flows[flow].id.clone(),
+        flow_version: flows[flow].version,
+        first_step: "x".into(),
+        repeat: false,
+        has_exits: false,
+        inbound_token: None,
+        contact: ContactUpsert {
+            email: Some(email(&format!("{who}@example.com"))),
+            lists: vec![list.clone()],
+            ..Default::default()
+        },
+        event_data: json!({}),
+        idempotency: None,
+    };
+    let mut runs = Vec::new();
+    for (flow, who) in [(0, "a"), (1, "a"), (0, "b"), (0, "c")] {
+        let out = s.enter_flow(&ws, enter(flow, who)).await.unwrap();
+        runs.push(out.result.run_id.unwrap());
+    }
+    s.delete_list(&ws, &gone).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis() + 1_000;
+    let claimed = s
+        .claim_runs("engine", now, now + 10_000, ClaimLimit::runs(10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    let run = |id: &str| claimed.iter().find(|r| r.id.as_str() == id).unwrap();
+    let advance = |run: &ClaimedRun, effects: Vec<Effect>| RunAdvance {
+        run_id: run.id.clone(),
+        workspace_id: run.workspace_id.clone(),
+        contact_id: run.contact.id.clone(),
+        first_seq: run.step_count,
+        history: vec![hookflow::store::StepRecord {
+            step: "x".into(),
+            kind: "exit".into(),
+            at: now,
+            input: json!({}),
+            outcome: StepOutcome::ExitStep,
+            detail: json!(null),
+            error: None,
+        }],
+        effects: effects.into_iter().map(|e| (0, e)).collect(),
+        end: RunEnd::Finished {
+            status: RunStatus::Exited,
+            reason: EndReason::ExitStep,
+            step: Some("x".into()),
+        },
+        event_data: None,
+        consumed_event: false,
+    };
+    let age = |v: serde_json::Value| Effect::SetField {
+        name: "age".into(),
+        value: v,
+    };
+    let advances = vec![
+        advance(run(&runs[0]), vec![Effect::RemoveFromList(list.clone())]),
+        advance(
+            run(&runs[1]),
+            vec![Effect::AddToList(list.clone()), age(json!(30))],
+        ),
+        advance(
+            run(&runs[2]),
+            vec![Effect::AddToList(gone.clone()), age(json!(40))],
+        ),
+        advance(run(&runs[3]), vec![age(json!("7"))]),
+    ];
+    let out = s.complete_runs("engine", now, advances).await.unwrap();
+    assert_eq!(out[0], AdvanceOutcome::Applied);
+    assert_eq!(out[1], AdvanceOutcome::Applied);
+    assert!(
+        matches!(&out[2], AdvanceOutcome::Failed { step, error } if step == "x" && error.contains("gone") || error.contains(gone.as_str())),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(out[3], AdvanceOutcome::Applied);
+    let contact = |who: &str| {
+        let s = s.clone();
+        let ws = ws.clone();
+        let who = email(&format!("{who}@example.com"));
+        async move { s.contact_by_email(&ws, &who).await.unwrap() }
+    };
+    let a = contact("a").await;
+    let lists = s.contact_lists(&ws, &a.id).await.unwrap();
+    assert_eq!(lists.len(), 1, "left, then joined again: {lists:?}");
+    assert_eq!(a.fields.get("age"), Some(&json!(30)));
+    let b_ = contact("b").await;
+    assert_eq!(b_.fields.get("age"), None, "the failed run's later effect");
+    assert_eq!(contact("c").await.fields.get("age"), Some(&json!(7)));
+    let (failed, _) = s.get_run(&ws, &run(&runs[2]).id).await.unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
     s.close().await;
 }

@@ -2,8 +2,8 @@
 //! batching writer (`store/postgres/batch.rs`), the counterpart of SQLite's
 //! group commit. The decisions are the single path's (`plan::upsert`,
 //! `entry::check_flow`, `entry::run_decision`, `start_triggered`); what
-//! changes is that each [`BatchTx`] primitive is one statement for the whole
-//! batch instead of one per caller.
+//! changes is that each `Tx` primitive is given the whole batch (one
+//! statement on PostgreSQL) instead of one caller.
 //!
 //! A batch holds at most one write per email and per idempotency key (the
 //! writer defers the others to its next batch), so its writes touch
@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use super::{NewRun, Tx, entry_result, event_text, start_triggered};
-use crate::domain::{ContactId, Email, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::domain::{ContactId, Email, FlowId, ListId, Millis, RunId, WorkspaceId};
 use crate::store::entry::{self, EntryRefusal};
 use crate::store::run::{ContactChange, EntryPlan};
 use crate::store::{
@@ -48,45 +48,8 @@ pub(crate) enum Written {
     Entered(EntryOutcome),
 }
 
-/// The set-based statements a batch needs, on top of [`Tx`]'s.
-pub(crate) trait BatchTx: Tx {
-    /// Takes the upsert lock of every email (given sorted, distinct).
-    async fn lock_emails(&mut self, keys: &[(&WorkspaceId, &Email)]) -> Result<()>;
-    /// The contact with each email, in the order asked, locked.
-    async fn contacts_by_emails(
-        &mut self,
-        keys: &[(&WorkspaceId, &Email)],
-    ) -> Result<Vec<Option<ContactRecord>>>;
-    /// Each item's field definitions, as [`Tx::field_defs`] gives them (an
-    /// unknown list is that item's error, not the batch's).
-    async fn field_defs_each(
-        &mut self,
-        items: &[(&WorkspaceId, Option<&ContactId>, &[ListId])],
-    ) -> Result<Vec<Result<Vec<FieldDef>>>>;
-    async fn write_contacts(&mut self, rows: &[(&WorkspaceId, &ContactRecord)]) -> Result<()>;
-    /// Adds each contact to its list (subscribed); true where it was not in it.
-    async fn add_memberships(
-        &mut self,
-        rows: &[(&WorkspaceId, &ListId, &ContactId)],
-        now: Millis,
-    ) -> Result<Vec<bool>>;
-    /// [`Tx::wake_exits_and_find_triggers`] for each (workspace, contact, ask).
-    async fn wake_exits_each(
-        &mut self,
-        rows: &[(&WorkspaceId, &ContactId, bool)],
-        now: Millis,
-    ) -> Result<Vec<bool>>;
-    /// [`Tx::run_counts`] for each (flow, contact).
-    async fn run_counts_each(
-        &mut self,
-        rows: &[(&FlowId, &ContactId)],
-    ) -> Result<Vec<(bool, bool)>>;
-    /// [`Tx::insert_run`] for each run; true where it was inserted.
-    async fn insert_runs(&mut self, runs: &[NewRun<'_>]) -> Result<Vec<bool>>;
-}
-
 /// The answer to a data error; a database error fails the batch.
-fn item_error(e: StoreError) -> Result<StoreError> {
+pub(crate) fn item_error(e: StoreError) -> Result<StoreError> {
     match e {
         StoreError::Internal(_) | StoreError::Busy(_) => Err(e),
         other => Ok(other),
@@ -103,7 +66,7 @@ struct Pending<'a> {
 
 /// Writes every item in the caller's transaction: each item's answer, in
 /// order, or the database error that fails them all.
-pub(crate) async fn write_many<T: BatchTx>(
+pub(crate) async fn write_many<T: Tx>(
     tx: &mut T,
     items: &[(WorkspaceId, Write)],
 ) -> Result<Vec<Result<Written>>> {
@@ -197,10 +160,7 @@ pub(crate) async fn write_many<T: BatchTx>(
     let changed: Vec<&Pending> = pending.iter().filter(|p| !p.change.is_empty()).collect();
     let wakes: Vec<(&WorkspaceId, &ContactId, bool)> = changed
         .iter()
-        .map(|p| {
-            let ask = !p.change.added_lists.is_empty() || !p.change.changed_fields.is_empty();
-            (p.ws, &p.up.contact.id, ask)
-        })
+        .map(|p| (p.ws, &p.up.contact.id, p.change.may_trigger()))
         .collect();
     let fire = if wakes.is_empty() {
         Vec::new()
@@ -230,7 +190,7 @@ pub(crate) async fn write_many<T: BatchTx>(
 /// The entries' first checks, in idempotency-key order (the lock order of
 /// every writer): a stored answer is replayed, a reused key or a flow that
 /// no longer takes the entry is the item's answer.
-async fn check_entries<T: BatchTx>(
+async fn check_entries<T: Tx>(
     tx: &mut T,
     items: &[(WorkspaceId, Write)],
     done: &mut [Option<Result<Written>>],
@@ -287,7 +247,7 @@ async fn check_entries<T: BatchTx>(
 
 /// Starts the entries' runs where the repeat rules allow, and stores the
 /// answers of entries that came with an idempotency key.
-async fn start_entry_runs<T: BatchTx>(
+async fn start_entry_runs<T: Tx>(
     tx: &mut T,
     items: &[(WorkspaceId, Write)],
     pending: &[Pending<'_>],

@@ -186,16 +186,130 @@ pub(crate) trait Tx {
     async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()>;
     /// Writes the buffered history rows and moves.
     async fn flush(&mut self) -> Result<()>;
+
+    // The same statements for many rows at once, used by batches (`batch`
+    // and `complete_batch`). By default one row at a time; PostgreSQL
+    // sends each as one statement.
+
+    /// Takes the upsert lock of every email (given sorted, distinct).
+    async fn lock_emails(&mut self, keys: &[(&WorkspaceId, &Email)]) -> Result<()> {
+        for (ws, email) in keys {
+            self.lock_email(ws, email).await?;
+        }
+        Ok(())
+    }
+    /// The contact with each email, in the order asked, locked.
+    async fn contacts_by_emails(
+        &mut self,
+        keys: &[(&WorkspaceId, &Email)],
+    ) -> Result<Vec<Option<ContactRecord>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (ws, email) in keys {
+            out.push(self.contact_by_email(ws, email).await?);
+        }
+        Ok(out)
+    }
+    /// Each contact (None if it is not in its workspace), locked.
+    async fn contacts_for_update(
+        &mut self,
+        ids: &[(&WorkspaceId, &ContactId)],
+    ) -> Result<Vec<Option<ContactRecord>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for (ws, id) in ids {
+            out.push(match self.contact_for_update(ws, id).await {
+                Ok(c) => Some(c),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(out)
+    }
+    /// Each item's field definitions, as `field_defs` gives them (an
+    /// unknown list is that item's error, not the batch's).
+    async fn field_defs_each(
+        &mut self,
+        items: &[(&WorkspaceId, Option<&ContactId>, &[ListId])],
+    ) -> Result<Vec<Result<Vec<FieldDef>>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (ws, contact, lists) in items {
+            out.push(match self.field_defs(ws, *contact, lists).await {
+                Ok(defs) => Ok(defs),
+                Err(e) => Err(batch::item_error(e)?),
+            });
+        }
+        Ok(out)
+    }
+    async fn write_contacts(&mut self, rows: &[(&WorkspaceId, &ContactRecord)]) -> Result<()> {
+        for (ws, contact) in rows {
+            self.write_contact(ws, contact).await?;
+        }
+        Ok(())
+    }
+    /// Whether each list is in its workspace, share-locked.
+    async fn lock_lists(&mut self, lists: &[(&WorkspaceId, &ListId)]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(lists.len());
+        for (ws, list) in lists {
+            out.push(self.lock_list(ws, list).await?);
+        }
+        Ok(out)
+    }
+    /// Adds each contact to its list (subscribed); true where it was not in
+    /// it (a pair given twice is new at most once).
+    async fn add_memberships(
+        &mut self,
+        rows: &[(&WorkspaceId, &ListId, &ContactId)],
+        _now: Millis,
+    ) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (ws, list, contact) in rows {
+            out.push(self.add_membership(ws, list, contact).await?);
+        }
+        Ok(out)
+    }
+    /// `wake_exits_and_find_triggers` for each (workspace, contact, ask).
+    async fn wake_exits_each(
+        &mut self,
+        rows: &[(&WorkspaceId, &ContactId, bool)],
+        now: Millis,
+    ) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (ws, contact, ask) in rows {
+            out.push(
+                self.wake_exits_and_find_triggers(ws, contact, now, *ask)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+    /// `run_counts` for each (flow, contact).
+    async fn run_counts_each(
+        &mut self,
+        rows: &[(&FlowId, &ContactId)],
+    ) -> Result<Vec<(bool, bool)>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (flow, contact) in rows {
+            out.push(self.run_counts(flow, contact).await?);
+        }
+        Ok(out)
+    }
+    /// `insert_run` for each run; true where it was inserted.
+    async fn insert_runs(&mut self, runs: &[NewRun<'_>]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(runs.len());
+        for run in runs {
+            out.push(self.insert_run(run).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// Stores the engine's advances, each only where `owner` still holds its
-/// run's lease: contacts first, then every lease, checked at once; then per
-/// run, in order, its effects (a data error ends the run there), history
-/// and move. Any other error fails the whole batch, whose runs are claimed
-/// again when their leases end. A store may buffer moves (one statement
-/// for the batch): effects only read and write their own contact's runs,
-/// so the buffer is written before the effects of a contact it holds a
-/// move of, and the order each run sees is the order of the batch.
+/// run's lease: contacts first, then every lease, checked at once. The
+/// rest goes in rounds of advances of distinct contacts (a second advance
+/// of a contact starts the next round, after the first's move is written),
+/// so the advances of a round are independent: effects only read and write
+/// their own contact and its runs. A data error in an effect ends that run
+/// there; any other error fails the whole batch, whose runs are claimed
+/// again when their leases end.
 pub(crate) async fn complete_batch<T: Tx>(
     tx: &mut T,
     owner: &str,
@@ -216,34 +330,248 @@ pub(crate) async fn complete_batch<T: Tx>(
     ids.sort_unstable();
     let held = tx.held_leases(owner, now, &ids).await?;
     let mut out = Vec::with_capacity(advances.len());
-    let mut moved = std::collections::HashSet::new();
-    for (mut adv, prepared) in advances {
+    let mut round = Vec::new();
+    let mut in_round = std::collections::HashSet::new();
+    for (i, (adv, prepared)) in advances.into_iter().enumerate() {
         if !held.contains(adv.run_id.as_str()) {
             out.push(AdvanceOutcome::LeaseLost);
             continue;
         }
-        if !adv.effects.is_empty() && moved.contains(&adv.contact_id) {
+        out.push(AdvanceOutcome::Applied);
+        if !in_round.insert(adv.contact_id.clone()) {
+            complete_round(tx, std::mem::take(&mut round), &mut out, now).await?;
             tx.flush().await?;
-            moved.clear();
+            in_round.clear();
+            in_round.insert(adv.contact_id.clone());
         }
-        let mut outcome = AdvanceOutcome::Applied;
-        for (index, effect) in std::mem::take(&mut adv.effects) {
-            if let Err(e) = apply_effect(tx, &adv, &effect, now).await {
-                let error = match e {
-                    StoreError::Internal(_) | StoreError::Busy(_) => return Err(e),
-                    other => other.to_string(),
-                };
-                outcome = super::run::fail_at(&mut adv, index, error);
-                break;
-            }
-        }
-        tx.add_history(&adv, &prepared).await?;
-        tx.move_run(&adv, now).await?;
-        moved.insert(adv.contact_id.clone());
-        out.push(outcome);
+        round.push((i, adv, prepared));
     }
+    complete_round(tx, round, &mut out, now).await?;
     tx.flush().await?;
     Ok(out)
+}
+
+/// A round of advances of distinct contacts: their effects in waves (every
+/// advance's first effect, then every second one, …; each wave's effects
+/// of one kind as one call for all), then each advance's history and move.
+async fn complete_round<T: Tx>(
+    tx: &mut T,
+    mut round: Vec<(usize, RunAdvance, T::Prepared)>,
+    out: &mut [AdvanceOutcome],
+    now: Millis,
+) -> Result<()> {
+    let mut queues: Vec<std::collections::VecDeque<(usize, Effect)>> = round
+        .iter_mut()
+        .map(|(_, adv, _)| std::mem::take(&mut adv.effects).into())
+        .collect();
+    loop {
+        let wave: Vec<(usize, usize, Effect)> = queues
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(k, q)| q.pop_front().map(|(index, e)| (k, index, e)))
+            .collect();
+        if wave.is_empty() {
+            break;
+        }
+        let advs: Vec<&RunAdvance> = wave.iter().map(|(k, ..)| &round[*k].1).collect();
+        let effects: Vec<&Effect> = wave.iter().map(|(.., e)| e).collect();
+        let results = apply_effects(tx, &advs, &effects, now).await?;
+        for ((k, index, _), result) in wave.iter().zip(results) {
+            if let Err(error) = result {
+                let (i, adv, _) = &mut round[*k];
+                out[*i] = super::run::fail_at(adv, *index, error.to_string());
+                queues[*k].clear();
+            }
+        }
+    }
+    for (_, adv, prepared) in &round {
+        tx.add_history(adv, prepared).await?;
+        tx.move_run(adv, now).await?;
+    }
+    Ok(())
+}
+
+/// One effect of each advance (distinct contacts), with what each change
+/// fires, in the transaction that moves the runs: each effect's data error
+/// (the list was deleted since the flow was saved), or the database error
+/// that fails the batch. Field updates and list joins go as one call each;
+/// leaving a list and starting a flow, rarer, one at a time.
+async fn apply_effects<T: Tx>(
+    tx: &mut T,
+    advs: &[&RunAdvance],
+    effects: &[&Effect],
+    now: Millis,
+) -> Result<Vec<std::result::Result<(), StoreError>>> {
+    let n = advs.len();
+    let mut results: Vec<std::result::Result<(), StoreError>> = (0..n).map(|_| Ok(())).collect();
+    let mut changes: Vec<ContactChange> = (0..n).map(|_| ContactChange::default()).collect();
+    let who = |k: usize| (&advs[k].workspace_id, &advs[k].contact_id);
+
+    let sets: Vec<usize> = (0..n)
+        .filter(|&k| matches!(effects[k], Effect::SetField { .. }))
+        .collect();
+    if !sets.is_empty() {
+        let ids: Vec<(&WorkspaceId, &ContactId)> = sets.iter().map(|&k| who(k)).collect();
+        let found = tx.contacts_for_update(&ids).await?;
+        let asks: Vec<(&WorkspaceId, Option<&ContactId>, &[ListId])> =
+            ids.iter().map(|(ws, c)| (*ws, Some(*c), &[][..])).collect();
+        let defs = tx.field_defs_each(&asks).await?;
+        let mut writes = Vec::new();
+        for ((&k, found), defs) in sets.iter().zip(found).zip(defs) {
+            let Effect::SetField { name, value } = effects[k] else {
+                continue;
+            };
+            let set = match (found, defs) {
+                (None, _) => Err(StoreError::not_found("contact", &advs[k].contact_id)),
+                (_, Err(e)) => Err(e),
+                (Some(existing), Ok(defs)) => set_field(existing, &defs, name, value, now),
+            };
+            match set {
+                Ok(Some((updated, change))) => {
+                    changes[k] = change;
+                    writes.push((k, updated));
+                }
+                Ok(None) => {}
+                Err(e) => results[k] = Err(batch::item_error(e)?),
+            }
+        }
+        if !writes.is_empty() {
+            let rows: Vec<(&WorkspaceId, &ContactRecord)> = writes
+                .iter()
+                .map(|(k, c)| (&advs[*k].workspace_id, c))
+                .collect();
+            tx.write_contacts(&rows).await?;
+        }
+    }
+
+    let adds: Vec<(usize, &ListId)> = (0..n)
+        .filter_map(|k| match effects[k] {
+            Effect::AddToList(list) => Some((k, list)),
+            _ => None,
+        })
+        .collect();
+    if !adds.is_empty() {
+        let lists: Vec<(&WorkspaceId, &ListId)> = adds
+            .iter()
+            .map(|(k, list)| (&advs[*k].workspace_id, *list))
+            .collect();
+        let there = tx.lock_lists(&lists).await?;
+        let mut joins = Vec::new();
+        for ((k, list), there) in adds.into_iter().zip(there) {
+            if there {
+                joins.push((k, list));
+            } else {
+                results[k] = Err(StoreError::not_found("list", list));
+            }
+        }
+        let rows: Vec<(&WorkspaceId, &ListId, &ContactId)> = joins
+            .iter()
+            .map(|(k, list)| (&advs[*k].workspace_id, *list, &advs[*k].contact_id))
+            .collect();
+        if !rows.is_empty() {
+            let joined = tx.add_memberships(&rows, now).await?;
+            for ((k, list), new) in joins.into_iter().zip(joined) {
+                if new {
+                    changes[k].added_lists.push(list.clone());
+                }
+            }
+        }
+    }
+
+    for k in 0..n {
+        let (ws, contact) = who(k);
+        let done = match effects[k] {
+            Effect::RemoveFromList(list) => leave_list(tx, ws, list, contact).await.map(|left| {
+                changes[k].other = left;
+            }),
+            Effect::StartFlow { flow, event_data } => {
+                start_flow(tx, ws, flow, contact, event_data, now).await
+            }
+            Effect::SetField { .. } | Effect::AddToList(_) => Ok(()),
+        };
+        if let Err(e) = done {
+            results[k] = Err(batch::item_error(e)?);
+        }
+    }
+
+    let changed: Vec<usize> = (0..n)
+        .filter(|&k| results[k].is_ok() && !changes[k].is_empty())
+        .collect();
+    if !changed.is_empty() {
+        let wakes: Vec<(&WorkspaceId, &ContactId, bool)> = changed
+            .iter()
+            .map(|&k| (who(k).0, who(k).1, changes[k].may_trigger()))
+            .collect();
+        let fire = tx.wake_exits_each(&wakes, now).await?;
+        for (&k, fire) in changed.iter().zip(fire) {
+            let (ws, contact) = who(k);
+            if fire && let Err(e) = start_triggered(tx, ws, contact, &changes[k], now).await {
+                results[k] = Err(batch::item_error(e)?);
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// A step's field update: the contact to write and what changed, or None
+/// when the field already holds the value.
+fn set_field(
+    existing: ContactRecord,
+    defs: &[crate::domain::FieldDef],
+    name: &str,
+    value: &Value,
+    now: Millis,
+) -> Result<Option<(ContactRecord, ContactChange)>> {
+    let before = existing.fields.clone();
+    let mut fields = serde_json::Map::new();
+    fields.insert(name.to_owned(), value.clone());
+    let patch = ContactPatch {
+        fields,
+        ..Default::default()
+    };
+    let updated = plan::patch(existing, defs, &patch, now)?;
+    if updated.fields == before {
+        return Ok(None);
+    }
+    let change = ContactChange {
+        changed_fields: ContactChange::fields(Some(&before), &updated.fields),
+        ..Default::default()
+    };
+    Ok(Some((updated, change)))
+}
+
+/// A step's removal from a list: whether the contact was in it.
+async fn leave_list<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    list: &ListId,
+    contact: &ContactId,
+) -> Result<bool> {
+    if !tx.lock_list(ws, list).await? {
+        return Err(StoreError::not_found("list", list));
+    }
+    tx.remove_membership(ws, list, contact).await
+}
+
+/// A step's start of another flow: a run, if the flow is active, is
+/// started by other flows, and the repeat rules allow.
+async fn start_flow<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    flow: &FlowId,
+    contact: &ContactId,
+    event_data: &Value,
+    now: Millis,
+) -> Result<()> {
+    let target = tx.flow(ws, flow).await?;
+    if target.status == FlowStatus::Active
+        && matches!(target.document.trigger, Trigger::Flow)
+        && let Some(plan) = EntryPlan::of(&target.document)
+    {
+        let version = target.version;
+        let _ = start_run(tx, ws, flow, version, &plan, contact, event_data, now).await?;
+    }
+    Ok(())
 }
 
 /// Records one event (IN-8): the contact (created if new), the event, the
@@ -466,85 +794,6 @@ fn event_text(event_data: &Value) -> Result<String> {
     serde_json::to_string(event_data).map_err(|e| StoreError::Internal(format!("event data: {e}")))
 }
 
-/// Applies one effect of a step to the run's contact, with what the change
-/// fires, in the transaction that moves the run. A data error (the list was
-/// deleted since the flow was saved) ends the run at that step.
-pub(crate) async fn apply_effect<T: Tx>(
-    tx: &mut T,
-    adv: &RunAdvance,
-    effect: &Effect,
-    now: Millis,
-) -> Result<()> {
-    let ws = &adv.workspace_id;
-    let contact = &adv.contact_id;
-    match effect {
-        Effect::SetField { name, value } => {
-            let existing = tx.contact_for_update(ws, contact).await?;
-            let defs = tx.field_defs(ws, Some(contact), &[]).await?;
-            let mut fields = serde_json::Map::new();
-            fields.insert(name.clone(), value.clone());
-            let before = existing.fields.clone();
-            let patch = ContactPatch {
-                fields,
-                ..Default::default()
-            };
-            let updated = plan::patch(existing, &defs, &patch, now)?;
-            if updated.fields != before {
-                tx.write_contact(ws, &updated).await?;
-                let change = ContactChange {
-                    changed_fields: ContactChange::fields(Some(&before), &updated.fields),
-                    ..Default::default()
-                };
-                contact_changed(tx, ws, contact, &change, now).await?;
-            }
-        }
-        Effect::AddToList(list) => {
-            if !tx.lock_list(ws, list).await? {
-                return Err(StoreError::not_found("list", list));
-            }
-            if tx.add_membership(ws, list, contact).await? {
-                let change = ContactChange {
-                    added_lists: vec![list.clone()],
-                    ..Default::default()
-                };
-                contact_changed(tx, ws, contact, &change, now).await?;
-            }
-        }
-        Effect::RemoveFromList(list) => {
-            if !tx.lock_list(ws, list).await? {
-                return Err(StoreError::not_found("list", list));
-            }
-            if tx.remove_membership(ws, list, contact).await? {
-                let change = ContactChange {
-                    other: true,
-                    ..Default::default()
-                };
-                contact_changed(tx, ws, contact, &change, now).await?;
-            }
-        }
-        Effect::StartFlow { flow, event_data } => {
-            let target = tx.flow(ws, flow).await?;
-            if target.status == FlowStatus::Active
-                && matches!(target.document.trigger, Trigger::Flow)
-                && let Some(plan) = EntryPlan::of(&target.document)
-            {
-                let _ = start_run(
-                    tx,
-                    ws,
-                    flow,
-                    target.version,
-                    &plan,
-                    contact,
-                    event_data,
-                    now,
-                )
-                .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Starts a run of `flow` for `contact` if the repeat rules allow (FL-3):
 /// the run's id, or why none started.
 #[allow(clippy::too_many_arguments)]
@@ -600,9 +849,8 @@ pub(crate) async fn contact_changed<T: Tx>(
     }
     // The wake goes first: the runs started below are active, never
     // waiting, so it cannot touch them.
-    let ask = !change.added_lists.is_empty() || !change.changed_fields.is_empty();
     if tx
-        .wake_exits_and_find_triggers(ws, contact, now, ask)
+        .wake_exits_and_find_triggers(ws, contact, now, change.may_trigger())
         .await?
     {
         start_triggered(tx, ws, contact, change, now).await?;

@@ -11,13 +11,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::engine::PgTx;
 use super::{CONTACT_COLS, contact_row, field_row, internal};
 use crate::domain::{ContactId, Email, FieldDef, FlowId, ListId, Millis, Phone, WorkspaceId};
-use crate::store::logic::batch::{BatchTx, Write, Written, write_many};
+use crate::store::logic::batch::{Write, Written, write_many};
 use crate::store::logic::{self, NewRun};
 use crate::store::{ContactRecord, Result, StoreError};
 
@@ -192,29 +192,31 @@ async fn alone(pool: &PgPool, ws: &WorkspaceId, write: &Write) -> Result<Written
 // in use as it grew, and upserts slowed from 5,600/s to 2,700/s over 60,000
 // rows. Planning once per batch costs little; each statement serves many
 // callers.
-impl BatchTx for PgTx<'_> {
-    async fn lock_emails(&mut self, keys: &[(&WorkspaceId, &Email)]) -> Result<()> {
-        // One statement, the locks taken in the order given (sorted by the
-        // caller): two batches never wait on each other in a cycle.
-        let keys: Vec<String> = keys.iter().map(|(ws, e)| format!("{ws}/{e}")).collect();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k",
-        )
-        .bind(&keys)
-        .persistent(false)
-        .execute(&mut *self.c)
-        .await
-        .map_err(internal)?;
-        Ok(())
-    }
+pub(super) async fn lock_emails(
+    c: &mut PgConnection,
+    keys: &[(&WorkspaceId, &Email)],
+) -> Result<()> {
+    // One statement, the locks taken in the order given (sorted by the
+    // caller): two batches never wait on each other in a cycle.
+    let keys: Vec<String> = keys.iter().map(|(ws, e)| format!("{ws}/{e}")).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k",
+    )
+    .bind(&keys)
+    .persistent(false)
+    .execute(&mut *c)
+    .await
+    .map_err(internal)?;
+    Ok(())
+}
 
-    async fn contacts_by_emails(
-        &mut self,
-        keys: &[(&WorkspaceId, &Email)],
-    ) -> Result<Vec<Option<ContactRecord>>> {
-        let (ws, emails): (Vec<&str>, Vec<&str>) =
-            keys.iter().map(|(w, e)| (w.as_str(), e.as_str())).unzip();
-        let rows = sqlx::query(&format!(
+pub(super) async fn contacts_by_emails(
+    c: &mut PgConnection,
+    keys: &[(&WorkspaceId, &Email)],
+) -> Result<Vec<Option<ContactRecord>>> {
+    let (ws, emails): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(w, e)| (w.as_str(), e.as_str())).unzip();
+    let rows = sqlx::query(&format!(
             "SELECT k.i, {CONTACT_COLS} FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(ws, email, i)
              JOIN contacts c ON c.workspace_id = k.ws AND c.email = k.email
              ORDER BY c.id FOR UPDATE OF c"
@@ -222,120 +224,116 @@ impl BatchTx for PgTx<'_> {
         .bind(&ws)
         .bind(&emails)
         .persistent(false)
-        .fetch_all(&mut *self.c)
+        .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
-        let mut out: Vec<Option<ContactRecord>> = keys.iter().map(|_| None).collect();
-        for r in &rows {
-            let i: i64 = r.try_get("i").map_err(internal)?;
-            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
-                *slot = Some(contact_row(r)?);
-            }
-        }
-        Ok(out)
-    }
+    by_ordinal(&rows, keys.len(), contact_row)
+}
 
-    async fn field_defs_each(
-        &mut self,
-        items: &[(&WorkspaceId, Option<&ContactId>, &[ListId])],
-    ) -> Result<Vec<Result<Vec<FieldDef>>>> {
-        // The lists named: share-locked (not deleted under this write) and
-        // their fields, in one statement; a list without fields is one row
-        // of NULLs, a list not in its workspace no row.
-        let mut named: Vec<(&str, &str)> = items
-            .iter()
-            .flat_map(|(ws, _, lists)| lists.iter().map(|l| (ws.as_str(), l.as_str())))
-            .collect();
-        named.sort_unstable();
-        named.dedup();
-        let mut by_list: HashMap<(String, String), Vec<FieldDef>> = HashMap::new();
-        if !named.is_empty() {
-            let (ws, ids): (Vec<&str>, Vec<&str>) = named.into_iter().unzip();
-            let rows = sqlx::query(
-                "SELECT l.workspace_id, l.id AS list_id, f.name, f.type, f.options FROM lists l
+pub(super) async fn field_defs_each(
+    c: &mut PgConnection,
+    items: &[(&WorkspaceId, Option<&ContactId>, &[ListId])],
+) -> Result<Vec<Result<Vec<FieldDef>>>> {
+    // The lists named: share-locked (not deleted under this write) and
+    // their fields, in one statement; a list without fields is one row
+    // of NULLs, a list not in its workspace no row.
+    let mut named: Vec<(&str, &str)> = items
+        .iter()
+        .flat_map(|(ws, _, lists)| lists.iter().map(|l| (ws.as_str(), l.as_str())))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let mut by_list: HashMap<(String, String), Vec<FieldDef>> = HashMap::new();
+    if !named.is_empty() {
+        let (ws, ids): (Vec<&str>, Vec<&str>) = named.into_iter().unzip();
+        let rows = sqlx::query(
+            "SELECT l.workspace_id, l.id AS list_id, f.name, f.type, f.options FROM lists l
                  LEFT JOIN list_fields f ON f.list_id = l.id
                  WHERE (l.workspace_id, l.id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
                  ORDER BY l.id, f.position FOR SHARE OF l",
-            )
-            .bind(&ws)
-            .bind(&ids)
-            .persistent(false)
-            .fetch_all(&mut *self.c)
-            .await
-            .map_err(internal)?;
-            for r in &rows {
-                let ws: String = r.try_get("workspace_id").map_err(internal)?;
-                let list: String = r.try_get("list_id").map_err(internal)?;
-                let fields = by_list.entry((ws, list)).or_default();
-                if r.try_get::<Option<String>, _>("name")
-                    .map_err(internal)?
-                    .is_some()
-                {
-                    fields.push(field_row(r)?);
-                }
+        )
+        .bind(&ws)
+        .bind(&ids)
+        .persistent(false)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(internal)?;
+        for r in &rows {
+            let ws: String = r.try_get("workspace_id").map_err(internal)?;
+            let list: String = r.try_get("list_id").map_err(internal)?;
+            let fields = by_list.entry((ws, list)).or_default();
+            if r.try_get::<Option<String>, _>("name")
+                .map_err(internal)?
+                .is_some()
+            {
+                fields.push(field_row(r)?);
             }
         }
-        // The fields of the lists the existing contacts are in.
-        let contacts: Vec<&str> = items
-            .iter()
-            .filter_map(|(_, c, _)| c.map(ContactId::as_str))
-            .collect();
-        let mut by_contact: HashMap<String, Vec<FieldDef>> = HashMap::new();
-        if !contacts.is_empty() {
-            let rows = sqlx::query(
-                "SELECT m.contact_id, f.name, f.type, f.options FROM list_fields f
-                 JOIN memberships m ON m.list_id = f.list_id WHERE m.contact_id = ANY($1)",
-            )
-            .bind(&contacts)
-            .persistent(false)
-            .fetch_all(&mut *self.c)
-            .await
-            .map_err(internal)?;
-            for r in &rows {
-                let contact: String = r.try_get("contact_id").map_err(internal)?;
-                by_contact.entry(contact).or_default().push(field_row(r)?);
-            }
-        }
-        Ok(items
-            .iter()
-            .map(|(ws, contact, lists)| {
-                let mut defs = Vec::new();
-                for (i, list) in lists.iter().enumerate() {
-                    let key = (ws.to_string(), list.to_string());
-                    let Some(fields) = by_list.get(&key) else {
-                        return Err(StoreError::Invalid {
-                            code: "unknown_list",
-                            field: format!("lists[{i}]"),
-                            message: format!("list `{list}` does not exist"),
-                        });
-                    };
-                    defs.extend(fields.iter().cloned());
-                }
-                if let Some(fields) = contact.and_then(|c| by_contact.get(c.as_str())) {
-                    defs.extend(fields.iter().cloned());
-                }
-                Ok(defs)
-            })
-            .collect())
     }
+    // The fields of the lists the existing contacts are in.
+    let contacts: Vec<&str> = items
+        .iter()
+        .filter_map(|(_, c, _)| c.map(ContactId::as_str))
+        .collect();
+    let mut by_contact: HashMap<String, Vec<FieldDef>> = HashMap::new();
+    if !contacts.is_empty() {
+        let rows = sqlx::query(
+            "SELECT m.contact_id, f.name, f.type, f.options FROM list_fields f
+                 JOIN memberships m ON m.list_id = f.list_id WHERE m.contact_id = ANY($1)",
+        )
+        .bind(&contacts)
+        .persistent(false)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(internal)?;
+        for r in &rows {
+            let contact: String = r.try_get("contact_id").map_err(internal)?;
+            by_contact.entry(contact).or_default().push(field_row(r)?);
+        }
+    }
+    Ok(items
+        .iter()
+        .map(|(ws, contact, lists)| {
+            let mut defs = Vec::new();
+            for (i, list) in lists.iter().enumerate() {
+                let key = (ws.to_string(), list.to_string());
+                let Some(fields) = by_list.get(&key) else {
+                    return Err(StoreError::Invalid {
+                        code: "unknown_list",
+                        field: format!("lists[{i}]"),
+                        message: format!("list `{list}` does not exist"),
+                    });
+                };
+                defs.extend(fields.iter().cloned());
+            }
+            if let Some(fields) = contact.and_then(|c| by_contact.get(c.as_str())) {
+                defs.extend(fields.iter().cloned());
+            }
+            Ok(defs)
+        })
+        .collect())
+}
 
-    async fn write_contacts(&mut self, rows: &[(&WorkspaceId, &ContactRecord)]) -> Result<()> {
-        // Sorted by id: the order every other write locks contacts in.
-        let mut rows = rows.to_vec();
-        rows.sort_by(|a, b| a.1.id.cmp(&b.1.id));
-        let col = |f: fn(&ContactRecord) -> &str| rows.iter().map(|r| f(r.1)).collect::<Vec<_>>();
-        let ws: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-        let phones: Vec<Option<&str>> = rows
-            .iter()
-            .map(|r| r.1.phone.as_ref().map(Phone::as_str))
-            .collect();
-        let fields: Vec<Value> = rows
-            .iter()
-            .map(|r| Value::Object(r.1.fields.clone()))
-            .collect();
-        let created: Vec<Millis> = rows.iter().map(|r| r.1.created_at).collect();
-        let updated: Vec<Millis> = rows.iter().map(|r| r.1.updated_at).collect();
-        sqlx::query(
+pub(super) async fn write_contacts(
+    c: &mut PgConnection,
+    rows: &[(&WorkspaceId, &ContactRecord)],
+) -> Result<()> {
+    // Sorted by id: the order every other write locks contacts in.
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    let col = |f: fn(&ContactRecord) -> &str| rows.iter().map(|r| f(r.1)).collect::<Vec<_>>();
+    let ws: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let phones: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.1.phone.as_ref().map(Phone::as_str))
+        .collect();
+    let fields: Vec<Value> = rows
+        .iter()
+        .map(|r| Value::Object(r.1.fields.clone()))
+        .collect();
+    let created: Vec<Millis> = rows.iter().map(|r| r.1.created_at).collect();
+    let updated: Vec<Millis> = rows.iter().map(|r| r.1.updated_at).collect();
+    sqlx::query(
             "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::jsonb[], $7::bigint[], $8::bigint[])
@@ -351,35 +349,35 @@ impl BatchTx for PgTx<'_> {
         .bind(&created)
         .bind(&updated)
         .persistent(false)
-        .execute(&mut *self.c)
+        .execute(&mut *c)
         .await
         .map_err(internal)?;
-        Ok(())
-    }
+    Ok(())
+}
 
-    async fn add_memberships(
-        &mut self,
-        rows: &[(&WorkspaceId, &ListId, &ContactId)],
-        now: Millis,
-    ) -> Result<Vec<bool>> {
-        // Each pair once (a second `ON CONFLICT DO UPDATE` of one row in a
-        // statement is an error); a repeated pair is not new the second time.
-        let mut pairs: Vec<(&str, &str, &str)> = rows
-            .iter()
-            .map(|(w, l, c)| (l.as_str(), c.as_str(), w.as_str()))
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
-        let (lists, contacts, ws): (Vec<&str>, Vec<&str>, Vec<&str>) =
-            pairs
-                .into_iter()
-                .fold(Default::default(), |(mut l, mut c, mut w), p| {
-                    l.push(p.0);
-                    c.push(p.1);
-                    w.push(p.2);
-                    (l, c, w)
-                });
-        let added = sqlx::query(
+pub(super) async fn add_memberships(
+    c: &mut PgConnection,
+    rows: &[(&WorkspaceId, &ListId, &ContactId)],
+    now: Millis,
+) -> Result<Vec<bool>> {
+    // Each pair once (a second `ON CONFLICT DO UPDATE` of one row in a
+    // statement is an error); a repeated pair is not new the second time.
+    let mut pairs: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|(w, l, c)| (l.as_str(), c.as_str(), w.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (lists, contacts, ws): (Vec<&str>, Vec<&str>, Vec<&str>) =
+        pairs
+            .into_iter()
+            .fold(Default::default(), |(mut l, mut c, mut w), p| {
+                l.push(p.0);
+                c.push(p.1);
+                w.push(p.2);
+                (l, c, w)
+            });
+    let added = sqlx::query(
             "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since)
              SELECT l, c, w, 'subscribed', $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(l, c, w)
              ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
@@ -391,100 +389,100 @@ impl BatchTx for PgTx<'_> {
         .bind(&ws)
         .bind(now)
         .persistent(false)
-        .fetch_all(&mut *self.c)
+        .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
-        let mut new: HashSet<(String, String)> = HashSet::new();
-        for r in &added {
-            new.insert((
-                r.try_get("list_id").map_err(internal)?,
-                r.try_get("contact_id").map_err(internal)?,
-            ));
-        }
-        Ok(rows
-            .iter()
-            .map(|(_, l, c)| new.remove(&(l.to_string(), c.to_string())))
-            .collect())
+    let mut new: HashSet<(String, String)> = HashSet::new();
+    for r in &added {
+        new.insert((
+            r.try_get("list_id").map_err(internal)?,
+            r.try_get("contact_id").map_err(internal)?,
+        ));
     }
+    Ok(rows
+        .iter()
+        .map(|(_, l, c)| new.remove(&(l.to_string(), c.to_string())))
+        .collect())
+}
 
-    async fn wake_exits_each(
-        &mut self,
-        rows: &[(&WorkspaceId, &ContactId, bool)],
-        now: Millis,
-    ) -> Result<Vec<bool>> {
-        // A data-modifying CTE runs to completion whether or not the
-        // statement reads it: the wake-ups, and which workspaces have
-        // contact triggers, in one round trip.
-        let contacts: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-        let mut ws: Vec<&str> = rows.iter().filter(|r| r.2).map(|r| r.0.as_str()).collect();
-        ws.sort_unstable();
-        ws.dedup();
-        let with_triggers: Vec<String> = sqlx::query_scalar(
-            "WITH woken AS (
+pub(super) async fn wake_exits_each(
+    c: &mut PgConnection,
+    rows: &[(&WorkspaceId, &ContactId, bool)],
+    now: Millis,
+) -> Result<Vec<bool>> {
+    // A data-modifying CTE runs to completion whether or not the
+    // statement reads it: the wake-ups, and which workspaces have
+    // contact triggers, in one round trip.
+    let contacts: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let mut ws: Vec<&str> = rows.iter().filter(|r| r.2).map(|r| r.0.as_str()).collect();
+    ws.sort_unstable();
+    ws.dedup();
+    let with_triggers: Vec<String> = sqlx::query_scalar(
+        "WITH woken AS (
                UPDATE runs SET due_at = $2
                WHERE contact_id = ANY($1) AND status = 'waiting' AND has_exits AND due_at > $2
                RETURNING 1)
              SELECT w FROM UNNEST($3::text[]) AS w WHERE EXISTS (
                SELECT 1 FROM flows WHERE workspace_id = w AND status = 'active'
                AND trigger_type IN ('list_added', 'field_changed'))",
-        )
-        .bind(&contacts)
-        .bind(now)
-        .bind(&ws)
-        .persistent(false)
-        .fetch_all(&mut *self.c)
-        .await
-        .map_err(internal)?;
-        Ok(rows
-            .iter()
-            .map(|(w, _, ask)| *ask && with_triggers.iter().any(|t| t == w.as_str()))
-            .collect())
-    }
+    )
+    .bind(&contacts)
+    .bind(now)
+    .bind(&ws)
+    .persistent(false)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    Ok(rows
+        .iter()
+        .map(|(w, _, ask)| *ask && with_triggers.iter().any(|t| t == w.as_str()))
+        .collect())
+}
 
-    async fn run_counts_each(
-        &mut self,
-        rows: &[(&FlowId, &ContactId)],
-    ) -> Result<Vec<(bool, bool)>> {
-        let (flows, contacts): (Vec<&str>, Vec<&str>) =
-            rows.iter().map(|(f, c)| (f.as_str(), c.as_str())).unzip();
-        let found = sqlx::query(
-            "SELECT k.i, COUNT(r.id) > 0 AS any_run,
+pub(super) async fn run_counts_each(
+    c: &mut PgConnection,
+    rows: &[(&FlowId, &ContactId)],
+) -> Result<Vec<(bool, bool)>> {
+    let (flows, contacts): (Vec<&str>, Vec<&str>) =
+        rows.iter().map(|(f, c)| (f.as_str(), c.as_str())).unzip();
+    let found = sqlx::query(
+        "SELECT k.i, COUNT(r.id) > 0 AS any_run,
                COALESCE(BOOL_OR(r.status IN ('active', 'waiting')), false) AS active_run
              FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(f, c, i)
              LEFT JOIN runs r ON r.flow_id = k.f AND r.contact_id = k.c
              GROUP BY k.i",
-        )
-        .bind(&flows)
-        .bind(&contacts)
-        .persistent(false)
-        .fetch_all(&mut *self.c)
-        .await
-        .map_err(internal)?;
-        let mut out = vec![(false, false); rows.len()];
-        for r in &found {
-            let i: i64 = r.try_get("i").map_err(internal)?;
-            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
-                *slot = (
-                    r.try_get("any_run").map_err(internal)?,
-                    r.try_get("active_run").map_err(internal)?,
-                );
-            }
+    )
+    .bind(&flows)
+    .bind(&contacts)
+    .persistent(false)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    let mut out = vec![(false, false); rows.len()];
+    for r in &found {
+        let i: i64 = r.try_get("i").map_err(internal)?;
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = (
+                r.try_get("any_run").map_err(internal)?,
+                r.try_get("active_run").map_err(internal)?,
+            );
         }
-        Ok(out)
     }
+    Ok(out)
+}
 
-    async fn insert_runs(&mut self, runs: &[NewRun<'_>]) -> Result<Vec<bool>> {
-        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
-        let ws: Vec<&str> = runs.iter().map(|r| r.ws.as_str()).collect();
-        let flows: Vec<&str> = runs.iter().map(|r| r.flow.as_str()).collect();
-        let versions: Vec<i32> = runs.iter().map(|r| r.version as i32).collect();
-        let contacts: Vec<&str> = runs.iter().map(|r| r.contact.as_str()).collect();
-        let steps: Vec<&str> = runs.iter().map(|r| r.plan.first_step.as_str()).collect();
-        let data: Vec<&str> = runs.iter().map(|r| r.event_data).collect();
-        let bytes: Vec<i64> = runs.iter().map(|r| r.event_data.len() as i64).collect();
-        let exits: Vec<bool> = runs.iter().map(|r| r.plan.has_exits).collect();
-        let now: Vec<Millis> = runs.iter().map(|r| r.now).collect();
-        let inserted: Vec<String> = sqlx::query_scalar(
+pub(super) async fn insert_runs(c: &mut PgConnection, runs: &[NewRun<'_>]) -> Result<Vec<bool>> {
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    let ws: Vec<&str> = runs.iter().map(|r| r.ws.as_str()).collect();
+    let flows: Vec<&str> = runs.iter().map(|r| r.flow.as_str()).collect();
+    let versions: Vec<i32> = runs.iter().map(|r| r.version as i32).collect();
+    let contacts: Vec<&str> = runs.iter().map(|r| r.contact.as_str()).collect();
+    let steps: Vec<&str> = runs.iter().map(|r| r.plan.first_step.as_str()).collect();
+    let data: Vec<&str> = runs.iter().map(|r| r.event_data).collect();
+    let bytes: Vec<i64> = runs.iter().map(|r| r.event_data.len() as i64).collect();
+    let exits: Vec<bool> = runs.iter().map(|r| r.plan.has_exits).collect();
+    let now: Vec<Millis> = runs.iter().map(|r| r.now).collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
             "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at,
                                event_data, event_bytes, has_exits, created_at, updated_at)
              SELECT id, ws, f, v, c, 'active', step, t, d::jsonb, b, x, t, t
@@ -505,10 +503,75 @@ impl BatchTx for PgTx<'_> {
         .bind(&exits)
         .bind(&now)
         .persistent(false)
-        .fetch_all(&mut *self.c)
+        .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
-        let inserted: HashSet<String> = inserted.into_iter().collect();
-        Ok(ids.iter().map(|id| inserted.contains(*id)).collect())
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    Ok(ids.iter().map(|id| inserted.contains(*id)).collect())
+}
+
+pub(super) async fn lock_lists(
+    c: &mut PgConnection,
+    lists: &[(&WorkspaceId, &ListId)],
+) -> Result<Vec<bool>> {
+    let (ws, ids): (Vec<&str>, Vec<&str>) =
+        lists.iter().map(|(w, l)| (w.as_str(), l.as_str())).unzip();
+    let found = sqlx::query(
+        "SELECT l.workspace_id, l.id FROM lists l
+         WHERE (l.workspace_id, l.id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+         ORDER BY l.id FOR SHARE",
+    )
+    .bind(&ws)
+    .bind(&ids)
+    .persistent(false)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    let mut there = HashSet::new();
+    for r in &found {
+        let w: String = r.try_get("workspace_id").map_err(internal)?;
+        let l: String = r.try_get("id").map_err(internal)?;
+        there.insert((w, l));
     }
+    Ok(lists
+        .iter()
+        .map(|(w, l)| there.contains(&(w.to_string(), l.to_string())))
+        .collect())
+}
+
+pub(super) async fn contacts_for_update(
+    c: &mut PgConnection,
+    ids: &[(&WorkspaceId, &ContactId)],
+) -> Result<Vec<Option<ContactRecord>>> {
+    let (ws, ids_): (Vec<&str>, Vec<&str>) =
+        ids.iter().map(|(w, c)| (w.as_str(), c.as_str())).unzip();
+    let rows = sqlx::query(&format!(
+        "SELECT k.i, {CONTACT_COLS} FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(ws, id, i)
+         JOIN contacts c ON c.workspace_id = k.ws AND c.id = k.id
+         ORDER BY c.id FOR UPDATE OF c"
+    ))
+    .bind(&ws)
+    .bind(&ids_)
+    .persistent(false)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
+    by_ordinal(&rows, ids.len(), contact_row)
+}
+
+/// Rows numbered by `WITH ORDINALITY` (column `i`, from 1), each decoded
+/// into its slot of `n`.
+fn by_ordinal<T>(
+    rows: &[sqlx::postgres::PgRow],
+    n: usize,
+    decode: impl Fn(&sqlx::postgres::PgRow) -> Result<T>,
+) -> Result<Vec<Option<T>>> {
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for r in rows {
+        let i: i64 = r.try_get("i").map_err(internal)?;
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some(decode(r)?);
+        }
+    }
+    Ok(out)
 }
