@@ -7,6 +7,8 @@
 //! - [`api`]: axum only. Router, one file per resource, the one error shape,
 //!   extractors for JSON bodies and API keys, the OpenAPI document.
 //! - [`flows`]: saving flow documents (shared by API and CLI); the engine to come.
+//! - [`outbound`]: HTTP to user-configured URLs: the target guard (WH-7) and the
+//!   one client builder that enforces it.
 //! - [`config`]: typed, layered configuration (defaults < file < env).
 //! - [`server`]: wires config, store and router; runs until shutdown.
 //! - [`telemetry`]: tracing and Prometheus metrics set-up.
@@ -20,6 +22,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod domain;
 pub mod flows;
+pub mod outbound;
 pub mod server;
 pub mod store;
 pub mod telemetry;
