@@ -214,19 +214,37 @@ pub(super) async fn contacts_by_emails(
     c: &mut PgConnection,
     keys: &[(&WorkspaceId, &Email)],
 ) -> Result<Vec<Option<ContactRecord>>> {
-    let (ws, emails): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|(w, e)| (w.as_str(), e.as_str())).unzip();
+    let keys: Vec<(&str, &str)> = keys.iter().map(|(w, e)| (w.as_str(), e.as_str())).collect();
+    contacts_where(c, "email", &keys).await
+}
+
+pub(super) async fn contacts_for_update(
+    c: &mut PgConnection,
+    ids: &[(&WorkspaceId, &ContactId)],
+) -> Result<Vec<Option<ContactRecord>>> {
+    let keys: Vec<(&str, &str)> = ids.iter().map(|(w, c)| (w.as_str(), c.as_str())).collect();
+    contacts_where(c, "id", &keys).await
+}
+
+/// The contact whose `col` (`email` or `id`) is each key's, in its
+/// workspace, in the order asked; locked, in id order.
+async fn contacts_where(
+    c: &mut PgConnection,
+    col: &str,
+    keys: &[(&str, &str)],
+) -> Result<Vec<Option<ContactRecord>>> {
+    let (ws, vals): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
     let rows = sqlx::query(&format!(
-            "SELECT k.i, {CONTACT_COLS} FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(ws, email, i)
-             JOIN contacts c ON c.workspace_id = k.ws AND c.email = k.email
-             ORDER BY c.id FOR UPDATE OF c"
-        ))
-        .bind(&ws)
-        .bind(&emails)
-        .persistent(false)
-        .fetch_all(&mut *c)
-        .await
-        .map_err(internal)?;
+        "SELECT k.i, {CONTACT_COLS} FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(ws, v, i)
+         JOIN contacts c ON c.workspace_id = k.ws AND c.{col} = k.v
+         ORDER BY c.id FOR UPDATE OF c"
+    ))
+    .bind(&ws)
+    .bind(&vals)
+    .persistent(false)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(internal)?;
     by_ordinal(&rows, keys.len(), contact_row)
 }
 
@@ -537,26 +555,6 @@ pub(super) async fn lock_lists(
         .iter()
         .map(|(w, l)| there.contains(&(w.to_string(), l.to_string())))
         .collect())
-}
-
-pub(super) async fn contacts_for_update(
-    c: &mut PgConnection,
-    ids: &[(&WorkspaceId, &ContactId)],
-) -> Result<Vec<Option<ContactRecord>>> {
-    let (ws, ids_): (Vec<&str>, Vec<&str>) =
-        ids.iter().map(|(w, c)| (w.as_str(), c.as_str())).unzip();
-    let rows = sqlx::query(&format!(
-        "SELECT k.i, {CONTACT_COLS} FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(ws, id, i)
-         JOIN contacts c ON c.workspace_id = k.ws AND c.id = k.id
-         ORDER BY c.id FOR UPDATE OF c"
-    ))
-    .bind(&ws)
-    .bind(&ids_)
-    .persistent(false)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(internal)?;
-    by_ordinal(&rows, ids.len(), contact_row)
 }
 
 /// Rows numbered by `WITH ORDINALITY` (column `i`, from 1), each decoded
