@@ -1207,12 +1207,7 @@ async fn a_burst_of_mixed_writes_answers_each_as_if_alone(b: Backend) {
     let ws = s.create_workspace("w").await.unwrap().id;
     let fields = vec![FieldDef::new("age", FieldType::Number, vec![]).unwrap()];
     let list = s.create_list(&ws, "L", fields).await.unwrap().id;
-    let doc =
-        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
-    let flow = s.create_flow(&ws, "f", doc).await.unwrap();
-    s.set_flow_status(&ws, &flow.id, FlowStatus::Active, None)
-        .await
-        .unwrap();
+    let flow = active_exit_flow(&s, &ws, "f").await;
     let unknown = ListId::generate();
     let mut tasks = Vec::new();
     for i in 0..60usize {
@@ -1229,17 +1224,7 @@ async fn a_burst_of_mixed_writes_answers_each_as_if_alone(b: Backend) {
                 lists: vec![list],
                 ..Default::default()
             };
-            let enter = |contact: ContactUpsert, data: serde_json::Value| EntryRequest {
-                flow_id: flow.id.clone(),
-                flow_version: flow.version,
-                first_step: "x".into(),
-                repeat: false,
-                has_exits: false,
-                inbound_token: None,
-                contact,
-                event_data: data,
-                idempotency: None,
-            };
+            let enter = |contact, data| entry(&flow, contact, data);
             match i % 6 {
                 0 => {
                     contact.lists = vec![unknown];
@@ -1304,30 +1289,17 @@ async fn one_completion_applies_each_runs_effects_in_order(b: Backend) {
     let fields = vec![FieldDef::new("age", FieldType::Number, vec![]).unwrap()];
     let list = s.create_list(&ws, "L", fields).await.unwrap().id;
     let gone = s.create_list(&ws, "gone", vec![]).await.unwrap().id;
-    let doc =
-        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
-    let mut flows = Vec::new();
-    for name in ["f1", "f2"] {
-        let f = s.create_flow(&ws, name, doc.clone()).await.unwrap();
-        s.set_flow_status(&ws, &f.id, FlowStatus::Active, None)
-            .await
-            .unwrap();
-        flows.push(f);
-    }
-    let enter = |flow: usize, who: &str| EntryRequest {
-        flow_id: flows[flow].id.clone(),
-        flow_version: flows[flow].version,
-        first_step: "x".into(),
-        repeat: false,
-        has_exits: false,
-        inbound_token: None,
-        contact: ContactUpsert {
+    let flows = [
+        active_exit_flow(&s, &ws, "f1").await,
+        active_exit_flow(&s, &ws, "f2").await,
+    ];
+    let enter = |flow: usize, who: &str| {
+        let contact = ContactUpsert {
             email: Some(email(&format!("{who}@example.com"))),
             lists: vec![list.clone()],
             ..Default::default()
-        },
-        event_data: json!({}),
-        idempotency: None,
+        };
+        entry(&flows[flow], contact, json!({}))
     };
     let mut runs = Vec::new();
     for (flow, who) in [(0, "a"), (1, "a"), (0, "b"), (0, "c")] {
@@ -1406,4 +1378,38 @@ async fn one_completion_applies_each_runs_effects_in_order(b: Backend) {
     let (failed, _) = s.get_run(&ws, &run(&runs[2]).id).await.unwrap();
     assert_eq!(failed.status, RunStatus::Failed);
     s.close().await;
+}
+
+/// An active flow of one exit step, entered by other flows or directly.
+async fn active_exit_flow(
+    s: &std::sync::Arc<dyn hookflow::store::Store>,
+    ws: &hookflow::domain::WorkspaceId,
+    name: &str,
+) -> hookflow::store::FlowRecord {
+    let doc =
+        json!({"name": "F", "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let flow = s.create_flow(ws, name, doc).await.unwrap();
+    s.set_flow_status(ws, &flow.id, FlowStatus::Active, None)
+        .await
+        .unwrap();
+    flow
+}
+
+/// An entry of `contact` into `flow` (no repeat, no key), at step `x`.
+fn entry(
+    flow: &hookflow::store::FlowRecord,
+    contact: ContactUpsert,
+    event_data: serde_json::Value,
+) -> EntryRequest {
+    EntryRequest {
+        flow_id: flow.id.clone(),
+        flow_version: flow.version,
+        first_step: "x".into(),
+        repeat: false,
+        has_exits: false,
+        inbound_token: None,
+        contact,
+        event_data,
+        idempotency: None,
+    }
 }
