@@ -6,11 +6,16 @@
 //!   ([`TargetPolicy::check_url`]), and the one [`client`] builder whose
 //!   resolver, redirect policy and proxy setting keep that promise at connect
 //!   time.
+//! - [`config`]: a webhook's configuration (WH-1), checked once: the name
+//!   rule, the URL through the guard, method, content type, custom headers
+//!   (no CR/LF, no hop-by-hop, framing or signature headers), auth, retries,
+//!   timeout, per-endpoint concurrency and rate; secrets masked in views.
 //!
 //! Must not: build a `reqwest::Client` for a user's URL anywhere else, or send
 //! a request without [`TargetPolicy::check_target`] (reqwest does not ask the
 //! resolver about literal IP hosts).
 
+pub mod config;
 pub mod guard;
 
 pub use guard::{
