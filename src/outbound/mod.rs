@@ -10,6 +10,9 @@
 //!   rule, the URL through the guard, method, content type, custom headers
 //!   (no CR/LF, no hop-by-hop, framing or signature headers), auth, retries,
 //!   timeout, per-endpoint concurrency and rate; secrets masked in views.
+//! - [`schedule`]: what an attempt's answer means, the retry schedule with
+//!   jitter, the one-per-hour rule before verification, auto-disable: pure
+//!   functions of settings, history and time.
 //!
 //! Must not: build a `reqwest::Client` for a user's URL anywhere else, or send
 //! a request without [`TargetPolicy::check_target`] (reqwest does not ask the
@@ -17,6 +20,7 @@
 
 pub mod config;
 pub mod guard;
+pub mod schedule;
 
 pub use guard::{
     GuardedResolver, Refused, SystemResolver, TargetPolicy, UnsafeRange, UrlProblem, client,
