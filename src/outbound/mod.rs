@@ -13,6 +13,9 @@
 //! - [`schedule`]: what an attempt's answer means, the retry schedule with
 //!   jitter, the one-per-hour rule before verification, auto-disable: pure
 //!   functions of settings, history and time.
+//! - [`send`]: one attempt: the request signed (Standard Webhooks) and sent
+//!   through the guard's client, the answer read up to a cap, the whole
+//!   exchange recorded with secrets masked.
 //!
 //! Must not: build a `reqwest::Client` for a user's URL anywhere else, or send
 //! a request without [`TargetPolicy::check_target`] (reqwest does not ask the
@@ -21,6 +24,7 @@
 pub mod config;
 pub mod guard;
 pub mod schedule;
+pub mod send;
 
 pub use guard::{
     GuardedResolver, Refused, SystemResolver, TargetPolicy, UnsafeRange, UrlProblem, client,
