@@ -16,6 +16,9 @@
 //! - [`send`]: one attempt: the request signed (Standard Webhooks) and sent
 //!   through the guard's client, the answer read up to a cap, the whole
 //!   exchange recorded with secrets masked.
+//! - [`template`]: webhook bodies (WH-1, WH-2). [`BodyTemplate`] checks a
+//!   template at save time (syntax, unknown filters and tests, with the line)
+//!   and renders it under [`Limits`]; [`default_body`] is SendPulse's shape.
 //!
 //! Must not: build a `reqwest::Client` for a user's URL anywhere else, or send
 //! a request without [`TargetPolicy::check_target`] (reqwest does not ask the
@@ -25,8 +28,13 @@ pub mod config;
 pub mod guard;
 pub mod schedule;
 pub mod send;
+pub mod template;
 
 pub use guard::{
     GuardedResolver, Refused, SystemResolver, TargetPolicy, UnsafeRange, UrlProblem, client,
     redirect_policy, refusal, refusal_in,
+};
+pub use template::{
+    BodyTemplate, ContactVars, FlowVars, IdVars, Limits, RenderContext, RenderError, TemplateError,
+    default_body,
 };
