@@ -188,6 +188,21 @@ async fn a_delivery_arrives_signed_with_its_headers_and_auth() {
     };
     verify(&secret, &signed, &got.body, chrono::Utc::now().timestamp())
         .expect("signature verifies");
+    // And by an implementation we did not write.
+    if let Some(python) = independent_python() {
+        let headers = [
+            ("webhook-id", h("webhook-id")),
+            ("webhook-timestamp", h("webhook-timestamp")),
+            ("webhook-signature", h("webhook-signature")),
+        ];
+        assert_eq!(
+            standard_webhooks_verify(&python, &secret, &headers, &got.body),
+            Ok(())
+        );
+        let mut tampered = got.body.to_vec();
+        tampered.push(b' ');
+        assert!(standard_webhooks_verify(&python, &secret, &headers, &tampered).is_err());
+    }
     // The record shows what was sent, without the secret.
     let shown = format!("{:?}", a.request);
     assert!(
@@ -294,4 +309,68 @@ async fn a_refused_literal_target_gets_no_request() {
         0,
         "nothing reached the refused address"
     );
+}
+
+/// The Python interpreter that has the `standardwebhooks` package (PyPI),
+/// for checking signatures with an implementation we did not write. `.ci/run`
+/// installs it and sets `HOOKFLOW_TEST_PYTHON`; elsewhere the check is
+/// skipped, loudly, and in CI its absence is a failure.
+fn independent_python() -> Option<std::ffi::OsString> {
+    match std::env::var_os("HOOKFLOW_TEST_PYTHON") {
+        Some(p) => Some(p),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must set HOOKFLOW_TEST_PYTHON (a python with standardwebhooks)"
+            );
+            eprintln!(
+                "SKIPPED: the independent signature check (set HOOKFLOW_TEST_PYTHON to a python \
+                 with the standardwebhooks package, as .ci/run does)"
+            );
+            None
+        }
+    }
+}
+
+/// `standardwebhooks.Webhook(secret).verify(body, headers)` in Python:
+/// Ok, or the library's error.
+fn standard_webhooks_verify(
+    python: &std::ffi::OsStr,
+    secret: &SigningSecret,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), String> {
+    use base64::Engine;
+    use std::io::Write;
+    const SCRIPT: &str = "import base64, json, sys
+from standardwebhooks.webhooks import Webhook
+d = json.load(sys.stdin)
+Webhook(d['secret']).verify(base64.b64decode(d['body']), d['headers'], json_parse=False)
+print('verified')
+";
+    let headers: std::collections::HashMap<&str, &str> = headers.iter().copied().collect();
+    let input = serde_json::json!({
+        "secret": secret.as_str(),
+        "headers": headers,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    let mut child = std::process::Command::new(python)
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the python of HOOKFLOW_TEST_PYTHON");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write to python");
+    let out = child.wait_with_output().expect("python ran");
+    if out.status.success() && out.stdout.starts_with(b"verified") {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
