@@ -74,6 +74,15 @@ fn field_error(e: crate::domain::fields::FieldValueError) -> StoreError {
 }
 
 /// The error for a contact write without an email.
+/// An upsert names a list that is not in the workspace (`lists[i]`).
+pub fn unknown_list(i: usize, list: &crate::domain::ListId) -> StoreError {
+    StoreError::Invalid {
+        code: "unknown_list",
+        field: format!("lists[{i}]"),
+        message: format!("list `{list}` does not exist"),
+    }
+}
+
 pub fn email_required() -> StoreError {
     StoreError::Invalid {
         code: "missing_field",

@@ -383,11 +383,7 @@ async fn field_defs_for(
         }
         for (i, list) in extra.iter().enumerate() {
             let Some(fields) = by_list.get(list.as_str()) else {
-                return Err(StoreError::Invalid {
-                    code: "unknown_list",
-                    field: format!("lists[{i}]"),
-                    message: format!("list `{list}` does not exist"),
-                });
+                return Err(plan::unknown_list(i, list));
             };
             defs.extend(fields.iter().cloned());
         }
@@ -435,11 +431,22 @@ async fn write_contact(c: &mut PgConnection, ws: &WorkspaceId, ct: &ContactRecor
     Ok(())
 }
 
+/// The advisory-lock key that serialises upserts of one email (the single
+/// path, the batch writer's locks and its one-write-per-email rule).
+fn email_lock_key(ws: &WorkspaceId, email: &Email) -> String {
+    format!("{ws}/{email}")
+}
+
+/// The advisory-lock key of an idempotency key in its scope.
+fn idempotency_lock_key(ws: &WorkspaceId, scope: &str, key: &str) -> String {
+    format!("{ws}/idem/{scope}/{key}")
+}
+
 /// Serialises upserts of one email across processes until the transaction
 /// ends, so "is there a contact with this email?" has one answer.
 async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("{ws}/{email}"))
+        .bind(email_lock_key(ws, email))
         .execute(&mut *c)
         .await
         .map_err(internal)?;

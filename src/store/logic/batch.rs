@@ -141,19 +141,14 @@ pub(crate) async fn write_many<T: Tx>(
     } else {
         tx.add_memberships(&joins, now).await?
     };
-    let added: Vec<(ContactId, ListId)> = joins
-        .iter()
-        .zip(joined)
-        .filter(|(_, new)| *new)
-        .map(|((_, l, c), _)| ((*c).clone(), (*l).clone()))
-        .collect();
+    // `joins` holds each pending write's lists in order: walk both at once.
+    let mut joined = joined.into_iter();
     for p in &mut pending {
-        let id = &p.up.contact.id;
-        let lists = added
-            .iter()
-            .filter(|(c, _)| c == id)
-            .map(|(_, l)| l.clone());
-        p.change.added_lists.extend(lists);
+        for list in &items[p.item].1.contact().lists {
+            if joined.next() == Some(true) {
+                p.change.added_lists.push(list.clone());
+            }
+        }
     }
 
     // What the changes fire (as `contact_changed`, for the batch).
@@ -203,8 +198,10 @@ async fn check_entries<T: Tx>(
             Write::Upsert(_) => None,
         })
         .collect();
+    fn key(r: &EntryRequest) -> Option<&str> {
+        r.idempotency.as_ref().map(|(k, _)| k.as_str())
+    }
     order.sort_by(|a, b| {
-        let key = |r: &EntryRequest| r.idempotency.as_ref().map(|(k, _)| k.clone());
         (a.1, a.2.flow_id.as_str(), key(a.2)).cmp(&(b.1, b.2.flow_id.as_str(), key(b.2)))
     });
     let mut flows: HashMap<(&WorkspaceId, &FlowId), (FlowStatus, Option<String>)> = HashMap::new();

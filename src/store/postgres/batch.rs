@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::engine::PgTx;
-use super::{CONTACT_COLS, contact_row, field_row, internal};
+use super::{CONTACT_COLS, contact_row, email_lock_key, field_row, idempotency_lock_key, internal};
 use crate::domain::{ContactId, Email, FieldDef, FlowId, ListId, Millis, Phone, WorkspaceId};
 use crate::store::logic::batch::{Write, Written, write_many};
 use crate::store::logic::{self, NewRun};
@@ -66,12 +66,12 @@ impl Batcher {
 fn claims(job: &Job) -> Vec<String> {
     let mut out = Vec::with_capacity(2);
     if let Some(email) = &job.write.contact().email {
-        out.push(format!("{}/{email}", job.ws));
+        out.push(email_lock_key(&job.ws, email));
     }
     if let Write::Enter(req) = &job.write
         && let Some((key, _)) = &req.idempotency
     {
-        out.push(format!("{}/idem/{}/{key}", job.ws, req.flow_id));
+        out.push(idempotency_lock_key(&job.ws, req.flow_id.as_str(), key));
     }
     out
 }
@@ -198,7 +198,7 @@ pub(super) async fn lock_emails(
 ) -> Result<()> {
     // One statement, the locks taken in the order given (sorted by the
     // caller): two batches never wait on each other in a cycle.
-    let keys: Vec<String> = keys.iter().map(|(ws, e)| format!("{ws}/{e}")).collect();
+    let keys: Vec<String> = keys.iter().map(|(ws, e)| email_lock_key(ws, e)).collect();
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k",
     )
@@ -316,11 +316,7 @@ pub(super) async fn field_defs_each(
             for (i, list) in lists.iter().enumerate() {
                 let key = (ws.to_string(), list.to_string());
                 let Some(fields) = by_list.get(&key) else {
-                    return Err(StoreError::Invalid {
-                        code: "unknown_list",
-                        field: format!("lists[{i}]"),
-                        message: format!("list `{list}` does not exist"),
-                    });
+                    return Err(crate::store::plan::unknown_list(i, list));
                 };
                 defs.extend(fields.iter().cloned());
             }
@@ -476,17 +472,14 @@ pub(super) async fn run_counts_each(
     .fetch_all(&mut *c)
     .await
     .map_err(internal)?;
-    let mut out = vec![(false, false); rows.len()];
-    for r in &found {
-        let i: i64 = r.try_get("i").map_err(internal)?;
-        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
-            *slot = (
-                r.try_get("any_run").map_err(internal)?,
-                r.try_get("active_run").map_err(internal)?,
-            );
-        }
-    }
-    Ok(out)
+    let counts = by_ordinal(&found, rows.len(), |r| {
+        Ok((
+            r.try_get("any_run").map_err(internal)?,
+            r.try_get("active_run").map_err(internal)?,
+        ))
+    })?;
+    // A pair with no runs still gets its row (LEFT JOIN, COUNT 0).
+    Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
 }
 
 pub(super) async fn insert_runs(c: &mut PgConnection, runs: &[NewRun<'_>]) -> Result<Vec<bool>> {

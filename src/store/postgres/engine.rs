@@ -54,7 +54,6 @@ pub(crate) struct PgTx<'c> {
     /// Run moves of a completion batch, written at its end (or before an
     /// effect on a contact they hold a run of: see `logic::complete_batch`).
     moves: Moves,
-    moves_at: Millis,
 }
 
 impl<'c> PgTx<'c> {
@@ -63,7 +62,6 @@ impl<'c> PgTx<'c> {
             c,
             history: History::default(),
             moves: Moves::default(),
-            moves_at: 0,
         }
     }
 }
@@ -258,7 +256,7 @@ impl logic::Tx for PgTx<'_> {
         key: &str,
     ) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
-            .bind(format!("{ws}/idem/{scope}/{key}"))
+            .bind(super::idempotency_lock_key(ws, scope, key))
             .execute(&mut *self.c)
             .await
             .map_err(internal)?;
@@ -388,15 +386,12 @@ impl logic::Tx for PgTx<'_> {
 
     async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
         self.moves.push(adv, now);
-        self.moves_at = now;
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<()> {
         std::mem::take(&mut self.history).insert(self.c).await?;
-        std::mem::take(&mut self.moves)
-            .write(self.c, self.moves_at)
-            .await
+        std::mem::take(&mut self.moves).write(self.c).await
     }
 
     async fn lock_emails(&mut self, keys: &[(&WorkspaceId, &Email)]) -> Result<()> {
@@ -701,6 +696,8 @@ struct Moves {
     step_count: Vec<i64>,
     consumed: Vec<bool>,
     event_data: Vec<Option<Value>>,
+    /// The completion's time (one per batch).
+    now: Millis,
 }
 
 impl Moves {
@@ -717,9 +714,10 @@ impl Moves {
         self.step_count.push(m.step_count);
         self.consumed.push(adv.consumed_event);
         self.event_data.push(adv.event_data.clone());
+        self.now = now;
     }
 
-    async fn write(self, c: &mut PgConnection, now: Millis) -> Result<()> {
+    async fn write(self, c: &mut PgConnection) -> Result<()> {
         if self.id.is_empty() {
             return Ok(());
         }
@@ -750,7 +748,7 @@ impl Moves {
         .bind(&self.step_count)
         .bind(&self.consumed)
         .bind(&self.event_data)
-        .bind(now)
+        .bind(self.now)
         .persistent(false) // planned for its rows, as the batch writer's statements
         .execute(&mut *c)
         .await

@@ -413,11 +413,7 @@ pub fn field_defs_for(
     let mut defs = Vec::new();
     for (i, list) in extra.iter().enumerate() {
         let Some(fields) = list_fields_in(conn, ws, list)? else {
-            return Err(StoreError::Invalid {
-                code: "unknown_list",
-                field: format!("lists[{i}]"),
-                message: format!("list `{list}` does not exist"),
-            });
+            return Err(plan::unknown_list(i, list));
         };
         defs.extend(fields);
     }
