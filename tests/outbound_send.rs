@@ -39,43 +39,32 @@ struct Seen {
 async fn receiver(ip: Ipv4Addr) -> (SocketAddr, Seen) {
     assert!(ip.is_loopback(), "test receivers listen on loopback only");
     let seen = Seen::default();
-    let record = |seen: Seen| {
-        move |method: Method, headers: HeaderMap, body: Bytes| {
-            let seen = seen.clone();
+    // `/ok` and `/json` record what arrived, then answer text or JSON.
+    let record = {
+        let seen = seen.clone();
+        move |uri: axum::http::Uri, method: Method, headers: HeaderMap, body: Bytes| {
+            seen.hits.fetch_add(1, Ordering::SeqCst);
+            seen.requests.lock().unwrap().push(Arrived {
+                method,
+                headers,
+                body,
+            });
             async move {
-                seen.hits.fetch_add(1, Ordering::SeqCst);
-                seen.requests.lock().unwrap().push(Arrived {
-                    method,
-                    headers,
-                    body,
-                });
-            }
-        }
-    };
-    let app = Router::new()
-        .route(
-            "/ok",
-            any({
-                let r = record(seen.clone());
-                move |m, h, b| async move {
-                    r(m, h, b).await;
-                    "ok"
-                }
-            }),
-        )
-        .route(
-            "/json",
-            any({
-                let r = record(seen.clone());
-                move |m, h, b| async move {
-                    r(m, h, b).await;
+                if uri.path() == "/json" {
                     (
                         [(header::CONTENT_TYPE, "application/json")],
                         r#"{"ok":true}"#,
                     )
+                        .into_response()
+                } else {
+                    "ok".into_response()
                 }
-            }),
-        )
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/ok", any(record.clone()))
+        .route("/json", any(record))
         .route("/fail", any(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
         .route(
             "/busy",
@@ -373,4 +362,33 @@ print('verified')
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+#[tokio::test]
+async fn a_message_that_cannot_be_signed_is_not_sent_unsigned() {
+    let (addr, seen) = receiver(Ipv4Addr::LOCALHOST).await;
+    let cfg = config(format!("http://{addr}/ok"), |_| {});
+    let http = client(
+        policy(),
+        Arc::new(SystemResolver),
+        0,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let secret = SigningSecret::generate();
+    let out = Outgoing {
+        config: &cfg,
+        message_id: "msg_bad\nid",
+        body: b"[]",
+        secrets: std::slice::from_ref(&secret),
+        timestamp: chrono::Utc::now().timestamp(),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let a = send(&http, &policy(), &out, now, Duration::from_secs(60)).await;
+    assert!(matches!(a.verdict, Verdict::Final { .. }), "{a:?}");
+    assert_eq!(
+        seen.hits.load(Ordering::SeqCst),
+        0,
+        "nothing went out unsigned"
+    );
 }

@@ -43,6 +43,8 @@ pub enum Failure {
     UnsafeTarget,
     /// The body template failed to render.
     Template,
+    /// The request itself could not be built (a header that is not valid).
+    Unsendable,
 }
 
 /// What an attempt's outcome means for its delivery.
@@ -107,6 +109,10 @@ pub fn failure_verdict(failure: Failure) -> Verdict {
         },
         Failure::Template => Verdict::Final {
             reason: "the body template failed".into(),
+            disable: false,
+        },
+        Failure::Unsendable => Verdict::Final {
+            reason: "the request could not be built".into(),
             disable: false,
         },
     }

@@ -96,9 +96,15 @@ pub async fn send(
     for (name, value) in &config.headers {
         headers.insert(name.clone(), value.clone());
     }
+    // A message id that is not a valid header value would go out unsigned:
+    // refuse to send rather than drop the signature.
+    let mut unsignable = None;
     for (name, value) in signature_headers(out) {
-        if let Ok(value) = value.parse() {
-            headers.insert(name, value);
+        match value.parse() {
+            Ok(value) => {
+                headers.insert(name, value);
+            }
+            Err(_) => unsignable = Some(format!("`{name}` would not be a valid header: {value:?}")),
         }
     }
     let mut request = SentRequest {
@@ -143,6 +149,9 @@ pub async fn send(
         error: Some(error),
         duration: started.elapsed(),
     };
+    if let Some(error) = unsignable {
+        return failed(Failure::Unsendable, error, request);
+    }
     // reqwest does not resolve literal IP hosts, so the guard's resolver
     // never sees them: check the URL itself before every send.
     if let Err(e) = policy.check_target(&config.url) {
