@@ -78,9 +78,41 @@ pub struct Config {
     /// The URL other systems reach this server at (`https://hooks.example.com`),
     /// used where hookflow prints full inbound URLs; empty: `http://` + `listen`.
     pub public_url: String,
+    /// Address ranges (CIDR, comma-separated) outbound webhooks may reach
+    /// although they are loopback, private or link-local (a receiver on
+    /// your own network: `10.1.2.0/24`); empty (default): none.
+    pub outbound_allow: String,
+    /// Until a webhook's receiver answers with its verification key, one
+    /// delivery per hour reaches it (the others wait, never dropped).
+    pub outbound_verification: bool,
+    /// A webhook whose deliveries fail this many hours without a single
+    /// success is disabled (its pending deliveries are kept).
+    pub outbound_disable_after_hours: u64,
+    /// Days delivery attempts (requests and responses) are kept.
+    pub outbound_attempt_retention_days: u64,
+    /// Deliveries in progress at once in this process.
+    pub outbound_max_in_flight: usize,
+    /// Deliveries to one webhook in progress at once, across processes.
+    pub outbound_per_endpoint: u32,
+    /// Longest `Retry-After` a receiver may ask for, in seconds.
+    pub outbound_retry_after_cap_secs: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+
+/// `10.0.0.0/8, 127.0.0.1/32` → the ranges; a bare address is its /32 or
+/// /128.
+pub fn parse_cidrs(raw: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("`{p}` is not an address range such as 10.0.0.0/8"))
+        })
+        .collect()
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -110,6 +142,13 @@ impl Default for Config {
             public_url: String::new(),
             metrics_token: SecretSetting::default(),
             max_body_memory_bytes: 96 * 1024 * 1024,
+            outbound_allow: String::new(),
+            outbound_verification: true,
+            outbound_disable_after_hours: 5 * 24,
+            outbound_attempt_retention_days: 30,
+            outbound_max_in_flight: 256,
+            outbound_per_endpoint: 8,
+            outbound_retry_after_cap_secs: 6 * 3600,
         }
     }
 }
@@ -201,6 +240,10 @@ impl Config {
             let got = if default.is_string() {
                 figment
                     .extract_inner::<String>(key)
+                    .map(serde_json::Value::from)
+            } else if default.is_boolean() {
+                figment
+                    .extract_inner::<bool>(key)
                     .map(serde_json::Value::from)
             } else {
                 figment
@@ -295,6 +338,27 @@ impl Config {
         }
         if self.engine_lease_secs == 0 || self.engine_lease_secs > 3600 {
             bad("engine_lease_secs", "must be between 1 and 3600".into());
+        }
+        if let Err(e) = parse_cidrs(&self.outbound_allow) {
+            bad("outbound_allow", e);
+        }
+        if self.outbound_disable_after_hours == 0 {
+            bad("outbound_disable_after_hours", "must be at least 1".into());
+        }
+        if self.outbound_attempt_retention_days == 0 {
+            bad(
+                "outbound_attempt_retention_days",
+                "must be at least 1".into(),
+            );
+        }
+        if self.outbound_max_in_flight == 0 || self.outbound_max_in_flight > 65_536 {
+            bad(
+                "outbound_max_in_flight",
+                "must be between 1 and 65536".into(),
+            );
+        }
+        if self.outbound_per_endpoint == 0 || self.outbound_per_endpoint > 4096 {
+            bad("outbound_per_endpoint", "must be between 1 and 4096".into());
         }
         if self.engine_workers > 64 {
             bad(
@@ -410,6 +474,21 @@ impl Config {
                 0 => crate::server::automatic_max_connections(),
                 n => n,
             },
+            outbound: self.outbound_settings(),
+        }
+    }
+
+    pub fn outbound_settings(&self) -> crate::outbound::delivery::OutboundSettings {
+        use std::time::Duration;
+        crate::outbound::delivery::OutboundSettings {
+            allow: parse_cidrs(&self.outbound_allow).unwrap_or_default(),
+            verification: self.outbound_verification,
+            retry_after_cap: Duration::from_secs(self.outbound_retry_after_cap_secs),
+            disable_after: Duration::from_secs(self.outbound_disable_after_hours * 3600),
+            attempt_retention: Duration::from_secs(self.outbound_attempt_retention_days * 86_400),
+            max_in_flight: self.outbound_max_in_flight,
+            per_endpoint: self.outbound_per_endpoint,
+            ..Default::default()
         }
     }
 

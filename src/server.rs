@@ -41,11 +41,27 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (inbound_log, log_task) =
         crate::flows::inbound_log::InboundLog::start(store.clone(), options.inbound_log_per_flow);
-    let app = crate::api::app(store.clone(), &options, engine.clone(), inbound_log.clone());
+    let outbound = crate::outbound::delivery::Outbound::new(options.outbound.clone())
+        .map_err(std::io::Error::other)?;
+    let app = crate::api::app(
+        store.clone(),
+        &options,
+        engine.clone(),
+        inbound_log.clone(),
+        outbound.clone(),
+    );
     // One primitive for every stop: a cancellation token. Each part gets
     // its own, cancelled in order: connections, then the engine, then the log.
     let engine_stop = CancellationToken::new();
-    let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
+    let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
+    let outbound_stop = CancellationToken::new();
+    let outbound_task = tokio::spawn(crate::outbound::delivery::run(
+        store.clone(),
+        engine.clock(),
+        outbound,
+        engine.deliveries_wake(),
+        outbound_stop.clone(),
+    ));
     let (connections, mut tasks) =
         accept_until(listener, app, &options, shutdown.cancelled_owned()).await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -67,6 +83,12 @@ pub async fn serve(
     // whole; a claim left behind expires) before the store closes.
     engine_stop.cancel();
     let _ = engine_task.await;
+    // Deliveries in flight finish (their attempts are recorded) or, past
+    // the grace period, are left to their leases.
+    outbound_stop.cancel();
+    if tokio::time::timeout(grace, outbound_task).await.is_err() {
+        tracing::warn!("deliveries in flight did not finish in time; their leases will expire");
+    }
     // The log writes what is queued and ends (connections dropped after the
     // grace period may still hold its sender: it is told, not waited for).
     inbound_log.stop();

@@ -28,6 +28,9 @@ pub trait LeasedWork: Send + Sync + 'static {
     /// When the next item is due, if that is known.
     async fn next_due(&self) -> Result<Option<Millis>, StoreError>;
     fn now(&self) -> Millis;
+    /// Waits for work this worker started and has not finished (after the
+    /// loops stopped).
+    async fn drain(&self) {}
 }
 
 /// How a worker's loops run.
@@ -58,6 +61,7 @@ pub async fn run<W: LeasedWork + ?Sized>(
         ));
     }
     while set.join_next().await.is_some() {}
+    work.drain().await;
 }
 
 /// One loop. Store errors are logged and retried after a pause; one bad item
@@ -106,64 +110,120 @@ async fn idle_pause<W: LeasedWork + ?Sized>(work: &W, poll: Duration) -> Duratio
 }
 
 /// What is done with one job of a kind. Runs outside any transaction (it
-/// may call the network); the outcome is recorded only if the lease is
-/// still held when it returns.
+/// may call the network). Its outcome is recorded only if the lease is
+/// still held; `None` means the handler recorded it itself, in one
+/// transaction with its own writes and under the same lease check (see
+/// `store::outbound::record_attempt`).
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
-    async fn handle(&self, job: &Job) -> JobOutcome;
+    async fn handle(&self, job: &Job) -> Option<JobOutcome>;
+}
+
+/// How a [`JobWorker`] claims.
+#[derive(Clone, Debug)]
+pub struct JobWorkerConfig {
+    pub kind: String,
+    /// This process's lease owner id.
+    pub owner: String,
+    /// Longer than a job can take (a webhook's longest timeout and more).
+    pub lease: Duration,
+    /// Jobs claimed per claim.
+    pub batch: usize,
+    /// Most jobs of one key in progress at once, across every process.
+    pub per_key: Option<u32>,
+    /// Most jobs in progress at once in this process. A loop does not wait
+    /// for its jobs: it claims again while there is room, so one slow job
+    /// (an endpoint that hangs) holds one place, never the loop.
+    pub max_in_flight: usize,
 }
 
 /// The leased queue's worker for one kind of job.
 pub struct JobWorker<H> {
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
-    pub handler: H,
-    pub kind: String,
-    /// This process's lease owner id.
-    pub owner: String,
-    pub lease: Duration,
-    /// Jobs claimed per batch.
-    pub batch: usize,
-    /// Most jobs of one key in progress at once, across every process.
-    pub per_key: Option<u32>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    handler: Arc<H>,
+    config: JobWorkerConfig,
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl<H: JobHandler> JobWorker<H> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        handler: Arc<H>,
+        config: JobWorkerConfig,
+    ) -> Self {
+        let room = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
+        Self {
+            store,
+            clock,
+            handler,
+            config,
+            room,
+        }
+    }
 }
 
 #[async_trait]
 impl<H: JobHandler> LeasedWork for JobWorker<H> {
     fn name(&self) -> &str {
-        &self.kind
+        &self.config.kind
     }
 
     async fn tick(&self) -> Result<usize, StoreError> {
+        let c = &self.config;
+        // Room for at least one job (waiting here is waiting for a job in
+        // progress to end), then for as many more as there is.
+        let Ok(mut permits) = self.room.clone().acquire_owned().await else {
+            return Ok(0);
+        };
+        while permits.num_permits() < c.batch.max(1) {
+            match self.room.clone().try_acquire_owned() {
+                Ok(p) => permits.merge(p),
+                Err(_) => break,
+            }
+        }
         let now = self.clock.now();
         let jobs = self
             .store
             .claim_jobs(JobClaim {
-                kind: self.kind.clone(),
-                owner: self.owner.clone(),
+                kind: c.kind.clone(),
+                owner: c.owner.clone(),
                 now,
-                lease_until: now + i64::try_from(self.lease.as_millis()).unwrap_or(30_000),
-                limit: self.batch,
-                per_key: self.per_key,
+                lease_until: now + i64::try_from(c.lease.as_millis()).unwrap_or(30_000),
+                limit: permits.num_permits(),
+                per_key: c.per_key,
             })
             .await?;
-        // The batch's jobs run at once (each is I/O-bound), each finished as
-        // soon as it is done.
-        let finishing = jobs.iter().map(|job| async move {
-            let outcome = self.handler.handle(job).await;
-            let held = self
-                .store
-                .finish_job(&job.id, &self.owner, self.clock.now(), outcome)
-                .await?;
-            if !held {
-                tracing::warn!(job = %job.id, kind = %self.kind, "a job's lease ended before it finished; its outcome was not recorded");
-            }
-            Ok::<_, StoreError>(())
-        });
-        for r in futures_util::future::join_all(finishing).await {
-            r?;
+        let claimed = jobs.len();
+        for job in jobs {
+            let Some(permit) = permits.split(1) else {
+                break;
+            };
+            let (store, clock, handler) =
+                (self.store.clone(), self.clock.clone(), self.handler.clone());
+            let (owner, kind) = (c.owner.clone(), c.kind.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Some(outcome) = handler.handle(&job).await else {
+                    return;
+                };
+                match store
+                    .finish_job(&job.id, &owner, clock.now(), outcome)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job = %job.id, kind = %kind, "a job's lease ended before it finished; its outcome was not recorded")
+                    }
+                    // The lease runs out and the job is claimed again.
+                    Err(e) => {
+                        tracing::error!(job = %job.id, kind = %kind, error = %e, "recording a job's outcome failed")
+                    }
+                }
+            });
         }
-        Ok(jobs.len())
+        Ok(claimed)
     }
 
     async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
@@ -174,5 +234,11 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
 
     fn now(&self) -> Millis {
         self.clock.now()
+    }
+
+    async fn drain(&self) {
+        // Every job in progress gives its place back when it ends.
+        let all = u32::try_from(self.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
+        let _ = self.room.acquire_many(all).await;
     }
 }

@@ -67,7 +67,23 @@ RUN=$(api POST "/hooks/$TOKEN" '{"email":"seed@example.com"}' | jq -r .run_id)
 LIST2=$(api POST /v1/lists '{"name":"Doomed","fields":[{"name":"plan","type":"text"}]}' | jq -r .id)
 CONTACT2=$(api POST /v1/contacts "{\"email\":\"doomed@example.com\",\"lists\":[\"$LIST2\"]}" | jq -r .id)
 FLOW2=$(api POST /v1/flows "{\"name\":\"Doomed\",\"trigger\":{\"type\":\"inbound\",\"list_id\":\"$LIST2\"},\"steps\":[{\"id\":\"done\",\"type\":\"exit\"}]}" | jq -r .id)
-for v in LIST CONTACT FLOW TOKEN RUN LIST2 CONTACT2 FLOW2; do
+# Webhooks on a loopback URL that is not allowlisted: the target guard
+# refuses every request to them, so no packet leaves (a test request, a
+# delivery, a resend). WEBHOOK3 is never edited, so no generated URL is
+# ever sent to.
+WEBHOOK=$(api POST /v1/webhooks '{"name":"Seed","url":"http://127.0.0.1:9/seed"}' | jq -r .id)
+WEBHOOK2=$(api POST /v1/webhooks '{"name":"Doomed","url":"http://127.0.0.1:9/doomed"}' | jq -r .id)
+WEBHOOK3=$(api POST /v1/webhooks '{"name":"Tested","url":"http://127.0.0.1:9/tested"}' | jq -r .id)
+FLOW3=$(api POST /v1/flows "{\"name\":\"Sends\",\"trigger\":{\"type\":\"inbound\",\"list_id\":\"$LIST\"},\"steps\":[{\"id\":\"send\",\"type\":\"send_webhook\",\"webhook_id\":\"$WEBHOOK3\"}]}" | jq -r .id)
+TOKEN3=$(api POST "/v1/flows/$FLOW3/activate" | jq -r .inbound_url | sed 's|.*/hooks/||')
+RUN3=$(api POST "/hooks/$TOKEN3" '{"email":"seed@example.com"}' | jq -r .run_id)
+DELIVERY=
+for _ in $(seq 1 100); do
+    DELIVERY=$(api GET "/v1/deliveries?run_id=$RUN3" | jq -r '.items[0].id // empty')
+    [ -n "$DELIVERY" ] && break
+    sleep 0.1
+done
+for v in LIST CONTACT FLOW TOKEN RUN LIST2 CONTACT2 FLOW2 WEBHOOK WEBHOOK2 WEBHOOK3 DELIVERY; do
     [ -n "${!v}" ] && [ "${!v}" != null ] || { echo "seeding failed: no $v" >&2; exit 1; }
 done
 
@@ -166,6 +182,53 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = ["GET /v1/runs/{id}", "POST /v1/runs/{id}/cancel"]
 parameters = { id = "$RUN" }
+
+# A webhook's name, URL (and where it points), headers, auth and template
+# have rules a JSON Schema cannot state (422, every problem named).
+[[operations]]
+include-name = "POST /v1/webhooks"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "PUT /v1/webhooks/{id}"
+parameters = { id = "$WEBHOOK" }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = ["GET /v1/webhooks/{id}", "POST /v1/webhooks/{id}/enable"]
+parameters = { id = "$WEBHOOK" }
+
+[[operations]]
+include-name = ["DELETE /v1/webhooks/{id}", "POST /v1/webhooks/{id}/disable", "POST /v1/webhooks/{id}/rotate-secret"]
+parameters = { id = "$WEBHOOK2" }
+
+# Sends one real request: only to the seeded webhook, whose URL the
+# target guard refuses.
+[[operations]]
+include-name = "POST /v1/webhooks/{id}/test"
+parameters = { id = "$WEBHOOK3" }
+
+# The inline test request sends to the URL in its body: generated URLs
+# could name hosts on the internet, so it is not generated here
+# (tests/api/webhooks.rs covers it against loopback receivers).
+[[operations]]
+include-name = "POST /v1/webhooks/test"
+enabled = false
+
+# Times are RFC 3339 (400 otherwise), which the schema cannot state.
+[[operations]]
+include-name = "GET /v1/deliveries"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "400"]
+
+[[operations]]
+include-name = "POST /v1/deliveries/resend"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "400", "422"]
+
+# 409 while an attempt of the delivery is in flight.
+[[operations]]
+include-name = ["GET /v1/deliveries/{id}", "POST /v1/deliveries/{id}/resend"]
+parameters = { id = "$DELIVERY" }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409"]
 EOF
 
 echo "== schemathesis $VERSION: $EXAMPLES examples per operation, deterministic, against $BASE"

@@ -17,6 +17,7 @@ pub mod lists;
 pub mod ops;
 pub mod runs;
 pub mod views;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -66,6 +67,8 @@ pub struct Shared {
     pub inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
     /// The SHA-256 of the bearer token `/metrics` requires; `None`: not served.
     pub metrics_token_hash: Option<Vec<u8>>,
+    /// Outbound requests: the target policy and the guarded clients.
+    pub outbound: Arc<crate::outbound::delivery::Outbound>,
 }
 
 /// Settings of the HTTP layer (from [`crate::config::Config::api_options`]).
@@ -93,6 +96,8 @@ pub struct ApiOptions {
     pub max_body_memory_bytes: usize,
     /// How long a request waits for room in that budget before 503.
     pub body_budget_wait: std::time::Duration,
+    /// Outbound webhooks: target safety, throttle, retention.
+    pub outbound: crate::outbound::delivery::OutboundSettings,
 }
 
 impl Default for ApiOptions {
@@ -175,6 +180,21 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel_run))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::enable_webhook))
+        .routes(routes!(webhooks::disable_webhook))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::test_inline))
+        .routes(routes!(webhooks::test_stored))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::get_delivery))
+        .routes(routes!(webhooks::resend_delivery))
+        .routes(routes!(webhooks::resend_deliveries))
         .routes(routes!(events::record_event))
         .routes({
             // A batch of 10,000 events is larger than one request's limit.
@@ -378,6 +398,7 @@ pub fn app(
     options: &ApiOptions,
     engine: Arc<crate::flows::Engine>,
     inbound_log: Arc<crate::flows::inbound_log::InboundLog>,
+    outbound: Arc<crate::outbound::delivery::Outbound>,
 ) -> Router {
     let (router, _) = routes();
     let doc = openapi_document();
@@ -389,6 +410,7 @@ pub fn app(
         inbound_cache: Arc::default(),
         inbound_log,
         metrics_token_hash: options.metrics_token_hash.clone(),
+        outbound,
         inbound_limits: Arc::new(limits::InboundLimits {
             per_key: limits::RateLimit::per_second(options.inbound_rate_per_key),
             per_flow: limits::RateLimit::per_second(options.inbound_rate_per_flow),

@@ -157,6 +157,14 @@ pub enum StepKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
+    /// Sends the contact and the run's data to a webhook (`/v1/webhooks`):
+    /// a delivery is queued in the transaction that moves the run, and the
+    /// run goes on at once; the delivery's id is in the step's history.
+    SendWebhook {
+        webhook_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
     Exit {},
 }
 
@@ -400,7 +408,8 @@ impl StepKind {
             | StepKind::MoveToList { next, .. }
             | StepKind::UpdateField { next, .. }
             | StepKind::Goal { next, .. }
-            | StepKind::StartFlow { next, .. } => opt("next", next).into_iter().collect(),
+            | StepKind::StartFlow { next, .. }
+            | StepKind::SendWebhook { next, .. } => opt("next", next).into_iter().collect(),
             StepKind::Exit {} => vec![],
         }
     }
@@ -668,6 +677,11 @@ impl Validator<'_> {
             }
             StepKind::StartFlow { flow_id, .. } if !flow_id.starts_with("fl_") => {
                 self.err(id, "flow_id", format!("`{flow_id}` is not a flow id"));
+            }
+            StepKind::SendWebhook { webhook_id, .. } => {
+                if let Err(e) = crate::domain::WebhookId::parse(webhook_id) {
+                    self.err(id, "webhook_id", e.to_string());
+                }
             }
             _ => {}
         }

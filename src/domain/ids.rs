@@ -150,6 +150,18 @@ typed_id!(
     /// A job of the leased queue (`store::queue`).
     JobId, "job", "job"
 );
+typed_id!(
+    /// A reusable outbound webhook (`/v1/webhooks`).
+    WebhookId, "wh", "webhook"
+);
+typed_id!(
+    /// One outbound message: sent as `webhook-id` on every attempt.
+    DeliveryId, "msg", "delivery"
+);
+typed_id!(
+    /// One HTTP attempt of a delivery.
+    AttemptId, "atm", "attempt"
+);
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,10 @@ pub mod stored;
 pub use contact::{ContactStatus, MembershipStatus};
 pub use email::Email;
 pub use fields::{FieldDef, FieldName, FieldType};
-pub use ids::{ApiKeyId, ContactId, EventId, FlowId, IdError, JobId, ListId, RunId, WorkspaceId};
+pub use ids::{
+    ApiKeyId, AttemptId, ContactId, DeliveryId, EventId, FlowId, IdError, JobId, ListId, RunId,
+    WebhookId, WorkspaceId,
+};
 pub use keys::{ApiKeySecret, Scope};
 pub use page::{Cursor, Page, PageRequest};
 pub use phone::Phone;

@@ -74,6 +74,8 @@ pub struct Engine {
     /// Parsed flow versions; versions are immutable, so entries never go stale.
     docs: Mutex<HashMap<(FlowId, i64), Arc<FlowDoc>>>,
     wake: Arc<Notify>,
+    /// Wakes the delivery worker when a batch queued deliveries.
+    deliveries: Arc<Notify>,
 }
 
 /// Most parsed flow versions kept; the cache is cleared when it grows past.
@@ -88,7 +90,17 @@ impl Engine {
             owner: format!("engine-{}", uuid::Uuid::new_v4()),
             docs: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
+            deliveries: Arc::new(Notify::new()),
         })
+    }
+
+    /// The wake-up of the outbound delivery worker.
+    pub fn deliveries_wake(&self) -> Arc<Notify> {
+        self.deliveries.clone()
+    }
+
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// Ends the loop's sleep: called by whoever just created due work.
@@ -124,10 +136,19 @@ impl Engine {
             };
             advances.push(advance);
         }
+        let sends = advances.iter().any(|a| {
+            a.effects
+                .iter()
+                .any(|(_, e)| matches!(e, super::records::Effect::SendWebhook { .. }))
+        });
         let outcomes = self
             .store
             .complete_runs(&self.owner, self.clock.now(), advances)
             .await?;
+        if sends {
+            self.deliveries.notify_waiters();
+            self.deliveries.notify_one();
+        }
         for o in &outcomes {
             let label = match o {
                 AdvanceOutcome::Applied => "applied",

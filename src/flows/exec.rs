@@ -27,6 +27,7 @@ fn kind_name(k: &StepKind) -> &'static str {
         StepKind::UpdateField { .. } => "update_field",
         StepKind::Goal { .. } => "goal",
         StepKind::StartFlow { .. } => "start_flow",
+        StepKind::SendWebhook { .. } => "send_webhook",
         StepKind::Exit {} => "exit",
     }
 }
@@ -113,6 +114,7 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
         }
         let mut ctx = StepCtx {
             now,
+            step: &step_id,
             contact: &mut contact,
             lists: &mut lists,
             event_data: &mut event_data,

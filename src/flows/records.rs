@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::{ContactId, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::domain::{ContactId, DeliveryId, FlowId, ListId, Millis, RunId, WebhookId, WorkspaceId};
 use crate::store::ContactRecord;
 
 /// Where a run is. `active` runs are due now; `waiting` runs are due at
@@ -87,6 +87,14 @@ pub enum Effect {
     StartFlow {
         flow: FlowId,
         event_data: Value,
+    },
+    /// Queue a delivery to the webhook; `context` is what its body is
+    /// rendered from (`contact`, `event`), as the run saw them at the step.
+    SendWebhook {
+        delivery: DeliveryId,
+        webhook: WebhookId,
+        step: String,
+        context: Value,
     },
 }
 

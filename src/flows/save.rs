@@ -59,7 +59,8 @@ async fn all_fields(store: &dyn Store, ws: &WorkspaceId) -> Result<Vec<FieldDef>
 }
 
 /// `start_flow` steps must name a flow of the workspace that other flows
-/// may start (trigger `flow`).
+/// may start (trigger `flow`); `send_webhook` steps a webhook of the
+/// workspace.
 async fn check_targets(
     store: &dyn Store,
     ws: &WorkspaceId,
@@ -67,6 +68,19 @@ async fn check_targets(
 ) -> Result<Vec<FlowError>, StoreError> {
     let mut errors = Vec::new();
     for s in &doc.steps {
+        if let StepKind::SendWebhook { webhook_id, .. } = &s.kind
+            && let Ok(id) = crate::domain::WebhookId::parse(webhook_id)
+        {
+            match crate::store::outbound::get_webhook(store, ws, &id).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound { .. }) => errors.push(FlowError {
+                    step: Some(s.id.clone()),
+                    setting: "webhook_id".into(),
+                    message: format!("webhook `{webhook_id}` does not exist"),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
         let StepKind::StartFlow { flow_id, .. } = &s.kind else {
             continue;
         };

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::records::{Effect, EndReason, RunStatus, StepOutcome};
 use crate::domain::condition::{Subject, matches};
 use crate::domain::flow::{StepKind, Wait, parse_duration};
-use crate::domain::{FlowId, ListId, Millis};
+use crate::domain::{DeliveryId, FlowId, ListId, Millis, WebhookId};
 use crate::store::ContactRecord;
 
 /// How a waiting run was woken, given to the wait step it waits in.
@@ -54,6 +54,8 @@ pub enum Outcome {
 /// are applied to as they are made, so later steps see them.
 pub struct StepCtx<'a> {
     pub now: Millis,
+    /// The step's id.
+    pub step: &'a str,
     pub contact: &'a mut ContactRecord,
     pub lists: &'a mut Vec<ListId>,
     pub event_data: &'a mut Value,
@@ -174,6 +176,31 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
             ctx.effects.push(Effect::StartFlow {
                 flow: id,
                 event_data: ctx.event_data.clone(),
+            });
+            next(n)
+        }
+        StepKind::SendWebhook {
+            webhook_id,
+            next: n,
+        } => {
+            let webhook = WebhookId::parse(webhook_id).map_err(|e| e.to_string())?;
+            let delivery = DeliveryId::generate();
+            ctx.detail =
+                json!({ "webhook_id": webhook.as_str(), "delivery_id": delivery.as_str() });
+            ctx.effects.push(Effect::SendWebhook {
+                delivery,
+                webhook,
+                step: ctx.step.to_owned(),
+                context: json!({
+                    "contact": {
+                        "id": ctx.contact.id.as_str(),
+                        "email": ctx.contact.email.as_str(),
+                        "phone": ctx.contact.phone.as_ref().map(|p| p.as_str()),
+                        "status": ctx.contact.status.as_str(),
+                        "fields": ctx.contact.fields,
+                    },
+                    "event": ctx.event_data,
+                }),
             });
             next(n)
         }

@@ -57,8 +57,9 @@ pub struct WebhookSpec {
     pub method: Option<String>,
     #[serde(default)]
     pub content_type: Option<String>,
-    /// Header name → value, in the order given.
-    #[serde(default)]
+    /// Header name → value, in the order given: a JSON object, or an
+    /// array of `[name, value]` pairs.
+    #[serde(default, deserialize_with = "name_value_pairs")]
     pub headers: Vec<(String, String)>,
     #[serde(default)]
     pub auth: Option<AuthSpec>,
@@ -77,6 +78,33 @@ pub struct WebhookSpec {
     /// Follow redirects (each hop checked as the URL is); off by default.
     #[serde(default)]
     pub follow_redirects: bool,
+    /// The body template (minijinja); absent: SendPulse's default body.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// Headers as a JSON object or as `[name, value]` pairs.
+fn name_value_pairs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Object(serde_json::Map<String, serde_json::Value>),
+        Pairs(Vec<(String, String)>),
+    }
+    match Form::deserialize(d)? {
+        Form::Pairs(p) => Ok(p),
+        Form::Object(m) => m
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                other => Err(serde::de::Error::custom(format!(
+                    "header `{k}` must be a string, not {other}"
+                ))),
+            })
+            .collect(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -102,6 +130,8 @@ pub struct WebhookConfig {
     pub rate_per_second: Option<u32>,
     pub strict_json: bool,
     pub follow_redirects: bool,
+    /// The body template; None renders the default body.
+    pub template: Option<super::template::BodyTemplate>,
 }
 
 /// One thing wrong with a spec.
@@ -267,6 +297,18 @@ impl WebhookSpec {
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
+        let template = match self
+            .template
+            .as_deref()
+            .map(super::template::BodyTemplate::compile)
+        {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                problems.push(problem("template", e.to_string()));
+                None
+            }
+        };
         match (url, method, content_type) {
             (Some(url), Some(method), Some(content_type)) if problems.is_empty() => {
                 Ok(WebhookConfig {
@@ -282,6 +324,7 @@ impl WebhookSpec {
                     rate_per_second: self.rate_per_second,
                     strict_json: self.strict_json,
                     follow_redirects: self.follow_redirects,
+                    template,
                 })
             }
             _ => Err(problems),
@@ -317,6 +360,7 @@ impl WebhookConfig {
             "rate_per_second": self.rate_per_second,
             "strict_json": self.strict_json,
             "follow_redirects": self.follow_redirects,
+            "template": self.template.as_ref().map(|t| t.source()),
         })
     }
 }

@@ -25,6 +25,7 @@
 //! resolver about literal IP hosts).
 
 pub mod config;
+pub mod delivery;
 pub mod guard;
 pub mod schedule;
 pub mod send;

@@ -60,6 +60,7 @@ pub struct BodyTemplate {
     /// The environment holding the one compiled template; cloned per render
     /// to apply that render's [`Limits`] (its filters and template are shared).
     env: Environment<'static>,
+    source: String,
 }
 
 /// Why a template was refused at save time; `line` and `column` count from 1.
@@ -207,7 +208,15 @@ impl BodyTemplate {
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| syntax_error(&e, source))?;
         check_names(&env, source)?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            source: source.to_owned(),
+        })
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders the body for `ctx`. Never panics: every failure, including one

@@ -13,10 +13,12 @@
 pub mod entry;
 pub mod key_cache;
 pub(crate) mod logic;
+pub mod outbound;
 pub mod plan;
 pub mod postgres;
 pub mod queue;
 pub mod run;
+pub mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -484,6 +486,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// A job as stored.
     async fn get_job(&self, id: &crate::domain::JobId) -> Result<queue::JobRecord>;
+    /// Runs shared statements (`store::sql`) in order in one transaction:
+    /// all of them or none (a statement's `or_else` rolls it back).
+    async fn run_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
+    /// Runs read-only shared statements (a reader connection on SQLite).
+    async fn read_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
     /// One version's document of a flow (runs follow the version they
     /// started on).
     async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value>;

@@ -459,4 +459,5 @@ mod flows;
 mod inbound_log;
 mod queue;
 mod runs;
+mod sql;
 mod store_impl;

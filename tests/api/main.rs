@@ -22,3 +22,4 @@ mod isolation;
 mod openapi;
 mod queue;
 mod readme;
+mod webhooks;

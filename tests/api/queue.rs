@@ -333,7 +333,7 @@ struct Handler(std::sync::Arc<Counting>);
 
 #[async_trait::async_trait]
 impl hookflow::worker::JobHandler for Handler {
-    async fn handle(&self, job: &Job) -> JobOutcome {
+    async fn handle(&self, job: &Job) -> Option<JobOutcome> {
         {
             let mut busy = self.0.busy.lock().unwrap();
             let e = busy.entry(job.key.clone()).or_default();
@@ -345,19 +345,19 @@ impl hookflow::worker::JobHandler for Handler {
         let n = job.payload["n"].as_u64().unwrap();
         self.0.calls.lock().unwrap().push((n, job.attempt));
         // Even jobs fail their first attempt and are retried shortly.
-        if n.is_multiple_of(2) && job.attempt == 1 {
+        Some(if n.is_multiple_of(2) && job.attempt == 1 {
             JobOutcome::Retry {
                 due_at: chrono::Utc::now().timestamp_millis() + 50,
                 error: "first attempt".into(),
             }
         } else {
             JobOutcome::Done
-        }
+        })
     }
 }
 
 async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend) {
-    use hookflow::worker::{JobWorker, Loops};
+    use hookflow::worker::{JobWorker, JobWorkerConfig, Loops};
     use std::sync::Arc;
     let Some(db) = test_db(b).await else { return };
     let (a, bb) = (open_store(&db).await, open_store(&db).await);
@@ -370,16 +370,19 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
     let stop = tokio_util::sync::CancellationToken::new();
     let mut running = Vec::new();
     for (name, store) in [("A", a.clone()), ("B", bb.clone())] {
-        let worker = Arc::new(JobWorker {
+        let worker = Arc::new(JobWorker::new(
             store,
-            clock: Arc::new(hookflow::flows::SystemClock),
-            handler: Handler(counting.clone()),
-            kind: "test".into(),
-            owner: format!("worker-{name}"),
-            lease: std::time::Duration::from_secs(30),
-            batch: 8,
-            per_key: Some(1),
-        });
+            Arc::new(hookflow::flows::SystemClock),
+            Arc::new(Handler(counting.clone())),
+            JobWorkerConfig {
+                kind: "test".into(),
+                owner: format!("worker-{name}"),
+                lease: std::time::Duration::from_secs(30),
+                batch: 8,
+                per_key: Some(1),
+                max_in_flight: 8,
+            },
+        ));
         let loops = Loops {
             workers: 2,
             poll: std::time::Duration::from_millis(20),

@@ -43,6 +43,8 @@ pub(crate) struct NewRun<'a> {
 
 /// The statements of one transaction that the orchestration needs.
 pub(crate) trait Tx {
+    /// Runs a shared statement (`store::sql`) in this transaction.
+    async fn exec(&mut self, stmt: &super::sql::Stmt) -> Result<super::sql::Done>;
     /// Whether the contact has any run of the flow, and an unfinished one.
     async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)>;
     /// Inserts a run due now; false when an unfinished run of the contact
@@ -487,6 +489,25 @@ async fn apply_effects<T: Tx>(
             Effect::StartFlow { flow, event_data } => {
                 start_flow(tx, ws, flow, contact, event_data, now).await
             }
+            Effect::SendWebhook {
+                delivery,
+                webhook,
+                step,
+                context,
+            } => {
+                let d = super::outbound::NewDelivery {
+                    id: delivery.clone(),
+                    workspace_id: ws.clone(),
+                    webhook_id: webhook.clone(),
+                    event_type: "flow.step".into(),
+                    flow_id: None,
+                    run_id: Some(advs[k].run_id.to_string()),
+                    contact_id: Some(contact.to_string()),
+                    step: Some(step.clone()),
+                    context: context.clone(),
+                };
+                send_webhook(tx, &d, now).await
+            }
             Effect::SetField { .. } | Effect::AddToList(_) => Ok(()),
         };
         if let Err(e) = done {
@@ -511,6 +532,19 @@ async fn apply_effects<T: Tx>(
         }
     }
     Ok(results)
+}
+
+/// Stores a delivery and queues its job; a data error when the webhook
+/// does not exist (deleted since the flow was saved).
+async fn send_webhook<T: Tx>(
+    tx: &mut T,
+    d: &super::outbound::NewDelivery,
+    now: Millis,
+) -> Result<()> {
+    for stmt in super::outbound::insert_delivery(d, now) {
+        tx.exec(&stmt).await?;
+    }
+    Ok(())
 }
 
 /// A step's field update: the contact to write and what changed, or None

@@ -67,6 +67,10 @@ impl<'c> PgTx<'c> {
 }
 
 impl logic::Tx for PgTx<'_> {
+    async fn exec(&mut self, stmt: &crate::store::sql::Stmt) -> Result<crate::store::sql::Done> {
+        super::sql::exec(self.c, stmt).await
+    }
+
     async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
         let row = sqlx::query(
             "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run

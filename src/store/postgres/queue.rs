@@ -46,7 +46,7 @@ pub async fn claim(c: &mut PgConnection, claim: &JobClaim) -> Result<Vec<Job>> {
     let per_key = claim.per_key.map_or(i64::MAX, i64::from);
     let rows = sqlx::query(
         "WITH c AS (
-           SELECT id, key, due_at, ROW_NUMBER() OVER (PARTITION BY key ORDER BY due_at, id) AS rn
+           SELECT id, key, due_at, key_limit, ROW_NUMBER() OVER (PARTITION BY key ORDER BY due_at, id) AS rn
            FROM jobs
            WHERE kind = $1 AND status = 'queued' AND due_at <= $2
              AND (lease_until IS NULL OR lease_until <= $2)),
@@ -55,7 +55,7 @@ pub async fn claim(c: &mut PgConnection, claim: &JobClaim) -> Result<Vec<Job>> {
            WHERE kind = $1 AND status = 'queued' AND lease_until > $2 GROUP BY key),
          picked AS (
            SELECT c.id FROM c LEFT JOIN l ON l.key = c.key
-           WHERE c.rn + COALESCE(l.n, 0) <= $3
+           WHERE c.rn + COALESCE(l.n, 0) <= COALESCE(c.key_limit, $3)
            ORDER BY c.due_at, c.id LIMIT $4)
          UPDATE jobs SET lease_owner = $5, lease_until = $6, attempts = attempts + 1, updated_at = $2
          FROM picked WHERE jobs.id = picked.id

@@ -594,6 +594,24 @@ impl Store for PgStore {
         super::queue::get(&mut c, id).await
     }
 
+    async fn run_sql(
+        &self,
+        script: Vec<crate::store::sql::Stmt>,
+    ) -> Result<Vec<crate::store::sql::Done>> {
+        let mut tx = self.pool.begin().await.map_err(internal)?;
+        let done = super::sql::script(&mut tx, &script).await?;
+        tx.commit().await.map_err(internal)?;
+        Ok(done)
+    }
+
+    async fn read_sql(
+        &self,
+        script: Vec<crate::store::sql::Stmt>,
+    ) -> Result<Vec<crate::store::sql::Done>> {
+        let mut c = self.pool.acquire().await.map_err(internal)?;
+        super::sql::script(&mut c, &script).await
+    }
+
     async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
         let mut c = self.pool.acquire().await.map_err(internal)?;
         flows::version(&mut c, ws, flow, version).await

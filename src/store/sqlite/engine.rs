@@ -50,6 +50,10 @@ pub fn savepoint<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<
 pub(crate) struct SqliteTx<'c>(pub &'c Connection);
 
 impl logic::Tx for SqliteTx<'_> {
+    async fn exec(&mut self, stmt: &crate::store::sql::Stmt) -> Result<crate::store::sql::Done> {
+        super::sql::exec(self.0, stmt)
+    }
+
     async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
         self.0
             .prepare_cached(

@@ -19,6 +19,7 @@ mod queries;
 mod queue;
 mod readers;
 mod runs;
+mod sql;
 mod writer;
 
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_inbound_calls.sql"),
     include_str!("../../../migrations/sqlite/0007_event_bytes.sql"),
     include_str!("../../../migrations/sqlite/0008_jobs.sql"),
+    include_str!("../../../migrations/sqlite/0009_webhooks.sql"),
 ];
 
 pub struct SqliteStore {
@@ -679,6 +681,20 @@ impl Store for SqliteStore {
     async fn get_job(&self, id: &crate::domain::JobId) -> Result<crate::store::queue::JobRecord> {
         let id = id.clone();
         self.readers.read(move |c| queue::get(c, &id)).await
+    }
+
+    async fn run_sql(
+        &self,
+        script: Vec<crate::store::sql::Stmt>,
+    ) -> Result<Vec<crate::store::sql::Done>> {
+        self.writer.write(move |c| sql::script(c, &script)).await
+    }
+
+    async fn read_sql(
+        &self,
+        script: Vec<crate::store::sql::Stmt>,
+    ) -> Result<Vec<crate::store::sql::Done>> {
+        self.readers.read(move |c| sql::script(c, &script)).await
     }
 
     async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {

@@ -43,14 +43,14 @@ const CLAIM: &str =
     "UPDATE jobs SET lease_owner = ?5, lease_until = ?6, attempts = attempts + 1, updated_at = ?2
 WHERE id IN (
   SELECT c.id FROM (
-    SELECT id, key, due_at, ROW_NUMBER() OVER (PARTITION BY key ORDER BY due_at, id) AS rn
+    SELECT id, key, due_at, key_limit, ROW_NUMBER() OVER (PARTITION BY key ORDER BY due_at, id) AS rn
     FROM jobs
     WHERE kind = ?1 AND status = 'queued' AND due_at <= ?2
       AND (lease_until IS NULL OR lease_until <= ?2)) c
   LEFT JOIN (SELECT key, COUNT(*) AS n FROM jobs
              WHERE kind = ?1 AND status = 'queued' AND lease_until > ?2 GROUP BY key) l
     ON l.key = c.key
-  WHERE c.rn + COALESCE(l.n, 0) <= ?3
+  WHERE c.rn + COALESCE(l.n, 0) <= COALESCE(c.key_limit, ?3)
   ORDER BY c.due_at, c.id LIMIT ?4)
 RETURNING id, kind, key, workspace_id, payload, attempts, lease_until";
 

@@ -1,0 +1,576 @@
+//! The delivery engine (WH-3 to WH-8, WH-12): [`Outbound`] holds what every
+//! outbound request shares (the target policy and the guarded clients);
+//! [`DeliveryHandler`] is the leased queue's handler for kind
+//! `webhook_delivery`: load the delivery and its webhook, apply the
+//! webhook's state (disabled, verification throttle, rate limit), render
+//! the body, send one signed attempt outside any transaction, and record
+//! the attempt, the delivery's new state, the webhook's and the job's
+//! outcome in one transaction under the lease (`store::outbound`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::config::{Problem, WebhookConfig, WebhookSpec};
+use super::guard::{SystemResolver, TargetPolicy};
+use super::schedule::{self, Verdict};
+use super::send::{Attempt, Outgoing, send};
+use super::template::{ContactVars, FlowVars, IdVars, Limits, RenderContext, default_body};
+use crate::domain::signature::SigningSecret;
+use crate::domain::{DeliveryId, Millis};
+use crate::flows::Clock;
+use crate::store::outbound::{
+    AttemptWrite, DeliveryRecord, DeliveryStatus, NewAttempt, WebhookChange, WebhookRecord,
+    load_for_attempt, record_attempt, take_slot,
+};
+use crate::store::queue::{Job, JobOutcome};
+use crate::store::{Store, StoreError};
+
+/// Operator settings for outbound requests.
+#[derive(Clone, Debug)]
+pub struct OutboundSettings {
+    /// Address ranges opened although private or loopback (WH-7).
+    pub allow: Vec<ipnet::IpNet>,
+    /// The one-per-hour rule until a webhook's receiver answers with its
+    /// verification key (WH-8).
+    pub verification: bool,
+    /// Longest `Retry-After` honoured.
+    pub retry_after_cap: Duration,
+    /// A webhook failing this long without a success is disabled (WH-12).
+    pub disable_after: Duration,
+    /// Attempts (request and response bodies) are kept this long.
+    pub attempt_retention: Duration,
+    /// Deliveries in progress at once in this process.
+    pub max_in_flight: usize,
+    /// Deliveries to one webhook in progress at once, across processes.
+    pub per_endpoint: u32,
+    pub connect_timeout: Duration,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            verification: true,
+            retry_after_cap: Duration::from_secs(6 * 3600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            attempt_retention: Duration::from_secs(30 * 24 * 3600),
+            max_in_flight: 256,
+            per_endpoint: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every outbound request shares.
+pub struct Outbound {
+    pub settings: OutboundSettings,
+    pub policy: Arc<TargetPolicy>,
+    /// Redirects not followed.
+    client: reqwest::Client,
+    /// Redirects followed (at most 5 hops), each hop checked.
+    following: reqwest::Client,
+}
+
+/// Redirect hops a webhook that opts in may follow.
+pub const MAX_REDIRECTS: usize = 5;
+
+impl Outbound {
+    pub fn new(settings: OutboundSettings) -> Result<Arc<Self>, String> {
+        Self::with_resolver(settings, Arc::new(SystemResolver))
+    }
+
+    /// With a resolver of the caller's (tests map names to 127.0.0.1).
+    pub fn with_resolver(
+        settings: OutboundSettings,
+        resolver: Arc<dyn reqwest::dns::Resolve>,
+    ) -> Result<Arc<Self>, String> {
+        let policy = Arc::new(TargetPolicy {
+            allow: settings.allow.clone(),
+        });
+        let build = |follow| {
+            super::guard::client(
+                policy.clone(),
+                resolver.clone(),
+                follow,
+                settings.connect_timeout,
+            )
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        };
+        Ok(Arc::new(Self {
+            client: build(0)?,
+            following: build(MAX_REDIRECTS)?,
+            policy,
+            settings,
+        }))
+    }
+
+    /// A stored or given spec, checked.
+    pub fn config(&self, spec: &Value) -> Result<WebhookConfig, Vec<Problem>> {
+        let spec: WebhookSpec = serde_json::from_value(spec.clone()).map_err(|e| {
+            vec![Problem {
+                field: String::new(),
+                message: e.to_string(),
+            }]
+        })?;
+        spec.check(&self.policy)
+    }
+
+    /// One signed attempt.
+    pub async fn attempt(
+        &self,
+        config: &WebhookConfig,
+        message_id: &str,
+        body: &[u8],
+        secrets: &[SigningSecret],
+        now: Millis,
+    ) -> Attempt {
+        let client = if config.follow_redirects {
+            &self.following
+        } else {
+            &self.client
+        };
+        let out = Outgoing {
+            config,
+            message_id,
+            body,
+            secrets,
+            timestamp: now.div_euclid(1000),
+        };
+        send(
+            client,
+            &self.policy,
+            &out,
+            now,
+            self.settings.retry_after_cap,
+        )
+        .await
+    }
+}
+
+/// The body of a message: the template's output, or the default body.
+pub fn render(config: &WebhookConfig, ctx: &RenderContext) -> Result<Vec<u8>, String> {
+    match &config.template {
+        None => Ok(default_body(ctx)),
+        Some(t) => t
+            .render(ctx, &Limits::default())
+            .map(String::into_bytes)
+            .map_err(|e| format!("the body template failed: {e}")),
+    }
+}
+
+/// The template variables of a delivery (`context` is what its cause
+/// stored: `contact` and `event`).
+pub fn render_context(d: &DeliveryRecord, now: Millis) -> RenderContext {
+    let c = &d.context["contact"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    RenderContext {
+        contact: ContactVars {
+            id: d.contact_id.clone().unwrap_or_else(|| text(&c["id"])),
+            email: text(&c["email"]),
+            phone: c["phone"].as_str().map(str::to_owned),
+            status: text(&c["status"]),
+            fields: c["fields"].as_object().cloned().unwrap_or_default(),
+        },
+        event: d.context.get("event").cloned().unwrap_or(Value::Null),
+        flow: FlowVars {
+            id: d.flow_id.clone().unwrap_or_default(),
+            name: d.flow_name.clone().unwrap_or_default(),
+        },
+        run: IdVars {
+            id: d.run_id.clone().unwrap_or_default(),
+        },
+        step: IdVars {
+            id: d.step.clone().unwrap_or_default(),
+        },
+        now: DateTime::<Utc>::from_timestamp_millis(now).unwrap_or_default(),
+    }
+}
+
+/// The signing secrets at `now`: the current one, and the one it replaced
+/// while that still signs.
+pub fn secrets(w: &WebhookRecord, now: Millis) -> Vec<SigningSecret> {
+    let mut out = vec![SigningSecret::from_trusted(w.secret.clone())];
+    if let (Some(old), Some(until)) = (&w.old_secret, w.old_secret_until)
+        && until > now
+    {
+        out.push(SigningSecret::from_trusted(old.clone()));
+    }
+    out
+}
+
+/// An attempt as the activity log stores it.
+pub fn attempt_record(a: &Attempt, started_at: Millis, outcome: &'static str) -> NewAttempt {
+    NewAttempt {
+        started_at,
+        request: json!({
+            "method": a.request.method,
+            "url": a.request.url,
+            "headers": a.request.headers,
+            "body": a.request.body,
+        }),
+        response_status: a.response.as_ref().map(|r| i64::from(r.status)),
+        response_headers: a.response.as_ref().map(|r| json!(r.headers)),
+        response_body: a.response.as_ref().map(|r| r.body.clone()),
+        truncated: a.response.as_ref().is_some_and(|r| r.truncated),
+        duration_ms: i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX),
+        error: a.error.clone(),
+        outcome,
+    }
+}
+
+/// The queue handler for webhook deliveries.
+pub struct DeliveryHandler {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub outbound: Arc<Outbound>,
+    /// The worker's lease owner id (the attempt is recorded under it).
+    pub owner: String,
+}
+
+#[async_trait]
+impl crate::worker::JobHandler for DeliveryHandler {
+    async fn handle(&self, job: &Job) -> Option<JobOutcome> {
+        match self.deliver(job).await {
+            Ok(()) => None,
+            Err(e) => {
+                // The store failed: try again shortly (the lease check keeps
+                // the outcome single).
+                tracing::error!(delivery = %job.id, error = %e, "a delivery could not be processed");
+                Some(JobOutcome::Retry {
+                    due_at: self.clock.now() + 5_000,
+                    error: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl DeliveryHandler {
+    async fn deliver(&self, job: &Job) -> Result<(), StoreError> {
+        let id = DeliveryId::from_trusted(job.id.as_str().to_owned());
+        let Some((d, w)) = load_for_attempt(&*self.store, &id).await? else {
+            // Deleted with its webhook: nothing to send.
+            self.write(held(
+                &id,
+                &job.workspace_id,
+                &w_id_of(job),
+                DeliveryStatus::Failed,
+                None,
+                JobOutcome::Done,
+            ))
+            .await?;
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let base = |status, next, job| AttemptWrite {
+            delivery: d.id.clone(),
+            workspace_id: d.workspace_id.clone(),
+            webhook: w.id.clone(),
+            attempt: None,
+            status,
+            next_attempt_at: next,
+            error: None,
+            webhook_change: None,
+            job,
+        };
+        if !w.enabled {
+            let mut write = base(
+                DeliveryStatus::Disabled,
+                None,
+                JobOutcome::Failed {
+                    error: "the webhook is disabled".into(),
+                },
+            );
+            write.error = Some(format!(
+                "held: the webhook is disabled ({})",
+                w.disabled_reason.as_deref().unwrap_or("by a user")
+            ));
+            return self.write(write).await;
+        }
+        let config = match self.outbound.config(&w.spec) {
+            Ok(c) => c,
+            Err(problems) => {
+                let error = problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.field, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let mut write = base(
+                    DeliveryStatus::Failed,
+                    None,
+                    JobOutcome::Failed {
+                        error: error.clone(),
+                    },
+                );
+                write.error = Some(format!("the webhook's configuration is not valid: {error}"));
+                return self.write(write).await;
+            }
+        };
+        // The verification throttle and the rate limit: one slot at a time,
+        // taken atomically on the webhook row (across processes).
+        let unverified = self.outbound.settings.verification && !w.verified;
+        let spacing = if unverified {
+            Some(schedule::UNVERIFIED_INTERVAL.as_millis() as Millis)
+        } else {
+            config
+                .rate_per_second
+                .map(|r| (1000 / i64::from(r.max(1))).max(1))
+        };
+        if let Some(spacing) = spacing
+            && let Err(at) = take_slot(&*self.store, &w.id, now, now + spacing).await?
+        {
+            let mut write = base(
+                DeliveryStatus::Throttled,
+                Some(at),
+                JobOutcome::Retry {
+                    due_at: at,
+                    error: "throttled".into(),
+                },
+            );
+            write.error = Some(if unverified {
+                "held: until the receiver answers with the verification key, one delivery per hour"
+                    .into()
+            } else {
+                "held: the webhook's rate limit".into()
+            });
+            return self.write(write).await;
+        }
+        let body = match render(&config, &render_context(&d, now)) {
+            Ok(b) => b,
+            Err(error) => {
+                let mut write = base(
+                    DeliveryStatus::Failed,
+                    None,
+                    JobOutcome::Failed {
+                        error: error.clone(),
+                    },
+                );
+                write.attempt = Some(NewAttempt {
+                    started_at: now,
+                    request: json!({ "method": config.method.as_str(), "url": config.url.as_str() }),
+                    response_status: None,
+                    response_headers: None,
+                    response_body: None,
+                    truncated: false,
+                    duration_ms: 0,
+                    error: Some(error.clone()),
+                    outcome: "failed",
+                });
+                write.error = Some(error);
+                return self.write(write).await;
+            }
+        };
+        let attempt = self
+            .outbound
+            .attempt(&config, d.id.as_str(), &body, &secrets(&w, now), now)
+            .await;
+        let after = self.clock.now();
+        let failing_since = w.failing_since.unwrap_or(now);
+        let should_disable = schedule::should_disable(
+            Some(failing_since),
+            after,
+            self.outbound.settings.disable_after,
+        );
+        let made = d.attempts + 1;
+        let (status, next, job_outcome, outcome, change) = match &attempt.verdict {
+            Verdict::Delivered => {
+                let verified = !w.verified
+                    && attempt.response.as_ref().is_some_and(|r| {
+                        schedule::verification_matches(&r.body, &w.verification_key)
+                    });
+                let change = (verified || w.failing_since.is_some()).then_some(WebhookChange {
+                    succeeded: true,
+                    verified,
+                    disable: None,
+                });
+                (
+                    DeliveryStatus::Succeeded,
+                    None,
+                    JobOutcome::Done,
+                    "succeeded",
+                    change,
+                )
+            }
+            Verdict::Retry {
+                reason,
+                after: wait,
+            } => {
+                let delay = schedule::retry_delay(
+                    u32::try_from(made).unwrap_or(u32::MAX),
+                    config.retries,
+                    &mut rand::rng(),
+                )
+                .map(|d| wait.unwrap_or(d));
+                let change = WebhookChange {
+                    succeeded: false,
+                    verified: false,
+                    disable: should_disable.then(|| {
+                        format!(
+                            "every delivery failed for {} days",
+                            self.outbound.settings.disable_after.as_secs() / 86_400
+                        )
+                    }),
+                };
+                match delay {
+                    Some(delay) => {
+                        let due = after + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                        (
+                            DeliveryStatus::Pending,
+                            Some(due),
+                            JobOutcome::Retry {
+                                due_at: due,
+                                error: reason.clone(),
+                            },
+                            "retry",
+                            Some(change),
+                        )
+                    }
+                    None => (
+                        DeliveryStatus::Failed,
+                        None,
+                        JobOutcome::Failed {
+                            error: format!("{reason}; no retries left"),
+                        },
+                        "failed",
+                        Some(change),
+                    ),
+                }
+            }
+            Verdict::Final { reason, disable } => (
+                DeliveryStatus::Failed,
+                None,
+                JobOutcome::Failed {
+                    error: reason.clone(),
+                },
+                "failed",
+                Some(WebhookChange {
+                    succeeded: false,
+                    verified: false,
+                    disable: (*disable || should_disable).then(|| reason.clone()),
+                }),
+            ),
+        };
+        let mut write = base(status, next, job_outcome);
+        write.error = match &attempt.verdict {
+            Verdict::Delivered => None,
+            Verdict::Retry { reason, .. } | Verdict::Final { reason, .. } => Some(
+                attempt
+                    .error
+                    .clone()
+                    .map_or_else(|| reason.clone(), |e| format!("{reason}: {e}")),
+            ),
+        };
+        write.attempt = Some(attempt_record(&attempt, now, outcome));
+        write.webhook_change = change;
+        self.write(write).await
+    }
+
+    async fn write(&self, w: AttemptWrite) -> Result<(), StoreError> {
+        let delivery = w.delivery.clone();
+        if !record_attempt(&*self.store, w, &self.owner, self.clock.now()).await? {
+            tracing::warn!(%delivery, "a delivery's lease ended before its attempt was recorded; another worker has it");
+        }
+        Ok(())
+    }
+}
+
+fn w_id_of(job: &Job) -> crate::domain::WebhookId {
+    crate::domain::WebhookId::from_trusted(job.key.clone())
+}
+
+/// The write for a delivery that is gone: only the job is finished.
+fn held(
+    id: &DeliveryId,
+    ws: &Option<crate::domain::WorkspaceId>,
+    webhook: &crate::domain::WebhookId,
+    status: DeliveryStatus,
+    next: Option<Millis>,
+    job: JobOutcome,
+) -> AttemptWrite {
+    AttemptWrite {
+        delivery: id.clone(),
+        workspace_id: ws
+            .clone()
+            .unwrap_or_else(|| crate::domain::WorkspaceId::from_trusted(String::new())),
+        webhook: webhook.clone(),
+        attempt: None,
+        status,
+        next_attempt_at: next,
+        error: None,
+        webhook_change: None,
+        job,
+    }
+}
+
+/// Runs the delivery worker and the attempt purge until `stop`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    outbound: Arc<Outbound>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let owner = format!("outbound-{}", uuid::Uuid::new_v4());
+    let settings = outbound.settings.clone();
+    let handler = Arc::new(DeliveryHandler {
+        store: store.clone(),
+        clock: clock.clone(),
+        outbound,
+        owner: owner.clone(),
+    });
+    let worker = Arc::new(crate::worker::JobWorker::new(
+        store.clone(),
+        clock.clone(),
+        handler,
+        crate::worker::JobWorkerConfig {
+            kind: crate::store::outbound::DELIVERY_JOB.into(),
+            owner,
+            // Longer than the longest timeout a webhook may have.
+            lease: super::config::MAX_TIMEOUT * 2,
+            batch: 128,
+            per_key: Some(settings.per_endpoint),
+            max_in_flight: settings.max_in_flight,
+        },
+    ));
+    let loops = crate::worker::Loops {
+        workers: 1,
+        poll: Duration::from_millis(250),
+    };
+    let purge = purge_loop(store, clock, settings.attempt_retention, stop.clone());
+    tokio::join!(crate::worker::run(worker, loops, wake, stop), purge);
+}
+
+/// Deletes attempts older than the retention, in batches of 1,000 with a
+/// pause between, every ten minutes.
+async fn purge_loop(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    retention: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let before = clock.now() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        loop {
+            match crate::store::outbound::purge_attempts(&*store, before, 1000).await {
+                Ok(1000) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "purging old delivery attempts failed");
+                    break;
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
+    }
+}

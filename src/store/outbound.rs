@@ -1,0 +1,911 @@
+//! Webhooks, deliveries and attempts (issue 10), written once over the
+//! shared statements of [`super::sql`]: both databases run this same SQL.
+//!
+//! A delivery is a message with a stable id (`msg_…`, the `webhook-id` of
+//! every attempt). Its job in the leased queue has the same id (kind
+//! [`DELIVERY_JOB`], key = the webhook id, so the queue's `per_key` limit
+//! is the per-endpoint concurrency). An attempt is recorded, the delivery
+//! and the webhook updated and the job finished in one transaction that
+//! first checks the lease: a worker whose lease was taken over writes
+//! nothing.
+
+use serde_json::Value;
+
+use super::queue::{JobOutcome, finish_columns};
+use super::sql::{Arg, Done, RowExt, Stmt};
+use super::{Result, Store, StoreError};
+use crate::domain::{
+    AttemptId, DeliveryId, Millis, Page, PageRequest, Stored, WebhookId, WorkspaceId,
+};
+
+/// The queue's kind for webhook deliveries.
+pub const DELIVERY_JOB: &str = "webhook_delivery";
+
+/// A stored webhook. `spec` is the configuration as the user wrote it
+/// (secrets included: it never leaves the server unmasked).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookRecord {
+    pub id: WebhookId,
+    pub workspace_id: WorkspaceId,
+    pub name: String,
+    pub spec: Value,
+    pub secret: String,
+    /// The secret before the last rotation, still signing until
+    /// `old_secret_until`.
+    pub old_secret: Option<String>,
+    pub old_secret_until: Option<Millis>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub verification_key: String,
+    pub verified: bool,
+    /// The next delivery may not start before this time (the verification
+    /// throttle and the rate limit, across processes).
+    pub next_allowed_at: Millis,
+    /// Deliveries have failed since this time without a success.
+    pub failing_since: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+macro_rules! webhook_cols {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "workspace_id, ",
+            $p,
+            "name, ",
+            $p,
+            "spec, ",
+            $p,
+            "secret, ",
+            $p,
+            "old_secret, ",
+            $p,
+            "old_secret_until, ",
+            $p,
+            "enabled, ",
+            $p,
+            "disabled_reason, ",
+            $p,
+            "verification_key, ",
+            $p,
+            "verified, ",
+            $p,
+            "next_allowed_at, ",
+            $p,
+            "failing_since, ",
+            $p,
+            "created_at, ",
+            $p,
+            "updated_at"
+        )
+    };
+}
+const WEBHOOK_WIDTH: usize = 15;
+
+fn webhook(r: &[crate::store::sql::Val]) -> Result<WebhookRecord> {
+    Ok(WebhookRecord {
+        id: WebhookId::from_trusted(r.text(0)?),
+        workspace_id: WorkspaceId::from_trusted(r.text(1)?),
+        name: r.text(2)?,
+        spec: r.json(3)?,
+        secret: r.text(4)?,
+        old_secret: r.opt_text(5)?,
+        old_secret_until: r.opt_int(6)?,
+        enabled: r.flag(7)?,
+        disabled_reason: r.opt_text(8)?,
+        verification_key: r.text(9)?,
+        verified: r.flag(10)?,
+        next_allowed_at: r.int(11)?,
+        failing_since: r.opt_int(12)?,
+        created_at: r.int(13)?,
+        updated_at: r.int(14)?,
+    })
+}
+
+fn one<T>(
+    done: Vec<Done>,
+    at: usize,
+    f: impl Fn(&[crate::store::sql::Val]) -> Result<T>,
+) -> Result<T> {
+    done.get(at)
+        .and_then(|d| d.rows.first())
+        .ok_or_else(|| StoreError::Internal("a statement returned no row".into()))
+        .and_then(|r| f(r))
+}
+
+fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+/// A new webhook's stored parts.
+pub struct NewWebhook<'a> {
+    pub name: &'a str,
+    /// Deliveries in progress at once to it, across processes.
+    pub max_concurrency: u16,
+    pub spec: &'a Value,
+    pub secret: &'a str,
+    pub verification_key: &'a str,
+    /// False when the verification throttle applies until the receiver
+    /// answers with the key.
+    pub verified: bool,
+}
+
+pub async fn create_webhook(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    new: NewWebhook<'_>,
+    now: Millis,
+) -> Result<WebhookRecord> {
+    let id = WebhookId::generate();
+    let done = store
+        .run_sql(vec![Stmt::new(
+            concat!(
+                "INSERT INTO webhooks (id, workspace_id, name, spec, secret, verification_key, verified, max_concurrency,
+                   created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8) RETURNING ",
+                webhook_cols!("")
+            ),
+            vec![
+                id.as_str().into(),
+                ws.as_str().into(),
+                new.name.into(),
+                json_text(new.spec).into(),
+                new.secret.into(),
+                new.verification_key.into(),
+                new.verified.into(),
+                now.into(),
+                i64::from(new.max_concurrency).into(),
+            ],
+        )])
+        .await?;
+    one(done, 0, webhook)
+}
+
+pub async fn get_webhook(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &WebhookId,
+) -> Result<WebhookRecord> {
+    let done = store
+        .read_sql(vec![
+            Stmt::new(
+                concat!(
+                    "SELECT ",
+                    webhook_cols!(""),
+                    " FROM webhooks WHERE workspace_id = $1 AND id = $2"
+                ),
+                vec![ws.as_str().into(), id.as_str().into()],
+            )
+            .or_not_found("webhook", id),
+        ])
+        .await?;
+    one(done, 0, webhook)
+}
+
+pub async fn list_webhooks(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    page: &PageRequest,
+) -> Result<Page<WebhookRecord>> {
+    let done = store
+        .read_sql(vec![Stmt::new(
+            concat!(
+                "SELECT ",
+                webhook_cols!(""),
+                " FROM webhooks WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            ),
+            vec![
+                ws.as_str().into(),
+                page.after_id().into(),
+                i64::from(page.limit + 1).into(),
+            ],
+        )])
+        .await?;
+    let rows = rows(done, 0, webhook)?;
+    Ok(Page::from_overfetch(rows, page.limit, |w| w.id.as_str()))
+}
+
+fn rows<T>(
+    done: Vec<Done>,
+    at: usize,
+    f: impl Fn(&[crate::store::sql::Val]) -> Result<T>,
+) -> Result<Vec<T>> {
+    done.get(at)
+        .map(|d| d.rows.iter().map(|r| f(r)).collect())
+        .unwrap_or_else(|| Ok(Vec::new()))
+}
+
+/// Replaces the name and configuration (queued deliveries take the new
+/// concurrency limit too).
+pub async fn update_webhook(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &WebhookId,
+    name: &str,
+    spec: &Value,
+    max_concurrency: u16,
+    now: Millis,
+) -> Result<WebhookRecord> {
+    let done = store
+        .run_sql(vec![
+            Stmt::new(
+                concat!(
+                    "UPDATE webhooks SET name = $3, spec = $4, max_concurrency = $6, updated_at = $5
+                     WHERE workspace_id = $1 AND id = $2 RETURNING ",
+                    webhook_cols!("")
+                ),
+                vec![
+                    ws.as_str().into(),
+                    id.as_str().into(),
+                    name.into(),
+                    json_text(spec).into(),
+                    now.into(),
+                    i64::from(max_concurrency).into(),
+                ],
+            )
+            .or_not_found("webhook", id),
+            Stmt::new(
+                "UPDATE jobs SET key_limit = $2 WHERE kind = 'webhook_delivery' AND key = $1 AND status = 'queued'",
+                vec![id.as_str().into(), i64::from(max_concurrency).into()],
+            ),
+        ])
+        .await?;
+    one(done, 0, webhook)
+}
+
+/// Deletes the webhook, its deliveries and their queued jobs.
+pub async fn delete_webhook(store: &dyn Store, ws: &WorkspaceId, id: &WebhookId) -> Result<()> {
+    store
+        .run_sql(vec![
+            Stmt::new(
+                "DELETE FROM jobs WHERE kind = 'webhook_delivery' AND key = $2
+                   AND EXISTS (SELECT 1 FROM webhooks WHERE workspace_id = $1 AND id = $2)",
+                vec![ws.as_str().into(), id.as_str().into()],
+            ),
+            Stmt::new(
+                "DELETE FROM webhooks WHERE workspace_id = $1 AND id = $2",
+                vec![ws.as_str().into(), id.as_str().into()],
+            )
+            .or_not_found("webhook", id),
+        ])
+        .await?;
+    Ok(())
+}
+
+/// Enables or disables a webhook. Enabling puts every delivery that was
+/// held while it was disabled back in the queue, due now, in order.
+pub async fn set_enabled(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &WebhookId,
+    enabled: bool,
+    reason: Option<&str>,
+    now: Millis,
+) -> Result<WebhookRecord> {
+    let mut script = vec![
+        Stmt::new(
+            concat!(
+                "UPDATE webhooks SET enabled = $3, disabled_reason = $4, updated_at = $5,
+                   failing_since = CASE WHEN $3 = 1 THEN NULL ELSE failing_since END
+                 WHERE workspace_id = $1 AND id = $2 RETURNING ",
+                webhook_cols!("")
+            ),
+            vec![
+                ws.as_str().into(),
+                id.as_str().into(),
+                enabled.into(),
+                reason.into(),
+                now.into(),
+            ],
+        )
+        .or_not_found("webhook", id),
+    ];
+    if enabled {
+        script.push(requeue(
+            "UPDATE jobs SET status = 'queued', due_at = $2, finished_at = NULL, updated_at = $2
+             WHERE kind = 'webhook_delivery' AND key = $1 AND status <> 'queued'
+               AND id IN (SELECT id FROM deliveries WHERE webhook_id = $1 AND status = 'disabled')",
+            id.as_str(),
+            now,
+        ));
+        script.push(requeue(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2
+             WHERE webhook_id = $1 AND status = 'disabled'",
+            id.as_str(),
+            now,
+        ));
+    }
+    let done = store.run_sql(script).await?;
+    one(done, 0, webhook)
+}
+
+fn requeue(sql: &'static str, id: &str, now: Millis) -> Stmt {
+    Stmt::new(sql, vec![id.into(), now.into()])
+}
+
+/// A new signing secret; the old one goes on signing until `old_until`
+/// (receivers switch without losing a message).
+pub async fn rotate_secret(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &WebhookId,
+    secret: &str,
+    old_until: Millis,
+    now: Millis,
+) -> Result<WebhookRecord> {
+    let done = store
+        .run_sql(vec![
+            Stmt::new(
+                concat!(
+                    "UPDATE webhooks SET old_secret = secret, old_secret_until = $4, secret = $3, updated_at = $5
+                     WHERE workspace_id = $1 AND id = $2 RETURNING ",
+                    webhook_cols!("")
+                ),
+                vec![
+                    ws.as_str().into(),
+                    id.as_str().into(),
+                    secret.into(),
+                    old_until.into(),
+                    now.into(),
+                ],
+            )
+            .or_not_found("webhook", id),
+        ])
+        .await?;
+    one(done, 0, webhook)
+}
+
+// ---- deliveries ----------------------------------------------------------------------
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Queued: not yet sent, or waiting for its next retry.
+    Pending,
+    Succeeded,
+    /// No more attempts (a final answer, or every retry spent).
+    Failed,
+    /// Held by the verification throttle or the rate limit; goes out when
+    /// they allow.
+    Throttled,
+    /// Held while its webhook is disabled; goes out when it is enabled.
+    Disabled,
+}
+
+crate::stored_enum!(DeliveryStatus, "delivery status", {
+    Pending => "pending",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Throttled => "throttled",
+    Disabled => "disabled",
+});
+
+/// A delivery to write in the transaction of its cause.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub workspace_id: WorkspaceId,
+    pub webhook_id: WebhookId,
+    /// `flow.step` for a `send_webhook` step.
+    pub event_type: String,
+    pub flow_id: Option<String>,
+    pub run_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub step: Option<String>,
+    /// What the body is rendered from: `contact`, `event` (the template
+    /// variables that are data, not time).
+    pub context: Value,
+}
+
+/// The statements that store a delivery and queue its job, due now. The
+/// first changes no row when the webhook does not exist in the workspace.
+pub fn insert_delivery(d: &NewDelivery, now: Millis) -> [Stmt; 2] {
+    [
+        Stmt::new(
+            "INSERT INTO deliveries (id, workspace_id, webhook_id, event_type, flow_id, flow_name, run_id,
+               contact_id, step, context, status, next_attempt_at, created_at, updated_at)
+             SELECT $1, $2, w.id, $4, COALESCE($5, r.flow_id), f.name, $6, $7, $8, $9, 'pending', $10, $10, $10
+             FROM webhooks w
+             LEFT JOIN runs r ON r.id = $6
+             LEFT JOIN flows f ON f.id = COALESCE($5, r.flow_id)
+             WHERE w.workspace_id = $2 AND w.id = $3",
+            vec![
+                d.id.as_str().into(),
+                d.workspace_id.as_str().into(),
+                d.webhook_id.as_str().into(),
+                d.event_type.as_str().into(),
+                d.flow_id.clone().into(),
+                d.run_id.clone().into(),
+                d.contact_id.clone().into(),
+                d.step.clone().into(),
+                json_text(&d.context).into(),
+                now.into(),
+            ],
+        )
+        .or_not_found("webhook", &d.webhook_id),
+        Stmt::new(
+            "INSERT INTO jobs (id, kind, key, workspace_id, payload, status, due_at, key_limit, created_at, updated_at)
+             SELECT $1, 'webhook_delivery', w.id, $3, '{}', 'queued', $4, w.max_concurrency, $4, $4
+             FROM webhooks w WHERE w.id = $2",
+            vec![
+                d.id.as_str().into(),
+                d.webhook_id.as_str().into(),
+                d.workspace_id.as_str().into(),
+                now.into(),
+            ],
+        ),
+    ]
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub workspace_id: WorkspaceId,
+    pub webhook_id: WebhookId,
+    pub event_type: String,
+    pub flow_id: Option<String>,
+    pub flow_name: Option<String>,
+    pub run_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub step: Option<String>,
+    pub context: Value,
+    pub status: DeliveryStatus,
+    /// Attempts made toward the current retry budget.
+    pub attempts: i64,
+    pub next_attempt_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+macro_rules! delivery_cols {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "workspace_id, ",
+            $p,
+            "webhook_id, ",
+            $p,
+            "event_type, ",
+            $p,
+            "flow_id, ",
+            $p,
+            "flow_name, ",
+            $p,
+            "run_id, ",
+            $p,
+            "contact_id, ",
+            $p,
+            "step, ",
+            $p,
+            "context, ",
+            $p,
+            "status, ",
+            $p,
+            "attempts, ",
+            $p,
+            "next_attempt_at, ",
+            $p,
+            "last_error, ",
+            $p,
+            "created_at, ",
+            $p,
+            "updated_at"
+        )
+    };
+}
+const DELIVERY_WIDTH: usize = 16;
+
+fn delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
+    Ok(DeliveryRecord {
+        id: DeliveryId::from_trusted(r.text(0)?),
+        workspace_id: WorkspaceId::from_trusted(r.text(1)?),
+        webhook_id: WebhookId::from_trusted(r.text(2)?),
+        event_type: r.text(3)?,
+        flow_id: r.opt_text(4)?,
+        flow_name: r.opt_text(5)?,
+        run_id: r.opt_text(6)?,
+        contact_id: r.opt_text(7)?,
+        step: r.opt_text(8)?,
+        context: r.json(9)?,
+        status: DeliveryStatus::decode(&r.text(10)?)?,
+        attempts: r.int(11)?,
+        next_attempt_at: r.opt_int(12)?,
+        last_error: r.opt_text(13)?,
+        created_at: r.int(14)?,
+        updated_at: r.int(15)?,
+    })
+}
+
+/// What deliveries to list (every field narrows).
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub webhook_id: Option<WebhookId>,
+    pub flow_id: Option<String>,
+    pub run_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    /// Created at or after.
+    pub since: Option<Millis>,
+    /// Created before.
+    pub until: Option<Millis>,
+}
+
+fn filter_args(ws: &WorkspaceId, f: &DeliveryFilter) -> Vec<Arg> {
+    vec![
+        ws.as_str().into(),
+        f.webhook_id.as_ref().map(|w| w.as_str()).into(),
+        f.flow_id.clone().into(),
+        f.run_id.clone().into(),
+        f.contact_id.clone().into(),
+        f.status.map(|s| s.as_str()).into(),
+        f.since.into(),
+        f.until.into(),
+    ]
+}
+
+macro_rules! delivery_filter {
+    () => {
+        "workspace_id = $1 AND ($2 IS NULL OR webhook_id = $2) AND ($3 IS NULL OR flow_id = $3)
+         AND ($4 IS NULL OR run_id = $4) AND ($5 IS NULL OR contact_id = $5)
+         AND ($6 IS NULL OR status = $6) AND ($7 IS NULL OR created_at >= $7)
+         AND ($8 IS NULL OR created_at < $8)"
+    };
+}
+
+/// Deliveries, newest first.
+pub async fn list_deliveries(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    filter: &DeliveryFilter,
+    page: &PageRequest,
+) -> Result<Page<DeliveryRecord>> {
+    let mut args = filter_args(ws, filter);
+    args.push(page.after.as_ref().map(|c| c.last_id()).into());
+    args.push(i64::from(page.limit + 1).into());
+    let done = store
+        .read_sql(vec![Stmt::new(
+            concat!(
+                "SELECT ",
+                delivery_cols!(""),
+                " FROM deliveries WHERE ",
+                delivery_filter!(),
+                " AND ($9 IS NULL OR id < $9) ORDER BY id DESC LIMIT $10"
+            ),
+            args,
+        )])
+        .await?;
+    let rows = rows(done, 0, delivery)?;
+    Ok(Page::from_overfetch(rows, page.limit, |d| d.id.as_str()))
+}
+
+/// One attempt as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub started_at: Millis,
+    /// The request as sent (method, url, headers with secrets masked, body).
+    pub request: Value,
+    pub response_status: Option<i64>,
+    pub response_headers: Option<Value>,
+    pub response_body: Option<Vec<u8>>,
+    pub truncated: bool,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    /// `succeeded`, `retry` or `failed`.
+    pub outcome: String,
+}
+
+fn attempt(r: &[crate::store::sql::Val]) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        id: AttemptId::from_trusted(r.text(0)?),
+        started_at: r.int(1)?,
+        request: r.json(2)?,
+        response_status: r.opt_int(3)?,
+        response_headers: r
+            .opt_text(4)?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| {
+                StoreError::Internal(format!("stored response headers do not parse: {e}"))
+            })?,
+        response_body: r.opt_bytes(5)?,
+        truncated: r.flag(6)?,
+        duration_ms: r.int(7)?,
+        error: r.opt_text(8)?,
+        outcome: r.text(9)?,
+    })
+}
+
+/// A delivery with every attempt, oldest first.
+pub async fn get_delivery(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    id: &DeliveryId,
+) -> Result<(DeliveryRecord, Vec<AttemptRecord>)> {
+    let done = store
+        .read_sql(vec![
+            Stmt::new(
+                concat!("SELECT ", delivery_cols!(""), " FROM deliveries WHERE workspace_id = $1 AND id = $2"),
+                vec![ws.as_str().into(), id.as_str().into()],
+            )
+            .or_not_found("delivery", id),
+            Stmt::new(
+                "SELECT id, started_at, request, response_status, response_headers, response_body, truncated,
+                   duration_ms, error, outcome
+                 FROM delivery_attempts WHERE workspace_id = $1 AND delivery_id = $2 ORDER BY id",
+                vec![ws.as_str().into(), id.as_str().into()],
+            ),
+        ])
+        .await?;
+    let attempts = rows(done.clone(), 1, attempt)?;
+    Ok((one(done, 0, delivery)?, attempts))
+}
+
+/// Sends deliveries again, now, under their own ids, with a fresh retry
+/// budget: one by id, or every one a filter finds. A delivery whose
+/// attempt is in flight is left to it. Returns the ids queued again.
+pub async fn resend(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    filter: &DeliveryFilter,
+    only: Option<&DeliveryId>,
+    now: Millis,
+) -> Result<Vec<DeliveryId>> {
+    let mut args = filter_args(ws, filter);
+    args.push(only.map(|d| d.as_str()).into());
+    args.push(now.into());
+    let jobs = Stmt::new(
+        concat!(
+            "UPDATE jobs SET status = 'queued', due_at = $10, finished_at = NULL, updated_at = $10
+             WHERE kind = 'webhook_delivery' AND (lease_until IS NULL OR lease_until <= $10)
+               AND id IN (SELECT id FROM deliveries WHERE ",
+            delivery_filter!(),
+            " AND ($9 IS NULL OR id = $9))"
+        ),
+        args.clone(),
+    );
+    let deliveries = Stmt::new(
+        concat!(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $10, updated_at = $10
+             WHERE ",
+            delivery_filter!(),
+            " AND ($9 IS NULL OR id = $9)
+               AND id IN (SELECT id FROM jobs WHERE kind = 'webhook_delivery' AND due_at = $10 AND status = 'queued')
+             RETURNING id"
+        ),
+        args,
+    );
+    let mut script = Vec::new();
+    if let Some(id) = only {
+        script.push(
+            Stmt::new(
+                "SELECT id FROM deliveries WHERE workspace_id = $1 AND id = $2",
+                vec![ws.as_str().into(), id.as_str().into()],
+            )
+            .or_not_found("delivery", id),
+        );
+    }
+    script.push(jobs);
+    script.push(deliveries);
+    let at = script.len() - 1;
+    let done = store.run_sql(script).await?;
+    rows(done, at, |r| Ok(DeliveryId::from_trusted(r.text(0)?)))
+}
+
+// ---- the delivery worker's statements ------------------------------------------------
+
+/// A claimed delivery with its webhook, as the worker needs them; None
+/// when the delivery is gone (its webhook was deleted).
+pub async fn load_for_attempt(
+    store: &dyn Store,
+    id: &DeliveryId,
+) -> Result<Option<(DeliveryRecord, WebhookRecord)>> {
+    let done = store
+        .read_sql(vec![Stmt::new(
+            concat!(
+                "SELECT ",
+                delivery_cols!("d."),
+                ", ",
+                webhook_cols!("w."),
+                " FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1"
+            ),
+            vec![id.as_str().into()],
+        )])
+        .await?;
+    let Some(r) = done.first().and_then(|d| d.rows.first()) else {
+        return Ok(None);
+    };
+    debug_assert_eq!(r.len(), DELIVERY_WIDTH + WEBHOOK_WIDTH);
+    Ok(Some((delivery(r)?, webhook(&r[DELIVERY_WIDTH..])?)))
+}
+
+/// Takes the webhook's next send slot if it is free at `now` (moving it to
+/// `next`); else the time it frees. Atomic across processes: one statement.
+pub async fn take_slot(
+    store: &dyn Store,
+    webhook: &WebhookId,
+    now: Millis,
+    next: Millis,
+) -> Result<std::result::Result<(), Millis>> {
+    let done = store
+        .run_sql(vec![
+            Stmt::new(
+                "UPDATE webhooks SET next_allowed_at = $3 WHERE id = $1 AND next_allowed_at <= $2 RETURNING id",
+                vec![webhook.as_str().into(), now.into(), next.into()],
+            ),
+            Stmt::new(
+                "SELECT next_allowed_at FROM webhooks WHERE id = $1",
+                vec![webhook.as_str().into()],
+            ),
+        ])
+        .await?;
+    if done.first().is_some_and(|d| !d.rows.is_empty()) {
+        return Ok(Ok(()));
+    }
+    Ok(Err(one(done, 1, |r| r.int(0)).unwrap_or(now)))
+}
+
+/// What an attempt (or a decision not to attempt) writes.
+pub struct AttemptWrite {
+    pub delivery: DeliveryId,
+    pub workspace_id: WorkspaceId,
+    pub webhook: WebhookId,
+    /// None when no request was made (held by the throttle or a disabled
+    /// webhook).
+    pub attempt: Option<NewAttempt>,
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<Millis>,
+    pub error: Option<String>,
+    /// Webhook changes: a success (clears `failing_since`), a failure
+    /// (sets it if unset), verification, disabling.
+    pub webhook_change: Option<WebhookChange>,
+    pub job: JobOutcome,
+}
+
+pub struct NewAttempt {
+    pub started_at: Millis,
+    pub request: Value,
+    pub response_status: Option<i64>,
+    pub response_headers: Option<Value>,
+    pub response_body: Option<Vec<u8>>,
+    pub truncated: bool,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WebhookChange {
+    pub succeeded: bool,
+    pub verified: bool,
+    pub disable: Option<String>,
+}
+
+/// Records an attempt's outcome, only if `owner` still holds the job's
+/// lease at `now`: the job is finished, the attempt inserted and the
+/// delivery and webhook updated in one transaction; false (nothing
+/// written) if the lease was lost.
+pub async fn record_attempt(
+    store: &dyn Store,
+    w: AttemptWrite,
+    owner: &str,
+    now: Millis,
+) -> Result<bool> {
+    let (status, due_at, error, finished) = finish_columns(&w.job, now);
+    let mut script = vec![
+        Stmt::new(
+            "UPDATE jobs SET status = $4, due_at = COALESCE($5, due_at), last_error = COALESCE($6, last_error),
+               finished_at = $7, lease_owner = NULL, lease_until = NULL, updated_at = $3
+             WHERE id = $1 AND lease_owner = $2 AND lease_until > $3 AND status = 'queued'",
+            vec![
+                w.delivery.as_str().into(),
+                owner.into(),
+                now.into(),
+                status.as_str().into(),
+                due_at.into(),
+                error.into(),
+                finished.into(),
+            ],
+        )
+        .or_not_found("lease of job", &w.delivery),
+    ];
+    let counted = w.attempt.is_some();
+    if let Some(a) = w.attempt {
+        script.push(Stmt::new(
+            "INSERT INTO delivery_attempts (id, delivery_id, workspace_id, started_at, request, response_status,
+               response_headers, response_body, truncated, duration_ms, error, outcome)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            vec![
+                AttemptId::generate().as_str().into(),
+                w.delivery.as_str().into(),
+                w.workspace_id.as_str().into(),
+                a.started_at.into(),
+                json_text(&a.request).into(),
+                a.response_status.into(),
+                a.response_headers.as_ref().map(json_text).into(),
+                a.response_body.into(),
+                a.truncated.into(),
+                a.duration_ms.into(),
+                a.error.into(),
+                a.outcome.into(),
+            ],
+        ));
+    }
+    script.push(Stmt::new(
+        "UPDATE deliveries SET status = $2, attempts = attempts + $3, next_attempt_at = $4,
+           last_error = COALESCE($5, last_error), updated_at = $6
+         WHERE id = $1",
+        vec![
+            w.delivery.as_str().into(),
+            w.status.as_str().into(),
+            i64::from(counted).into(),
+            w.next_attempt_at.into(),
+            w.error.into(),
+            now.into(),
+        ],
+    ));
+    if let Some(c) = w.webhook_change {
+        if c.verified {
+            // Verified: what the throttle held goes out now, in order.
+            script.push(requeue(
+                "UPDATE jobs SET due_at = $2, updated_at = $2
+                 WHERE kind = 'webhook_delivery' AND key = $1 AND status = 'queued' AND due_at > $2
+                   AND (lease_until IS NULL OR lease_until <= $2)",
+                w.webhook.as_str(),
+                now,
+            ));
+            script.push(requeue(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2
+                 WHERE webhook_id = $1 AND status = 'throttled'",
+                w.webhook.as_str(),
+                now,
+            ));
+        }
+        script.push(Stmt::new(
+            "UPDATE webhooks SET
+               failing_since = CASE WHEN $2 = 1 THEN NULL ELSE COALESCE(failing_since, $5) END,
+               verified = CASE WHEN $3 = 1 THEN 1 ELSE verified END,
+               next_allowed_at = CASE WHEN $3 = 1 THEN 0 ELSE next_allowed_at END,
+               enabled = CASE WHEN $4 IS NULL THEN enabled ELSE 0 END,
+               disabled_reason = COALESCE($4, disabled_reason),
+               updated_at = $5
+             WHERE id = $1",
+            vec![
+                w.webhook.as_str().into(),
+                c.succeeded.into(),
+                c.verified.into(),
+                c.disable.into(),
+                now.into(),
+            ],
+        ));
+    }
+    match store.run_sql(script).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::NotFound {
+            kind: "lease of job",
+            ..
+        }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Attempt rows (request and response bodies) older than `before`,
+/// deleted in bounded batches; how many went.
+pub async fn purge_attempts(store: &dyn Store, before: Millis, batch: i64) -> Result<u64> {
+    let done = store
+        .run_sql(vec![Stmt::new(
+            "DELETE FROM delivery_attempts WHERE id IN (
+               SELECT id FROM delivery_attempts WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
+            vec![before.into(), batch.into()],
+        )])
+        .await?;
+    Ok(done.first().map_or(0, |d| d.changed))
+}

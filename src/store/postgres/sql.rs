@@ -1,0 +1,89 @@
+//! PostgreSQL's executor of the shared statements (`store::sql`).
+
+use sqlx::postgres::PgRow;
+use sqlx::{Column, PgConnection, Row, TypeInfo};
+
+use super::internal;
+use crate::store::sql::{Arg, Done, Stmt, Val};
+use crate::store::{Result, StoreError};
+
+/// Runs one statement on `c` (inside the caller's transaction, if any).
+pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
+    let mut q = sqlx::query(stmt.sql);
+    for a in &stmt.args {
+        q = match a {
+            Arg::Int(v) => q.bind(*v),
+            Arg::Text(v) => q.bind(v.clone()),
+            Arg::Bytes(v) => q.bind(v.clone()),
+        };
+    }
+    let upper = stmt
+        .sql
+        .trim_start()
+        .get(..6)
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    let done = if upper.starts_with("SELECT")
+        || upper.starts_with("WITH")
+        || stmt.sql.contains("RETURNING")
+    {
+        let rows = q.fetch_all(&mut *c).await.map_err(internal)?;
+        let rows = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let changed = rows.len() as u64;
+        Done { rows, changed }
+    } else {
+        let changed = q.execute(&mut *c).await.map_err(internal)?.rows_affected();
+        Done {
+            rows: Vec::new(),
+            changed,
+        }
+    };
+    stmt.check(&done)?;
+    Ok(done)
+}
+
+fn decode(r: &PgRow) -> Result<Vec<Val>> {
+    r.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            let v = match col.type_info().name() {
+                "INT8" => r.try_get::<Option<i64>, _>(i).map(|v| v.map(Val::Int)),
+                "INT4" => r
+                    .try_get::<Option<i32>, _>(i)
+                    .map(|v| v.map(|v| Val::Int(v.into()))),
+                "INT2" => r
+                    .try_get::<Option<i16>, _>(i)
+                    .map(|v| v.map(|v| Val::Int(v.into()))),
+                "BOOL" => r
+                    .try_get::<Option<bool>, _>(i)
+                    .map(|v| v.map(|v| Val::Int(v.into()))),
+                "BYTEA" => r
+                    .try_get::<Option<Vec<u8>>, _>(i)
+                    .map(|v| v.map(Val::Bytes)),
+                "JSON" | "JSONB" => r
+                    .try_get::<Option<serde_json::Value>, _>(i)
+                    .map(|v| v.map(|v| Val::Text(v.to_string()))),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
+                    r.try_get::<Option<String>, _>(i).map(|v| v.map(Val::Text))
+                }
+                other => {
+                    return Err(StoreError::Internal(format!(
+                        "column `{}` has type {other}, which shared statements do not read",
+                        col.name()
+                    )));
+                }
+            };
+            Ok(v.map_err(internal)?.unwrap_or(Val::Null))
+        })
+        .collect()
+}
+
+/// Runs a script, each statement checked, stopping at the first error.
+pub async fn script(c: &mut PgConnection, stmts: &[Stmt]) -> Result<Vec<Done>> {
+    let mut out = Vec::with_capacity(stmts.len());
+    for s in stmts {
+        out.push(exec(c, s).await?);
+    }
+    Ok(out)
+}

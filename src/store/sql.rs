@@ -1,0 +1,267 @@
+//! SQL written once for both databases (issue 9's "store logic written
+//! once"): a statement is text in the dialect both SQLite and PostgreSQL
+//! speak, with `$1`, `$2` … parameters, and typed arguments; each store
+//! executes a script of them in one transaction ([`Store::run_sql`],
+//! [`Store::read_sql`]) or inside a transaction it already holds
+//! (`logic::Tx::exec`). Everything built on this (webhooks, deliveries,
+//! attempts: `store::outbound`) exists once.
+//!
+//! The common dialect: integers are 64-bit (`INTEGER` on SQLite, `BIGINT`
+//! on PostgreSQL), booleans are integers 0/1, JSON is text, bytes are
+//! `BLOB`/`BYTEA`. `$N` is rewritten to `?N` for SQLite.
+//!
+//! [`Store::run_sql`]: super::Store::run_sql
+//! [`Store::read_sql`]: super::Store::read_sql
+
+use super::{Result, StoreError};
+
+/// A typed argument; `None` is SQL NULL of that type (PostgreSQL needs the
+/// type even for a NULL).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+impl From<bool> for Arg {
+    fn from(v: bool) -> Self {
+        Arg::Int(Some(i64::from(v)))
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(Some(v.to_owned()))
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::Text(v)
+    }
+}
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Self {
+        Arg::Text(v.map(str::to_owned))
+    }
+}
+impl From<Vec<u8>> for Arg {
+    fn from(v: Vec<u8>) -> Self {
+        Arg::Bytes(Some(v))
+    }
+}
+impl From<Option<Vec<u8>>> for Arg {
+    fn from(v: Option<Vec<u8>>) -> Self {
+        Arg::Bytes(v)
+    }
+}
+
+/// A value read back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+pub type Row = Vec<Val>;
+
+/// One statement of a script.
+#[derive(Clone, Debug)]
+pub struct Stmt {
+    pub sql: &'static str,
+    pub args: Vec<Arg>,
+    /// When set, a statement that changes and returns no row ends the
+    /// script with this error and rolls the transaction back.
+    pub or_else: Option<NotFound>,
+}
+
+/// The error a [`Stmt::or_else`] raises.
+#[derive(Clone, Debug)]
+pub struct NotFound {
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// What one statement did: its rows (for `RETURNING` or `SELECT`) and how
+/// many rows it changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Done {
+    pub rows: Vec<Row>,
+    pub changed: u64,
+}
+
+impl Stmt {
+    pub fn new(sql: &'static str, args: Vec<Arg>) -> Self {
+        Self {
+            sql,
+            args,
+            or_else: None,
+        }
+    }
+
+    /// Fails the script (rolled back) when the statement finds no row.
+    pub fn or_not_found(mut self, kind: &'static str, id: impl ToString) -> Self {
+        self.or_else = Some(NotFound {
+            kind,
+            id: id.to_string(),
+        });
+        self
+    }
+
+    /// The error when `done` found nothing and the statement asks for one.
+    pub fn check(&self, done: &Done) -> Result<()> {
+        match &self.or_else {
+            Some(nf) if done.rows.is_empty() && done.changed == 0 => {
+                Err(StoreError::not_found(nf.kind, &nf.id))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The SQLite form of a statement: `$N` becomes `?N` (outside quotes).
+pub fn sqlite_text(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c == '$' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Typed reads of a row's columns; a column of the wrong type or a NULL
+/// where a value is required is an error naming the column, never a
+/// default.
+pub trait RowExt {
+    fn int(&self, i: usize) -> Result<i64>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>>;
+    fn text(&self, i: usize) -> Result<String>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>>;
+    fn bytes(&self, i: usize) -> Result<Vec<u8>>;
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>>;
+    fn flag(&self, i: usize) -> Result<bool> {
+        Ok(self.int(i)? != 0)
+    }
+    /// A JSON text column, parsed.
+    fn json<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<T> {
+        let raw = self.text(i)?;
+        serde_json::from_str(&raw).map_err(|e| {
+            StoreError::Internal(format!("column {i} holds JSON that does not parse: {e}"))
+        })
+    }
+}
+
+fn wrong(i: usize, want: &str, got: &Val) -> StoreError {
+    StoreError::Internal(format!("column {i}: expected {want}, found {got:?}"))
+}
+
+impl RowExt for [Val] {
+    fn int(&self, i: usize) -> Result<i64> {
+        match self.get(i) {
+            Some(Val::Int(v)) => Ok(*v),
+            Some(v) => Err(wrong(i, "an integer", v)),
+            None => Err(wrong(i, "an integer", &Val::Null)),
+        }
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match self.get(i) {
+            Some(Val::Null) => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+    fn text(&self, i: usize) -> Result<String> {
+        match self.get(i) {
+            Some(Val::Text(v)) => Ok(v.clone()),
+            Some(v) => Err(wrong(i, "text", v)),
+            None => Err(wrong(i, "text", &Val::Null)),
+        }
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        match self.get(i) {
+            Some(Val::Null) => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        match self.get(i) {
+            Some(Val::Bytes(v)) => Ok(v.clone()),
+            Some(Val::Text(v)) => Ok(v.clone().into_bytes()),
+            Some(v) => Err(wrong(i, "bytes", v)),
+            None => Err(wrong(i, "bytes", &Val::Null)),
+        }
+    }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        match self.get(i) {
+            Some(Val::Null) => Ok(None),
+            _ => self.bytes(i).map(Some),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_parameters_become_sqlite_ones_outside_quotes() {
+        assert_eq!(
+            sqlite_text("SELECT $1, '$2', $10 WHERE a = $3"),
+            "SELECT ?1, '$2', ?10 WHERE a = ?3"
+        );
+        assert_eq!(sqlite_text("SELECT '$' || $1"), "SELECT '$' || ?1");
+    }
+
+    #[test]
+    fn reads_fail_loudly_on_the_wrong_type() {
+        let row = [Val::Int(3), Val::Null, Val::Text("x".into())];
+        assert_eq!(row.int(0).unwrap(), 3);
+        assert_eq!(row.opt_int(1).unwrap(), None);
+        assert!(row.int(1).is_err());
+        assert!(row.int(2).is_err());
+        assert!(row.text(9).is_err());
+        assert_eq!(row.opt_text(2).unwrap().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_required_row_that_is_missing_is_not_found() {
+        let s = Stmt::new("UPDATE t SET a = 1", vec![]).or_not_found("webhook", "wh_1");
+        assert!(matches!(
+            s.check(&Done::default()),
+            Err(StoreError::NotFound {
+                kind: "webhook",
+                ..
+            })
+        ));
+        assert!(
+            s.check(&Done {
+                rows: vec![],
+                changed: 1
+            })
+            .is_ok()
+        );
+    }
+}

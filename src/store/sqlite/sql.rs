@@ -1,0 +1,57 @@
+//! SQLite's executor of the shared statements (`store::sql`).
+
+use rusqlite::Connection;
+use rusqlite::types::{Value, ValueRef};
+
+use super::internal;
+use crate::store::Result;
+use crate::store::sql::{Arg, Done, Stmt, Val, sqlite_text};
+
+/// Runs one statement on `conn` (inside the caller's transaction).
+pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
+    let mut s = conn
+        .prepare_cached(&sqlite_text(stmt.sql))
+        .map_err(internal)?;
+    let args = stmt.args.iter().map(|a| match a {
+        Arg::Int(v) => v.map_or(Value::Null, Value::Integer),
+        Arg::Text(v) => v.clone().map_or(Value::Null, Value::Text),
+        Arg::Bytes(v) => v.clone().map_or(Value::Null, Value::Blob),
+    });
+    let done = if s.column_count() == 0 {
+        let changed = s
+            .execute(rusqlite::params_from_iter(args))
+            .map_err(internal)?;
+        Done {
+            rows: Vec::new(),
+            changed: changed as u64,
+        }
+    } else {
+        let n = s.column_count();
+        let mut rows = Vec::new();
+        let mut q = s
+            .query(rusqlite::params_from_iter(args))
+            .map_err(internal)?;
+        while let Some(r) = q.next().map_err(internal)? {
+            let mut row = Vec::with_capacity(n);
+            for i in 0..n {
+                row.push(match r.get_ref(i).map_err(internal)? {
+                    ValueRef::Null => Val::Null,
+                    ValueRef::Integer(v) => Val::Int(v),
+                    ValueRef::Real(v) => Val::Int(v as i64),
+                    ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Val::Bytes(b.to_vec()),
+                });
+            }
+            rows.push(row);
+        }
+        let changed = rows.len() as u64;
+        Done { rows, changed }
+    };
+    stmt.check(&done)?;
+    Ok(done)
+}
+
+/// Runs a script, each statement checked, stopping at the first error.
+pub fn script(conn: &Connection, stmts: &[Stmt]) -> Result<Vec<Done>> {
+    stmts.iter().map(|s| exec(conn, s)).collect()
+}

@@ -1,0 +1,612 @@
+//! Outbound webhooks end to end (issue 10): a flow's `send_webhook` step
+//! queues a delivery that a real HTTP receiver on loopback gets, signed;
+//! retries on the test clock; final answers; the verification throttle;
+//! disable and enable; the activity API; secrets masked; tenant isolation.
+//! Receivers run in this process (axum on 127.0.0.1), reached through an
+//! allowlist of 127.0.0.1/32.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use hookflow::api::ApiOptions;
+use hookflow::domain::Scope;
+use hookflow::domain::signature::SigningSecret;
+use hookflow::outbound::delivery::OutboundSettings;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_stores;
+use crate::helpers::{Backend, TestApp, assert_error, spawn_app_with};
+
+both_stores!(
+    a_send_webhook_step_delivers_a_signed_default_body,
+    failures_retry_on_schedule_and_final_answers_stop,
+    the_verification_throttle_holds_until_the_key_comes_back,
+    a_disabled_webhook_holds_deliveries_until_enabled,
+    webhooks_are_checked_masked_and_isolated,
+);
+
+/// One request as the receiver got it.
+#[derive(Clone, Debug)]
+struct Got {
+    path: String,
+    method: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A receiver: records every request; answers per path (default 200 "ok").
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    answers: Arc<Mutex<HashMap<String, (u16, String)>>>,
+}
+
+impl Receiver {
+    async fn start() -> (String, Self) {
+        let me = Self::default();
+        let app = Router::new().fallback(
+            |State(me): State<Receiver>,
+             method: axum::http::Method,
+             uri: Uri,
+             headers: HeaderMap,
+             body: Bytes| async move {
+                let path = uri.path().to_owned();
+                me.got.lock().unwrap().push(Got {
+                    path: path.clone(),
+                    method: method.to_string(),
+                    headers,
+                    body,
+                });
+                let (status, body) = me
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or((200, "ok".into()));
+                (StatusCode::from_u16(status).unwrap(), body).into_response()
+            },
+        );
+        let app = app.with_state(me.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), me)
+    }
+
+    fn answer(&self, path: &str, status: u16, body: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (status, body.to_owned()));
+    }
+
+    fn at(&self, path: &str) -> Vec<Got> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (real time, 10 s at most) until `path` got `n` requests.
+    async fn wait(&self, app: &TestApp, path: &str, n: usize) -> Vec<Got> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.at(path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} got {} requests, expected {n}",
+                got.len()
+            );
+            app.engine.wake();
+            app.engine.deliveries_wake().notify_one();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn app(b: Backend, verification: bool) -> Option<TestApp> {
+    spawn_app_with(
+        b,
+        ApiOptions {
+            outbound: OutboundSettings {
+                allow: vec!["127.0.0.1/32".parse().unwrap()],
+                verification,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn webhook(app: &TestApp, body: Value) -> Value {
+    let (s, w) = app.post(&app.admin_key, "/v1/webhooks", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{w}");
+    w
+}
+
+/// An active inbound flow whose one step sends to `webhook_id`; its id and
+/// inbound path.
+async fn sending_flow(app: &TestApp, webhook_id: &str) -> (String, String) {
+    named_flow(app, webhook_id, &format!("Flow{}", rand_suffix())).await
+}
+
+async fn named_flow(app: &TestApp, webhook_id: &str, name: &str) -> (String, String) {
+    let (s, l) = app
+        .post(
+            &app.admin_key,
+            "/v1/lists",
+            json!({"name": format!("L{}", rand_suffix()), "fields": [{"name": "plan", "type": "text"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{l}");
+    let f = app
+        .active_flow(json!({
+            "name": name,
+            "trigger": {"type": "inbound", "list_id": l["id"], "mapping": {"plan": "plan"}},
+            "steps": [{"id": "notify", "type": "send_webhook", "webhook_id": webhook_id}]
+        }))
+        .await;
+    (f.id, f.url.unwrap())
+}
+
+fn rand_suffix() -> String {
+    hookflow::domain::ContactId::generate().to_string()
+}
+
+/// Calls the inbound URL for `email`; the run id.
+async fn enter(app: &TestApp, url: &str, email: &str) -> String {
+    let (s, r) = app
+        .post(
+            &app.admin_key,
+            url,
+            json!({"email": email, "plan": "pro", "order": 42}),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {r}");
+    r["run_id"].as_str().unwrap().to_owned()
+}
+
+/// Polls a delivery until `done` holds.
+async fn wait_delivery(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = app
+            .get_ok(&app.admin_key, &format!("/v1/deliveries/{id}"))
+            .await;
+        if done(&d) {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery {id} did not reach the expected state: {d:#}"
+        );
+        app.engine.deliveries_wake().notify_one();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The delivery id a run's `send_webhook` step recorded.
+async fn delivery_of(app: &TestApp, run: &str) -> String {
+    let r = app
+        .wait_run(run, |r| {
+            r["status"] == "completed" || r["status"] == "failed"
+        })
+        .await;
+    assert_eq!(r["status"], "completed", "{r:#}");
+    let step = &r["history"][0];
+    assert_eq!(step["step"], "notify", "{r:#}");
+    step["detail"]["delivery_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no delivery id in {r:#}"))
+        .to_owned()
+}
+
+async fn a_send_webhook_step_delivers_a_signed_default_body(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    let w = webhook(
+        &app,
+        json!({"name": "CrmSync", "url": format!("{base}/in"), "headers": {"X-Source": "hookflow"},
+               "auth": {"type": "bearer", "token": "tok-SECRET-1"}}),
+    )
+    .await;
+    let secret = w["signing_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{w}");
+    let (flow, url) = named_flow(&app, w["id"].as_str().unwrap(), "Welcome").await;
+    let run = enter(&app, &url, "ada@example.com").await;
+    let delivery = delivery_of(&app, &run).await;
+    assert!(delivery.starts_with("msg_"), "{delivery}");
+
+    let got = rx.wait(&app, "/in", 1).await;
+    let g = &got[0];
+    assert_eq!(g.method, "POST");
+    let h = |n: &str| g.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert_eq!(h("webhook-id"), delivery);
+    assert_eq!(h("content-type"), "application/json");
+    assert_eq!(h("x-source"), "hookflow");
+    assert_eq!(h("authorization"), "Bearer tok-SECRET-1");
+    let ts: i64 = h("webhook-timestamp").parse().unwrap();
+    let expected = SigningSecret::from_trusted(secret).sign(&delivery, ts, &g.body);
+    assert_eq!(h("webhook-signature"), expected);
+
+    // SendPulse's shape (seed 002): an array of one object, keys in the
+    // seed's order (checked in the raw text: a parsed map sorts its keys).
+    let raw = String::from_utf8_lossy(&g.body).into_owned();
+    let at: Vec<usize> = [
+        "automation_id",
+        "title",
+        "execution_date",
+        "email",
+        "phone",
+        "variables",
+    ]
+    .iter()
+    .map(|k| {
+        raw.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} missing: {raw}"))
+    })
+    .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "keys out of order: {raw}"
+    );
+    assert!(raw.starts_with("[{\"automation_id\":"), "{raw}");
+    let body: Value = serde_json::from_slice(&g.body).unwrap();
+    let item = &body.as_array().expect("an array")[0];
+    assert_eq!(item["automation_id"], flow.as_str());
+    assert_eq!(item["title"], "Welcome");
+    assert_eq!(item["email"], "ada@example.com");
+    assert_eq!(item["phone"], "");
+    let date = item["execution_date"].as_str().unwrap();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M:%S").is_ok(),
+        "{date}"
+    );
+    let vars = item["variables"].as_array().unwrap();
+    assert!(vars.contains(&json!({"plan": "pro"})), "{vars:?}");
+    assert!(vars.contains(&json!({"order": 42})), "{vars:?}");
+
+    // The activity: succeeded, one attempt with the request as sent
+    // (secrets masked) and the answer.
+    let d = wait_delivery(&app, &delivery, |d| d["status"] == "succeeded").await;
+    assert_eq!(d["webhook_id"], w["id"]);
+    assert_eq!(d["run_id"], run.as_str());
+    assert_eq!(d["flow_id"], flow.as_str());
+    let attempts = d["attempts_made"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{d:#}");
+    assert_eq!(attempts[0]["response_status"], 200);
+    assert_eq!(attempts[0]["response_body"], "ok");
+    assert_eq!(attempts[0]["outcome"], "succeeded");
+    assert_eq!(
+        attempts[0]["request"]["body"],
+        String::from_utf8_lossy(&g.body).as_ref()
+    );
+    let text = d.to_string();
+    assert!(
+        !text.contains("tok-SECRET-1"),
+        "a secret in the activity: {text}"
+    );
+    assert!(text.contains("Bearer ********"), "{text}");
+
+    // Listed, newest first, and found by filters.
+    let page = app
+        .get_ok(&app.admin_key, &format!("/v1/deliveries?run_id={run}"))
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    let page = app
+        .get_ok(&app.admin_key, "/v1/deliveries?status=failed")
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+
+    // A resend goes out again under the same id.
+    let (s, r) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/deliveries/{delivery}/resend"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let again = rx.wait(&app, "/in", 2).await;
+    assert_eq!(
+        again[1]
+            .headers
+            .get("webhook-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        delivery
+    );
+    wait_delivery(&app, &delivery, |d| {
+        d["attempts_made"].as_array().unwrap().len() == 2 && d["status"] == "succeeded"
+    })
+    .await;
+}
+
+async fn failures_retry_on_schedule_and_final_answers_stop(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    rx.answer("/flaky", 500, "down");
+    rx.answer("/gone", 410, "gone");
+    rx.answer("/bad", 400, "no");
+    let flaky = webhook(
+        &app,
+        json!({"name": "Flaky", "url": format!("{base}/flaky"), "retries": 2}),
+    )
+    .await;
+    let gone = webhook(&app, json!({"name": "Gone", "url": format!("{base}/gone")})).await;
+    let bad = webhook(&app, json!({"name": "Bad", "url": format!("{base}/bad")})).await;
+
+    // 500: the first retry at once, the second after 5 s (±20 %), then no
+    // more (retries: 2).
+    let (_, url) = sending_flow(&app, flaky["id"].as_str().unwrap()).await;
+    let run = enter(&app, &url, "f@example.com").await;
+    let d = delivery_of(&app, &run).await;
+    rx.wait(&app, "/flaky", 2).await;
+    let pending = wait_delivery(&app, &d, |d| d["attempts"] == 2).await;
+    assert_eq!(pending["status"], "pending", "{pending:#}");
+    assert!(pending["next_attempt_at"].is_string(), "{pending:#}");
+    // Not before the clock moves (no sleeps: the test clock stands still).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.at("/flaky").len(), 2);
+    app.clock.advance(Duration::from_secs(7));
+    rx.wait(&app, "/flaky", 3).await;
+    let failed = wait_delivery(&app, &d, |d| d["status"] == "failed").await;
+    assert_eq!(failed["attempts_made"].as_array().unwrap().len(), 3);
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("500"),
+        "{failed:#}"
+    );
+    app.clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.at("/flaky").len(), 3, "retried past its retries");
+
+    // 410: final at once, and the webhook is disabled.
+    let (_, url) = sending_flow(&app, gone["id"].as_str().unwrap()).await;
+    let d = delivery_of(&app, &enter(&app, &url, "g@example.com").await).await;
+    let failed = wait_delivery(&app, &d, |d| d["status"] == "failed").await;
+    assert_eq!(failed["attempts_made"].as_array().unwrap().len(), 1);
+    let w = app
+        .get_ok(
+            &app.admin_key,
+            &format!("/v1/webhooks/{}", gone["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(w["enabled"], false, "{w}");
+    assert!(
+        w["disabled_reason"].as_str().unwrap().contains("410"),
+        "{w}"
+    );
+
+    // 400: final, no retry, the webhook stays enabled.
+    let (_, url) = sending_flow(&app, bad["id"].as_str().unwrap()).await;
+    let d = delivery_of(&app, &enter(&app, &url, "b@example.com").await).await;
+    wait_delivery(&app, &d, |d| d["status"] == "failed").await;
+    app.clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.at("/bad").len(), 1);
+    let w = app
+        .get_ok(
+            &app.admin_key,
+            &format!("/v1/webhooks/{}", bad["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(w["enabled"], true, "{w}");
+}
+
+async fn the_verification_throttle_holds_until_the_key_comes_back(b: Backend) {
+    let Some(app) = app(b, true).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    let w = webhook(&app, json!({"name": "New", "url": format!("{base}/v")})).await;
+    assert_eq!(w["verified"], false, "{w}");
+    let key = w["verification_key"].as_str().unwrap().to_owned();
+    let (_, url) = sending_flow(&app, w["id"].as_str().unwrap()).await;
+
+    // The first goes out; the receiver does not answer with the key.
+    let first = delivery_of(&app, &enter(&app, &url, "one@example.com").await).await;
+    wait_delivery(&app, &first, |d| d["status"] == "succeeded").await;
+    // The second waits an hour: throttled, not dropped.
+    let second = delivery_of(&app, &enter(&app, &url, "two@example.com").await).await;
+    let held = wait_delivery(&app, &second, |d| d["status"] == "throttled").await;
+    assert!(held["next_attempt_at"].is_string(), "{held:#}");
+    assert_eq!(rx.at("/v").len(), 1);
+    // An hour on, it goes out, and the receiver now answers with the key.
+    rx.answer("/v", 200, &format!("{{\"verification_key\": \"{key}\"}}"));
+    app.clock.advance(Duration::from_secs(3601));
+    rx.wait(&app, "/v", 2).await;
+    wait_delivery(&app, &second, |d| d["status"] == "succeeded").await;
+    let w2 = app
+        .get_ok(
+            &app.admin_key,
+            &format!("/v1/webhooks/{}", w["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(w2["verified"], true, "{w2}");
+    // Verified: the next two go out at once.
+    let third = delivery_of(&app, &enter(&app, &url, "three@example.com").await).await;
+    let fourth = delivery_of(&app, &enter(&app, &url, "four@example.com").await).await;
+    wait_delivery(&app, &third, |d| d["status"] == "succeeded").await;
+    wait_delivery(&app, &fourth, |d| d["status"] == "succeeded").await;
+    assert_eq!(rx.at("/v").len(), 4);
+}
+
+async fn a_disabled_webhook_holds_deliveries_until_enabled(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    // One at a time, so the replay's order is the order received.
+    let w = webhook(
+        &app,
+        json!({"name": "Paused", "url": format!("{base}/p"), "max_concurrency": 1}),
+    )
+    .await;
+    let id = w["id"].as_str().unwrap();
+    let (s, off) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/webhooks/{id}/disable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{off}");
+    assert_eq!(off["enabled"], false);
+    let (_, url) = sending_flow(&app, id).await;
+    let d1 = delivery_of(&app, &enter(&app, &url, "x@example.com").await).await;
+    let d2 = delivery_of(&app, &enter(&app, &url, "y@example.com").await).await;
+    wait_delivery(&app, &d1, |d| d["status"] == "disabled").await;
+    wait_delivery(&app, &d2, |d| d["status"] == "disabled").await;
+    assert_eq!(rx.at("/p").len(), 0);
+    let (s, on) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/webhooks/{id}/enable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{on}");
+    let got = rx.wait(&app, "/p", 2).await;
+    let order: Vec<&str> = got
+        .iter()
+        .map(|g| g.headers.get("webhook-id").unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(order, [d1.as_str(), d2.as_str()], "replayed in order");
+    wait_delivery(&app, &d2, |d| d["status"] == "succeeded").await;
+}
+
+async fn webhooks_are_checked_masked_and_isolated(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    // Refused at save, each problem named.
+    let bad = app
+        .post(
+            k,
+            "/v1/webhooks",
+            json!({"name": "Has space", "url": "http://10.0.0.1/x"}),
+        )
+        .await;
+    assert_error(&bad, 422, "invalid_webhook");
+    let text = bad.1.to_string();
+    assert!(text.contains("name") && text.contains("10.0.0.1"), "{text}");
+    for url in [
+        "http://169.254.169.254/latest",
+        "http://[::ffff:10.0.0.1]/",
+        "http://167772161/",
+        "ftp://example.com/",
+    ] {
+        let r = app
+            .post(k, "/v1/webhooks", json!({"name": "Bad", "url": url}))
+            .await;
+        assert_eq!(r.0.as_u16(), 422, "{url}: {}", r.1);
+    }
+    let r = app
+        .post(k, "/v1/webhooks", json!({"name": "Tpl", "url": "http://127.0.0.1:9/", "template": "{{ contact.email | nosuch }}"}))
+        .await;
+    assert_error(&r, 422, "invalid_webhook");
+    assert!(r.1.to_string().contains("line 1"), "{}", r.1);
+    let r = app
+        .post(k, "/v1/webhooks", json!({"name": "Hdr", "url": "http://127.0.0.1:9/", "headers": {"webhook-signature": "x"}}))
+        .await;
+    assert_error(&r, 422, "invalid_webhook");
+
+    // Secrets: shown once (the signing secret), masked everywhere after.
+    let w = webhook(
+        &app,
+        json!({"name": "Masked", "url": "http://127.0.0.1:9/", "auth": {"type": "basic", "user": "u", "password": "pw-SECRET-2"}}),
+    )
+    .await;
+    let id = w["id"].as_str().unwrap().to_owned();
+    let secret = w["signing_secret"].as_str().unwrap().to_owned();
+    assert!(!w.to_string().contains("pw-SECRET-2"), "{w}");
+    let got = app.get_ok(k, &format!("/v1/webhooks/{id}")).await;
+    assert!(got.get("signing_secret").is_none(), "{got}");
+    assert_eq!(got["auth"]["password"], "********");
+    let listed = app.get_ok(k, "/v1/webhooks").await;
+    assert!(!listed.to_string().contains("pw-SECRET-2"));
+    assert!(!listed.to_string().contains(&secret));
+    // An update that sends the mask back keeps the password.
+    let (s, upd) = app
+        .call(
+            k,
+            Method::PUT,
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"name": "Masked2", "url": "http://127.0.0.1:9/", "auth": {"type": "basic", "user": "u", "password": "********"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{upd}");
+    assert_eq!(upd["name"], "Masked2");
+    // Rotation shows the new secret once.
+    let (s, rot) = app
+        .post(k, &format!("/v1/webhooks/{id}/rotate-secret"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rot}");
+    let new = rot["signing_secret"].as_str().unwrap();
+    assert!(new.starts_with("whsec_") && new != secret, "{rot}");
+
+    // A flow naming a webhook that does not exist is refused at save.
+    let (s, l) = app.post(k, "/v1/lists", json!({"name": "Iso"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let missing = hookflow::domain::WebhookId::generate().to_string();
+    let r = app
+        .post(
+            k,
+            "/v1/flows",
+            json!({"name": "Bad", "trigger": {"type": "inbound", "list_id": l["id"]},
+                   "steps": [{"id": "s", "type": "send_webhook", "webhook_id": missing}]}),
+        )
+        .await;
+    assert_eq!(r.0.as_u16(), 422, "{}", r.1);
+    assert!(r.1.to_string().contains("webhook_id"), "{}", r.1);
+
+    // Another workspace sees none of it.
+    let other = app.workspace_key("other", Scope::Admin).await;
+    assert_error(
+        &app.get(&other, &format!("/v1/webhooks/{id}")).await,
+        404,
+        "not_found",
+    );
+    let theirs = app.get_ok(&other, "/v1/webhooks").await;
+    assert_eq!(theirs["items"].as_array().unwrap().len(), 0, "{theirs}");
+    assert_error(
+        &app.post(&other, &format!("/v1/webhooks/{id}/disable"), json!({}))
+            .await,
+        404,
+        "not_found",
+    );
+    let (s, _) = app
+        .call(&other, Method::DELETE, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app
+        .call(k, Method::DELETE, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_error(
+        &app.get(k, &format!("/v1/webhooks/{id}")).await,
+        404,
+        "not_found",
+    );
+}
