@@ -67,13 +67,14 @@ RUN=$(api POST "/hooks/$TOKEN" '{"email":"seed@example.com"}' | jq -r .run_id)
 LIST2=$(api POST /v1/lists '{"name":"Doomed","fields":[{"name":"plan","type":"text"}]}' | jq -r .id)
 CONTACT2=$(api POST /v1/contacts "{\"email\":\"doomed@example.com\",\"lists\":[\"$LIST2\"]}" | jq -r .id)
 FLOW2=$(api POST /v1/flows "{\"name\":\"Doomed\",\"trigger\":{\"type\":\"inbound\",\"list_id\":\"$LIST2\"},\"steps\":[{\"id\":\"done\",\"type\":\"exit\"}]}" | jq -r .id)
-# Webhooks on a loopback URL that is not allowlisted: the target guard
+# Webhooks on a name that resolves to loopback (/etc/hosts), which is not
+# allowlisted: the target guard
 # refuses every request to them, so no packet leaves (a test request, a
 # delivery, a resend). WEBHOOK3 is never edited, so no generated URL is
 # ever sent to.
-WEBHOOK=$(api POST /v1/webhooks '{"name":"Seed","url":"http://127.0.0.1:9/seed"}' | jq -r .id)
-WEBHOOK2=$(api POST /v1/webhooks '{"name":"Doomed","url":"http://127.0.0.1:9/doomed"}' | jq -r .id)
-WEBHOOK3=$(api POST /v1/webhooks '{"name":"Tested","url":"http://127.0.0.1:9/tested"}' | jq -r .id)
+WEBHOOK=$(api POST /v1/webhooks '{"name":"Seed","url":"http://localhost:9/seed"}' | jq -r .id)
+WEBHOOK2=$(api POST /v1/webhooks '{"name":"Doomed","url":"http://localhost:9/doomed"}' | jq -r .id)
+WEBHOOK3=$(api POST /v1/webhooks '{"name":"Tested","url":"http://localhost:9/tested"}' | jq -r .id)
 FLOW3=$(api POST /v1/flows "{\"name\":\"Sends\",\"trigger\":{\"type\":\"inbound\",\"list_id\":\"$LIST\"},\"steps\":[{\"id\":\"send\",\"type\":\"send_webhook\",\"webhook_id\":\"$WEBHOOK3\"}]}" | jq -r .id)
 TOKEN3=$(api POST "/v1/flows/$FLOW3/activate" | jq -r .inbound_url | sed 's|.*/hooks/||')
 RUN3=$(api POST "/hooks/$TOKEN3" '{"email":"seed@example.com"}' | jq -r .run_id)
@@ -92,7 +93,7 @@ done
 cat >"$WORK/schemathesis.toml" <<EOF
 # A cursor is a token this API issued; a made-up one is refused (400).
 [[operations]]
-include-name = ["GET /v1/contacts", "GET /v1/lists", "GET /v1/flows", "GET /v1/runs", "GET /v1/lists/{id}/members"]
+include-name = ["GET /v1/contacts", "GET /v1/lists", "GET /v1/flows", "GET /v1/runs", "GET /v1/lists/{id}/members", "GET /v1/webhooks"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "400"]
 parameters = { id = "$LIST" }
 

@@ -68,7 +68,7 @@ pub struct WebhookInput {
     pub max_concurrency: Option<u16>,
     /// Requests per second, across every process; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_per_second: Option<u32>,
     /// A 2xx answer that is not JSON counts as a failure.
     #[serde(default)]
@@ -443,6 +443,20 @@ pub struct TestResult {
     pub response: Option<Value>,
 }
 
+/// `contact` and `event` of a test request must be objects when given.
+fn objects(contact: &Option<Value>, event: &Option<Value>) -> Result<(), ApiError> {
+    for (name, v) in [("contact", contact), ("event", event)] {
+        if v.as_ref().is_some_and(|v| !v.is_object() && !v.is_null()) {
+            return Err(ApiError::invalid(
+                "invalid_test_data",
+                name,
+                format!("`{name}` must be a JSON object"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn sample_context(contact: Option<Value>, event: Option<Value>, now: i64) -> RenderContext {
     let c = contact.unwrap_or_else(|| json!({}));
     let text = |k: &str, d: &str| c.get(k).and_then(Value::as_str).unwrap_or(d).to_owned();
@@ -574,6 +588,7 @@ pub async fn test_inline(
     AdminKey(_p): AdminKey,
     JsonBody(body): JsonBody<InlineTest>,
 ) -> Result<Json<TestResult>, ApiError> {
+    objects(&body.contact, &body.event)?;
     let (_, config) = check(&state.outbound, &body.webhook)?;
     let now = state.engine.now();
     let ctx = sample_context(body.contact, body.event, now);
@@ -590,9 +605,21 @@ pub async fn test_stored(
     State(state): State<AppState>,
     AdminKey(p): AdminKey,
     PathParam(id): PathParam<String>,
-    JsonBody(body): JsonBody<TestData>,
+    JsonBody(raw): JsonBody<Value>,
 ) -> Result<Json<TestResult>, ApiError> {
     let id = WebhookId::parse(&id)?;
+    // An object only: serde would also read a struct of optional fields
+    // from an array.
+    if !raw.is_object() {
+        return Err(ApiError::invalid(
+            "invalid_test_data",
+            "",
+            "the body must be a JSON object (it may be empty: {})",
+        ));
+    }
+    let body: TestData = serde_json::from_value(raw)
+        .map_err(|e| ApiError::invalid("invalid_test_data", "", e.to_string()))?;
+    objects(&body.contact, &body.event)?;
     let w = out::get_webhook(&*state.store, &p.workspace_id, &id).await?;
     let config = state.outbound.config(&w.spec).map_err(|problems| {
         ApiError::invalid(
@@ -654,14 +681,17 @@ fn time_param(raw: Option<&str>, field: &str) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
-fn id_check<T>(
+/// An id in a filter, checked: 400 naming the parameter when it is not
+/// one (a filter is not a path: nothing is "not found").
+fn id_check<T: ToString>(
     raw: Option<&str>,
+    field: &str,
     parse: impl Fn(&str) -> Result<T, crate::domain::IdError>,
 ) -> Result<Option<String>, ApiError> {
     raw.map(|r| {
         parse(r)
-            .map(|_| r.to_ascii_lowercase())
-            .map_err(ApiError::from)
+            .map(|id| id.to_string())
+            .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_field(field))
     })
     .transpose()
 }
@@ -669,14 +699,23 @@ fn id_check<T>(
 impl DeliveryQuery {
     fn filter(&self) -> Result<DeliveryFilter, ApiError> {
         Ok(DeliveryFilter {
-            webhook_id: self
-                .webhook_id
-                .as_deref()
-                .map(WebhookId::parse)
-                .transpose()?,
-            flow_id: id_check(self.flow_id.as_deref(), crate::domain::FlowId::parse)?,
-            run_id: id_check(self.run_id.as_deref(), crate::domain::RunId::parse)?,
-            contact_id: id_check(self.contact_id.as_deref(), crate::domain::ContactId::parse)?,
+            webhook_id: id_check(self.webhook_id.as_deref(), "webhook_id", WebhookId::parse)?
+                .map(WebhookId::from_trusted),
+            flow_id: id_check(
+                self.flow_id.as_deref(),
+                "flow_id",
+                crate::domain::FlowId::parse,
+            )?,
+            run_id: id_check(
+                self.run_id.as_deref(),
+                "run_id",
+                crate::domain::RunId::parse,
+            )?,
+            contact_id: id_check(
+                self.contact_id.as_deref(),
+                "contact_id",
+                crate::domain::ContactId::parse,
+            )?,
             status: self.status,
             since: time_param(self.since.as_deref(), "since")?,
             until: time_param(self.until.as_deref(), "until")?,
@@ -889,7 +928,10 @@ pub async fn resend_deliveries(
         webhook_id: body
             .webhook_id
             .as_deref()
-            .map(WebhookId::parse)
+            .map(|w| {
+                WebhookId::parse(w)
+                    .map_err(|e| ApiError::invalid("invalid_id", "webhook_id", e.to_string()))
+            })
             .transpose()?,
         status: body.status,
         since: time_param(body.since.as_deref(), "since")?,

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+#[path = "bench_outbound/mod.rs"]
+mod outbound;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
@@ -36,6 +39,13 @@ enum Bench {
     /// events API (each waits until a time after creation ends), then
     /// measures how fast the engine wakes and finishes them when it passes.
     Timers(TimerArgs),
+    /// Webhook deliveries: queues `--deliveries` (held by disabled
+    /// webhooks), enables the webhooks and times until a receiver in this
+    /// process has every one.
+    Deliveries(outbound::DeliveryArgs),
+    /// Inbound calls to a flow whose step is send_webhook, until a receiver
+    /// in this process has every message; then latency at a steady rate.
+    E2e(outbound::E2eArgs),
 }
 
 #[derive(clap::Args)]
@@ -107,8 +117,13 @@ fn build_server() -> PathBuf {
 const METRICS_TOKEN: &str = "hookflow-bench-metrics";
 
 fn start_server(bin: &PathBuf, database: Option<&str>) -> Server {
+    start_server_with(bin, database, &[])
+}
+
+fn start_server_with(bin: &PathBuf, database: Option<&str>, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new(bin);
+    cmd.envs(env.iter().copied());
     cmd.current_dir(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("HOOKFLOW_LOG_LEVEL", "warn")
@@ -200,6 +215,7 @@ async fn drive(
             .await
             .parse()
             .unwrap(),
+        Mode::Deliver => unreachable!("drive() runs upserts and inbound; outbound.rs the rest"),
     };
     let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
     let auth = format!("Bearer {}", server.key);
@@ -219,6 +235,10 @@ async fn drive(
                     total,
                     distinct,
                     offset,
+                    paths: Arc::new(Vec::new()),
+                    pace: None,
+                    sent: None,
+                    epoch: Instant::now(),
                 };
                 tasks.push(tokio::spawn(job.run()));
             }
@@ -277,6 +297,7 @@ async fn drive(
         match mode {
             Mode::Upserts => "contact upserts",
             Mode::Inbound => "inbound calls (POST /hooks/{token})",
+            Mode::Deliver => "inbound calls to a send_webhook flow",
         },
         database.as_deref().unwrap_or("SQLite, every 2xx fsynced")
     );
@@ -585,11 +606,20 @@ async fn inbound_flow(http: &reqwest::Client, server: &Server, list_id: &str) ->
 enum Mode {
     Upserts,
     Inbound,
+    /// `{"email": "eN@bench.example.com"}` to `paths[N % len]`.
+    Deliver,
 }
 
 struct ClientJob {
     mode: Mode,
     path: hyper::Uri,
+    /// Mode::Deliver: the inbound paths, round-robin.
+    paths: Arc<Vec<hyper::Uri>>,
+    /// Request N starts no sooner than start + N / rate.
+    pace: Option<(Instant, u64)>,
+    /// When each request started (µs since `epoch`, + 1), by number.
+    sent: Option<Arc<Vec<AtomicU64>>>,
+    epoch: Instant,
     addr: std::net::SocketAddr,
     auth: String,
     list_id: String,
@@ -635,10 +665,27 @@ impl ClientJob {
                     (i + self.offset) % self.distinct,
                     20 + i / self.distinct,
                 ),
+                Mode::Deliver => format!(r#"{{"email":"e{}@bench.example.com"}}"#, i + self.offset),
             };
+            if let Some((start, rate)) = self.pace {
+                let at = start + std::time::Duration::from_micros(i * 1_000_000 / rate.max(1));
+                tokio::time::sleep_until(at.into()).await;
+            }
             let mut req = hyper::Request::new(Full::new(bytes::Bytes::from(body)));
             *req.method_mut() = hyper::Method::POST;
-            *req.uri_mut() = self.path.clone();
+            *req.uri_mut() = if self.mode == Mode::Deliver {
+                self.paths[(i % self.paths.len() as u64) as usize].clone()
+            } else {
+                self.path.clone()
+            };
+            if let Some(sent) = &self.sent
+                && let Some(slot) = sent.get((i + self.offset) as usize)
+            {
+                slot.store(
+                    self.epoch.elapsed().as_micros() as u64 + 1,
+                    Ordering::Relaxed,
+                );
+            }
             let h = req.headers_mut();
             h.insert(HOST, host.clone());
             h.insert(AUTHORIZATION, auth.clone());
@@ -690,6 +737,8 @@ fn main() {
         Bench::Upserts(load) => (Mode::Upserts, load),
         Bench::Inbound(load) => (Mode::Inbound, load),
         Bench::Timers(t) => return rt.block_on(timers(t)),
+        Bench::Deliveries(d) => return rt.block_on(outbound::deliveries(d)),
+        Bench::E2e(e) => return rt.block_on(outbound::e2e(e)),
     };
     rt.block_on(drive(
         mode,

@@ -21,6 +21,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight to one webhook at once, across every process.
 pub const DEFAULT_CONCURRENCY: u16 = 8;
 pub const MAX_CONCURRENCY: u16 = 256;
+/// Highest rate limit a webhook may set, requests per second.
+pub const MAX_RATE: u32 = 1_000_000;
 const MAX_NAME: usize = 100;
 const MAX_HEADERS: usize = 50;
 const MAX_HEADER_VALUE: usize = 4096;
@@ -295,6 +297,12 @@ impl WebhookSpec {
             problems.push(problem(
                 "rate_per_second",
                 "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        if self.rate_per_second.is_some_and(|r| r > MAX_RATE) {
+            problems.push(problem(
+                "rate_per_second",
+                format!("must be at most {MAX_RATE} (leave it out for no limit)"),
             ));
         }
         let template = match self

@@ -30,6 +30,9 @@ both_stores!(
     the_verification_throttle_holds_until_the_key_comes_back,
     a_disabled_webhook_holds_deliveries_until_enabled,
     webhooks_are_checked_masked_and_isolated,
+    test_requests_answer_with_the_seed_codes,
+    a_name_resolving_to_loopback_is_refused_at_connect,
+    a_hanging_endpoint_does_not_delay_the_others,
 );
 
 /// One request as the receiver got it.
@@ -64,6 +67,9 @@ impl Receiver {
                     headers,
                     body,
                 });
+                if path == "/hang" {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
                 let (status, body) = me
                     .answers
                     .lock()
@@ -609,4 +615,164 @@ async fn webhooks_are_checked_masked_and_isolated(b: Backend) {
         404,
         "not_found",
     );
+}
+
+async fn test_requests_answer_with_the_seed_codes(b: Backend) {
+    let Some(app) = app(b, true).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    rx.answer("/fail", 500, "down");
+    rx.answer("/plain", 200, "not json");
+    let k = &app.admin_key;
+    let test = |webhook: Value| {
+        let app = &app;
+        async move {
+            let (s, r) = app
+                .post(
+                    &app.admin_key,
+                    "/v1/webhooks/test",
+                    json!({"webhook": webhook, "event": {"order": 7}}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            r
+        }
+    };
+    let ok = test(json!({"name": "T", "url": format!("{base}/ok"), "auth": {"type": "bearer", "token": "tk-SECRET-3"}})).await;
+    assert_eq!(
+        (ok["status"].as_bool(), ok["code"].as_u64()),
+        (Some(true), Some(1)),
+        "{ok}"
+    );
+    assert_eq!(ok["response"]["status"], 200);
+    assert_eq!(ok["response"]["body"], "ok");
+    assert_eq!(ok["request"]["method"], "POST");
+    assert!(!ok.to_string().contains("tk-SECRET-3"), "{ok}");
+    let sent = rx.at("/ok");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].headers["authorization"], "Bearer tk-SECRET-3");
+    assert!(String::from_utf8_lossy(&sent[0].body).contains("\"order\":7"));
+
+    let failed = test(json!({"name": "T", "url": format!("{base}/fail")})).await;
+    assert_eq!(
+        (failed["status"].as_bool(), failed["code"].as_u64()),
+        (Some(false), Some(11_110_111)),
+        "{failed}"
+    );
+    assert_eq!(failed["response"]["status"], 500);
+    let strict =
+        test(json!({"name": "T", "url": format!("{base}/plain"), "strict_json": true})).await;
+    assert_eq!(strict["code"], 11_110_112, "{strict}");
+    let slow = "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}";
+    let tpl = test(json!({"name": "T", "url": format!("{base}/tpl"), "template": slow})).await;
+    assert_eq!(tpl["code"], 21_111_011, "{tpl}");
+    assert_eq!(rx.at("/tpl").len(), 0, "a failed render sent nothing");
+
+    // A stored, unverified webhook: 2xx without the key is 11110113; with it, 1.
+    let w = webhook(&app, json!({"name": "K", "url": format!("{base}/key")})).await;
+    let id = w["id"].as_str().unwrap();
+    let (_, r) = app
+        .post(k, &format!("/v1/webhooks/{id}/test"), json!({}))
+        .await;
+    assert_eq!(r["code"], 11_110_113, "{r}");
+    rx.answer("/key", 200, w["verification_key"].as_str().unwrap());
+    let (_, r) = app
+        .post(
+            k,
+            &format!("/v1/webhooks/{id}/test"),
+            json!({"contact": {"email": "c@example.com"}}),
+        )
+        .await;
+    assert_eq!(r["code"], 1, "{r}");
+    let signed = rx.at("/key");
+    let got = &signed[1];
+    let secret = SigningSecret::from_trusted(w["signing_secret"].as_str().unwrap().to_owned());
+    let h = |n: &str| got.headers[n].to_str().unwrap().to_owned();
+    assert_eq!(
+        h("webhook-signature"),
+        secret.sign(
+            &h("webhook-id"),
+            h("webhook-timestamp").parse().unwrap(),
+            &got.body
+        )
+    );
+    assert!(String::from_utf8_lossy(&got.body).contains("c@example.com"));
+}
+
+async fn a_name_resolving_to_loopback_is_refused_at_connect(b: Backend) {
+    // No allowlist here: loopback is refused like any private range.
+    let Some(app) = spawn_app_with(b, ApiOptions::default()).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    let port = base.rsplit(':').next().unwrap();
+    // A literal loopback address is refused at save...
+    let r = app
+        .post(
+            &app.admin_key,
+            "/v1/webhooks",
+            json!({"name": "L", "url": format!("{base}/x")}),
+        )
+        .await;
+    assert_error(&r, 422, "invalid_webhook");
+    // ...a name that resolves to it passes the save (names are checked at
+    // every connect), and the request is refused there.
+    let (s, r) = app
+        .post(
+            &app.admin_key,
+            "/v1/webhooks/test",
+            json!({"webhook": {"name": "L", "url": format!("http://localhost:{port}/x")}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["code"], 11_110_114, "{r}");
+    assert_eq!(r["status"], false);
+    assert!(r["response"].is_null(), "{r}");
+    assert_eq!(rx.at("/x").len(), 0, "a packet reached the receiver");
+}
+
+async fn a_hanging_endpoint_does_not_delay_the_others(b: Backend) {
+    use futures_util::StreamExt;
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    let hang = webhook(
+        &app,
+        json!({"name": "Hang", "url": format!("{base}/hang"), "timeout_ms": 60000}),
+    )
+    .await;
+    let fast = webhook(&app, json!({"name": "Fast", "url": format!("{base}/fast")})).await;
+    let (_, hang_url) = sending_flow(&app, hang["id"].as_str().unwrap()).await;
+    let (_, fast_url) = sending_flow(&app, fast["id"].as_str().unwrap()).await;
+    for i in 0..20 {
+        enter(&app, &hang_url, &format!("h{i}@example.com")).await;
+    }
+    rx.wait(&app, "/hang", 8).await;
+    let started = std::time::Instant::now();
+    futures_util::stream::iter(0..1000)
+        .map(|i| {
+            let (app, url) = (&app, &fast_url);
+            async move { enter(app, url, &format!("f{i}@example.com")).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rx.at("/fast").len() < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 1000 arrived while another endpoint hangs",
+            rx.at("/fast").len()
+        );
+        app.engine.wake();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "1000 deliveries beside a hanging endpoint in {:?}",
+        started.elapsed()
+    );
+    // The hanging endpoint holds its own places (max_concurrency 8), no more.
+    assert_eq!(rx.at("/hang").len(), 8);
 }
