@@ -96,6 +96,11 @@ pub struct Config {
     pub outbound_per_endpoint: u32,
     /// Longest `Retry-After` a receiver may ask for, in seconds.
     pub outbound_retry_after_cap_secs: u64,
+    /// How long a worker holds a delivery it is sending: after a crash,
+    /// another process (or this one, restarted) sends it again once this
+    /// passes. Longer than the longest webhook timeout (60 s), or a slow
+    /// attempt may be sent twice.
+    pub outbound_lease_secs: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
@@ -149,6 +154,7 @@ impl Default for Config {
             outbound_max_in_flight: 256,
             outbound_per_endpoint: 8,
             outbound_retry_after_cap_secs: 6 * 3600,
+            outbound_lease_secs: 120,
         }
     }
 }
@@ -342,6 +348,9 @@ impl Config {
         if let Err(e) = parse_cidrs(&self.outbound_allow) {
             bad("outbound_allow", e);
         }
+        if self.outbound_lease_secs == 0 || self.outbound_lease_secs > 3600 {
+            bad("outbound_lease_secs", "must be between 1 and 3600".into());
+        }
         if self.outbound_disable_after_hours == 0 {
             bad("outbound_disable_after_hours", "must be at least 1".into());
         }
@@ -488,6 +497,7 @@ impl Config {
             attempt_retention: Duration::from_secs(self.outbound_attempt_retention_days * 86_400),
             max_in_flight: self.outbound_max_in_flight,
             per_endpoint: self.outbound_per_endpoint,
+            lease: Duration::from_secs(self.outbound_lease_secs),
             ..Default::default()
         }
     }

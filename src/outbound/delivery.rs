@@ -48,6 +48,8 @@ pub struct OutboundSettings {
     /// Deliveries to one webhook in progress at once, across processes.
     pub per_endpoint: u32,
     pub connect_timeout: Duration,
+    /// How long a claimed delivery is held (over the longest timeout).
+    pub lease: Duration,
 }
 
 impl Default for OutboundSettings {
@@ -61,6 +63,7 @@ impl Default for OutboundSettings {
             max_in_flight: 256,
             per_endpoint: 8,
             connect_timeout: Duration::from_secs(5),
+            lease: super::config::MAX_TIMEOUT * 2,
         }
     }
 }
@@ -529,8 +532,7 @@ pub async fn run(
         crate::worker::JobWorkerConfig {
             kind: crate::store::outbound::DELIVERY_JOB.into(),
             owner,
-            // Longer than the longest timeout a webhook may have.
-            lease: super::config::MAX_TIMEOUT * 2,
+            lease: settings.lease,
             batch: 128,
             per_key: Some(settings.per_endpoint),
             max_in_flight: settings.max_in_flight,

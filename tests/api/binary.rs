@@ -862,3 +862,177 @@ fn accepted_runs_complete_exactly_once_after_kill_9(backend: crate::helpers::Bac
     ));
     assert!(terminate(server).success());
 }
+
+/// WH-3 across a real crash: deliveries are in flight (the receiver is
+/// slow) when the server is killed with SIGKILL; after a restart every
+/// accepted run's delivery arrives at least once, and every request that
+/// arrived carries the webhook-id of one of those deliveries (duplicates
+/// share it).
+#[test]
+fn deliveries_arrive_after_kill_9_sqlite() {
+    deliveries_arrive_after_kill_9(crate::helpers::Backend::Sqlite);
+}
+
+#[test]
+#[cfg_attr(
+    hookflow_no_test_pg,
+    ignore = "HOOKFLOW_TEST_PG is not set: this PostgreSQL test did not run"
+)]
+fn deliveries_arrive_after_kill_9_postgres() {
+    deliveries_arrive_after_kill_9(crate::helpers::Backend::Postgres);
+}
+
+fn deliveries_arrive_after_kill_9(backend: crate::helpers::Backend) {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(db) = rt.block_on(crate::helpers::test_db(backend)) else {
+        return;
+    };
+    // A receiver that takes 100 ms per request (4 at once: about 40 a
+    // second) and records each webhook-id.
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let port = rt.block_on(async {
+        let got = got.clone();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let got = got.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                got.lock().unwrap().push(id);
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("HOOKFLOW_ENGINE_LEASE_SECS", "1"),
+        ("HOOKFLOW_OUTBOUND_LEASE_SECS", "1"),
+        ("HOOKFLOW_OUTBOUND_ALLOW", "127.0.0.1/32"),
+        ("HOOKFLOW_OUTBOUND_VERIFICATION", "false"),
+    ];
+    if backend == crate::helpers::Backend::Postgres {
+        env.push(("HOOKFLOW_DATABASE_URL", db.url.as_str()));
+    }
+    let mut server = start_with(dir.path(), &env);
+    let key = server.key();
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let runs: Vec<String> = rt.block_on(async {
+        let post = |path: String, body: serde_json::Value| {
+            let (http, base, key) = (http.clone(), base.clone(), key.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}{path}"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{path}: {}", r.status());
+                r.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+        let list = post("/v1/lists".into(), serde_json::json!({"name": "In"})).await;
+        let w = post(
+            "/v1/webhooks".into(),
+            serde_json::json!({"name": "Slow", "url": format!("http://127.0.0.1:{port}/in"), "max_concurrency": 4}),
+        )
+        .await;
+        let f = post(
+            "/v1/flows".into(),
+            serde_json::json!({"name": "Tell", "trigger": {"type": "inbound", "list_id": list["id"]},
+                "steps": [{"id": "tell", "type": "send_webhook", "webhook_id": w["id"]}]}),
+        )
+        .await;
+        let a = post(
+            format!("/v1/flows/{}/activate", f["id"].as_str().unwrap()),
+            serde_json::json!({}),
+        )
+        .await;
+        let url = a["inbound_url"].as_str().unwrap().to_owned();
+        let mut runs = Vec::new();
+        for i in 0..150 {
+            let r = post(url.clone(), serde_json::json!({"email": format!("d{i}@example.com")})).await;
+            runs.push(r["run_id"].as_str().unwrap().to_owned());
+        }
+        runs
+    });
+    // Kill while deliveries are in flight (some arrived, most not).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "no deliveries arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &server.child.id().to_string()])
+        .status();
+    server.child.wait().unwrap();
+    let before_restart = got.lock().unwrap().len();
+    assert!(
+        before_restart < 120,
+        "most deliveries arrived before the kill: {before_restart}"
+    );
+
+    let server = start_with(dir.path(), &env);
+    // Each accepted run's delivery id, from its history.
+    let expected: HashSet<String> = rt.block_on(async {
+        let mut ids = HashSet::new();
+        for run in &runs {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let r: serde_json::Value = http
+                    .get(format!("{}/v1/runs/{run}", server.base))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if let Some(id) = r["history"][0]["detail"]["delivery_id"].as_str() {
+                    ids.insert(id.to_owned());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "run {run} never sent: {r}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        ids
+    });
+    assert_eq!(expected.len(), 150, "one delivery per run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: HashSet<String> = got.lock().unwrap().iter().cloned().collect();
+        if expected.is_subset(&seen) {
+            assert!(
+                seen.is_subset(&expected),
+                "a request arrived with an id no delivery has"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 150 deliveries arrived after the restart",
+            expected.intersection(&seen).count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let total = got.lock().unwrap().len();
+    eprintln!(
+        "kill -9 mid-delivery: {before_restart} arrived before, {total} requests in all for 150 deliveries"
+    );
+    assert!(terminate(server).success());
+}
