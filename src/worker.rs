@@ -144,6 +144,9 @@ pub struct JobWorker<H> {
     handler: Arc<H>,
     config: JobWorkerConfig,
     room: Arc<tokio::sync::Semaphore>,
+    /// The loops' wake-up: a finished job frees a place (and a key's slot),
+    /// so the loops claim again at once instead of at the next poll.
+    wake: Arc<Notify>,
 }
 
 impl<H: JobHandler> JobWorker<H> {
@@ -152,6 +155,7 @@ impl<H: JobHandler> JobWorker<H> {
         clock: Arc<dyn Clock>,
         handler: Arc<H>,
         config: JobWorkerConfig,
+        wake: Arc<Notify>,
     ) -> Self {
         let room = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
         Self {
@@ -160,6 +164,7 @@ impl<H: JobHandler> JobWorker<H> {
             handler,
             config,
             room,
+            wake,
         }
     }
 }
@@ -202,8 +207,11 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
             };
             let (store, clock, handler) =
                 (self.store.clone(), self.clock.clone(), self.handler.clone());
-            let (owner, kind) = (c.owner.clone(), c.kind.clone());
+            let (owner, kind, wake) = (c.owner.clone(), c.kind.clone(), self.wake.clone());
             tokio::spawn(async move {
+                // However the job ends, its place (and key slot) frees up and
+                // the loops are woken to fill it: `_permit` drops first.
+                let _wake = WakeOnDrop(wake);
                 let _permit = permit;
                 let Some(outcome) = handler.handle(&job).await else {
                     return;
@@ -240,5 +248,14 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
         // Every job in progress gives its place back when it ends.
         let all = u32::try_from(self.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
         let _ = self.room.acquire_many(all).await;
+    }
+}
+
+/// Wakes the loops when dropped.
+struct WakeOnDrop(Arc<Notify>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }

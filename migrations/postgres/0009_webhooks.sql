@@ -65,3 +65,5 @@ CREATE INDEX delivery_attempts_started ON delivery_attempts (started_at);
 
 -- A job's own per-key limit (a webhook's max_concurrency), over the claim's.
 ALTER TABLE jobs ADD COLUMN key_limit BIGINT;
+-- The claim's loose index scan over keys, and each key's oldest due jobs.
+CREATE INDEX jobs_key_due ON jobs (kind, key, due_at, id) WHERE status = 'queued';

@@ -83,7 +83,6 @@ macro_rules! webhook_cols {
         )
     };
 }
-const WEBHOOK_WIDTH: usize = 15;
 
 fn webhook(r: &[crate::store::sql::Val]) -> Result<WebhookRecord> {
     Ok(WebhookRecord {
@@ -702,29 +701,33 @@ pub async fn resend(
 
 // ---- the delivery worker's statements ------------------------------------------------
 
-/// A claimed delivery with its webhook, as the worker needs them; None
-/// when the delivery is gone (its webhook was deleted).
-pub async fn load_for_attempt(
+/// Claimed deliveries with their webhooks, in one read (a delivery that
+/// is gone, deleted with its webhook, is left out).
+pub async fn load_many(
     store: &dyn Store,
-    id: &DeliveryId,
-) -> Result<Option<(DeliveryRecord, WebhookRecord)>> {
-    let done = store
-        .read_sql(vec![Stmt::new(
-            concat!(
-                "SELECT ",
-                delivery_cols!("d."),
-                ", ",
-                webhook_cols!("w."),
-                " FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1"
-            ),
-            vec![id.as_str().into()],
-        )])
-        .await?;
-    let Some(r) = done.first().and_then(|d| d.rows.first()) else {
-        return Ok(None);
-    };
-    debug_assert_eq!(r.len(), DELIVERY_WIDTH + WEBHOOK_WIDTH);
-    Ok(Some((delivery(r)?, webhook(&r[DELIVERY_WIDTH..])?)))
+    ids: &[DeliveryId],
+) -> Result<std::collections::HashMap<DeliveryId, (DeliveryRecord, WebhookRecord)>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        concat!(
+            "SELECT ",
+            delivery_cols!("d."),
+            ", ",
+            webhook_cols!("w."),
+            " FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id IN ({})"
+        ),
+        super::sql::params(1, ids.len())
+    );
+    let args = ids.iter().map(|i| i.as_str().into()).collect();
+    let done = store.read_sql(vec![Stmt::new(sql, args)]).await?;
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for r in done.first().map(|d| d.rows.as_slice()).unwrap_or_default() {
+        let (d, w) = (delivery(r)?, webhook(&r[DELIVERY_WIDTH..])?);
+        out.insert(d.id.clone(), (d, w));
+    }
+    Ok(out)
 }
 
 /// Takes the webhook's next send slot if it is free at `now` (moving it to

@@ -84,7 +84,8 @@ pub type Row = Vec<Val>;
 /// One statement of a script.
 #[derive(Clone, Debug)]
 pub struct Stmt {
-    pub sql: &'static str,
+    /// Mostly a literal; built text for a list of values (`IN ($1, $2, …)`).
+    pub sql: std::borrow::Cow<'static, str>,
     pub args: Vec<Arg>,
     /// When set, a statement that changes and returns no row ends the
     /// script with this error and rolls the transaction back.
@@ -107,9 +108,9 @@ pub struct Done {
 }
 
 impl Stmt {
-    pub fn new(sql: &'static str, args: Vec<Arg>) -> Self {
+    pub fn new(sql: impl Into<std::borrow::Cow<'static, str>>, args: Vec<Arg>) -> Self {
         Self {
-            sql,
+            sql: sql.into(),
             args,
             or_else: None,
         }
@@ -133,6 +134,14 @@ impl Stmt {
             _ => Ok(()),
         }
     }
+}
+
+/// `$from, $from+1, …` for `n` values: the inside of `IN (…)`.
+pub fn params(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The SQLite form of a statement: `$N` becomes `?N` (outside quotes).

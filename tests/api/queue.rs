@@ -370,6 +370,7 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
     let stop = tokio_util::sync::CancellationToken::new();
     let mut running = Vec::new();
     for (name, store) in [("A", a.clone()), ("B", bb.clone())] {
+        let wake = Arc::new(tokio::sync::Notify::new());
         let worker = Arc::new(JobWorker::new(
             store,
             Arc::new(hookflow::flows::SystemClock),
@@ -382,6 +383,7 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
                 per_key: Some(1),
                 max_in_flight: 8,
             },
+            wake.clone(),
         ));
         let loops = Loops {
             workers: 2,
@@ -390,7 +392,7 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
         running.push(tokio::spawn(hookflow::worker::run(
             worker,
             loops,
-            Arc::new(tokio::sync::Notify::new()),
+            wake,
             stop.clone(),
         )));
     }

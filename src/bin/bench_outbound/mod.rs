@@ -307,8 +307,9 @@ pub async fn deliveries(args: DeliveryArgs) {
             Value::Null,
         )
         .await;
-        let (drained, _) = super::runs_drained(&http, &server).await;
-        if drained && pending["items"].as_array().is_some_and(Vec::is_empty) {
+        // (whether any failed, whether some are unfinished)
+        let (_, busy) = super::runs_drained(&http, &server).await;
+        if !busy && pending["items"].as_array().is_some_and(Vec::is_empty) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -12,6 +12,7 @@
 //! one transaction (PostgreSQL's batching writer).
 
 pub(crate) mod batch;
+pub(crate) mod queue;
 
 use serde_json::{Value, json};
 

@@ -43,52 +43,7 @@ pub async fn claim(c: &mut PgConnection, claim: &JobClaim) -> Result<Vec<Job>> {
         .execute(&mut *c)
         .await
         .map_err(internal)?;
-    let per_key = claim.per_key.map_or(i64::MAX, i64::from);
-    let rows = sqlx::query(
-        "WITH c AS (
-           SELECT id, key, due_at, key_limit, ROW_NUMBER() OVER (PARTITION BY key ORDER BY due_at, id) AS rn
-           FROM jobs
-           WHERE kind = $1 AND status = 'queued' AND due_at <= $2
-             AND (lease_until IS NULL OR lease_until <= $2)),
-         l AS (
-           SELECT key, COUNT(*) AS n FROM jobs
-           WHERE kind = $1 AND status = 'queued' AND lease_until > $2 GROUP BY key),
-         picked AS (
-           SELECT c.id FROM c LEFT JOIN l ON l.key = c.key
-           WHERE c.rn + COALESCE(l.n, 0) <= COALESCE(c.key_limit, $3)
-           ORDER BY c.due_at, c.id LIMIT $4)
-         UPDATE jobs SET lease_owner = $5, lease_until = $6, attempts = attempts + 1, updated_at = $2
-         FROM picked WHERE jobs.id = picked.id
-         RETURNING jobs.id, jobs.kind, jobs.key, jobs.workspace_id, jobs.payload, jobs.attempts, jobs.lease_until",
-    )
-    .bind(&claim.kind)
-    .bind(claim.now)
-    .bind(per_key)
-    .bind(claim.limit as i64)
-    .bind(&claim.owner)
-    .bind(claim.lease_until)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(internal)?;
-    let mut jobs = rows
-        .iter()
-        .map(|r| {
-            Ok(Job {
-                id: JobId::from_trusted(r.try_get("id").map_err(internal)?),
-                kind: r.try_get("kind").map_err(internal)?,
-                key: r.try_get("key").map_err(internal)?,
-                workspace_id: r
-                    .try_get::<Option<String>, _>("workspace_id")
-                    .map_err(internal)?
-                    .map(WorkspaceId::from_trusted),
-                payload: r.try_get("payload").map_err(internal)?,
-                attempt: r.try_get("attempts").map_err(internal)?,
-                lease_until: r.try_get("lease_until").map_err(internal)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    jobs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    Ok(jobs)
+    crate::store::logic::queue::claim(&mut super::engine::PgTx::new(c), claim).await
 }
 
 pub async fn finish(

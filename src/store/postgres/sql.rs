@@ -9,7 +9,7 @@ use crate::store::{Result, StoreError};
 
 /// Runs one statement on `c` (inside the caller's transaction, if any).
 pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
-    let mut q = sqlx::query(stmt.sql);
+    let mut q = sqlx::query(&stmt.sql);
     for a in &stmt.args {
         q = match a {
             Arg::Int(v) => q.bind(*v),

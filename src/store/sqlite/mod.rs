@@ -662,7 +662,9 @@ impl Store for SqliteStore {
         &self,
         claim: crate::store::queue::JobClaim,
     ) -> Result<Vec<crate::store::queue::Job>> {
-        self.writer.write(move |c| queue::claim(c, &claim)).await
+        self.writer
+            .write(move |c| logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim)))
+            .await
     }
 
     async fn finish_job(

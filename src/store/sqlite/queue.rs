@@ -4,9 +4,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{internal, json, stored};
+use super::{internal, stored};
 use crate::domain::{JobId, Millis, WorkspaceId};
-use crate::store::queue::{Job, JobClaim, JobOutcome, JobRecord, NewJob, finish_columns};
+use crate::store::queue::{JobOutcome, JobRecord, NewJob, finish_columns};
 use crate::store::{Result, StoreError};
 
 pub fn enqueue(conn: &Connection, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>> {
@@ -34,58 +34,6 @@ pub fn enqueue(conn: &Connection, jobs: &[NewJob], now: Millis) -> Result<Vec<Jo
         ids.push(id);
     }
     Ok(ids)
-}
-
-/// Due jobs of the kind, oldest first; a job whose key already has
-/// `per_key` leased (by anyone) waits. The window numbers each key's due
-/// jobs, so one key's backlog never hides another key's jobs.
-const CLAIM: &str =
-    "UPDATE jobs SET lease_owner = ?5, lease_until = ?6, attempts = attempts + 1, updated_at = ?2
-WHERE id IN (
-  SELECT c.id FROM (
-    SELECT id, key, due_at, key_limit, ROW_NUMBER() OVER (PARTITION BY key ORDER BY due_at, id) AS rn
-    FROM jobs
-    WHERE kind = ?1 AND status = 'queued' AND due_at <= ?2
-      AND (lease_until IS NULL OR lease_until <= ?2)) c
-  LEFT JOIN (SELECT key, COUNT(*) AS n FROM jobs
-             WHERE kind = ?1 AND status = 'queued' AND lease_until > ?2 GROUP BY key) l
-    ON l.key = c.key
-  WHERE c.rn + COALESCE(l.n, 0) <= COALESCE(c.key_limit, ?3)
-  ORDER BY c.due_at, c.id LIMIT ?4)
-RETURNING id, kind, key, workspace_id, payload, attempts, lease_until";
-
-pub fn claim(conn: &Connection, c: &JobClaim) -> Result<Vec<Job>> {
-    let per_key = c.per_key.map_or(i64::MAX, i64::from);
-    let mut s = conn.prepare_cached(CLAIM).map_err(internal)?;
-    let mut jobs: Vec<Job> = s
-        .query_map(
-            params![
-                c.kind,
-                c.now,
-                per_key,
-                c.limit as i64,
-                c.owner,
-                c.lease_until
-            ],
-            |r| {
-                Ok(Job {
-                    id: JobId::from_trusted(r.get(0)?),
-                    kind: r.get(1)?,
-                    key: r.get(2)?,
-                    workspace_id: r
-                        .get::<_, Option<String>>(3)?
-                        .map(WorkspaceId::from_trusted),
-                    payload: json(r, 4)?,
-                    attempt: r.get(5)?,
-                    lease_until: r.get(6)?,
-                })
-            },
-        )
-        .and_then(|rows| rows.collect())
-        .map_err(internal)?;
-    // RETURNING gives no order: oldest id first (ids are time-ordered).
-    jobs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    Ok(jobs)
 }
 
 pub fn finish(

@@ -10,7 +10,7 @@ use crate::store::sql::{Arg, Done, Stmt, Val, sqlite_text};
 /// Runs one statement on `conn` (inside the caller's transaction).
 pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
     let mut s = conn
-        .prepare_cached(&sqlite_text(stmt.sql))
+        .prepare_cached(&sqlite_text(&stmt.sql))
         .map_err(internal)?;
     let args = stmt.args.iter().map(|a| match a {
         Arg::Int(v) => v.map_or(Value::Null, Value::Integer),
