@@ -78,13 +78,15 @@ WEBHOOK3=$(api POST /v1/webhooks '{"name":"Tested","url":"http://localhost:9/tes
 FLOW3=$(api POST /v1/flows "{\"name\":\"Sends\",\"trigger\":{\"type\":\"inbound\",\"list_id\":\"$LIST\"},\"steps\":[{\"id\":\"send\",\"type\":\"send_webhook\",\"webhook_id\":\"$WEBHOOK3\"}]}" | jq -r .id)
 TOKEN3=$(api POST "/v1/flows/$FLOW3/activate" | jq -r .inbound_url | sed 's|.*/hooks/||')
 RUN3=$(api POST "/hooks/$TOKEN3" '{"email":"seed@example.com"}' | jq -r .run_id)
+SUB=$(api POST /v1/subscriptions '{"url":"http://localhost:9/sub","event_types":["flow.completed"]}' | jq -r .id)
+SUB2=$(api POST /v1/subscriptions '{"url":"http://localhost:9/sub2","event_types":["contact.unsubscribed"]}' | jq -r .id)
 DELIVERY=
 for _ in $(seq 1 100); do
     DELIVERY=$(api GET "/v1/deliveries?run_id=$RUN3" | jq -r '.items[0].id // empty')
     [ -n "$DELIVERY" ] && break
     sleep 0.1
 done
-for v in LIST CONTACT FLOW TOKEN RUN LIST2 CONTACT2 FLOW2 WEBHOOK WEBHOOK2 WEBHOOK3 DELIVERY; do
+for v in LIST CONTACT FLOW TOKEN RUN LIST2 CONTACT2 FLOW2 WEBHOOK WEBHOOK2 WEBHOOK3 SUB SUB2 DELIVERY; do
     [ -n "${!v}" ] && [ "${!v}" != null ] || { echo "seeding failed: no $v" >&2; exit 1; }
 done
 
@@ -93,7 +95,7 @@ done
 cat >"$WORK/schemathesis.toml" <<EOF
 # A cursor is a token this API issued; a made-up one is refused (400).
 [[operations]]
-include-name = ["GET /v1/contacts", "GET /v1/lists", "GET /v1/flows", "GET /v1/runs", "GET /v1/lists/{id}/members", "GET /v1/webhooks"]
+include-name = ["GET /v1/contacts", "GET /v1/lists", "GET /v1/flows", "GET /v1/runs", "GET /v1/lists/{id}/members", "GET /v1/webhooks", "GET /v1/subscriptions"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "400"]
 parameters = { id = "$LIST" }
 
@@ -202,6 +204,24 @@ parameters = { id = "$WEBHOOK" }
 [[operations]]
 include-name = ["DELETE /v1/webhooks/{id}", "POST /v1/webhooks/{id}/disable", "POST /v1/webhooks/{id}/rotate-secret"]
 parameters = { id = "$WEBHOOK2" }
+
+# A subscription's URL and events have rules of a webhook's (422).
+[[operations]]
+include-name = "POST /v1/subscriptions"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "PUT /v1/subscriptions/{id}"
+parameters = { id = "$SUB" }
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "GET /v1/subscriptions/{id}"
+parameters = { id = "$SUB" }
+
+[[operations]]
+include-name = "DELETE /v1/subscriptions/{id}"
+parameters = { id = "$SUB2" }
 
 # Sends one real request: only to the seeded webhook, whose URL the
 # target guard refuses.

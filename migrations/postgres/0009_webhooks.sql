@@ -7,6 +7,9 @@ CREATE TABLE webhooks (
     id               TEXT PRIMARY KEY,
     workspace_id     TEXT NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
     name             TEXT NOT NULL,
+    -- NULL: a webhook (flows name it); a JSON array: a subscription to
+    -- those event types (/v1/subscriptions), delivered the same way.
+    event_types      TEXT,
     spec             TEXT NOT NULL,
     secret           TEXT NOT NULL,
     old_secret       TEXT,
@@ -67,3 +70,4 @@ CREATE INDEX delivery_attempts_started ON delivery_attempts (started_at);
 ALTER TABLE jobs ADD COLUMN key_limit BIGINT;
 -- The claim's loose index scan over keys, and each key's oldest due jobs.
 CREATE INDEX jobs_key_due ON jobs (kind, key, due_at, id) WHERE status = 'queued';
+CREATE INDEX webhooks_subscriptions ON webhooks (workspace_id) WHERE event_types IS NOT NULL;

@@ -191,6 +191,15 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::rotate_secret))
         .routes(routes!(webhooks::test_inline))
         .routes(routes!(webhooks::test_stored))
+        .routes(routes!(
+            webhooks::create_subscription,
+            webhooks::list_subscriptions
+        ))
+        .routes(routes!(
+            webhooks::get_subscription,
+            webhooks::update_subscription,
+            webhooks::delete_subscription
+        ))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::get_delivery))
         .routes(routes!(webhooks::resend_delivery))

@@ -234,6 +234,7 @@ pub async fn create_webhook(
             secret: secret.as_str(),
             verification_key: &verification_key(),
             verified: !state.outbound.settings.verification,
+            event_types: None,
         },
         state.engine.now(),
     )
@@ -249,7 +250,7 @@ pub async fn list_webhooks(
     AdminKey(p): AdminKey,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Json<WebhookPage>, ApiError> {
-    let page = out::list_webhooks(&*state.store, &p.workspace_id, &q.to_request()?).await?;
+    let page = out::list_webhooks(&*state.store, &p.workspace_id, &q.to_request()?, false).await?;
     Ok(Json(WebhookPage {
         next_cursor: page.next.map(|c| c.encode()),
         items: page
@@ -303,9 +304,12 @@ pub async fn update_webhook(
         &*state.store,
         &p.workspace_id,
         &id,
-        &config.name,
-        &spec,
-        config.max_concurrency,
+        out::WebhookUpdate {
+            name: &config.name,
+            spec: &spec,
+            max_concurrency: config.max_concurrency,
+            event_types: None,
+        },
         state.engine.now(),
     )
     .await?;
@@ -653,6 +657,9 @@ pub struct DeliveryQuery {
     pub limit: Option<u32>,
     #[param(pattern = r"^wh_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub webhook_id: Option<String>,
+    /// Only deliveries of this event subscription.
+    #[param(pattern = r"^sub_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
+    pub subscription_id: Option<String>,
     #[param(pattern = r"^fl_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     pub flow_id: Option<String>,
     #[param(pattern = r"^run_[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
@@ -699,8 +706,22 @@ fn id_check<T: ToString>(
 impl DeliveryQuery {
     fn filter(&self) -> Result<DeliveryFilter, ApiError> {
         Ok(DeliveryFilter {
-            webhook_id: id_check(self.webhook_id.as_deref(), "webhook_id", WebhookId::parse)?
-                .map(WebhookId::from_trusted),
+            webhook_id: match (
+                id_check(self.webhook_id.as_deref(), "webhook_id", WebhookId::parse)?,
+                id_check(
+                    self.subscription_id.as_deref(),
+                    "subscription_id",
+                    crate::domain::SubscriptionId::parse,
+                )?,
+            ) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_filter",
+                        "give `webhook_id` or `subscription_id`, not both",
+                    ));
+                }
+                (w, s) => w.or(s).map(WebhookId::from_trusted),
+            },
             flow_id: id_check(
                 self.flow_id.as_deref(),
                 "flow_id",
@@ -953,4 +974,222 @@ pub async fn resend_deliveries(
             resent: ids.into_iter().map(|d| d.to_string()).collect(),
         }),
     ))
+}
+
+// ---- subscriptions (WH-13) -------------------------------------------------------------
+
+/// An event subscription: a URL with a webhook's delivery settings and the
+/// events it wants.
+#[derive(Deserialize, ToSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionInput {
+    /// Latin letters and digits only (default `Subscription`).
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9]{1,100}$")]
+    pub name: Option<String>,
+    #[schema(example = "https://crm.example.com/hooks/unsubscribes")]
+    pub url: String,
+    /// Any of `flow.goal_reached`, `flow.completed`, `flow.exited`,
+    /// `webhook.disabled`, `contact.unsubscribed`,
+    /// `contact.spam_complaint`, `contact.bounced`.
+    #[schema(min_items = 1)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub auth: Option<Value>,
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
+    pub retries: Option<u8>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 256)]
+    pub max_concurrency: Option<u16>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_per_second: Option<u32>,
+    #[serde(default)]
+    pub follow_redirects: bool,
+}
+
+/// A subscription, secrets masked.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionView {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub event_types: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionPage {
+    pub items: Vec<SubscriptionView>,
+    pub next_cursor: Option<String>,
+}
+
+impl SubscriptionInput {
+    /// The webhook this subscription delivers through, and its events,
+    /// checked (422 naming what is wrong).
+    fn checked(self, outbound: &Outbound) -> Result<(Value, WebhookConfig, Vec<String>), ApiError> {
+        let mut events = self.event_types;
+        events.sort();
+        events.dedup();
+        if events.is_empty() {
+            return Err(ApiError::invalid(
+                "invalid_subscription",
+                "event_types",
+                "give at least one event type",
+            ));
+        }
+        if let Some(bad) = events
+            .iter()
+            .find(|e| !out::EVENT_TYPES.contains(&e.as_str()))
+        {
+            return Err(ApiError::invalid(
+                "invalid_subscription",
+                "event_types",
+                format!(
+                    "`{bad}` is not an event type; they are {}",
+                    out::EVENT_TYPES.join(", ")
+                ),
+            ));
+        }
+        let input = WebhookInput {
+            name: self.name.unwrap_or_else(|| "Subscription".into()),
+            url: self.url,
+            method: None,
+            content_type: None,
+            headers: self.headers,
+            auth: self.auth,
+            retries: self.retries,
+            timeout_ms: self.timeout_ms,
+            max_concurrency: self.max_concurrency,
+            rate_per_second: self.rate_per_second,
+            strict_json: false,
+            follow_redirects: self.follow_redirects,
+            template: None,
+        };
+        let (spec, config) = check(outbound, &input)?;
+        Ok((spec, config, events))
+    }
+}
+
+fn sub_view(outbound: &Outbound, w: WebhookRecord, show_secret: bool) -> SubscriptionView {
+    let events = w.event_types.clone().unwrap_or_default();
+    SubscriptionView {
+        webhook: stored_view(outbound, w, show_secret),
+        event_types: events,
+    }
+}
+
+fn sub_id(raw: &str) -> Result<WebhookId, ApiError> {
+    let id = crate::domain::SubscriptionId::parse(raw)?;
+    Ok(WebhookId::from_trusted(id.to_string()))
+}
+
+/// Subscribe a URL to events. The answer is the only one that shows its
+/// signing secret.
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionInput,
+    responses((status = 201, body = SubscriptionView), (status = 422, body = ErrorBody)))]
+pub async fn create_subscription(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    JsonBody(body): JsonBody<SubscriptionInput>,
+) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let (spec, config, events) = body.checked(&state.outbound)?;
+    let secret = SigningSecret::generate();
+    let w = out::create_webhook(
+        &*state.store,
+        &p.workspace_id,
+        NewWebhook {
+            name: &config.name,
+            max_concurrency: config.max_concurrency,
+            spec: &spec,
+            secret: secret.as_str(),
+            verification_key: &verification_key(),
+            verified: !state.outbound.settings.verification,
+            event_types: Some(&events),
+        },
+        state.engine.now(),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(sub_view(&state.outbound, w, true)),
+    ))
+}
+
+/// List the workspace's subscriptions.
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(PageQuery),
+    responses((status = 200, body = SubscriptionPage), (status = 400, body = ErrorBody)))]
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<Json<SubscriptionPage>, ApiError> {
+    let page = out::list_webhooks(&*state.store, &p.workspace_id, &q.to_request()?, true).await?;
+    Ok(Json(SubscriptionPage {
+        next_cursor: page.next.map(|c| c.encode()),
+        items: page
+            .items
+            .into_iter()
+            .map(|w| sub_view(&state.outbound, w, false))
+            .collect(),
+    }))
+}
+
+/// Get one subscription (secrets masked).
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")),
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody)))]
+pub async fn get_subscription(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let w = out::get_webhook(&*state.store, &p.workspace_id, &sub_id(&id)?).await?;
+    Ok(Json(sub_view(&state.outbound, w, false)))
+}
+
+/// Replace a subscription's URL, settings and events (its secret and state
+/// stay).
+#[utoipa::path(put, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")),
+    request_body = SubscriptionInput,
+    responses((status = 200, body = SubscriptionView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_subscription(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+    JsonBody(body): JsonBody<SubscriptionInput>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let id = sub_id(&id)?;
+    out::get_webhook(&*state.store, &p.workspace_id, &id).await?;
+    let (spec, config, events) = body.checked(&state.outbound)?;
+    let w = out::update_webhook(
+        &*state.store,
+        &p.workspace_id,
+        &id,
+        out::WebhookUpdate {
+            name: &config.name,
+            spec: &spec,
+            max_concurrency: config.max_concurrency,
+            event_types: Some(&events),
+        },
+        state.engine.now(),
+    )
+    .await?;
+    Ok(Json(sub_view(&state.outbound, w, false)))
+}
+
+/// Delete a subscription with its deliveries.
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_subscription(
+    State(state): State<AppState>,
+    AdminKey(p): AdminKey,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    out::delete_webhook(&*state.store, &p.workspace_id, &sub_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -162,6 +162,11 @@ typed_id!(
     /// One HTTP attempt of a delivery.
     AttemptId, "atm", "attempt"
 );
+typed_id!(
+    /// An event subscription (`/v1/subscriptions`): stored and delivered as
+    /// a webhook with event types.
+    SubscriptionId, "sub", "subscription"
+);
 
 #[cfg(test)]
 mod tests {

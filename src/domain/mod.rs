@@ -22,7 +22,7 @@ pub use email::Email;
 pub use fields::{FieldDef, FieldName, FieldType};
 pub use ids::{
     ApiKeyId, AttemptId, ContactId, DeliveryId, EventId, FlowId, IdError, JobId, ListId, RunId,
-    WebhookId, WorkspaceId,
+    SubscriptionId, WebhookId, WorkspaceId,
 };
 pub use keys::{ApiKeySecret, Scope};
 pub use page::{Cursor, Page, PageRequest};

@@ -193,6 +193,25 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
         Some(step) => RunEnd::Due { step },
         None => finish(RunStatus::Completed, EndReason::Completed, None),
     });
+    // The run's end, for subscriptions (`flow.completed`, `flow.exited`).
+    if let RunEnd::Finished { status, reason, .. } = &end {
+        let event = match status {
+            RunStatus::Completed => Some("flow.completed"),
+            RunStatus::Exited => Some("flow.exited"),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let mut payload = steps::flow_event(event, now, &contact);
+            payload["reason"] = json!(reason.as_str());
+            effects.push((
+                history.len().saturating_sub(1),
+                super::records::Effect::Emit {
+                    event: event.into(),
+                    payload,
+                },
+            ));
+        }
+    }
     RunAdvance {
         run_id: id,
         workspace_id,

@@ -96,6 +96,13 @@ pub enum Effect {
         step: String,
         context: Value,
     },
+    /// An event for the workspace's subscriptions (`flow.completed`, …):
+    /// one delivery to each subscription that wants it. `payload` is the
+    /// body's one object (the flow's id is added when it is sent).
+    Emit {
+        event: String,
+        payload: Value,
+    },
 }
 
 /// Where an advanced run stops.

@@ -160,6 +160,12 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
         }
         StepKind::Goal { name, next: n } => {
             ctx.detail = json!({ "goal": name });
+            let mut payload = flow_event("flow.goal_reached", ctx.now, ctx.contact);
+            payload["goal"] = json!(name);
+            ctx.effects.push(Effect::Emit {
+                event: "flow.goal_reached".into(),
+                payload,
+            });
             match n {
                 Some(_) => Outcome::Next {
                     to: n.clone(),
@@ -339,6 +345,17 @@ pub fn next_local_time(now: Millis, at: NaiveTime, tz: Tz) -> Millis {
         date = date.succ_opt().unwrap_or(date);
     }
     now + 86_400_000
+}
+
+/// A flow event's payload (the run's id and the flow's are added where
+/// they are known: the store and the sender).
+pub fn flow_event(event: &str, now: Millis, contact: &ContactRecord) -> Value {
+    json!({
+        "event": event,
+        "timestamp": now.div_euclid(1000),
+        "contact_id": contact.id.as_str(),
+        "email": contact.email.as_str(),
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct WebhookRecord {
     pub failing_since: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// A subscription's event types; None for a webhook.
+    pub event_types: Option<Vec<String>>,
 }
 
 macro_rules! webhook_cols {
@@ -79,7 +81,9 @@ macro_rules! webhook_cols {
             $p,
             "created_at, ",
             $p,
-            "updated_at"
+            "updated_at, ",
+            $p,
+            "event_types"
         )
     };
 }
@@ -101,7 +105,68 @@ fn webhook(r: &[crate::store::sql::Val]) -> Result<WebhookRecord> {
         failing_since: r.opt_int(12)?,
         created_at: r.int(13)?,
         updated_at: r.int(14)?,
+        event_types: r.opt_text(15)?.map(|t| event_list(&t)).transpose()?,
     })
+}
+
+fn event_list(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::Internal(format!("a subscription's event types do not parse: {e}"))
+    })
+}
+
+/// The events subscriptions can ask for (WH-13).
+pub const EVENT_TYPES: &[&str] = &[
+    "flow.goal_reached",
+    "flow.completed",
+    "flow.exited",
+    "webhook.disabled",
+    "contact.unsubscribed",
+    "contact.spam_complaint",
+    "contact.bounced",
+];
+
+/// Every subscription, with its workspace and event types (read once per
+/// batch that has events to give out).
+pub fn subscriptions_stmt() -> Stmt {
+    Stmt::new(
+        "SELECT id, workspace_id, event_types FROM webhooks WHERE event_types IS NOT NULL",
+        vec![],
+    )
+}
+
+/// The subscriptions of `ws` that want `event`, from rows of
+/// [`subscriptions_stmt`].
+pub fn wanting(rows: &[super::sql::Row], ws: &WorkspaceId, event: &str) -> Result<Vec<WebhookId>> {
+    let mut out = Vec::new();
+    for r in rows {
+        if r.text(1)? == ws.as_str() && event_list(&r.text(2)?)?.iter().any(|e| e == event) {
+            out.push(WebhookId::from_trusted(r.text(0)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The delivery of an event to a subscription: its body is `[payload]`.
+pub fn event_delivery(
+    sub: &WebhookId,
+    ws: &WorkspaceId,
+    event: &str,
+    payload: &Value,
+    run: Option<&str>,
+    contact: Option<&str>,
+) -> NewDelivery {
+    NewDelivery {
+        id: DeliveryId::generate(),
+        workspace_id: ws.clone(),
+        webhook_id: sub.clone(),
+        event_type: event.to_owned(),
+        flow_id: None,
+        run_id: run.map(str::to_owned),
+        contact_id: contact.map(str::to_owned),
+        step: None,
+        context: serde_json::json!({ "payload": payload }),
+    }
 }
 
 fn one<T>(
@@ -130,6 +195,8 @@ pub struct NewWebhook<'a> {
     /// False when the verification throttle applies until the receiver
     /// answers with the key.
     pub verified: bool,
+    /// Some: a subscription (its id is `sub_…`).
+    pub event_types: Option<&'a [String]>,
 }
 
 pub async fn create_webhook(
@@ -138,13 +205,16 @@ pub async fn create_webhook(
     new: NewWebhook<'_>,
     now: Millis,
 ) -> Result<WebhookRecord> {
-    let id = WebhookId::generate();
+    let id = match new.event_types {
+        Some(_) => WebhookId::from_trusted(crate::domain::SubscriptionId::generate().to_string()),
+        None => WebhookId::generate(),
+    };
     let done = store
         .run_sql(vec![Stmt::new(
             concat!(
                 "INSERT INTO webhooks (id, workspace_id, name, spec, secret, verification_key, verified, max_concurrency,
-                   created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8) RETURNING ",
+                   created_at, updated_at, event_types)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8, $10) RETURNING ",
                 webhook_cols!("")
             ),
             vec![
@@ -157,6 +227,9 @@ pub async fn create_webhook(
                 new.verified.into(),
                 now.into(),
                 i64::from(new.max_concurrency).into(),
+                new.event_types
+                    .map(|e| serde_json::Value::from(e.to_vec()).to_string())
+                    .into(),
             ],
         )])
         .await?;
@@ -184,18 +257,29 @@ pub async fn get_webhook(
     one(done, 0, webhook)
 }
 
+/// Webhooks (`subscriptions` false) or subscriptions, by id.
 pub async fn list_webhooks(
     store: &dyn Store,
     ws: &WorkspaceId,
     page: &PageRequest,
+    subscriptions: bool,
 ) -> Result<Page<WebhookRecord>> {
+    let sql = if subscriptions {
+        concat!(
+            "SELECT ",
+            webhook_cols!(""),
+            " FROM webhooks WHERE workspace_id = $1 AND id > $2 AND event_types IS NOT NULL ORDER BY id LIMIT $3"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            webhook_cols!(""),
+            " FROM webhooks WHERE workspace_id = $1 AND id > $2 AND event_types IS NULL ORDER BY id LIMIT $3"
+        )
+    };
     let done = store
         .read_sql(vec![Stmt::new(
-            concat!(
-                "SELECT ",
-                webhook_cols!(""),
-                " FROM webhooks WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-            ),
+            sql,
             vec![
                 ws.as_str().into(),
                 page.after_id().into(),
@@ -217,38 +301,49 @@ fn rows<T>(
         .unwrap_or_else(|| Ok(Vec::new()))
 }
 
+/// What an update replaces.
+pub struct WebhookUpdate<'a> {
+    pub name: &'a str,
+    pub spec: &'a Value,
+    pub max_concurrency: u16,
+    /// Some: a subscription's new event types.
+    pub event_types: Option<&'a [String]>,
+}
+
 /// Replaces the name and configuration (queued deliveries take the new
 /// concurrency limit too).
 pub async fn update_webhook(
     store: &dyn Store,
     ws: &WorkspaceId,
     id: &WebhookId,
-    name: &str,
-    spec: &Value,
-    max_concurrency: u16,
+    u: WebhookUpdate<'_>,
     now: Millis,
 ) -> Result<WebhookRecord> {
     let done = store
         .run_sql(vec![
             Stmt::new(
                 concat!(
-                    "UPDATE webhooks SET name = $3, spec = $4, max_concurrency = $6, updated_at = $5
+                    "UPDATE webhooks SET name = $3, spec = $4, max_concurrency = $6, updated_at = $5,
+                       event_types = COALESCE($7, event_types)
                      WHERE workspace_id = $1 AND id = $2 RETURNING ",
                     webhook_cols!("")
                 ),
                 vec![
                     ws.as_str().into(),
                     id.as_str().into(),
-                    name.into(),
-                    json_text(spec).into(),
+                    u.name.into(),
+                    json_text(u.spec).into(),
                     now.into(),
-                    i64::from(max_concurrency).into(),
+                    i64::from(u.max_concurrency).into(),
+                    u.event_types
+                        .map(|e| serde_json::Value::from(e.to_vec()).to_string())
+                        .into(),
                 ],
             )
             .or_not_found("webhook", id),
             Stmt::new(
                 "UPDATE jobs SET key_limit = $2 WHERE kind = 'webhook_delivery' AND key = $1 AND status = 'queued'",
-                vec![id.as_str().into(), i64::from(max_concurrency).into()],
+                vec![id.as_str().into(), i64::from(u.max_concurrency).into()],
             ),
         ])
         .await?;
@@ -771,6 +866,9 @@ pub struct AttemptWrite {
     /// (sets it if unset), verification, disabling.
     pub webhook_change: Option<WebhookChange>,
     pub job: JobOutcome,
+    /// More statements for the same transaction (the deliveries of a
+    /// `webhook.disabled` event).
+    pub also: Vec<Stmt>,
 }
 
 pub struct NewAttempt {
@@ -890,6 +988,7 @@ pub async fn record_attempt(
             ],
         ));
     }
+    script.extend(w.also);
     match store.run_sql(script).await {
         Ok(_) => Ok(true),
         Err(StoreError::NotFound {

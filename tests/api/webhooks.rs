@@ -33,6 +33,7 @@ both_stores!(
     test_requests_answer_with_the_seed_codes,
     a_name_resolving_to_loopback_is_refused_at_connect,
     a_hanging_endpoint_does_not_delay_the_others,
+    subscriptions_get_flow_contact_and_webhook_events,
 );
 
 /// One request as the receiver got it.
@@ -775,4 +776,258 @@ async fn a_hanging_endpoint_does_not_delay_the_others(b: Backend) {
     );
     // The hanging endpoint holds its own places (max_concurrency 8), no more.
     assert_eq!(rx.at("/hang").len(), 8);
+}
+
+/// The events a receiver got, as (event, the body's one object, raw body).
+fn events(rx: &Receiver, path: &str) -> Vec<(String, Value, String)> {
+    rx.at(path)
+        .iter()
+        .map(|g| {
+            let raw = String::from_utf8_lossy(&g.body).into_owned();
+            let v: Value = serde_json::from_str(&raw).unwrap();
+            let item = v.as_array().expect("an array")[0].clone();
+            (item["event"].as_str().unwrap().to_owned(), item, raw)
+        })
+        .collect()
+}
+
+/// Keys of a raw JSON object in the order written.
+fn key_order(raw: &str, keys: &[&str]) -> bool {
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| raw.find(&format!("\"{k}\":")).unwrap_or(usize::MAX))
+        .collect();
+    at.iter().all(|&i| i != usize::MAX) && at.windows(2).all(|w| w[0] < w[1])
+}
+
+async fn subscriptions_get_flow_contact_and_webhook_events(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    let (base, rx) = Receiver::start().await;
+    rx.answer("/gone", 410, "gone");
+    let bad = app
+        .post(
+            k,
+            "/v1/subscriptions",
+            json!({"url": format!("{base}/events"), "event_types": ["flow.nope"]}),
+        )
+        .await;
+    assert_error(&bad, 422, "invalid_subscription");
+    let (s, sub) = app
+        .post(
+            k,
+            "/v1/subscriptions",
+            json!({"url": format!("{base}/events"), "event_types": [
+                "flow.completed", "flow.goal_reached", "contact.unsubscribed",
+                "contact.spam_complaint", "webhook.disabled"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap();
+    assert!(sub_id.starts_with("sub_"), "{sub}");
+    assert!(
+        sub["signing_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+    assert_eq!(
+        app.get_ok(k, "/v1/subscriptions").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.get_ok(k, "/v1/webhooks").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        app.get_ok(k, &format!("/v1/subscriptions/{sub_id}")).await["event_types"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // A run that reaches its goal: flow.goal_reached, then flow.completed.
+    let (s, l) = app.post(k, "/v1/lists", json!({"name": "Subs"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let f = app
+        .active_flow(
+            json!({"name": "Goal", "trigger": {"type": "inbound", "list_id": l["id"]},
+            "steps": [{"id": "won", "type": "goal", "name": "signed_up"}]}),
+        )
+        .await;
+    let run = enter(&app, f.url.as_ref().unwrap(), "g@example.com").await;
+    rx.wait(&app, "/events", 2).await;
+    let got = events(&rx, "/events");
+    let goal = got
+        .iter()
+        .find(|e| e.0 == "flow.goal_reached")
+        .expect("goal event");
+    assert_eq!(goal.1["goal"], "signed_up");
+    assert_eq!(goal.1["automation_id"], f.id.as_str());
+    assert_eq!(goal.1["run_id"], run.as_str());
+    assert_eq!(goal.1["email"], "g@example.com");
+    let done = got
+        .iter()
+        .find(|e| e.0 == "flow.completed")
+        .expect("completed event");
+    assert_eq!(done.1["reason"], "goal");
+    assert_eq!(done.1["title"], "Goal");
+
+    // A contact unsubscribing: SendPulse's unsubscribe shape, field by field.
+    let (s, _) = app
+        .post(
+            k,
+            "/v1/contacts",
+            json!({"email": "u@example.com", "lists": [l["id"]]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let before = rx.at("/events").len();
+    let (s, c) = app
+        .post(
+            k,
+            "/v1/contacts",
+            json!({"email": "u@example.com", "status": "unsubscribed", "lists": [l["id"]]}),
+        )
+        .await;
+    assert!(s.is_success(), "{c}");
+    rx.wait(&app, "/events", before + 1).await;
+    let (_, unsub, raw) = events(&rx, "/events")
+        .into_iter()
+        .find(|e| e.0 == "unsubscribe")
+        .expect("unsubscribe event");
+    assert!(
+        key_order(
+            &raw,
+            &[
+                "task_id",
+                "timestamp",
+                "from_all",
+                "email",
+                "reason",
+                "book_id",
+                "event",
+                "categories",
+                "source",
+                "automation_id"
+            ]
+        ),
+        "{raw}"
+    );
+    assert_eq!(unsub["email"], "u@example.com");
+    assert_eq!(unsub["from_all"], 1);
+    assert_eq!(unsub["reason"], Value::Null);
+    assert_eq!(unsub["book_id"], l["id"]);
+    assert_eq!(unsub["categories"], "");
+    assert!(
+        unsub["timestamp"].as_str().unwrap().parse::<i64>().is_ok(),
+        "{raw}"
+    );
+    // Unchanged status: no second event.
+    app.post(
+        k,
+        "/v1/contacts",
+        json!({"email": "u@example.com", "status": "unsubscribed"}),
+    )
+    .await;
+    // A spam complaint (PATCH): the spam shape.
+    let (s, s2) = app
+        .post(k, "/v1/contacts", json!({"email": "s@example.com"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = app
+        .call(
+            k,
+            Method::PATCH,
+            &format!("/v1/contacts/{}", s2["id"].as_str().unwrap()),
+            Some(json!({"status": "complained"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let n = rx.at("/events").len();
+    rx.wait(&app, "/events", n.max(before + 2)).await;
+    let (_, spam, raw) = events(&rx, "/events")
+        .into_iter()
+        .find(|e| e.0 == "spam")
+        .expect("spam event");
+    assert!(
+        key_order(
+            &raw,
+            &[
+                "timestamp",
+                "event",
+                "task_id",
+                "email",
+                "source",
+                "automation_id"
+            ]
+        ),
+        "{raw}"
+    );
+    assert_eq!(spam["email"], "s@example.com");
+    assert!(spam["timestamp"].is_i64(), "{raw}");
+    assert_eq!(
+        events(&rx, "/events")
+            .iter()
+            .filter(|e| e.0 == "unsubscribe")
+            .count(),
+        1
+    );
+
+    // A webhook disabled by a 410: webhook.disabled.
+    let gone = webhook(&app, json!({"name": "Gone", "url": format!("{base}/gone")})).await;
+    let (_, url) = sending_flow(&app, gone["id"].as_str().unwrap()).await;
+    enter(&app, &url, "x@example.com").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let off = loop {
+        if let Some(e) = events(&rx, "/events")
+            .into_iter()
+            .find(|e| e.0 == "webhook.disabled")
+        {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no webhook.disabled event"
+        );
+        app.engine.deliveries_wake().notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(off.1["webhook_id"], gone["id"]);
+    assert!(
+        off.1["reason"].as_str().unwrap().contains("410"),
+        "{}",
+        off.2
+    );
+
+    // Events are deliveries like any other: listed, signed, isolated.
+    let listed = app
+        .get_ok(k, &format!("/v1/deliveries?subscription_id={sub_id}"))
+        .await;
+    assert!(listed["items"].as_array().unwrap().len() >= 5, "{listed}");
+    let other = app.workspace_key("other", Scope::Admin).await;
+    assert_error(
+        &app.get(&other, &format!("/v1/subscriptions/{sub_id}"))
+            .await,
+        404,
+        "not_found",
+    );
+    let (s, _) = app
+        .call(
+            k,
+            Method::DELETE,
+            &format!("/v1/subscriptions/{sub_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
 }

@@ -62,6 +62,7 @@ struct Pending<'a> {
     ws: &'a WorkspaceId,
     up: Upserted,
     change: ContactChange,
+    before_status: Option<crate::domain::ContactStatus>,
 }
 
 /// Writes every item in the caller's transaction: each item's answer, in
@@ -102,6 +103,7 @@ pub(crate) async fn write_many<T: Tx>(
     let mut pending = Vec::with_capacity(keyed.len());
     for (((i, ws, input, _), existing), defs) in keyed.into_iter().zip(existing).zip(defs) {
         let before = existing.as_ref().map(|e| e.fields.clone());
+        let before_status = existing.as_ref().map(|e| e.status);
         let up = match defs.and_then(|defs| plan::upsert(existing, &defs, input, now)) {
             Ok(up) => up,
             Err(e) => {
@@ -119,6 +121,7 @@ pub(crate) async fn write_many<T: Tx>(
             ws,
             up,
             change,
+            before_status,
         });
     }
     let writes: Vec<(&WorkspaceId, &ContactRecord)> = pending
@@ -128,6 +131,22 @@ pub(crate) async fn write_many<T: Tx>(
         .collect();
     if !writes.is_empty() {
         tx.write_contacts(&writes).await?;
+    }
+    for p in pending.iter().filter(|p| p.up.changed) {
+        let (input, flow) = match &items[p.item].1 {
+            Write::Enter(req) => (&req.contact, Some(&req.flow_id)),
+            Write::Upsert(input) => (input, None),
+        };
+        super::status_changed(
+            tx,
+            p.ws,
+            p.before_status,
+            &p.up.contact,
+            input.lists.first(),
+            flow,
+            now,
+        )
+        .await?;
     }
     let joins: Vec<(&WorkspaceId, &ListId, &ContactId)> = pending
         .iter()

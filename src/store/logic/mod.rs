@@ -481,6 +481,35 @@ async fn apply_effects<T: Tx>(
         }
     }
 
+    // Events for subscriptions: the subscriptions read once for the wave.
+    let emits: Vec<usize> = (0..n)
+        .filter(|&k| matches!(effects[k], Effect::Emit { .. }))
+        .collect();
+    if !emits.is_empty() {
+        let subs = tx.exec(&super::outbound::subscriptions_stmt()).await?;
+        if !subs.rows.is_empty() {
+            for &k in &emits {
+                let Effect::Emit { event, payload } = effects[k] else {
+                    continue;
+                };
+                let (ws, contact) = who(k);
+                let mut payload = payload.clone();
+                payload["run_id"] = Value::from(advs[k].run_id.as_str());
+                for sub in super::outbound::wanting(&subs.rows, ws, event)? {
+                    let d = super::outbound::event_delivery(
+                        &sub,
+                        ws,
+                        event,
+                        &payload,
+                        Some(advs[k].run_id.as_str()),
+                        Some(contact.as_str()),
+                    );
+                    send_webhook(tx, &d, now).await?;
+                }
+            }
+        }
+    }
+
     for k in 0..n {
         let (ws, contact) = who(k);
         let done = match effects[k] {
@@ -509,7 +538,7 @@ async fn apply_effects<T: Tx>(
                 };
                 send_webhook(tx, &d, now).await
             }
-            Effect::SetField { .. } | Effect::AddToList(_) => Ok(()),
+            Effect::SetField { .. } | Effect::AddToList(_) | Effect::Emit { .. } => Ok(()),
         };
         if let Err(e) = done {
             results[k] = Err(batch::item_error(e)?);
@@ -533,6 +562,67 @@ async fn apply_effects<T: Tx>(
         }
     }
     Ok(results)
+}
+
+/// A contact's status became unsubscribed, complained or bounced (WH-13):
+/// a delivery to each subscription that wants the event, in the
+/// transaction of the change. New contacts created so are not announced
+/// (an import of unsubscribed contacts is not a wave of unsubscribes).
+/// `list` is the list the write named (SendPulse's `book_id`), `flow` the
+/// flow whose inbound call made the change.
+pub(crate) async fn status_changed<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    before: Option<crate::domain::ContactStatus>,
+    after: &ContactRecord,
+    list: Option<&ListId>,
+    flow: Option<&FlowId>,
+    now: Millis,
+) -> Result<()> {
+    use crate::domain::ContactStatus as S;
+    let event = match after.status {
+        S::Unsubscribed => "contact.unsubscribed",
+        S::Complained => "contact.spam_complaint",
+        S::Bounced => "contact.bounced",
+        S::Subscribed => return Ok(()),
+    };
+    if before.is_none_or(|b| b == after.status) {
+        return Ok(());
+    }
+    let subs = tx.exec(&super::outbound::subscriptions_stmt()).await?;
+    let wanted = super::outbound::wanting(&subs.rows, ws, event)?;
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let payload = serde_json::json!({
+        "event": match after.status {
+            S::Unsubscribed => "unsubscribe",
+            S::Complained => "spam",
+            _ => "bounce",
+        },
+        "timestamp": now.div_euclid(1000),
+        "email": after.email.as_str(),
+        "from_all": 1,
+        "reason": Value::Null,
+        "book_id": list.map(ListId::as_str),
+        "categories": "",
+        "task_id": Value::Null,
+        "source": if flow.is_some() { "inbound" } else { "api" },
+        "automation_id": flow.map(FlowId::as_str),
+        "contact_id": after.id.as_str(),
+    });
+    for sub in wanted {
+        let d = super::outbound::event_delivery(
+            &sub,
+            ws,
+            event,
+            &payload,
+            None,
+            Some(after.id.as_str()),
+        );
+        send_webhook(tx, &d, now).await?;
+    }
+    Ok(())
 }
 
 /// Stores a delivery and queues its job; a data error when the webhook
@@ -658,10 +748,22 @@ pub(crate) async fn upsert_contact<T: Tx>(
     input: &ContactUpsert,
     now: Millis,
 ) -> Result<Upserted> {
+    upsert_contact_from(tx, ws, input, None, now).await
+}
+
+/// [`upsert_contact`] for an inbound call to `flow` (status events name it).
+pub(crate) async fn upsert_contact_from<T: Tx>(
+    tx: &mut T,
+    ws: &WorkspaceId,
+    input: &ContactUpsert,
+    flow: Option<&FlowId>,
+    now: Millis,
+) -> Result<Upserted> {
     let email = input.email.as_ref().ok_or_else(plan::email_required)?;
     tx.lock_email(ws, email).await?;
     let existing = tx.contact_by_email(ws, email).await?;
     let before = existing.as_ref().map(|e| e.fields.clone());
+    let before_status = existing.as_ref().map(|e| e.status);
     let defs = tx
         .field_defs(ws, existing.as_ref().map(|e| &e.id), &input.lists)
         .await?;
@@ -671,6 +773,16 @@ pub(crate) async fn upsert_contact<T: Tx>(
         tx.write_contact(ws, &out.contact).await?;
         change.changed_fields = ContactChange::fields(before.as_ref(), &out.contact.fields);
         change.other = true;
+        status_changed(
+            tx,
+            ws,
+            before_status,
+            &out.contact,
+            input.lists.first(),
+            flow,
+            now,
+        )
+        .await?;
     }
     for list in &input.lists {
         if tx.add_membership(ws, list, &out.contact.id).await? {
@@ -698,6 +810,7 @@ pub(crate) async fn patch_contact<T: Tx>(
     let before = existing.clone();
     let updated = plan::patch(existing, &defs, patch, now)?;
     tx.write_contact(ws, &updated).await?;
+    status_changed(tx, ws, Some(before.status), &updated, None, None, now).await?;
     let change = ContactChange {
         changed_fields: ContactChange::fields(Some(&before.fields), &updated.fields),
         other: before.email != updated.email
@@ -781,7 +894,7 @@ pub(crate) async fn enter<T: Tx>(
     let (status, token) = tx.flow_for_entry(ws, &req.flow_id).await?;
     entry::check_flow(status, token.as_deref(), req)?;
     let now = super::now_millis();
-    let up = upsert_contact(tx, ws, &req.contact, now).await?;
+    let up = upsert_contact_from(tx, ws, &req.contact, Some(&req.flow_id), now).await?;
     let plan = EntryPlan {
         first_step: req.first_step.clone(),
         repeat: req.repeat,
