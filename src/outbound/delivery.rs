@@ -494,8 +494,8 @@ impl DeliveryHandler {
                     verified: false,
                     disable: should_disable.then(|| {
                         format!(
-                            "every delivery failed for {} days",
-                            self.outbound.settings.disable_after.as_secs() / 86_400
+                            "every delivery failed for {} hours without a success",
+                            self.outbound.settings.disable_after.as_secs() / 3600
                         )
                     }),
                 };

@@ -34,6 +34,7 @@ both_stores!(
     a_name_resolving_to_loopback_is_refused_at_connect,
     a_hanging_endpoint_does_not_delay_the_others,
     subscriptions_get_flow_contact_and_webhook_events,
+    a_webhook_failing_too_long_is_disabled_and_replays_when_enabled,
 );
 
 /// One request as the receiver got it.
@@ -1030,4 +1031,70 @@ async fn subscriptions_get_flow_contact_and_webhook_events(b: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+}
+
+async fn a_webhook_failing_too_long_is_disabled_and_replays_when_enabled(b: Backend) {
+    let Some(app) = spawn_app_with(
+        b,
+        ApiOptions {
+            outbound: OutboundSettings {
+                allow: vec!["127.0.0.1/32".parse().unwrap()],
+                verification: false,
+                disable_after: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    rx.answer("/down", 503, "down");
+    let w = webhook(
+        &app,
+        json!({"name": "Down", "url": format!("{base}/down"), "retries": 20}),
+    )
+    .await;
+    let id = w["id"].as_str().unwrap().to_owned();
+    let (_, url) = sending_flow(&app, &id).await;
+    let d = delivery_of(&app, &enter(&app, &url, "d@example.com").await).await;
+    // Attempts at once, then after 5 s, 5 min, 30 min, 2 h (each +20 % at
+    // most): the last is over an hour after the first failure.
+    rx.wait(&app, "/down", 2).await;
+    for (n, wait) in [(3, 6), (4, 6 * 60), (5, 37 * 60), (6, 2 * 3600 + 25 * 60)] {
+        app.clock.advance(Duration::from_secs(wait));
+        rx.wait(&app, "/down", n).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let off = loop {
+        let got = app
+            .get_ok(&app.admin_key, &format!("/v1/webhooks/{id}"))
+            .await;
+        if got["enabled"] == false {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "not disabled: {got}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        off["disabled_reason"].as_str().unwrap().contains("1 hours"),
+        "{off}"
+    );
+    // Kept, not dropped: held while disabled, sent when enabled.
+    app.clock.advance(Duration::from_secs(11 * 3600));
+    wait_delivery(&app, &d, |d| d["status"] == "disabled").await;
+    let sent = rx.at("/down").len();
+    rx.answer("/down", 200, "ok");
+    let (s, _) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/webhooks/{id}/enable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    rx.wait(&app, "/down", sent + 1).await;
+    wait_delivery(&app, &d, |d| d["status"] == "succeeded").await;
 }
