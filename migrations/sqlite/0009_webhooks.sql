@@ -71,3 +71,7 @@ ALTER TABLE jobs ADD COLUMN key_limit INTEGER;
 -- The claim's loose index scan over keys, and each key's oldest due jobs.
 CREATE INDEX jobs_key_due ON jobs (kind, key, due_at, id) WHERE status = 'queued';
 CREATE INDEX webhooks_subscriptions ON webhooks (workspace_id) WHERE event_types IS NOT NULL;
+-- The claim reads jobs by key now (jobs_key_due); the old claim's index
+-- only misled the planner (it chose it on fresh statistics) and cost every
+-- update of a job.
+DROP INDEX jobs_due;
