@@ -26,6 +26,9 @@ pub struct DeliveryArgs {
     pub database: Option<String>,
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Each webhook's max_concurrency (requests in progress at once to it).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +48,9 @@ pub struct E2eArgs {
     pub database: Option<String>,
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Each webhook's max_concurrency (requests in progress at once to it).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
 }
 
 /// What the receiver saw: a count, and per message number (parsed from the
@@ -149,6 +155,7 @@ async fn setup(
     http: &reqwest::Client,
     server: &Server,
     urls: &[String],
+    concurrency: u16,
 ) -> (Vec<String>, Vec<hyper::Uri>) {
     let list = call(http, server, "POST", "/v1/lists", json!({"name": "bench"})).await;
     let (mut hooks, mut paths) = (Vec::new(), Vec::new());
@@ -158,7 +165,7 @@ async fn setup(
             server,
             "POST",
             "/v1/webhooks",
-            json!({"name": format!("Bench{i}"), "url": url}),
+            json!({"name": format!("Bench{i}"), "url": url, "max_concurrency": concurrency}),
         )
         .await;
         let id = w["id"].as_str().unwrap().to_owned();
@@ -272,7 +279,7 @@ pub async fn deliveries(args: DeliveryArgs) {
     let urls: Vec<String> = (0..args.endpoints)
         .map(|i| format!("{base}/e{i}"))
         .collect();
-    let (hooks, paths) = setup(&http, &server, &urls).await;
+    let (hooks, paths) = setup(&http, &server, &urls, args.concurrency).await;
     // Queue with every webhook disabled: the deliveries are written and
     // held; enabling them releases all at once, which is what is timed.
     for h in &hooks {
@@ -363,7 +370,7 @@ pub async fn e2e(args: E2eArgs) {
     let steady = args.rate * args.seconds;
     let slots = (args.requests + steady) as usize + 1;
     let (base, seen) = receiver(slots).await;
-    let (_, paths) = setup(&http, &server, &[format!("{base}/in")]).await;
+    let (_, paths) = setup(&http, &server, &[format!("{base}/in")], args.concurrency).await;
     // Throughput: from the first call until the receiver has every message.
     let pid = server.child.id();
     let cpu_before = cpu_seconds(pid);
