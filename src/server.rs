@@ -60,6 +60,7 @@ pub async fn serve(
         engine.clock(),
         outbound,
         engine.deliveries_wake(),
+        engine.wake_handle(),
         outbound_stop.clone(),
     ));
     let (connections, mut tasks) =

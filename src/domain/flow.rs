@@ -164,6 +164,21 @@ pub enum StepKind {
         webhook_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
+        /// Wait for the delivery's final outcome, then go on at
+        /// `on_success` or `on_failure` (instead of `next`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        wait_for_result: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_success: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_failure: Option<String>,
+        /// The longest wait for the outcome (a duration, default `3d`); then
+        /// `on_failure`, with outcome `timeout`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
+        /// A path in the JSON answer → a contact field, set on success.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        response_mapping: std::collections::BTreeMap<String, String>,
     },
     Exit {},
 }
@@ -408,8 +423,20 @@ impl StepKind {
             | StepKind::MoveToList { next, .. }
             | StepKind::UpdateField { next, .. }
             | StepKind::Goal { next, .. }
-            | StepKind::StartFlow { next, .. }
-            | StepKind::SendWebhook { next, .. } => opt("next", next).into_iter().collect(),
+            | StepKind::StartFlow { next, .. } => opt("next", next).into_iter().collect(),
+            StepKind::SendWebhook {
+                next,
+                on_success,
+                on_failure,
+                ..
+            } => [
+                opt("next", next),
+                opt("on_success", on_success),
+                opt("on_failure", on_failure),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             StepKind::Exit {} => vec![],
         }
     }
@@ -418,6 +445,13 @@ impl StepKind {
         // A wait `until` a fixed time pauses only the first time round a
         // loop; after that time it passes straight through.
         matches!(self, StepKind::Wait(w) if w.until.is_none())
+            || matches!(
+                self,
+                StepKind::SendWebhook {
+                    wait_for_result: true,
+                    ..
+                }
+            )
     }
 }
 
@@ -678,9 +712,60 @@ impl Validator<'_> {
             StepKind::StartFlow { flow_id, .. } if !flow_id.starts_with("fl_") => {
                 self.err(id, "flow_id", format!("`{flow_id}` is not a flow id"));
             }
-            StepKind::SendWebhook { webhook_id, .. } => {
+            StepKind::SendWebhook {
+                webhook_id,
+                next,
+                wait_for_result,
+                on_success,
+                on_failure,
+                timeout,
+                response_mapping,
+            } => {
                 if let Err(e) = crate::domain::WebhookId::parse(webhook_id) {
                     self.err(id, "webhook_id", e.to_string());
+                }
+                if *wait_for_result {
+                    if next.is_some() {
+                        self.err(
+                            id,
+                            "next",
+                            "a step that waits for the result goes on at `on_success` or `on_failure`, not `next`",
+                        );
+                    }
+                    if on_success.is_none() || on_failure.is_none() {
+                        self.err(
+                            id,
+                            "wait_for_result",
+                            "waiting for the result needs both `on_success` and `on_failure`",
+                        );
+                    }
+                    if let Some(t) = timeout
+                        && let Err(e) = parse_duration(t)
+                    {
+                        self.err(id, "timeout", e);
+                    }
+                    for (path, field) in response_mapping {
+                        if let Err(e) = crate::domain::jsonpath::JsonPath::parse(path) {
+                            self.err(id, "response_mapping", e);
+                        }
+                        if !self.known_fields.contains_key(field.as_str()) {
+                            self.err(
+                                id,
+                                "response_mapping",
+                                format!("the flow's lists define no field `{field}`"),
+                            );
+                        }
+                    }
+                } else if on_success.is_some()
+                    || on_failure.is_some()
+                    || timeout.is_some()
+                    || !response_mapping.is_empty()
+                {
+                    self.err(
+                        id,
+                        "wait_for_result",
+                        "`on_success`, `on_failure`, `timeout` and `response_mapping` need `wait_for_result: true`",
+                    );
                 }
             }
             _ => {}

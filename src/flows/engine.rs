@@ -94,6 +94,12 @@ impl Engine {
         })
     }
 
+    /// The engine's own wake-up, for work made elsewhere (a delivery's
+    /// outcome resuming a run).
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
     /// The wake-up of the outbound delivery worker.
     pub fn deliveries_wake(&self) -> Arc<Notify> {
         self.deliveries.clone()

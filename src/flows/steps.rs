@@ -188,7 +188,21 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
         StepKind::SendWebhook {
             webhook_id,
             next: n,
+            wait_for_result,
+            on_success,
+            on_failure,
+            timeout,
+            response_mapping,
         } => {
+            if let Wake::Resume { wait_until, event } = wake {
+                return Ok(webhook_result(
+                    event,
+                    wait_until,
+                    ctx,
+                    (on_success, on_failure),
+                    response_mapping,
+                ));
+            }
             let webhook = WebhookId::parse(webhook_id).map_err(|e| e.to_string())?;
             let delivery = DeliveryId::generate();
             ctx.detail =
@@ -206,15 +220,102 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
                         "fields": ctx.contact.fields,
                     },
                     "event": ctx.event_data,
+                    "wait": wait_for_result,
                 }),
             });
-            next(n)
+            if *wait_for_result {
+                let wait = parse_duration(timeout.as_deref().unwrap_or(RESULT_TIMEOUT))?;
+                let until = ctx.now.saturating_add(millis(wait));
+                if let Value::Object(d) = &mut ctx.detail {
+                    d.insert(
+                        "until".into(),
+                        json!(crate::domain::millis_to_rfc3339(until)),
+                    );
+                }
+                Outcome::Wait {
+                    until,
+                    event: Some(result_event(ctx.step)),
+                    fresh: true,
+                }
+            } else {
+                next(n)
+            }
         }
         StepKind::Exit {} => Outcome::End {
             status: RunStatus::Exited,
             reason: EndReason::ExitStep,
         },
     })
+}
+
+/// How long a `send_webhook` step waits for its result by default.
+pub const RESULT_TIMEOUT: &str = "3d";
+
+/// The event a run waiting for its delivery's outcome waits for (no event
+/// name a user can send has a `:`).
+pub fn result_event(step: &str) -> String {
+    format!("webhook_result:{step}")
+}
+
+/// A `send_webhook` step woken while waiting for its result: the outcome
+/// arrived (success: the response mapping's fields are set), the timeout
+/// passed, or (woken early for an exit check) it goes on waiting.
+fn webhook_result(
+    event: Option<Value>,
+    wait_until: Millis,
+    ctx: &mut StepCtx,
+    (on_success, on_failure): (&Option<String>, &Option<String>),
+    mapping: &std::collections::BTreeMap<String, String>,
+) -> Outcome {
+    let Some(ev) = event else {
+        if ctx.now >= wait_until {
+            ctx.detail = json!({ "result": "timeout" });
+            return Outcome::Next {
+                to: on_failure.clone(),
+                label: StepOutcome::Timeout,
+            };
+        }
+        return Outcome::Wait {
+            until: wait_until,
+            event: Some(result_event(ctx.step)),
+            fresh: false,
+        };
+    };
+    let ok = ev["status"] == "succeeded";
+    let mut mapped = serde_json::Map::new();
+    if ok {
+        for (path, field) in mapping {
+            let found = crate::domain::jsonpath::JsonPath::parse(path)
+                .ok()
+                .and_then(|p| p.get(&ev["response"]).cloned());
+            if let Some(value) = found.filter(|v| !v.is_object() && !v.is_array()) {
+                ctx.contact.fields.insert(field.clone(), value.clone());
+                mapped.insert(field.clone(), value.clone());
+                ctx.effects.push(Effect::SetField {
+                    name: field.clone(),
+                    value,
+                });
+            }
+        }
+    }
+    ctx.detail = json!({
+        "delivery_id": ev["delivery_id"],
+        "result": ev["status"],
+        "response_status": ev["response_status"],
+        "mapped": mapped,
+    });
+    Outcome::Next {
+        to: if ok {
+            on_success.clone()
+        } else {
+            on_failure.clone()
+        },
+        label: if ok {
+            StepOutcome::Yes
+        } else {
+            StepOutcome::No
+        },
+    }
 }
 
 fn list(raw: &str) -> Result<ListId, String> {

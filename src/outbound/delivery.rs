@@ -236,6 +236,8 @@ pub struct DeliveryHandler {
     /// The worker's lease owner id (the attempt is recorded under it).
     pub owner: String,
     loads: Loads,
+    /// Wakes the flow engine when an outcome resumed a run.
+    pub engine_wake: Option<Arc<tokio::sync::Notify>>,
     /// Checked configurations by webhook, while its `updated_at` holds.
     configs: std::sync::Mutex<HashMap<WebhookId, (Millis, Arc<WebhookConfig>)>>,
 }
@@ -287,6 +289,7 @@ impl DeliveryHandler {
             outbound,
             owner,
             loads: Loads::default(),
+            engine_wake: None,
             configs: Default::default(),
         }
     }
@@ -332,7 +335,7 @@ impl DeliveryHandler {
         let id = DeliveryId::from_trusted(job.id.as_str().to_owned());
         let Some((d, w)) = self.loads.load(&*self.store, id.clone()).await? else {
             // Deleted with its webhook: nothing to send.
-            self.write(held(
+            self.write_gone(held(
                 &id,
                 &job.workspace_id,
                 &w_id_of(job),
@@ -355,6 +358,7 @@ impl DeliveryHandler {
             webhook_change: None,
             job,
             also: Vec::new(),
+            resume: None,
         };
         if !w.enabled {
             let mut write = base(
@@ -368,7 +372,7 @@ impl DeliveryHandler {
                 "held: the webhook is disabled ({})",
                 w.disabled_reason.as_deref().unwrap_or("by a user")
             ));
-            return self.write(write).await;
+            return self.write(&d, write).await;
         }
         let config = match self.config(&w) {
             Ok(c) => c,
@@ -386,7 +390,7 @@ impl DeliveryHandler {
                     },
                 );
                 write.error = Some(format!("the webhook's configuration is not valid: {error}"));
-                return self.write(write).await;
+                return self.write(&d, write).await;
             }
         };
         // The verification throttle and the rate limit: one slot at a time,
@@ -416,7 +420,7 @@ impl DeliveryHandler {
             } else {
                 "held: the webhook's rate limit".into()
             });
-            return self.write(write).await;
+            return self.write(&d, write).await;
         }
         let body = if d.event_type == "flow.step" {
             render(&config, &render_context(&d, now))
@@ -445,7 +449,7 @@ impl DeliveryHandler {
                     outcome: "failed",
                 });
                 write.error = Some(error);
-                return self.write(write).await;
+                return self.write(&d, write).await;
             }
         };
         let attempt = self
@@ -553,7 +557,7 @@ impl DeliveryHandler {
             write.also = self.disabled_event(&w, &reason, after).await?;
         }
         write.webhook_change = change;
-        self.write(write).await
+        self.write(&d, write).await
     }
 
     /// The deliveries announcing that `w` is disabled, to the workspace's
@@ -593,7 +597,39 @@ impl DeliveryHandler {
         Ok(out)
     }
 
-    async fn write(&self, w: AttemptWrite) -> Result<(), StoreError> {
+    /// Records `w`; a final outcome of a delivery whose run waits for it
+    /// (`wait_for_result`) resumes the run in the same transaction.
+    async fn write(&self, d: &DeliveryRecord, mut w: AttemptWrite) -> Result<(), StoreError> {
+        let final_outcome = matches!(w.status, DeliveryStatus::Succeeded | DeliveryStatus::Failed);
+        if final_outcome
+            && d.context["wait"] == true
+            && let (Some(run), Some(step)) = (&d.run_id, &d.step)
+        {
+            let response = w.attempt.as_ref().and_then(|a| {
+                a.response_body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            });
+            w.resume = Some((
+                run.clone(),
+                crate::flows::steps::result_event(step),
+                json!({
+                    "delivery_id": d.id.as_str(),
+                    "status": w.status.as_str(),
+                    "response_status": w.attempt.as_ref().and_then(|a| a.response_status),
+                    "response": response,
+                }),
+            ));
+        }
+        let resumes = w.resume.is_some();
+        self.write_gone(w).await?;
+        if resumes && let Some(wake) = &self.engine_wake {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn write_gone(&self, w: AttemptWrite) -> Result<(), StoreError> {
         let delivery = w.delivery.clone();
         if !record_attempt(&*self.store, w, &self.owner, self.clock.now()).await? {
             tracing::warn!(%delivery, "a delivery's lease ended before its attempt was recorded; another worker has it");
@@ -628,6 +664,7 @@ fn held(
         webhook_change: None,
         job,
         also: Vec::new(),
+        resume: None,
     }
 }
 
@@ -637,16 +674,14 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     outbound: Arc<Outbound>,
     wake: Arc<tokio::sync::Notify>,
+    engine_wake: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let owner = format!("outbound-{}", uuid::Uuid::new_v4());
     let settings = outbound.settings.clone();
-    let handler = Arc::new(DeliveryHandler::new(
-        store.clone(),
-        clock.clone(),
-        outbound,
-        owner.clone(),
-    ));
+    let mut handler = DeliveryHandler::new(store.clone(), clock.clone(), outbound, owner.clone());
+    handler.engine_wake = Some(engine_wake);
+    let handler = Arc::new(handler);
     let worker = Arc::new(crate::worker::JobWorker::new(
         store.clone(),
         clock.clone(),

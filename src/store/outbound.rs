@@ -869,6 +869,9 @@ pub struct AttemptWrite {
     /// More statements for the same transaction (the deliveries of a
     /// `webhook.disabled` event).
     pub also: Vec<Stmt>,
+    /// The run waiting for this delivery's outcome (`wait_for_result`):
+    /// its id, the event it waits for and the outcome to resume it with.
+    pub resume: Option<(String, String, Value)>,
 }
 
 pub struct NewAttempt {
@@ -989,6 +992,18 @@ pub async fn record_attempt(
         ));
     }
     script.extend(w.also);
+    if let Some((run, event, payload)) = w.resume {
+        script.push(Stmt::new(
+            "UPDATE runs SET resume_event = $3, due_at = $4
+             WHERE id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
+            vec![
+                run.into(),
+                event.into(),
+                Arg::Json(Some(payload)),
+                now.into(),
+            ],
+        ));
+    }
     match store.run_sql(script).await {
         Ok(_) => Ok(true),
         Err(StoreError::NotFound {

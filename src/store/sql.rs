@@ -22,6 +22,8 @@ pub enum Arg {
     Int(Option<i64>),
     Text(Option<String>),
     Bytes(Option<Vec<u8>>),
+    /// A JSON value: text on SQLite, `jsonb` on PostgreSQL.
+    Json(Option<serde_json::Value>),
 }
 
 impl From<i64> for Arg {

@@ -35,6 +35,7 @@ both_stores!(
     a_hanging_endpoint_does_not_delay_the_others,
     subscriptions_get_flow_contact_and_webhook_events,
     a_webhook_failing_too_long_is_disabled_and_replays_when_enabled,
+    a_step_waits_for_the_result_and_maps_the_answer,
 );
 
 /// One request as the receiver got it.
@@ -1097,4 +1098,94 @@ async fn a_webhook_failing_too_long_is_disabled_and_replays_when_enabled(b: Back
     assert_eq!(s, StatusCode::OK);
     rx.wait(&app, "/down", sent + 1).await;
     wait_delivery(&app, &d, |d| d["status"] == "succeeded").await;
+}
+
+async fn a_step_waits_for_the_result_and_maps_the_answer(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let k = &app.admin_key;
+    let (base, rx) = Receiver::start().await;
+    rx.answer(
+        "/crm",
+        200,
+        r#"{"crm_id": "C-77", "account": {"tier": "gold"}}"#,
+    );
+    rx.answer("/bad", 400, "no");
+    let good = webhook(&app, json!({"name": "Crm", "url": format!("{base}/crm")})).await;
+    let bad = webhook(&app, json!({"name": "Bad", "url": format!("{base}/bad")})).await;
+    let (s, l) = app
+        .post(
+            k,
+            "/v1/lists",
+            json!({"name": "Sync", "fields": [
+            {"name": "crm_id", "type": "text"}, {"name": "tier", "type": "text"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let doc = |w: &Value, name: &str| {
+        json!({"name": name, "trigger": {"type": "inbound", "list_id": l["id"]},
+            "steps": [
+                {"id": "push", "type": "send_webhook", "webhook_id": w["id"], "wait_for_result": true,
+                 "on_success": "ok", "on_failure": "ko",
+                 "response_mapping": {"crm_id": "crm_id", "account.tier": "tier"}},
+                {"id": "ok", "type": "goal", "name": "synced"},
+                {"id": "ko", "type": "exit"}]})
+    };
+    // Refused: next with wait_for_result; on_success without it.
+    let mut wrong = doc(&good, "Wrong");
+    wrong["steps"][0]["next"] = json!("ok");
+    assert_eq!(
+        app.post(k, "/v1/flows", wrong).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let mut wrong = doc(&good, "Wrong2");
+    wrong["steps"][0]["wait_for_result"] = json!(false);
+    assert_eq!(
+        app.post(k, "/v1/flows", wrong).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let f = app.active_flow(doc(&good, "Sync")).await;
+    let run = enter(&app, f.url.as_ref().unwrap(), "w@example.com").await;
+    let r = app
+        .wait_run(&run, |r| {
+            r["status"] == "completed" || r["status"] == "exited" || r["status"] == "failed"
+        })
+        .await;
+    assert_eq!(r["end_reason"], "goal", "{r:#}");
+    let steps: Vec<(&str, &str)> = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["step"].as_str().unwrap(), h["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("push", "waiting"), ("push", "yes"), ("ok", "goal")],
+        "{r:#}"
+    );
+    let delivery = r["history"][0]["detail"]["delivery_id"].as_str().unwrap();
+    assert_eq!(r["history"][1]["detail"]["delivery_id"], delivery);
+    let c = app
+        .get_ok(
+            k,
+            &format!("/v1/contacts/{}", r["contact_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(c["fields"]["crm_id"], "C-77", "{c}");
+    assert_eq!(c["fields"]["tier"], "gold", "{c}");
+
+    // A final failure takes the other branch.
+    let f = app.active_flow(doc(&bad, "SyncBad")).await;
+    let run = enter(&app, f.url.as_ref().unwrap(), "x@example.com").await;
+    let r = app
+        .wait_run(&run, |r| {
+            r["status"] == "completed" || r["status"] == "exited" || r["status"] == "failed"
+        })
+        .await;
+    assert_eq!(r["status"], "exited", "{r:#}");
+    assert_eq!(r["history"][1]["outcome"], "no", "{r:#}");
+    assert_eq!(r["history"][1]["detail"]["response_status"], 400, "{r:#}");
+    assert_eq!(rx.at("/bad").len(), 1);
 }

@@ -15,6 +15,7 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
             Arg::Int(v) => q.bind(*v),
             Arg::Text(v) => q.bind(v.clone()),
             Arg::Bytes(v) => q.bind(v.clone()),
+            Arg::Json(v) => q.bind(v.clone().map(sqlx::types::Json)),
         };
     }
     let upper = stmt

@@ -16,6 +16,9 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
         Arg::Int(v) => v.map_or(Value::Null, Value::Integer),
         Arg::Text(v) => v.clone().map_or(Value::Null, Value::Text),
         Arg::Bytes(v) => v.clone().map_or(Value::Null, Value::Blob),
+        Arg::Json(v) => v
+            .as_ref()
+            .map_or(Value::Null, |j| Value::Text(j.to_string())),
     });
     let done = if s.column_count() == 0 {
         let changed = s
