@@ -288,6 +288,16 @@ pub async fn update_webhook(
     let id = WebhookId::parse(&id)?;
     let old = out::get_webhook(&*state.store, &p.workspace_id, &id).await?;
     // A client that sends back what it read keeps the stored secrets.
+    for (name, value) in body.headers.iter_mut() {
+        if value == MASK
+            && let Some(stored) = old.spec["headers"]
+                .as_object()
+                .and_then(|h| h.get(name))
+                .and_then(Value::as_str)
+        {
+            *value = stored.to_owned();
+        }
+    }
     if let (Some(auth), Some(stored)) = (body.auth.as_mut(), old.spec.get("auth"))
         && let Some(obj) = auth.as_object_mut()
     {

@@ -353,7 +353,14 @@ impl WebhookConfig {
         let headers: Vec<(String, String)> = self
             .headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .map(|(n, v)| {
+                let shown = if secret_header(n.as_str()) {
+                    MASK
+                } else {
+                    v.to_str().unwrap_or("")
+                };
+                (n.to_string(), shown.to_owned())
+            })
             .collect();
         serde_json::json!({
             "name": self.name,
@@ -376,9 +383,64 @@ impl WebhookConfig {
 /// What a masked secret reads as.
 pub const MASK: &str = "********";
 
+/// Whether a custom header's value is a secret by its name (`X-Api-Key`,
+/// `X-Auth-Token`, `Cookie`…): such values are masked wherever a header is
+/// shown (the webhook, each attempt's request), like `auth`'s.
+pub fn secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "key",
+        "token",
+        "secret",
+        "auth",
+        "password",
+        "passwd",
+        "cookie",
+        "session",
+        "credential",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_named_like_secrets_are_masked_in_views() {
+        for name in [
+            "X-Api-Key",
+            "x-auth-token",
+            "X-Client-Secret",
+            "Cookie",
+            "X-Session-Id",
+        ] {
+            assert!(secret_header(name), "{name}");
+        }
+        for name in [
+            "X-Source",
+            "Accept",
+            "X-Request-Origin",
+            "webhook-signature",
+        ] {
+            assert!(!secret_header(name), "{name}");
+        }
+        let spec = WebhookSpec {
+            name: "Masked".into(),
+            url: "https://example.com/in".into(),
+            headers: vec![
+                ("X-Api-Key".into(), "k-1".into()),
+                ("X-Source".into(), "hookflow".into()),
+            ],
+            ..Default::default()
+        };
+        let shown = spec.check(&TargetPolicy::default()).unwrap().masked();
+        assert_eq!(
+            shown["headers"],
+            serde_json::json!([["x-api-key", MASK], ["x-source", "hookflow"]])
+        );
+    }
 
     fn loopback() -> TargetPolicy {
         TargetPolicy {

@@ -113,10 +113,12 @@ pub async fn send(
         headers: headers
             .iter()
             .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
+                let shown = if super::config::secret_header(n.as_str()) {
+                    MASK.to_owned()
+                } else {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                };
+                (n.to_string(), shown)
             })
             .collect(),
         body: String::from_utf8_lossy(out.body).into_owned(),

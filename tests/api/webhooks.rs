@@ -232,7 +232,7 @@ async fn a_send_webhook_step_delivers_a_signed_default_body(b: Backend) {
     let (base, rx) = Receiver::start().await;
     let w = webhook(
         &app,
-        json!({"name": "CrmSync", "url": format!("{base}/in"), "headers": {"X-Source": "hookflow"},
+        json!({"name": "CrmSync", "url": format!("{base}/in"), "headers": {"X-Source": "hookflow", "X-Api-Key": "k-SECRET-9"},
                "auth": {"type": "bearer", "token": "tok-SECRET-1"}}),
     )
     .await;
@@ -250,6 +250,12 @@ async fn a_send_webhook_step_delivers_a_signed_default_body(b: Backend) {
     assert_eq!(h("webhook-id"), delivery);
     assert_eq!(h("content-type"), "application/json");
     assert_eq!(h("x-source"), "hookflow");
+    assert_eq!(h("x-api-key"), "k-SECRET-9");
+    assert!(
+        !w.to_string().contains("k-SECRET-9"),
+        "a secret header in the answer: {w}"
+    );
+    assert_eq!(w["headers"]["x-api-key"], "********", "{w}");
     assert_eq!(h("authorization"), "Bearer tok-SECRET-1");
     let ts: i64 = h("webhook-timestamp").parse().unwrap();
     let expected = SigningSecret::from_trusted(secret).sign(&delivery, ts, &g.body);
@@ -311,6 +317,10 @@ async fn a_send_webhook_step_delivers_a_signed_default_body(b: Backend) {
     assert!(
         !text.contains("tok-SECRET-1"),
         "a secret in the activity: {text}"
+    );
+    assert!(
+        !text.contains("k-SECRET-9"),
+        "a secret header in the activity: {text}"
     );
     assert!(text.contains("Bearer ********"), "{text}");
 
