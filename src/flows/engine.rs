@@ -152,7 +152,6 @@ impl Engine {
             .complete_runs(&self.owner, self.clock.now(), advances)
             .await?;
         if sends {
-            self.deliveries.notify_waiters();
             self.deliveries.notify_one();
         }
         for o in &outcomes {

@@ -316,7 +316,7 @@ impl DeliveryHandler {
 impl crate::worker::JobHandler for DeliveryHandler {
     async fn handle(&self, job: &Job) -> Option<JobOutcome> {
         match self.deliver(job).await {
-            Ok(()) => None,
+            Ok(outcome) => outcome,
             Err(e) => {
                 // The store failed: try again shortly (the lease check keeps
                 // the outcome single).
@@ -331,20 +331,13 @@ impl crate::worker::JobHandler for DeliveryHandler {
 }
 
 impl DeliveryHandler {
-    async fn deliver(&self, job: &Job) -> Result<(), StoreError> {
+    /// Sends one attempt of the job's delivery and records it with the
+    /// job's outcome (None); Some when only the job is left to finish.
+    async fn deliver(&self, job: &Job) -> Result<Option<JobOutcome>, StoreError> {
         let id = DeliveryId::from_trusted(job.id.as_str().to_owned());
-        let Some((d, w)) = self.loads.load(&*self.store, id.clone()).await? else {
-            // Deleted with its webhook: nothing to send.
-            self.write_gone(held(
-                &id,
-                &job.workspace_id,
-                &w_id_of(job),
-                DeliveryStatus::Failed,
-                None,
-                JobOutcome::Done,
-            ))
-            .await?;
-            return Ok(());
+        let Some((d, w)) = self.loads.load(&*self.store, id).await? else {
+            // Deleted with its webhook: nothing to send or record.
+            return Ok(Some(JobOutcome::Done));
         };
         let now = self.clock.now();
         let base = |status, next, job| AttemptWrite {
@@ -372,7 +365,7 @@ impl DeliveryHandler {
                 "held: the webhook is disabled ({})",
                 w.disabled_reason.as_deref().unwrap_or("by a user")
             ));
-            return self.write(&d, write).await;
+            return self.write(&d, write).await.map(|()| None);
         }
         let config = match self.config(&w) {
             Ok(c) => c,
@@ -390,7 +383,7 @@ impl DeliveryHandler {
                     },
                 );
                 write.error = Some(format!("the webhook's configuration is not valid: {error}"));
-                return self.write(&d, write).await;
+                return self.write(&d, write).await.map(|()| None);
             }
         };
         // The verification throttle and the rate limit: one slot at a time,
@@ -420,7 +413,7 @@ impl DeliveryHandler {
             } else {
                 "held: the webhook's rate limit".into()
             });
-            return self.write(&d, write).await;
+            return self.write(&d, write).await.map(|()| None);
         }
         let body = if d.event_type == "flow.step" {
             render(&config, &render_context(&d, now))
@@ -449,7 +442,7 @@ impl DeliveryHandler {
                     outcome: "failed",
                 });
                 write.error = Some(error);
-                return self.write(&d, write).await;
+                return self.write(&d, write).await.map(|()| None);
             }
         };
         let attempt = self
@@ -557,7 +550,7 @@ impl DeliveryHandler {
             write.also = self.disabled_event(&w, &reason, after).await?;
         }
         write.webhook_change = change;
-        self.write(&d, write).await
+        self.write(&d, write).await.map(|()| None)
     }
 
     /// The deliveries announcing that `w` is disabled, to the workspace's
@@ -622,49 +615,19 @@ impl DeliveryHandler {
             ));
         }
         let resumes = w.resume.is_some();
-        self.write_gone(w).await?;
+        self.record(w).await?;
         if resumes && let Some(wake) = &self.engine_wake {
             wake.notify_one();
         }
         Ok(())
     }
 
-    async fn write_gone(&self, w: AttemptWrite) -> Result<(), StoreError> {
+    async fn record(&self, w: AttemptWrite) -> Result<(), StoreError> {
         let delivery = w.delivery.clone();
         if !record_attempt(&*self.store, w, &self.owner, self.clock.now()).await? {
             tracing::warn!(%delivery, "a delivery's lease ended before its attempt was recorded; another worker has it");
         }
         Ok(())
-    }
-}
-
-fn w_id_of(job: &Job) -> crate::domain::WebhookId {
-    crate::domain::WebhookId::from_trusted(job.key.clone())
-}
-
-/// The write for a delivery that is gone: only the job is finished.
-fn held(
-    id: &DeliveryId,
-    ws: &Option<crate::domain::WorkspaceId>,
-    webhook: &crate::domain::WebhookId,
-    status: DeliveryStatus,
-    next: Option<Millis>,
-    job: JobOutcome,
-) -> AttemptWrite {
-    AttemptWrite {
-        delivery: id.clone(),
-        workspace_id: ws
-            .clone()
-            .unwrap_or_else(|| crate::domain::WorkspaceId::from_trusted(String::new())),
-        webhook: webhook.clone(),
-        attempt: None,
-        status,
-        next_attempt_at: next,
-        error: None,
-        webhook_change: None,
-        job,
-        also: Vec::new(),
-        resume: None,
     }
 }
 

@@ -109,6 +109,10 @@ fn webhook(r: &[crate::store::sql::Val]) -> Result<WebhookRecord> {
     })
 }
 
+fn events_text(events: &[String]) -> String {
+    Value::from(events.to_vec()).to_string()
+}
+
 fn event_list(text: &str) -> Result<Vec<String>> {
     serde_json::from_str(text).map_err(|e| {
         StoreError::Internal(format!("a subscription's event types do not parse: {e}"))
@@ -228,7 +232,7 @@ pub async fn create_webhook(
                 now.into(),
                 i64::from(new.max_concurrency).into(),
                 new.event_types
-                    .map(|e| serde_json::Value::from(e.to_vec()).to_string())
+                    .map(events_text)
                     .into(),
             ],
         )])
@@ -336,7 +340,7 @@ pub async fn update_webhook(
                     now.into(),
                     i64::from(u.max_concurrency).into(),
                     u.event_types
-                        .map(|e| serde_json::Value::from(e.to_vec()).to_string())
+                        .map(events_text)
                         .into(),
                 ],
             )
@@ -805,6 +809,11 @@ pub async fn load_many(
     if ids.is_empty() {
         return Ok(Default::default());
     }
+    // Padded to a power of two (the last id repeated): a handful of
+    // statement texts, so each connection's statement cache keeps them.
+    let mut ids = ids.to_vec();
+    let last = ids[ids.len() - 1].clone();
+    ids.resize(ids.len().next_power_of_two(), last);
     let sql = format!(
         concat!(
             "SELECT ",
@@ -848,7 +857,7 @@ pub async fn take_slot(
     if done.first().is_some_and(|d| !d.rows.is_empty()) {
         return Ok(Ok(()));
     }
-    Ok(Err(one(done, 1, |r| r.int(0)).unwrap_or(now)))
+    Ok(Err(one(done, 1, |r| r.int(0))?))
 }
 
 /// What an attempt (or a decision not to attempt) writes.

@@ -52,11 +52,9 @@ pub(crate) async fn claim<T: Tx>(tx: &mut T, c: &JobClaim) -> Result<Vec<Job>> {
         let args = || vec![c.kind.as_str().into(), key.as_str().into(), c.now.into()];
         let room = tx.exec(&Stmt::new(ROOM, args())).await?;
         let r = room.rows.first().map(Vec::as_slice).unwrap_or_default();
-        let leased = r.int(0).unwrap_or(0);
+        let leased = r.int(0)?;
         let limit = r
-            .opt_int(1)
-            .ok()
-            .flatten()
+            .opt_int(1)?
             .or(c.per_key.map(i64::from))
             .unwrap_or(i64::MAX);
         let room = usize::try_from(limit.saturating_sub(leased))
