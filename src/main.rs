@@ -452,7 +452,7 @@ async fn flows(store: &dyn Store, cmd: FlowCmd, config: &Config) -> anyhow::Resu
             paths,
         } => {
             let ws = workspace_id(store, &workspace.workspace).await?;
-            for f in apply_files(store, &ws, &paths).await? {
+            for f in apply_files(store, &ws, &paths, config).await? {
                 if activate {
                     let active = save::activate(store, &ws, &f.id).await?;
                     print_flow_state(&active, &base);
@@ -510,8 +510,13 @@ async fn apply_files(
     store: &dyn Store,
     ws: &hookflow::domain::WorkspaceId,
     paths: &[PathBuf],
+    config: &Config,
 ) -> anyhow::Result<Vec<FlowRecord>> {
     use hookflow::flows::save::{Applied, SaveError, apply, check};
+    let outbound = config.outbound_settings();
+    let policy = hookflow::outbound::guard::TargetPolicy {
+        allow: outbound.allow.clone(),
+    };
     // Check every file first: a directory of flows is applied whole or not
     // at all.
     let mut checked = Vec::new();
@@ -528,8 +533,13 @@ async fn apply_files(
                 continue;
             }
         };
-        match check(store, ws, &doc).await {
-            Ok(value) => checked.push((doc, value)),
+        let current = match store.flow_by_name(ws, doc.name.trim()).await {
+            Ok(f) => Some(f.document),
+            Err(hookflow::store::StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match check(store, ws, &doc, &policy, current.as_deref()).await {
+            Ok(c) => checked.push(c),
             Err(SaveError::Invalid(errors)) => {
                 for e in &errors {
                     let at = e
@@ -556,7 +566,19 @@ async fn apply_files(
         paths.len()
     );
     let mut saved = Vec::new();
-    for (doc, value) in checked {
+    for c in checked {
+        let (doc, value) = c
+            .keep_inline(
+                store,
+                ws,
+                outbound.verification,
+                hookflow::flows::Clock::now(&hookflow::flows::SystemClock),
+            )
+            .await
+            .map_err(|e| match e {
+                SaveError::Store(e) => anyhow::Error::from(e),
+                _ => anyhow::anyhow!("the flow's inline webhooks could not be kept"),
+            })?;
         let (f, what) = apply(store, ws, &doc, value).await?;
         let f = hookflow::flows::save::ensure_inbound_url(store, ws, f).await?;
         let verb = match what {

@@ -13,12 +13,30 @@ use super::views::{FlowPage, FlowView, InboundCallList, InboundCallsQuery, PageQ
 use crate::domain::flow::FlowDoc;
 use crate::domain::{FlowId, WorkspaceId};
 use crate::flows::save::{self, SaveError};
-use crate::store::Store;
 
-/// Validates `doc` against the workspace; 422 `invalid_flow` listing every
+/// Validates `doc` against the workspace, then keeps its steps' inline
+/// webhooks; the document to save. 422 `invalid_flow` lists every
 /// problem, the first one in `message` and `field` (`steps.ID.SETTING`).
-async fn checked(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, ApiError> {
-    match save::check(store, ws, doc).await {
+async fn checked(
+    state: &AppState,
+    ws: &WorkspaceId,
+    doc: &FlowDoc,
+    previous: Option<&FlowDoc>,
+) -> Result<(FlowDoc, Value), ApiError> {
+    let store = &*state.store;
+    let kept = match save::check(store, ws, doc, &state.outbound.policy, previous).await {
+        Ok(c) => {
+            c.keep_inline(
+                store,
+                ws,
+                state.outbound.settings.verification,
+                state.engine.now(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match kept {
         Ok(v) => Ok(v),
         Err(SaveError::Store(e)) => Err(e.into()),
         Err(SaveError::Nul(path)) => Err(ApiError::invalid(
@@ -56,7 +74,7 @@ pub async fn create_flow(
     AdminKey(p): AdminKey,
     JsonBody(doc): JsonBody<FlowDoc>,
 ) -> Result<(StatusCode, Json<FlowView>), ApiError> {
-    let value = checked(&*state.store, &p.workspace_id, &doc).await?;
+    let (doc, value) = checked(&state, &p.workspace_id, &doc, None).await?;
     let flow = state
         .store
         .create_flow(&p.workspace_id, doc.name.trim(), value)
@@ -103,7 +121,8 @@ pub async fn update_flow(
     JsonBody(doc): JsonBody<FlowDoc>,
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
-    let value = checked(&*state.store, &p.workspace_id, &doc).await?;
+    let current = state.store.get_flow(&p.workspace_id, &id).await?;
+    let (doc, value) = checked(&state, &p.workspace_id, &doc, Some(&current.document)).await?;
     let saved = state
         .store
         .update_flow(&p.workspace_id, &id, doc.name.trim(), value)

@@ -112,6 +112,9 @@ pub struct WebhookView {
     pub verified: bool,
     /// The next delivery may not start before this time.
     pub next_allowed_at: Option<String>,
+    /// Made by a flow save for a `send_webhook` step's inline `webhook`:
+    /// saving that flow again overwrites it.
+    pub inline: bool,
     /// The signing secret (`whsec_…`): only in the answer that created or
     /// rotated it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +169,7 @@ fn view(w: WebhookRecord, config: Option<&WebhookConfig>, show_secret: bool) -> 
         verification_key: w.verification_key,
         verified: w.verified,
         next_allowed_at: (w.next_allowed_at > 0).then(|| millis_to_rfc3339(w.next_allowed_at)),
+        inline: w.inline,
         signing_secret: show_secret.then_some(w.secret),
         created_at: millis_to_rfc3339(w.created_at),
         updated_at: millis_to_rfc3339(w.updated_at),
@@ -203,16 +207,6 @@ fn stored_view(outbound: &Outbound, w: WebhookRecord, show_secret: bool) -> Webh
     view(w, config.as_ref(), show_secret)
 }
 
-/// A verification key: 24 random letters and digits.
-fn verification_key() -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
-}
-
 /// Create a webhook. The answer is the only one that shows its signing
 /// secret.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = WebhookInput,
@@ -232,9 +226,10 @@ pub async fn create_webhook(
             max_concurrency: config.max_concurrency,
             spec: &spec,
             secret: secret.as_str(),
-            verification_key: &verification_key(),
+            verification_key: &crate::outbound::config::verification_key(),
             verified: !state.outbound.settings.verification,
             event_types: None,
+            inline: false,
         },
         state.engine.now(),
     )
@@ -288,27 +283,9 @@ pub async fn update_webhook(
     let id = WebhookId::parse(&id)?;
     let old = out::get_webhook(&*state.store, &p.workspace_id, &id).await?;
     // A client that sends back what it read keeps the stored secrets.
-    for (name, value) in body.headers.iter_mut() {
-        if value == MASK
-            && let Some(stored) = old.spec["headers"]
-                .as_object()
-                .and_then(|h| h.get(name))
-                .and_then(Value::as_str)
-        {
-            *value = stored.to_owned();
-        }
-    }
-    if let (Some(auth), Some(stored)) = (body.auth.as_mut(), old.spec.get("auth"))
-        && let Some(obj) = auth.as_object_mut()
-    {
-        for key in ["password", "token", "user"] {
-            if obj.get(key).and_then(Value::as_str) == Some(MASK)
-                && let Some(v) = stored.get(key)
-            {
-                obj.insert(key.to_owned(), v.clone());
-            }
-        }
-    }
+    let mut input = serde_json::to_value(&body).map_err(|_| ApiError::internal())?;
+    crate::outbound::config::unmask(&mut input, &old.spec);
+    body = serde_json::from_value(input).map_err(|_| ApiError::internal())?;
     let (spec, config) = check(&state.outbound, &body)?;
     let w = out::update_webhook(
         &*state.store,
@@ -1118,9 +1095,10 @@ pub async fn create_subscription(
             max_concurrency: config.max_concurrency,
             spec: &spec,
             secret: secret.as_str(),
-            verification_key: &verification_key(),
+            verification_key: &crate::outbound::config::verification_key(),
             verified: !state.outbound.settings.verification,
             event_types: Some(&events),
+            inline: false,
         },
         state.engine.now(),
     )

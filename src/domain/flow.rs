@@ -161,7 +161,16 @@ pub enum StepKind {
     /// a delivery is queued in the transaction that moves the run, and the
     /// run goes on at once; the delivery's id is in the step's history.
     SendWebhook {
-        webhook_id: String,
+        /// A webhook of `/v1/webhooks`; beside `webhook`, the one a save
+        /// made for this step's inline configuration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        webhook_id: Option<String>,
+        /// An inline webhook: the fields of `POST /v1/webhooks` (`name`
+        /// optional), kept with their secrets in a webhook marked `inline`
+        /// and shown here masked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Object>)]
+        webhook: Option<serde_json::Map<String, serde_json::Value>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
         /// Wait for the delivery's final outcome, then go on at
@@ -714,6 +723,7 @@ impl Validator<'_> {
             }
             StepKind::SendWebhook {
                 webhook_id,
+                webhook,
                 next,
                 wait_for_result,
                 on_success,
@@ -721,8 +731,18 @@ impl Validator<'_> {
                 timeout,
                 response_mapping,
             } => {
-                if let Err(e) = crate::domain::WebhookId::parse(webhook_id) {
-                    self.err(id, "webhook_id", e.to_string());
+                match (webhook_id, webhook) {
+                    (Some(w), _) => {
+                        if let Err(e) = crate::domain::WebhookId::parse(w) {
+                            self.err(id, "webhook_id", e.to_string());
+                        }
+                    }
+                    (None, None) => self.err(
+                        id,
+                        "webhook_id",
+                        "a send_webhook step needs `webhook_id` or an inline `webhook`",
+                    ),
+                    (None, Some(_)) => {}
                 }
                 if *wait_for_result {
                     if next.is_some() {

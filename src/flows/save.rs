@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::domain::flow::{Catalog, FlowDoc, FlowError, StepKind, Trigger, validate};
-use crate::domain::{FieldDef, ListId, WorkspaceId};
+use crate::domain::{FieldDef, ListId, WebhookId, WorkspaceId};
+use crate::outbound::config::{self, WebhookConfig, WebhookSpec};
+use crate::outbound::guard::TargetPolicy;
 use crate::store::{FlowRecord, Store, StoreError};
 
 /// Why a document was not saved.
@@ -68,7 +70,11 @@ async fn check_targets(
 ) -> Result<Vec<FlowError>, StoreError> {
     let mut errors = Vec::new();
     for s in &doc.steps {
-        if let StepKind::SendWebhook { webhook_id, .. } = &s.kind
+        if let StepKind::SendWebhook {
+            webhook_id: Some(webhook_id),
+            webhook: None,
+            ..
+        } = &s.kind
             && let Ok(id) = crate::domain::WebhookId::parse(webhook_id)
         {
             match crate::store::outbound::get_webhook(store, ws, &id).await {
@@ -131,9 +137,226 @@ fn named_lists(doc: &FlowDoc) -> Vec<&str> {
     ids
 }
 
-/// Validates `doc` against the workspace's lists; the document as JSON to
-/// store when it is valid.
-pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result<Value, SaveError> {
+/// A step's inline webhook, checked, to keep before the flow is saved.
+struct InlineHook {
+    step: usize,
+    /// The inline webhook a previous save made for the step.
+    existing: Option<WebhookId>,
+    /// The configuration with its secrets (unmasked from `existing`).
+    spec: Value,
+    config: WebhookConfig,
+}
+
+/// A document that passed [`check`]; [`Checked::keep_inline`] stores its
+/// steps' inline webhooks and gives the document to save.
+pub struct Checked {
+    doc: FlowDoc,
+    inline: Vec<InlineHook>,
+}
+
+/// The name an inline webhook gets when its configuration has none: the
+/// step id's letters and digits (webhook names allow nothing else).
+fn inline_name(step: &str) -> String {
+    let mut name: String = "step"
+        .chars()
+        .chain(step.chars().filter(char::is_ascii_alphanumeric))
+        .collect();
+    name.truncate(100);
+    name
+}
+
+/// The inline webhook that step `step` of `previous` has.
+fn previous_inline<'a>(previous: Option<&'a FlowDoc>, step: &str) -> Option<&'a str> {
+    previous?.steps.iter().find_map(|s| match &s.kind {
+        StepKind::SendWebhook {
+            webhook_id: Some(id),
+            webhook: Some(_),
+            ..
+        } if s.id == step => Some(id.as_str()),
+        _ => None,
+    })
+}
+
+/// Checks each inline `webhook` as `POST /v1/webhooks` would (problems
+/// point at `webhook.FIELD` of the step), with the secrets of the inline
+/// webhook a previous save made put back where the document shows masks.
+async fn check_inline(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    doc: &FlowDoc,
+    policy: &TargetPolicy,
+    previous: Option<&FlowDoc>,
+) -> Result<(Vec<InlineHook>, Vec<FlowError>), StoreError> {
+    let mut hooks = Vec::new();
+    let mut errors = Vec::new();
+    for (i, s) in doc.steps.iter().enumerate() {
+        let StepKind::SendWebhook {
+            webhook_id,
+            webhook: Some(inline),
+            ..
+        } = &s.kind
+        else {
+            continue;
+        };
+        let mut err = |setting: String, message: String| {
+            errors.push(FlowError {
+                step: Some(s.id.clone()),
+                setting,
+                message,
+            })
+        };
+        let mut spec = Value::Object(inline.clone());
+        if spec.get("name").is_none_or(Value::is_null) {
+            spec["name"] = inline_name(&s.id).into();
+        }
+        let mut existing = None;
+        // A document without the id (a flow file kept in git) keeps the
+        // inline webhook the flow's current version has for this step.
+        let given = webhook_id
+            .as_deref()
+            .or_else(|| previous_inline(previous, &s.id));
+        if let Some(id) = given.and_then(|w| WebhookId::parse(w).ok()) {
+            match crate::store::outbound::get_webhook(store, ws, &id).await {
+                Ok(w) if w.inline => {
+                    config::unmask(&mut spec, &w.spec);
+                    existing = Some(id);
+                }
+                Ok(_) => {
+                    err(
+                        "webhook_id".into(),
+                        format!(
+                            "`{id}` is a webhook of /v1/webhooks: name it with `webhook_id` alone, or give an inline `webhook` without `webhook_id`"
+                        ),
+                    );
+                    continue;
+                }
+                // Deleted since: the save makes a new one.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(field) = config::masked_field(&spec) {
+            err(
+                format!("webhook.{field}"),
+                format!(
+                    "is masked (`{}`) and there is no stored value to keep: give the value",
+                    config::MASK
+                ),
+            );
+            continue;
+        }
+        let parsed: WebhookSpec = match serde_json::from_value(spec.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                err("webhook".into(), e.to_string());
+                continue;
+            }
+        };
+        match parsed.check(policy) {
+            Ok(config) => hooks.push(InlineHook {
+                step: i,
+                existing,
+                spec,
+                config,
+            }),
+            Err(problems) => {
+                for p in problems {
+                    let at = if p.field.is_empty() {
+                        "webhook".to_owned()
+                    } else {
+                        format!("webhook.{}", p.field)
+                    };
+                    err(at, p.message);
+                }
+            }
+        }
+    }
+    Ok((hooks, errors))
+}
+
+impl Checked {
+    /// Creates or updates the inline webhook of each step that has one
+    /// (`verification`: whether new ones start under the verification
+    /// throttle), and gives the document to save: those steps name their
+    /// webhook in `webhook_id` and show its configuration masked.
+    ///
+    /// Webhooks are kept before the flow is saved: a save that then fails
+    /// leaves at most an unused inline webhook, never a step without one.
+    pub async fn keep_inline(
+        self,
+        store: &dyn Store,
+        ws: &WorkspaceId,
+        verification: bool,
+        now: crate::domain::Millis,
+    ) -> Result<(FlowDoc, Value), SaveError> {
+        use crate::store::outbound as out;
+        let Checked { mut doc, inline } = self;
+        for h in inline {
+            let id = match &h.existing {
+                Some(id) => {
+                    out::update_webhook(
+                        store,
+                        ws,
+                        id,
+                        out::WebhookUpdate {
+                            name: &h.config.name,
+                            spec: &h.spec,
+                            max_concurrency: h.config.max_concurrency,
+                            event_types: None,
+                        },
+                        now,
+                    )
+                    .await?
+                    .id
+                }
+                None => {
+                    let secret = crate::domain::signature::SigningSecret::generate();
+                    out::create_webhook(
+                        store,
+                        ws,
+                        out::NewWebhook {
+                            name: &h.config.name,
+                            max_concurrency: h.config.max_concurrency,
+                            spec: &h.spec,
+                            secret: secret.as_str(),
+                            verification_key: &config::verification_key(),
+                            verified: !verification,
+                            event_types: None,
+                            inline: true,
+                        },
+                        now,
+                    )
+                    .await?
+                    .id
+                }
+            };
+            if let StepKind::SendWebhook {
+                webhook_id,
+                webhook,
+                ..
+            } = &mut doc.steps[h.step].kind
+            {
+                *webhook_id = Some(id.to_string());
+                *webhook = config::mask(&h.spec).as_object().cloned();
+            }
+        }
+        let value = serde_json::to_value(&doc)
+            .map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))?;
+        Ok((doc, value))
+    }
+}
+
+/// Validates `doc` against the workspace's lists and webhooks (`policy`
+/// checks inline webhooks' targets); nothing is written. `previous` is the
+/// current document of the flow `doc` replaces, if any: its steps' inline
+/// webhooks are kept when `doc` does not name them.
+pub async fn check(
+    store: &dyn Store,
+    ws: &WorkspaceId,
+    doc: &FlowDoc,
+    policy: &TargetPolicy,
+    previous: Option<&FlowDoc>,
+) -> Result<Checked, SaveError> {
     let value = serde_json::to_value(doc)
         .map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))?;
     if let Some(path) = crate::domain::jsonpath::find_nul(&value) {
@@ -163,10 +386,15 @@ pub async fn check(store: &dyn Store, ws: &WorkspaceId, doc: &FlowDoc) -> Result
     };
     let mut errors = validate(doc, &Lists(lists, everywhere));
     errors.extend(check_targets(store, ws, doc).await?);
+    let (inline, problems) = check_inline(store, ws, doc, policy, previous).await?;
+    errors.extend(problems);
     if !errors.is_empty() {
         return Err(SaveError::Invalid(errors));
     }
-    Ok(value)
+    Ok(Checked {
+        doc: doc.clone(),
+        inline,
+    })
 }
 
 /// What `apply` did with a document.

@@ -187,6 +187,7 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
         }
         StepKind::SendWebhook {
             webhook_id,
+            webhook: _,
             next: n,
             wait_for_result,
             on_success,
@@ -203,7 +204,12 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
                     response_mapping,
                 ));
             }
-            let webhook = WebhookId::parse(webhook_id).map_err(|e| e.to_string())?;
+            let webhook = webhook_id
+                .as_deref()
+                .ok_or("the step names no webhook")
+                .and_then(|w| {
+                    WebhookId::parse(w).map_err(|_| "the step's webhook id is not valid")
+                })?;
             let delivery = DeliveryId::generate();
             ctx.detail =
                 json!({ "webhook_id": webhook.as_str(), "delivery_id": delivery.as_str() });

@@ -383,6 +383,126 @@ impl WebhookConfig {
 /// What a masked secret reads as.
 pub const MASK: &str = "********";
 
+/// A header list as given: a JSON object or `[name, value]` pairs.
+fn header_pairs(headers: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    match headers {
+        serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        serde_json::Value::Array(pairs) => pairs
+            .iter()
+            .filter_map(|p| Some((p.get(0)?.as_str()?.to_owned(), p.get(1)?.clone())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `spec` as it may be shown: `auth`'s secrets and secret-named headers'
+/// values replaced by [`MASK`].
+pub fn mask(spec: &serde_json::Value) -> serde_json::Value {
+    let mut out = spec.clone();
+    match out.get_mut("headers") {
+        Some(serde_json::Value::Object(m)) => {
+            for (name, value) in m.iter_mut() {
+                if secret_header(name) {
+                    *value = MASK.into();
+                }
+            }
+        }
+        Some(serde_json::Value::Array(pairs)) => {
+            for pair in pairs.iter_mut() {
+                let secret = pair
+                    .get(0)
+                    .and_then(|n| n.as_str())
+                    .is_some_and(secret_header);
+                if let (true, Some(value)) = (secret, pair.get_mut(1)) {
+                    *value = MASK.into();
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(auth) = out.get_mut("auth").and_then(|a| a.as_object_mut()) {
+        for key in ["password", "token"] {
+            if let Some(v) = auth.get_mut(key) {
+                *v = MASK.into();
+            }
+        }
+    }
+    out
+}
+
+/// The first place `spec` still holds [`MASK`] where a secret belongs
+/// (`auth.password`, `headers.X-Api-Key`): a masked value with nothing
+/// stored to keep.
+pub fn masked_field(spec: &serde_json::Value) -> Option<String> {
+    for key in ["user", "password", "token"] {
+        if spec["auth"][key] == MASK {
+            return Some(format!("auth.{key}"));
+        }
+    }
+    header_pairs(&spec["headers"])
+        .into_iter()
+        .find(|(_, v)| v == MASK)
+        .map(|(n, _)| format!("headers.{n}"))
+}
+
+/// A verification key (WH-8): 24 random letters and digits.
+pub fn verification_key() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// Puts the stored values back where `spec` (a configuration as the API
+/// showed it, sent back) holds [`MASK`]: a client that saves what it read
+/// keeps its secrets, and never stores the mask itself.
+pub fn unmask(spec: &mut serde_json::Value, stored: &serde_json::Value) {
+    let stored_headers = header_pairs(&stored["headers"]);
+    let stored_header = |name: &str| {
+        stored_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    match spec.get_mut("headers") {
+        Some(serde_json::Value::Object(m)) => {
+            for (name, value) in m.iter_mut() {
+                if value == MASK
+                    && let Some(v) = stored_header(name)
+                {
+                    *value = v;
+                }
+            }
+        }
+        Some(serde_json::Value::Array(pairs)) => {
+            for pair in pairs.iter_mut() {
+                let name = pair.get(0).and_then(|n| n.as_str()).map(str::to_owned);
+                if let (Some(name), Some(value)) = (name, pair.get_mut(1))
+                    && value == MASK
+                    && let Some(v) = stored_header(&name)
+                {
+                    *value = v;
+                }
+            }
+        }
+        _ => {}
+    }
+    let same_kind = spec["auth"]["type"] == stored["auth"]["type"];
+    if let Some(auth) = spec.get_mut("auth").and_then(|a| a.as_object_mut())
+        && same_kind
+    {
+        for key in ["password", "token", "user"] {
+            if auth.get(key).and_then(|v| v.as_str()) == Some(MASK)
+                && let Some(v) = stored["auth"].get(key)
+            {
+                auth.insert(key.to_owned(), v.clone());
+            }
+        }
+    }
+}
+
 /// Whether a custom header's value is a secret by its name (`X-Api-Key`,
 /// `X-Auth-Token`, `Cookie`…): such values are masked wherever a header is
 /// shown (the webhook, each attempt's request), like `auth`'s.
@@ -406,6 +526,39 @@ pub fn secret_header(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_masked_spec_sent_back_gets_its_secrets_again() {
+        let stored = serde_json::json!({
+            "url": "https://crm.example.com/h",
+            "auth": {"type": "basic", "user": "crm", "password": "pw-1"},
+            "headers": {"X-Api-Key": "k-1", "X-Team": "growth"}
+        });
+        let shown = mask(&stored);
+        assert_eq!(shown["auth"]["password"], MASK);
+        assert_eq!(shown["auth"]["user"], "crm");
+        assert_eq!(shown["headers"]["X-Api-Key"], MASK);
+        assert_eq!(shown["headers"]["X-Team"], "growth");
+        assert_eq!(masked_field(&shown).as_deref(), Some("auth.password"));
+        let mut back = shown.clone();
+        unmask(&mut back, &stored);
+        assert_eq!(back, stored);
+        assert_eq!(masked_field(&back), None);
+
+        // Pairs in, object stored (and header names in any case).
+        let mut pairs = serde_json::json!({"headers": [["x-api-key", MASK]]});
+        unmask(&mut pairs, &stored);
+        assert_eq!(pairs["headers"][0][1], "k-1");
+
+        // A mask under another kind of auth takes nothing from the old one.
+        let mut bearer = serde_json::json!({"auth": {"type": "bearer", "token": MASK}});
+        unmask(&mut bearer, &stored);
+        assert_eq!(bearer["auth"]["token"], MASK);
+        assert_eq!(masked_field(&bearer).as_deref(), Some("auth.token"));
+        let mut unknown = serde_json::json!({"headers": {"X-New-Key": MASK}});
+        unmask(&mut unknown, &stored);
+        assert_eq!(masked_field(&unknown).as_deref(), Some("headers.X-New-Key"));
+    }
 
     #[test]
     fn headers_named_like_secrets_are_masked_in_views() {

@@ -47,6 +47,9 @@ pub struct WebhookRecord {
     pub updated_at: Millis,
     /// A subscription's event types; None for a webhook.
     pub event_types: Option<Vec<String>>,
+    /// Made by a flow save for a step's inline configuration: only a flow
+    /// save overwrites it.
+    pub inline: bool,
 }
 
 macro_rules! webhook_cols {
@@ -83,7 +86,9 @@ macro_rules! webhook_cols {
             $p,
             "updated_at, ",
             $p,
-            "event_types"
+            "event_types, ",
+            $p,
+            "inline"
         )
     };
 }
@@ -106,6 +111,7 @@ fn webhook(r: &[crate::store::sql::Val]) -> Result<WebhookRecord> {
         created_at: r.int(13)?,
         updated_at: r.int(14)?,
         event_types: r.opt_text(15)?.map(|t| event_list(&t)).transpose()?,
+        inline: r.flag(16)?,
     })
 }
 
@@ -201,6 +207,8 @@ pub struct NewWebhook<'a> {
     pub verified: bool,
     /// Some: a subscription (its id is `sub_…`).
     pub event_types: Option<&'a [String]>,
+    /// A step's inline webhook (see [`WebhookRecord::inline`]).
+    pub inline: bool,
 }
 
 pub async fn create_webhook(
@@ -217,8 +225,8 @@ pub async fn create_webhook(
         .run_sql(vec![Stmt::new(
             concat!(
                 "INSERT INTO webhooks (id, workspace_id, name, spec, secret, verification_key, verified, max_concurrency,
-                   created_at, updated_at, event_types)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8, $10) RETURNING ",
+                   created_at, updated_at, event_types, inline)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8, $8, $10, $11) RETURNING ",
                 webhook_cols!("")
             ),
             vec![
@@ -234,6 +242,7 @@ pub async fn create_webhook(
                 new.event_types
                     .map(events_text)
                     .into(),
+                new.inline.into(),
             ],
         )])
         .await?;

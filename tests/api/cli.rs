@@ -206,6 +206,39 @@ fn flows_are_applied_activated_and_paused_by_name_with_their_inbound_url() {
         text(&out.stdout)
     );
 
+    // A file whose step carries its webhook inline: applying it again
+    // keeps that webhook (the file has no `webhook_id`) and changes nothing.
+    let inline = json!({"name": "Notify", "trigger": {"type": "inbound", "list_id": list["id"]},
+        "steps": [{"id": "tell", "type": "send_webhook", "webhook": {
+            "url": "https://crm.example.com/hook",
+            "auth": {"type": "bearer", "token": "file-token"}}}]});
+    std::fs::write(dir.path().join("notify.json"), inline.to_string()).unwrap();
+    let out = cli(&["flows", "apply", "notify.json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("created fl_"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&["flows", "apply", "notify.json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("unchanged fl_"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (s, hooks) = crate::binary::request(
+        reqwest::Method::GET,
+        &format!("{}/v1/webhooks", server.base),
+        &key,
+        None,
+    );
+    assert_eq!(s, 200, "{hooks}");
+    let hooks: serde_json::Value = serde_json::from_str(&hooks).unwrap();
+    assert_eq!(hooks["items"].as_array().unwrap().len(), 1, "{hooks}");
+    assert_eq!(hooks["items"][0]["inline"], true, "{hooks}");
+    assert!(!hooks.to_string().contains("file-token"), "{hooks}");
+
     // An unknown workspace lists the ones there are.
     let out = cli(&["flows", "list", "--workspace", "acme"]);
     assert!(!out.status.success());

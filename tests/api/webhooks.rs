@@ -36,6 +36,7 @@ both_stores!(
     subscriptions_get_flow_contact_and_webhook_events,
     a_webhook_failing_too_long_is_disabled_and_replays_when_enabled,
     a_step_waits_for_the_result_and_maps_the_answer,
+    an_inline_webhook_is_checked_kept_masked_and_delivers,
 );
 
 /// One request as the receiver got it.
@@ -1198,4 +1199,205 @@ async fn a_step_waits_for_the_result_and_maps_the_answer(b: Backend) {
     assert_eq!(r["history"][1]["outcome"], "no", "{r:#}");
     assert_eq!(r["history"][1]["detail"]["response_status"], 400, "{r:#}");
     assert_eq!(rx.at("/bad").len(), 1);
+}
+
+const MASK: &str = "********";
+
+async fn webhook_count(app: &TestApp) -> usize {
+    app.get_ok(&app.admin_key, "/v1/webhooks").await["items"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
+    let Some(app) = app(b, false).await else {
+        return;
+    };
+    let (base, rx) = Receiver::start().await;
+    let (s, l) = app
+        .post(
+            &app.admin_key,
+            "/v1/lists",
+            json!({"name": "Inline", "fields": [{"name": "plan", "type": "text"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{l}");
+    let doc = |step: Value| {
+        json!({
+            "name": "InlineFlow",
+            "trigger": {"type": "inbound", "list_id": l["id"], "mapping": {"plan": "plan"}},
+            "steps": [step]
+        })
+    };
+
+    // Problems point at the step's inline configuration; nothing is kept.
+    let (s, e) = app
+        .post(
+            &app.admin_key,
+            "/v1/flows",
+            doc(json!({"id": "notify", "type": "send_webhook", "webhook": {
+                "url": "http://10.0.0.7/hook",
+                "headers": {"Host": "x"},
+                "template": "{{ contact.email | no_such_filter }}"
+            }})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["code"], "invalid_flow", "{e}");
+    let settings: Vec<&str> = e["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["setting"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        settings,
+        ["webhook.url", "webhook.headers[0]", "webhook.template"],
+        "{e}"
+    );
+    assert_eq!(e["error"]["field"], "steps.notify.webhook.url", "{e}");
+    for (step, setting) in [
+        (
+            json!({"id": "notify", "type": "send_webhook"}),
+            "webhook_id",
+        ),
+        (
+            json!({"id": "notify", "type": "send_webhook", "webhook": {"url": format!("{base}/x"), "colour": 1}}),
+            "webhook",
+        ),
+        (
+            json!({"id": "notify", "type": "send_webhook", "webhook": {"url": format!("{base}/x"),
+                "auth": {"type": "basic", "user": "u", "password": "********"}}}),
+            "webhook.auth.password",
+        ),
+    ] {
+        let (s, e) = app.post(&app.admin_key, "/v1/flows", doc(step)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert_eq!(e["error"]["details"][0]["setting"], setting, "{e}");
+    }
+    assert_eq!(
+        webhook_count(&app).await,
+        0,
+        "a refused save keeps no webhook"
+    );
+
+    // A good one is kept as a webhook marked inline; the flow shows it masked.
+    let step = json!({"id": "notify", "type": "send_webhook", "webhook": {
+        "url": format!("{base}/inline"),
+        "auth": {"type": "basic", "user": "crm", "password": "s3cret-pass"},
+        "headers": {"X-Api-Key": "key-123", "X-Team": "growth"}
+    }});
+    let (s, created) = app.post(&app.admin_key, "/v1/flows", doc(step)).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let text = created.to_string();
+    assert!(
+        !text.contains("s3cret-pass") && !text.contains("key-123"),
+        "{created}"
+    );
+    let shown = &created["document"]["steps"][0];
+    let hook_id = shown["webhook_id"]
+        .as_str()
+        .expect("the save names the webhook")
+        .to_owned();
+    assert_eq!(shown["webhook"]["auth"]["password"], MASK, "{created}");
+    assert_eq!(shown["webhook"]["headers"]["X-Api-Key"], MASK, "{created}");
+    assert_eq!(shown["webhook"]["headers"]["X-Team"], "growth", "{created}");
+    let w = app
+        .get_ok(&app.admin_key, &format!("/v1/webhooks/{hook_id}"))
+        .await;
+    assert_eq!(w["inline"], true, "{w}");
+    assert_eq!(w["name"], "stepnotify", "{w}");
+    assert_eq!(w["url"], format!("{base}/inline"), "{w}");
+    assert!(!w.to_string().contains("s3cret-pass"), "{w}");
+
+    // Saving back what was read keeps the webhook and its secrets.
+    let flow_id = created["id"].as_str().unwrap().to_owned();
+    let mut again = created["document"].clone();
+    again["steps"][0]["webhook"]["timeout_ms"] = json!(5000);
+    let (s, updated) = app
+        .call(
+            &app.admin_key,
+            Method::PUT,
+            &format!("/v1/flows/{flow_id}"),
+            Some(again),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    assert_eq!(
+        updated["document"]["steps"][0]["webhook_id"],
+        hook_id.as_str()
+    );
+    assert_eq!(updated["version"], 2, "{updated}");
+    assert_eq!(webhook_count(&app).await, 1);
+    let w = app
+        .get_ok(&app.admin_key, &format!("/v1/webhooks/{hook_id}"))
+        .await;
+    assert_eq!(w["timeout_ms"], 5000, "{w}");
+
+    // A document without the id (a flow file kept in git, secrets and all)
+    // keeps the step's webhook too.
+    let mut plain = created["document"].clone();
+    let step = &mut plain["steps"][0];
+    step.as_object_mut().unwrap().remove("webhook_id");
+    step["webhook"]["auth"]["password"] = json!("s3cret-pass");
+    step["webhook"]["headers"]["X-Api-Key"] = json!("key-123");
+    let (s, updated) = app
+        .call(
+            &app.admin_key,
+            Method::PUT,
+            &format!("/v1/flows/{flow_id}"),
+            Some(plain),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    assert_eq!(
+        updated["document"]["steps"][0]["webhook_id"],
+        hook_id.as_str()
+    );
+    assert_eq!(webhook_count(&app).await, 1);
+
+    // Deliveries carry the kept secrets.
+    let (s, active) = app
+        .post(
+            &app.admin_key,
+            &format!("/v1/flows/{flow_id}/activate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{active}");
+    let url = active["inbound_url"].as_str().unwrap().to_owned();
+    let run = enter(&app, &url, "inline@example.com").await;
+    let delivery = delivery_of(&app, &run).await;
+    let got = rx.wait(&app, "/inline", 1).await;
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode("crm:s3cret-pass");
+    assert_eq!(
+        got[0].headers["authorization"],
+        format!("Basic {basic}").as_str()
+    );
+    assert_eq!(got[0].headers["x-api-key"], "key-123");
+    assert_eq!(got[0].headers["x-team"], "growth");
+    let d = wait_delivery(&app, &delivery, |d| d["status"] == "succeeded").await;
+    assert_eq!(d["webhook_id"], hook_id.as_str(), "{d}");
+
+    // Naming a reusable webhook beside an inline configuration is refused:
+    // a flow save never overwrites a webhook other flows may share.
+    let shared = webhook(
+        &app,
+        json!({"name": "Shared", "url": format!("{base}/shared")}),
+    )
+    .await;
+    let mut doc2 = created["document"].clone();
+    doc2["steps"][0]["webhook_id"] = shared["id"].clone();
+    let (s, e) = app
+        .call(
+            &app.admin_key,
+            Method::PUT,
+            &format!("/v1/flows/{flow_id}"),
+            Some(doc2),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["details"][0]["setting"], "webhook_id", "{e}");
 }

@@ -54,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0007_event_bytes.sql"),
     include_str!("../../../migrations/sqlite/0008_jobs.sql"),
     include_str!("../../../migrations/sqlite/0009_webhooks.sql"),
+    include_str!("../../../migrations/sqlite/0010_inline_webhooks.sql"),
 ];
 
 pub struct SqliteStore {
