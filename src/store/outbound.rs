@@ -382,6 +382,31 @@ pub async fn delete_webhook(store: &dyn Store, ws: &WorkspaceId, id: &WebhookId)
     Ok(())
 }
 
+/// Queues a job, due at `$now`, for each delivery `$deliveries` selects
+/// (`id, webhook_id, workspace_id`): a finished delivery has no job left
+/// (its outcome is on the delivery) and gets a new one; a queued one
+/// (waiting for a retry or the throttle) is made due, unless an attempt
+/// holds its lease.
+macro_rules! requeue_jobs {
+    ($now:literal, $deliveries:expr) => {
+        concat!(
+            "INSERT INTO jobs (id, kind, key, workspace_id, payload, status, due_at, key_limit, created_at, updated_at)
+             SELECT d.id, 'webhook_delivery', d.webhook_id, d.workspace_id, '{}', 'queued', ",
+            $now,
+            ", w.max_concurrency, ",
+            $now,
+            ", ",
+            $now,
+            " FROM (",
+            $deliveries,
+            ") d JOIN webhooks w ON w.id = d.webhook_id WHERE true
+             ON CONFLICT (id) DO UPDATE SET status = 'queued', due_at = excluded.due_at, finished_at = NULL,
+               updated_at = excluded.updated_at
+             WHERE jobs.lease_until IS NULL OR jobs.lease_until <= excluded.due_at"
+        )
+    };
+}
+
 /// Enables or disables a webhook. Enabling puts every delivery that was
 /// held while it was disabled back in the queue, due now, in order.
 pub async fn set_enabled(
@@ -412,9 +437,10 @@ pub async fn set_enabled(
     ];
     if enabled {
         script.push(requeue(
-            "UPDATE jobs SET status = 'queued', due_at = $2, finished_at = NULL, updated_at = $2
-             WHERE kind = 'webhook_delivery' AND key = $1 AND status <> 'queued'
-               AND id IN (SELECT id FROM deliveries WHERE webhook_id = $1 AND status = 'disabled')",
+            requeue_jobs!(
+                "$2",
+                "SELECT id, webhook_id, workspace_id FROM deliveries WHERE webhook_id = $1 AND status = 'disabled'"
+            ),
             id.as_str(),
             now,
         ));
@@ -770,12 +796,13 @@ pub async fn resend(
     args.push(only.map(|d| d.as_str()).into());
     args.push(now.into());
     let jobs = Stmt::new(
-        concat!(
-            "UPDATE jobs SET status = 'queued', due_at = $10, finished_at = NULL, updated_at = $10
-             WHERE kind = 'webhook_delivery' AND (lease_until IS NULL OR lease_until <= $10)
-               AND id IN (SELECT id FROM deliveries WHERE ",
-            delivery_filter!(),
-            " AND ($9 IS NULL OR id = $9))"
+        requeue_jobs!(
+            "$10",
+            concat!(
+                "SELECT id, webhook_id, workspace_id FROM deliveries WHERE ",
+                delivery_filter!(),
+                " AND ($9 IS NULL OR id = $9)"
+            )
         ),
         args.clone(),
     );
@@ -921,24 +948,32 @@ pub async fn record_attempt(
     owner: &str,
     now: Millis,
 ) -> Result<bool> {
-    let (status, due_at, error, finished) = finish_columns(&w.job, now);
-    let mut script = vec![
-        Stmt::new(
-            "UPDATE jobs SET status = $4, due_at = COALESCE($5, due_at), last_error = COALESCE($6, last_error),
-               finished_at = $7, lease_owner = NULL, lease_until = NULL, updated_at = $3
-             WHERE id = $1 AND lease_owner = $2 AND lease_until > $3 AND status = 'queued'",
-            vec![
-                w.delivery.as_str().into(),
-                owner.into(),
-                now.into(),
-                status.as_str().into(),
-                due_at.into(),
-                error.into(),
-                finished.into(),
-            ],
-        )
-        .or_not_found("lease of job", &w.delivery),
-    ];
+    let finish = match &w.job {
+        // The delivery keeps the outcome; a finished job is only weight on
+        // the queue's table and indexes (a resend queues a new one).
+        JobOutcome::Done | JobOutcome::Failed { .. } => Stmt::new(
+            "DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 AND lease_until > $3 AND status = 'queued'",
+            vec![w.delivery.as_str().into(), owner.into(), now.into()],
+        ),
+        JobOutcome::Retry { .. } => {
+            let (status, due_at, error, finished) = finish_columns(&w.job, now);
+            Stmt::new(
+                "UPDATE jobs SET status = $4, due_at = COALESCE($5, due_at), last_error = COALESCE($6, last_error),
+                   finished_at = $7, lease_owner = NULL, lease_until = NULL, updated_at = $3
+                 WHERE id = $1 AND lease_owner = $2 AND lease_until > $3 AND status = 'queued'",
+                vec![
+                    w.delivery.as_str().into(),
+                    owner.into(),
+                    now.into(),
+                    status.as_str().into(),
+                    due_at.into(),
+                    error.into(),
+                    finished.into(),
+                ],
+            )
+        }
+    };
+    let mut script = vec![finish.or_not_found("lease of job", &w.delivery)];
     let counted = w.attempt.is_some();
     if let Some(a) = w.attempt {
         script.push(Stmt::new(

@@ -512,7 +512,19 @@ async fn a_disabled_webhook_holds_deliveries_until_enabled(b: Backend) {
         .map(|g| g.headers.get("webhook-id").unwrap().to_str().unwrap())
         .collect();
     assert_eq!(order, [d1.as_str(), d2.as_str()], "replayed in order");
+    wait_delivery(&app, &d1, |d| d["status"] == "succeeded").await;
     wait_delivery(&app, &d2, |d| d["status"] == "succeeded").await;
+    // Finished deliveries leave no job behind: the queue's table holds
+    // only work still to do (the outcome is on the delivery).
+    let left = app
+        .store
+        .read_sql(vec![hookflow::store::sql::Stmt::new(
+            "SELECT count(*) FROM jobs WHERE kind = 'webhook_delivery'",
+            vec![],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(left[0].rows[0][0], hookflow::store::sql::Val::Int(0));
 }
 
 async fn webhooks_are_checked_masked_and_isolated(b: Backend) {

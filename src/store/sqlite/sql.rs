@@ -7,11 +7,26 @@ use super::internal;
 use crate::store::Result;
 use crate::store::sql::{Arg, Done, Stmt, Val, sqlite_text};
 
+thread_local! {
+    /// The SQLite text of each literal statement, by its address: literals
+    /// live for the whole program, so the address names the text.
+    static SQLITE_TEXT: std::cell::RefCell<std::collections::HashMap<(usize, usize), String>> =
+        Default::default();
+}
+
 /// Runs one statement on `conn` (inside the caller's transaction).
 pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
-    let mut s = conn
-        .prepare_cached(&sqlite_text(&stmt.sql))
-        .map_err(internal)?;
+    let mut s = match &stmt.sql {
+        // A literal's SQLite text is made once per thread, not per call.
+        std::borrow::Cow::Borrowed(text) => SQLITE_TEXT.with_borrow_mut(|cache| {
+            let sql = cache
+                .entry((text.as_ptr() as usize, text.len()))
+                .or_insert_with(|| sqlite_text(text));
+            conn.prepare_cached(sql)
+        }),
+        std::borrow::Cow::Owned(text) => conn.prepare_cached(&sqlite_text(text)),
+    }
+    .map_err(internal)?;
     let args = stmt.args.iter().map(|a| match a {
         Arg::Int(v) => v.map_or(Value::Null, Value::Integer),
         Arg::Text(v) => v.clone().map_or(Value::Null, Value::Text),
