@@ -839,7 +839,14 @@ pub async fn list_deliveries(
         limit: q.limit,
     }
     .to_request()?;
-    let found = out::list_deliveries(&*state.store, &p.workspace_id, &q.filter()?, &page).await?;
+    let found = out::list_deliveries(
+        &*state.store,
+        &p.workspace_id,
+        &q.filter()?,
+        &page,
+        state.engine.now(),
+    )
+    .await?;
     Ok(Json(DeliveryPage {
         next_cursor: found.next.map(|c| c.encode()),
         items: found.items.into_iter().map(DeliveryView::from).collect(),
@@ -855,7 +862,8 @@ pub async fn get_delivery(
     PathParam(id): PathParam<String>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let id = DeliveryId::parse(&id)?;
-    let (d, attempts) = out::get_delivery(&*state.store, &p.workspace_id, &id).await?;
+    let (d, attempts) =
+        out::get_delivery(&*state.store, &p.workspace_id, &id, state.engine.now()).await?;
     Ok(Json(DeliveryDetail {
         delivery: d.into(),
         attempts_made: attempts.into_iter().map(AttemptView::from).collect(),

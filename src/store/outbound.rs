@@ -508,6 +508,9 @@ pub enum DeliveryStatus {
     Throttled,
     /// Held while its webhook is disabled; goes out when it is enabled.
     Disabled,
+    /// Pending, with an attempt in progress (its job is leased): never
+    /// stored, seen when read.
+    Delivering,
 }
 
 crate::stored_enum!(DeliveryStatus, "delivery status", {
@@ -516,6 +519,7 @@ crate::stored_enum!(DeliveryStatus, "delivery status", {
     Failed => "failed",
     Throttled => "throttled",
     Disabled => "disabled",
+    Delivering => "delivering",
 });
 
 /// A delivery to write in the transaction of its cause.
@@ -657,6 +661,13 @@ fn delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
     })
 }
 
+/// A delivery as shown: its columns, then its seen status.
+fn seen_delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
+    let mut d = delivery(r)?;
+    d.status = DeliveryStatus::decode(&r.text(16)?)?;
+    Ok(d)
+}
+
 /// What deliveries to list (every field narrows).
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
@@ -671,7 +682,9 @@ pub struct DeliveryFilter {
     pub until: Option<Millis>,
 }
 
-fn filter_args(ws: &WorkspaceId, f: &DeliveryFilter) -> Vec<Arg> {
+/// The filter's arguments, `$1` … `$9` (`now`, which tells an attempt in
+/// progress).
+fn filter_args(ws: &WorkspaceId, f: &DeliveryFilter, now: Millis) -> Vec<Arg> {
     vec![
         ws.as_str().into(),
         f.webhook_id.as_ref().map(|w| w.as_str()).into(),
@@ -681,15 +694,28 @@ fn filter_args(ws: &WorkspaceId, f: &DeliveryFilter) -> Vec<Arg> {
         f.status.map(|s| s.as_str()).into(),
         f.since.into(),
         f.until.into(),
+        now.into(),
     ]
 }
 
 macro_rules! delivery_filter {
     () => {
-        "workspace_id = $1 AND ($2 IS NULL OR webhook_id = $2) AND ($3 IS NULL OR flow_id = $3)
-         AND ($4 IS NULL OR run_id = $4) AND ($5 IS NULL OR contact_id = $5)
-         AND ($6 IS NULL OR status = $6) AND ($7 IS NULL OR created_at >= $7)
-         AND ($8 IS NULL OR created_at < $8)"
+        concat!(
+            "workspace_id = $1 AND ($2 IS NULL OR webhook_id = $2) AND ($3 IS NULL OR flow_id = $3)
+             AND ($4 IS NULL OR run_id = $4) AND ($5 IS NULL OR contact_id = $5)
+             AND ($6 IS NULL OR ",
+            seen_status!(),
+            " = $6) AND ($7 IS NULL OR created_at >= $7) AND ($8 IS NULL OR created_at < $8)"
+        )
+    };
+}
+
+/// A delivery's status as shown (`$9` = now): `delivering` while a pending
+/// one's job is leased.
+macro_rules! seen_status {
+    () => {
+        "(CASE WHEN status = 'pending' AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = deliveries.id
+            AND j.lease_until > $9) THEN 'delivering' ELSE status END)"
     };
 }
 
@@ -699,8 +725,9 @@ pub async fn list_deliveries(
     ws: &WorkspaceId,
     filter: &DeliveryFilter,
     page: &PageRequest,
+    now: Millis,
 ) -> Result<Page<DeliveryRecord>> {
-    let mut args = filter_args(ws, filter);
+    let mut args = filter_args(ws, filter, now);
     args.push(page.after.as_ref().map(|c| c.last_id()).into());
     args.push(i64::from(page.limit + 1).into());
     let done = store
@@ -708,14 +735,16 @@ pub async fn list_deliveries(
             concat!(
                 "SELECT ",
                 delivery_cols!(""),
+                ", ",
+                seen_status!(),
                 " FROM deliveries WHERE ",
                 delivery_filter!(),
-                " AND ($9 IS NULL OR id < $9) ORDER BY id DESC LIMIT $10"
+                " AND ($10 IS NULL OR id < $10) ORDER BY id DESC LIMIT $11"
             ),
             args,
         )])
         .await?;
-    let rows = rows(done, 0, delivery)?;
+    let rows = rows(done, 0, seen_delivery)?;
     Ok(Page::from_overfetch(rows, page.limit, |d| d.id.as_str()))
 }
 
@@ -762,12 +791,29 @@ pub async fn get_delivery(
     store: &dyn Store,
     ws: &WorkspaceId,
     id: &DeliveryId,
+    now: Millis,
 ) -> Result<(DeliveryRecord, Vec<AttemptRecord>)> {
     let done = store
         .read_sql(vec![
             Stmt::new(
-                concat!("SELECT ", delivery_cols!(""), " FROM deliveries WHERE workspace_id = $1 AND id = $2"),
-                vec![ws.as_str().into(), id.as_str().into()],
+                concat!(
+                    "SELECT ",
+                    delivery_cols!(""),
+                    ", ",
+                    seen_status!(),
+                    " FROM deliveries WHERE workspace_id = $1 AND id = $2 AND $9 IS NOT NULL"
+                ),
+                vec![
+                    ws.as_str().into(),
+                    id.as_str().into(),
+                    Arg::Int(None),
+                    Arg::Int(None),
+                    Arg::Int(None),
+                    Arg::Int(None),
+                    Arg::Int(None),
+                    Arg::Int(None),
+                    now.into(),
+                ],
             )
             .or_not_found("delivery", id),
             Stmt::new(
@@ -779,7 +825,7 @@ pub async fn get_delivery(
         ])
         .await?;
     let attempts = rows(done.clone(), 1, attempt)?;
-    Ok((one(done, 0, delivery)?, attempts))
+    Ok((one(done, 0, seen_delivery)?, attempts))
 }
 
 /// Sends deliveries again, now, under their own ids, with a fresh retry
@@ -792,27 +838,26 @@ pub async fn resend(
     only: Option<&DeliveryId>,
     now: Millis,
 ) -> Result<Vec<DeliveryId>> {
-    let mut args = filter_args(ws, filter);
+    let mut args = filter_args(ws, filter, now);
     args.push(only.map(|d| d.as_str()).into());
-    args.push(now.into());
     let jobs = Stmt::new(
         requeue_jobs!(
-            "$10",
+            "$9",
             concat!(
                 "SELECT id, webhook_id, workspace_id FROM deliveries WHERE ",
                 delivery_filter!(),
-                " AND ($9 IS NULL OR id = $9)"
+                " AND ($10 IS NULL OR id = $10)"
             )
         ),
         args.clone(),
     );
     let deliveries = Stmt::new(
         concat!(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $10, updated_at = $10
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $9, updated_at = $9
              WHERE ",
             delivery_filter!(),
-            " AND ($9 IS NULL OR id = $9)
-               AND id IN (SELECT id FROM jobs WHERE kind = 'webhook_delivery' AND due_at = $10 AND status = 'queued')
+            " AND ($10 IS NULL OR id = $10)
+               AND id IN (SELECT id FROM jobs WHERE kind = 'webhook_delivery' AND due_at = $9 AND status = 'queued')
              RETURNING id"
         ),
         args,

@@ -801,6 +801,33 @@ async fn a_hanging_endpoint_does_not_delay_the_others(b: Backend) {
     );
     // The hanging endpoint holds its own places (max_concurrency 8), no more.
     assert_eq!(rx.at("/hang").len(), 8);
+    // The activity tells the 8 in progress from the 12 waiting for a place.
+    let hang_id = hang["id"].as_str().unwrap();
+    let count = |status: &'static str| {
+        let app = &app;
+        async move {
+            let page = app
+                .get_ok(
+                    &app.admin_key,
+                    &format!("/v1/deliveries?webhook_id={hang_id}&status={status}&limit=100"),
+                )
+                .await;
+            page["items"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("delivering").await, 8);
+    assert_eq!(count("pending").await, 12);
+    let one = app
+        .get_ok(
+            &app.admin_key,
+            &format!("/v1/deliveries?webhook_id={hang_id}&status=delivering"),
+        )
+        .await;
+    let id = one["items"][0]["id"].as_str().unwrap();
+    let d = app
+        .get_ok(&app.admin_key, &format!("/v1/deliveries/{id}"))
+        .await;
+    assert_eq!(d["status"], "delivering", "{d}");
 }
 
 /// The events a receiver got, as (event, the body's one object, raw body).
