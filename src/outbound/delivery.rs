@@ -242,7 +242,7 @@ pub struct DeliveryHandler {
     configs: std::sync::Mutex<HashMap<WebhookId, (Millis, Arc<WebhookConfig>)>>,
 }
 
-type Loaded = Result<Option<(DeliveryRecord, WebhookRecord)>, StoreError>;
+type Loaded = Result<Option<(DeliveryRecord, Arc<WebhookRecord>)>, StoreError>;
 
 /// Loads of claimed deliveries, coalesced: the jobs of one claim start
 /// together, and the first to ask reads for every one waiting (one read
@@ -263,10 +263,12 @@ impl Loads {
             tokio::task::yield_now().await;
             let batch = std::mem::take(&mut *self.0.lock().expect("loads"));
             let ids: Vec<DeliveryId> = batch.iter().map(|(id, _)| id.clone()).collect();
-            let found = load_many(store, &ids).await;
+            let mut found = load_many(store, &ids).await;
+            // The ids are distinct: each is a job this worker holds the
+            // lease of.
             for (id, tx) in batch {
-                let _ = tx.send(match &found {
-                    Ok(map) => Ok(map.get(&id).cloned()),
+                let _ = tx.send(match &mut found {
+                    Ok(map) => Ok(map.remove(&id)),
                     Err(e) => Err(StoreError::Internal(e.to_string())),
                 });
             }

@@ -300,12 +300,12 @@ pub async fn list_webhooks(
             ],
         )])
         .await?;
-    let rows = rows(done, 0, webhook)?;
+    let rows = rows(&done, 0, webhook)?;
     Ok(Page::from_overfetch(rows, page.limit, |w| w.id.as_str()))
 }
 
 fn rows<T>(
-    done: Vec<Done>,
+    done: &[Done],
     at: usize,
     f: impl Fn(&[crate::store::sql::Val]) -> Result<T>,
 ) -> Result<Vec<T>> {
@@ -638,7 +638,6 @@ macro_rules! delivery_cols {
         )
     };
 }
-const DELIVERY_WIDTH: usize = 16;
 
 fn delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
     Ok(DeliveryRecord {
@@ -744,7 +743,7 @@ pub async fn list_deliveries(
             args,
         )])
         .await?;
-    let rows = rows(done, 0, seen_delivery)?;
+    let rows = rows(&done, 0, seen_delivery)?;
     Ok(Page::from_overfetch(rows, page.limit, |d| d.id.as_str()))
 }
 
@@ -824,7 +823,7 @@ pub async fn get_delivery(
             ),
         ])
         .await?;
-    let attempts = rows(done.clone(), 1, attempt)?;
+    let attempts = rows(&done, 1, attempt)?;
     Ok((one(done, 0, seen_delivery)?, attempts))
 }
 
@@ -876,17 +875,19 @@ pub async fn resend(
     script.push(deliveries);
     let at = script.len() - 1;
     let done = store.run_sql(script).await?;
-    rows(done, at, |r| Ok(DeliveryId::from_trusted(r.text(0)?)))
+    rows(&done, at, |r| Ok(DeliveryId::from_trusted(r.text(0)?)))
 }
 
 // ---- the delivery worker's statements ------------------------------------------------
 
 /// Claimed deliveries with their webhooks, in one read (a delivery that
-/// is gone, deleted with its webhook, is left out).
+/// is gone, deleted with its webhook, is left out). Each webhook is read
+/// and parsed once, however many of the deliveries go to it.
 pub async fn load_many(
     store: &dyn Store,
     ids: &[DeliveryId],
-) -> Result<std::collections::HashMap<DeliveryId, (DeliveryRecord, WebhookRecord)>> {
+) -> Result<std::collections::HashMap<DeliveryId, (DeliveryRecord, std::sync::Arc<WebhookRecord>)>>
+{
     if ids.is_empty() {
         return Ok(Default::default());
     }
@@ -895,22 +896,40 @@ pub async fn load_many(
     let mut ids = ids.to_vec();
     let last = ids[ids.len() - 1].clone();
     ids.resize(ids.len().next_power_of_two(), last);
-    let sql = format!(
+    let list = super::sql::params(1, ids.len());
+    let deliveries = format!(
         concat!(
             "SELECT ",
-            delivery_cols!("d."),
-            ", ",
-            webhook_cols!("w."),
-            " FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id IN ({})"
+            delivery_cols!(""),
+            " FROM deliveries WHERE id IN ({})"
         ),
-        super::sql::params(1, ids.len())
+        list
     );
-    let args = ids.iter().map(|i| i.as_str().into()).collect();
-    let done = store.read_sql(vec![Stmt::new(sql, args)]).await?;
+    let webhooks = format!(
+        concat!(
+            "SELECT ",
+            webhook_cols!(""),
+            " FROM webhooks WHERE id IN (SELECT webhook_id FROM deliveries WHERE id IN ({}))"
+        ),
+        list
+    );
+    let args: Vec<Arg> = ids.iter().map(|i| i.as_str().into()).collect();
+    let done = store
+        .read_sql(vec![
+            Stmt::new(deliveries, args.clone()),
+            Stmt::new(webhooks, args),
+        ])
+        .await?;
+    let hooks: std::collections::HashMap<WebhookId, std::sync::Arc<WebhookRecord>> =
+        rows(&done, 1, webhook)?
+            .into_iter()
+            .map(|w| (w.id.clone(), std::sync::Arc::new(w)))
+            .collect();
     let mut out = std::collections::HashMap::with_capacity(ids.len());
-    for r in done.first().map(|d| d.rows.as_slice()).unwrap_or_default() {
-        let (d, w) = (delivery(r)?, webhook(&r[DELIVERY_WIDTH..])?);
-        out.insert(d.id.clone(), (d, w));
+    for d in rows(&done, 0, delivery)? {
+        if let Some(w) = hooks.get(&d.webhook_id) {
+            out.insert(d.id.clone(), (d, w.clone()));
+        }
     }
     Ok(out)
 }

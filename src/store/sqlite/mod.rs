@@ -627,8 +627,12 @@ impl Store for SqliteStore {
         limit: crate::store::ClaimLimit,
     ) -> Result<Vec<ClaimedRun>> {
         let owner = owner.to_owned();
+        // A lease lost in a power cut only means the runs are claimed
+        // again, and nothing a run does is seen outside before a durable
+        // write (its completion; deliveries go out after their own durable
+        // claim): no need to wait for the fsync.
         self.writer
-            .write(move |c| engine::claim(c, &owner, now, lease_until, limit))
+            .write_soft(move |c| engine::claim(c, &owner, now, lease_until, limit))
             .await
     }
 
@@ -663,6 +667,8 @@ impl Store for SqliteStore {
         &self,
         claim: crate::store::queue::JobClaim,
     ) -> Result<Vec<crate::store::queue::Job>> {
+        // Durable, unlike run claims: what a job does next (an HTTP request)
+        // is seen outside, so the rows it acts on must be on disk first.
         self.writer
             .write(move |c| logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim)))
             .await

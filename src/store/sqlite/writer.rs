@@ -23,7 +23,14 @@ use super::durable::{Reply, Syncer};
 /// A job runs on the writer thread and says whether it succeeded (so the
 /// thread knows to roll back its savepoint) and how to answer once the
 /// commit's outcome is known.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Run = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+struct Job {
+    run: Run,
+    /// Answered once the commit is on disk; else as soon as it is
+    /// committed (see [`Writer::write_soft`]).
+    durable: bool,
+}
 
 pub struct Writer {
     sender: RwLock<Option<mpsc::Sender<Job>>>,
@@ -60,15 +67,36 @@ impl Writer {
     }
 
     /// Runs `f` in the next group transaction and returns its result once
-    /// that transaction is committed.
+    /// that transaction is committed and on disk.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    /// Like [`Self::write`], but answered as soon as the transaction is
+    /// committed, before its fsync: for writes whose loss in a power cut
+    /// harms nothing, such as a lease taken by a claim (lost, the work is
+    /// claimed again after the restart; at-least-once allows that). Any
+    /// later durable commit makes it durable too (one WAL, in order).
+    pub async fn write_soft<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<T, F>(&self, f: F, durable: bool) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let enqueued = std::time::Instant::now();
-        let job: Job = Box::new(move |conn| {
+        let run = Box::new(move |conn: &Connection| {
             metrics::histogram!("hookflow_sqlite_queue_wait_seconds")
                 .record(enqueued.elapsed().as_secs_f64());
             let outcome = match catch_unwind(AssertUnwindSafe(|| f(conn))) {
@@ -81,6 +109,7 @@ impl Writer {
             });
             (ok, reply)
         });
+        let job = Job { run, durable };
         let sender = self
             .sender
             .read()
@@ -140,7 +169,13 @@ fn run(
         }
         metrics::histogram!("hookflow_sqlite_commit_batch_size").record(batch.len() as f64);
         if let Some(replies) = commit_batch(&conn, &mut batch) {
-            syncer.submit(replies);
+            let (durable, soft): (Vec<_>, Vec<_>) = replies.into_iter().partition(|(d, _)| *d);
+            for (_, reply) in soft {
+                reply(Ok(()));
+            }
+            if !durable.is_empty() {
+                syncer.submit(durable.into_iter().map(|(_, r)| r).collect());
+            }
         }
         if restart_wanted.swap(false, Ordering::Relaxed) {
             let started = std::time::Instant::now();
@@ -154,17 +189,18 @@ fn run(
     // The connection drops here: SQLite checkpoints and closes the WAL.
 }
 
-/// Runs and commits one batch; returns the replies to send once durable, or
-/// `None` when the batch failed (its callers have been answered).
-fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Vec<Reply>> {
-    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+/// Runs and commits one batch; returns its replies (each with whether it
+/// waits for the fsync), or `None` when the batch failed (its callers have
+/// been answered).
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Vec<(bool, Reply)>> {
+    let mut replies: Vec<(bool, Reply)> = Vec::with_capacity(batch.len());
     let result = (|| -> rusqlite::Result<()> {
         let started = std::time::Instant::now();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for job in batch.drain(..) {
             conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-            let (ok, reply) = job(conn);
-            replies.push(reply);
+            let (ok, reply) = (job.run)(conn);
+            replies.push((job.durable, reply));
             if !ok {
                 conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
             }
@@ -188,7 +224,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) -> Option<Vec<Reply>> {
             // by dropping them: their reply sender closes, the caller sees an
             // error, and nothing of theirs was written.
             batch.clear();
-            for r in replies {
+            for (_, r) in replies {
                 r(Err(StoreError::Internal(format!("commit failed: {e}"))));
             }
             None
