@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use crate::domain::WebhookId;
 use crate::store::outbound::{
     AttemptWrite, DeliveryRecord, DeliveryStatus, NewAttempt, WebhookChange, WebhookRecord,
-    load_many, record_attempt, take_slot,
+    load_many, plain_success, record_attempt, record_delivered, take_slot,
 };
 use crate::store::queue::{Job, JobOutcome};
 use crate::store::{Store, StoreError};
@@ -236,6 +236,7 @@ pub struct DeliveryHandler {
     /// The worker's lease owner id (the attempt is recorded under it).
     pub owner: String,
     loads: Loads,
+    records: Records,
     /// Wakes the flow engine when an outcome resumed a run.
     pub engine_wake: Option<Arc<tokio::sync::Notify>>,
     /// Checked configurations by webhook, while its `updated_at` holds.
@@ -278,6 +279,41 @@ impl Loads {
     }
 }
 
+/// Delivered attempts waiting to be recorded, coalesced as loads are: the
+/// first to queue writes every one queued with it, set-based
+/// ([`record_delivered`]: three statements for up to 64 deliveries, not
+/// three each). The answer: whether the lease was still held.
+#[derive(Default)]
+struct Records(std::sync::Mutex<Vec<(AttemptWrite, RecordReply)>>);
+
+type RecordReply = tokio::sync::oneshot::Sender<Result<bool, StoreError>>;
+
+impl Records {
+    async fn record(&self, h: &DeliveryHandler, w: AttemptWrite) -> Result<bool, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut q = self.0.lock().expect("records");
+            q.push((w, tx));
+            q.len() == 1
+        };
+        if first {
+            // Let the attempts ending about now join this write.
+            tokio::task::yield_now().await;
+            let batch = std::mem::take(&mut *self.0.lock().expect("records"));
+            let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let lost = record_delivered(&*h.store, &writes, &h.owner, h.clock.now()).await;
+            for (w, reply) in writes.iter().zip(replies) {
+                let _ = reply.send(match &lost {
+                    Ok(lost) => Ok(!lost.contains(&w.delivery)),
+                    Err(e) => Err(StoreError::Internal(e.to_string())),
+                });
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Internal("an attempt record was dropped".into())))
+    }
+}
+
 impl DeliveryHandler {
     pub fn new(
         store: Arc<dyn Store>,
@@ -291,6 +327,7 @@ impl DeliveryHandler {
             outbound,
             owner,
             loads: Loads::default(),
+            records: Records::default(),
             engine_wake: None,
             configs: Default::default(),
         }
@@ -626,7 +663,12 @@ impl DeliveryHandler {
 
     async fn record(&self, w: AttemptWrite) -> Result<(), StoreError> {
         let delivery = w.delivery.clone();
-        if !record_attempt(&*self.store, w, &self.owner, self.clock.now()).await? {
+        let held = if plain_success(&w) {
+            self.records.record(self, w).await?
+        } else {
+            record_attempt(&*self.store, w, &self.owner, self.clock.now()).await?
+        };
+        if !held {
             tracing::warn!(%delivery, "a delivery's lease ended before its attempt was recorded; another worker has it");
         }
         Ok(())

@@ -1131,6 +1131,123 @@ pub async fn record_attempt(
     }
 }
 
+/// Whether [`record_delivered`] can take `w` with others: a delivered
+/// attempt that changes nothing but its job, attempt and delivery.
+pub fn plain_success(w: &AttemptWrite) -> bool {
+    matches!(w.job, JobOutcome::Done)
+        && w.status == DeliveryStatus::Succeeded
+        && w.attempt.is_some()
+        && w.error.is_none()
+        && w.next_attempt_at.is_none()
+        && w.webhook_change.is_none()
+        && w.also.is_empty()
+        && w.resume.is_none()
+}
+
+/// The most deliveries one set of [`record_delivered`] statements takes.
+const RECORD_CHUNK: usize = 64;
+
+/// Records many [`plain_success`] writes in one transaction with three
+/// statements per chunk instead of three per delivery: the jobs whose lease
+/// `owner` still holds at `now` are deleted, and then, only where the job is
+/// gone, the attempt is inserted and the delivery marked succeeded. Chunks
+/// are powers of two, so a few statement texts serve every batch size.
+/// Returns the deliveries whose lease was lost (nothing of theirs was
+/// written), as [`record_attempt`] returns false for them.
+///
+/// One difference from [`record_attempt`], rare and harmless: if a lease
+/// was lost and the worker that took over has already finished the job,
+/// this attempt is recorded too (it did happen) and the delivery marked
+/// succeeded again.
+pub async fn record_delivered(
+    store: &dyn Store,
+    writes: &[AttemptWrite],
+    owner: &str,
+    now: Millis,
+) -> Result<Vec<DeliveryId>> {
+    let mut script = Vec::new();
+    let mut rest = writes;
+    while !rest.is_empty() {
+        let n = if rest.len() >= RECORD_CHUNK {
+            RECORD_CHUNK
+        } else {
+            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let ids: Vec<Arg> = chunk.iter().map(|w| w.delivery.as_str().into()).collect();
+        let mut args = vec![owner.into(), now.into()];
+        args.extend(ids.iter().cloned());
+        script.push(Stmt::new(
+            format!(
+                "DELETE FROM jobs WHERE id IN ({}) AND lease_owner = $1 AND lease_until > $2
+                   AND status = 'queued' RETURNING id",
+                super::sql::params(3, n)
+            ),
+            args,
+        ));
+        let mut rows = Vec::with_capacity(n);
+        let mut args = Vec::with_capacity(12 * n);
+        for (i, w) in chunk.iter().enumerate() {
+            let Some(a) = &w.attempt else {
+                return Err(StoreError::Internal(
+                    "a delivered write without its attempt".into(),
+                ));
+            };
+            rows.push(format!("({})", super::sql::params(1 + 12 * i, 12)));
+            args.extend([
+                AttemptId::generate().as_str().into(),
+                w.delivery.as_str().into(),
+                w.workspace_id.as_str().into(),
+                a.started_at.into(),
+                json_text(&a.request).into(),
+                a.response_status.into(),
+                a.response_headers.as_ref().map(json_text).into(),
+                a.response_body.clone().into(),
+                a.truncated.into(),
+                a.duration_ms.into(),
+                a.error.clone().into(),
+                a.outcome.into(),
+            ]);
+        }
+        // VALUES columns are column1, column2 … on both databases.
+        script.push(Stmt::new(
+            format!(
+                "INSERT INTO delivery_attempts (id, delivery_id, workspace_id, started_at, request,
+                   response_status, response_headers, response_body, truncated, duration_ms, error, outcome)
+                 SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
+                   column10, column11, column12
+                 FROM (VALUES {}) v WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column2)",
+                rows.join(", ")
+            ),
+            args,
+        ));
+        let mut args = vec![now.into()];
+        args.extend(ids);
+        script.push(Stmt::new(
+            format!(
+                "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at = NULL,
+                   updated_at = $1
+                 WHERE id IN ({}) AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = deliveries.id)",
+                super::sql::params(2, n)
+            ),
+            args,
+        ));
+    }
+    let done = store.run_sql(script).await?;
+    let finished: std::collections::HashSet<String> = done
+        .iter()
+        .step_by(3)
+        .flat_map(|d| d.rows.iter())
+        .map(|r| r.text(0))
+        .collect::<Result<_>>()?;
+    Ok(writes
+        .iter()
+        .filter(|w| !finished.contains(w.delivery.as_str()))
+        .map(|w| w.delivery.clone())
+        .collect())
+}
+
 /// Attempt rows (request and response bodies) older than `before`,
 /// deleted in bounded batches; how many went.
 pub async fn purge_attempts(store: &dyn Store, before: Millis, batch: i64) -> Result<u64> {

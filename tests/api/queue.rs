@@ -18,6 +18,7 @@ both_stores!(
     per_key_limits_hold_across_two_processes,
     one_keys_backlog_does_not_hide_another_key,
     two_job_workers_handle_each_job_once_and_keep_per_key_limits,
+    delivered_attempts_recorded_together_write_only_under_a_held_lease,
 );
 
 const T0: i64 = 1_800_000_000_000;
@@ -436,4 +437,120 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
     );
     a.close().await;
     bb.close().await;
+}
+
+/// `record_delivered` (many delivered attempts, set-based) writes only for
+/// the jobs whose lease the writer holds, as `record_attempt` does one by one.
+async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: Backend) {
+    use hookflow::domain::DeliveryId;
+    use hookflow::store::outbound as out;
+    let Some(db) = test_db(b).await else { return };
+    let store = open_store(&db).await;
+    let ws = store.create_workspace("records").await.unwrap();
+    let hook = out::create_webhook(
+        &*store,
+        &ws.id,
+        out::NewWebhook {
+            name: "Hook",
+            max_concurrency: 64,
+            spec: &json!({"name": "Hook", "url": "https://example.com/h"}),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            verification_key: "k",
+            verified: true,
+            event_types: None,
+            inline: false,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<DeliveryId> = (0..11).map(|_| DeliveryId::generate()).collect();
+    let mut script = Vec::new();
+    for id in &ids {
+        script.extend(out::insert_delivery(
+            &out::NewDelivery {
+                id: id.clone(),
+                workspace_id: ws.id.clone(),
+                webhook_id: hook.id.clone(),
+                event_type: "flow.step".into(),
+                flow_id: None,
+                run_id: None,
+                contact_id: None,
+                step: None,
+                context: json!({}),
+            },
+            T0,
+        ));
+    }
+    store.run_sql(script).await.unwrap();
+    // "a" leases 8 of them, "b" the other 3.
+    let mut c = claim("a", T0, 8, None);
+    c.kind = out::DELIVERY_JOB.into();
+    assert_eq!(store.claim_jobs(c.clone()).await.unwrap().len(), 8);
+    c.owner = "b".into();
+    assert_eq!(store.claim_jobs(c).await.unwrap().len(), 3);
+    let write = |id: &DeliveryId| out::AttemptWrite {
+        delivery: id.clone(),
+        workspace_id: ws.id.clone(),
+        webhook: hook.id.clone(),
+        attempt: Some(out::NewAttempt {
+            started_at: T0,
+            request: json!({"method": "POST"}),
+            response_status: Some(200),
+            response_headers: Some(json!([])),
+            response_body: Some(b"ok".to_vec()),
+            truncated: false,
+            duration_ms: 3,
+            error: None,
+            outcome: "succeeded",
+        }),
+        status: out::DeliveryStatus::Succeeded,
+        next_attempt_at: None,
+        error: None,
+        webhook_change: None,
+        job: JobOutcome::Done,
+        also: Vec::new(),
+        resume: None,
+    };
+    let writes: Vec<out::AttemptWrite> = ids.iter().map(write).collect();
+    assert!(writes.iter().all(out::plain_success));
+    // "a" writes all 11 (chunks of 8, 2 and 1): the 3 it does not hold are
+    // refused and nothing of theirs is written.
+    let lost = out::record_delivered(&*store, &writes, "a", T0 + 1)
+        .await
+        .unwrap();
+    let held_by_a: Vec<DeliveryId> = ids.iter().filter(|i| !lost.contains(i)).cloned().collect();
+    assert_eq!(lost.len(), 3, "{lost:?}");
+    assert_eq!(held_by_a.len(), 8);
+    for id in &ids {
+        let (d, attempts) = out::get_delivery(&*store, &ws.id, id, T0 + 1)
+            .await
+            .unwrap();
+        if lost.contains(id) {
+            assert_eq!(d.status, out::DeliveryStatus::Delivering, "{id}");
+            assert!(attempts.is_empty(), "{id}");
+        } else {
+            assert_eq!(d.status, out::DeliveryStatus::Succeeded, "{id}");
+            assert_eq!(d.attempts, 1);
+            assert_eq!(attempts.len(), 1, "{id}");
+            assert_eq!(attempts[0].response_body.as_deref(), Some(&b"ok"[..]));
+        }
+    }
+    // Finished jobs are gone; "b"'s are still leased to it.
+    let left = store
+        .read_sql(vec![hookflow::store::sql::Stmt::new(
+            "SELECT count(*) FROM jobs WHERE kind = 'webhook_delivery'",
+            vec![],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(left[0].rows[0][0], hookflow::store::sql::Val::Int(3));
+    // "b" records its own 3.
+    let mine: Vec<out::AttemptWrite> = lost.iter().map(write).collect();
+    assert!(
+        out::record_delivered(&*store, &mine, "b", T0 + 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
