@@ -235,8 +235,8 @@ pub struct DeliveryHandler {
     pub outbound: Arc<Outbound>,
     /// The worker's lease owner id (the attempt is recorded under it).
     pub owner: String,
-    loads: Loads,
-    records: Records,
+    loads: Coalesce<DeliveryId, Option<(DeliveryRecord, Arc<WebhookRecord>)>>,
+    records: Coalesce<AttemptWrite, bool>,
     /// Wakes the flow engine when an outcome resumed a run.
     pub engine_wake: Option<Arc<tokio::sync::Notify>>,
     /// Checked configurations by webhook, while its `updated_at` holds.
@@ -245,72 +245,78 @@ pub struct DeliveryHandler {
 
 type Loaded = Result<Option<(DeliveryRecord, Arc<WebhookRecord>)>, StoreError>;
 
-/// Loads of claimed deliveries, coalesced: the jobs of one claim start
-/// together, and the first to ask reads for every one waiting (one read
-/// instead of one per delivery; measured in `hookflow-bench deliveries`).
-#[derive(Default)]
-struct Loads(std::sync::Mutex<Vec<(DeliveryId, tokio::sync::oneshot::Sender<Loaded>)>>);
+/// Requests that arrive together, served by one store call: the first to
+/// queue yields once, so that those arriving with it (the jobs of one
+/// claim, attempts ending about now) join, then serves every one queued.
+struct Coalesce<I, O>(std::sync::Mutex<Vec<(I, Waiter<O>)>>);
 
-impl Loads {
-    async fn load(&self, store: &dyn Store, id: DeliveryId) -> Loaded {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let first = {
-            let mut q = self.0.lock().expect("loads");
-            q.push((id, tx));
-            q.len() == 1
-        };
-        if first {
-            // Let the claim's other jobs join this read.
-            tokio::task::yield_now().await;
-            let batch = std::mem::take(&mut *self.0.lock().expect("loads"));
-            let ids: Vec<DeliveryId> = batch.iter().map(|(id, _)| id.clone()).collect();
-            let mut found = load_many(store, &ids).await;
-            // The ids are distinct: each is a job this worker holds the
-            // lease of.
-            for (id, tx) in batch {
-                let _ = tx.send(match &mut found {
-                    Ok(map) => Ok(map.remove(&id)),
-                    Err(e) => Err(StoreError::Internal(e.to_string())),
-                });
-            }
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Internal("a delivery load was dropped".into())))
+/// Where a coalesced request's answer goes.
+type Waiter<O> = tokio::sync::oneshot::Sender<Result<O, StoreError>>;
+
+impl<I, O> Default for Coalesce<I, O> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
     }
 }
 
-/// Delivered attempts waiting to be recorded, coalesced as loads are: the
-/// first to queue writes every one queued with it, set-based
-/// ([`record_delivered`]: three statements for up to 64 deliveries, not
-/// three each). The answer: whether the lease was still held.
-#[derive(Default)]
-struct Records(std::sync::Mutex<Vec<(AttemptWrite, RecordReply)>>);
-
-type RecordReply = tokio::sync::oneshot::Sender<Result<bool, StoreError>>;
-
-impl Records {
-    async fn record(&self, h: &DeliveryHandler, w: AttemptWrite) -> Result<bool, StoreError> {
+impl<I, O> Coalesce<I, O> {
+    /// `serve` answers every item, in order.
+    async fn join<F, Fut>(&self, item: I, serve: F) -> Result<O, StoreError>
+    where
+        F: FnOnce(Vec<I>) -> Fut,
+        Fut: std::future::Future<Output = Vec<Result<O, StoreError>>>,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let first = {
-            let mut q = self.0.lock().expect("records");
-            q.push((w, tx));
+            let mut q = self.0.lock().expect("coalesce");
+            q.push((item, tx));
             q.len() == 1
         };
         if first {
-            // Let the attempts ending about now join this write.
             tokio::task::yield_now().await;
-            let batch = std::mem::take(&mut *self.0.lock().expect("records"));
-            let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let lost = record_delivered(&*h.store, &writes, &h.owner, h.clock.now()).await;
-            for (w, reply) in writes.iter().zip(replies) {
-                let _ = reply.send(match &lost {
-                    Ok(lost) => Ok(!lost.contains(&w.delivery)),
-                    Err(e) => Err(StoreError::Internal(e.to_string())),
-                });
+            let batch = std::mem::take(&mut *self.0.lock().expect("coalesce"));
+            let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
+            for (answer, reply) in serve(items).await.into_iter().zip(replies) {
+                let _ = reply.send(answer);
             }
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Internal("an attempt record was dropped".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Internal(
+                "a coalesced request was dropped".into(),
+            ))
+        })
+    }
+}
+
+/// Loads of claimed deliveries, coalesced: one read for the jobs of a claim
+/// instead of one per delivery (measured in `hookflow-bench deliveries`).
+async fn load_all(store: &dyn Store, ids: Vec<DeliveryId>) -> Vec<Loaded> {
+    match load_many(store, &ids).await {
+        // The ids are distinct: each is a job this worker holds the lease of.
+        Ok(mut map) => ids.iter().map(|id| Ok(map.remove(id))).collect(),
+        Err(e) => ids
+            .iter()
+            .map(|_| Err(StoreError::Internal(e.to_string())))
+            .collect(),
+    }
+}
+
+/// Delivered attempts, recorded together ([`record_delivered`]: three
+/// statements for up to 64 deliveries, not three each); each answer says
+/// whether the lease was still held.
+async fn record_all(
+    h: &DeliveryHandler,
+    writes: Vec<AttemptWrite>,
+) -> Vec<Result<bool, StoreError>> {
+    match record_delivered(&*h.store, &writes, &h.owner, h.clock.now()).await {
+        Ok(lost) => writes
+            .iter()
+            .map(|w| Ok(!lost.contains(&w.delivery)))
+            .collect(),
+        Err(e) => writes
+            .iter()
+            .map(|_| Err(StoreError::Internal(e.to_string())))
+            .collect(),
     }
 }
 
@@ -326,8 +332,8 @@ impl DeliveryHandler {
             clock,
             outbound,
             owner,
-            loads: Loads::default(),
-            records: Records::default(),
+            loads: Coalesce::default(),
+            records: Coalesce::default(),
             engine_wake: None,
             configs: Default::default(),
         }
@@ -374,7 +380,9 @@ impl DeliveryHandler {
     /// job's outcome (None); Some when only the job is left to finish.
     async fn deliver(&self, job: &Job) -> Result<Option<JobOutcome>, StoreError> {
         let id = DeliveryId::from_trusted(job.id.as_str().to_owned());
-        let Some((d, w)) = self.loads.load(&*self.store, id).await? else {
+        let store = &*self.store;
+        let loaded = self.loads.join(id, |ids| load_all(store, ids)).await?;
+        let Some((d, w)) = loaded else {
             // Deleted with its webhook: nothing to send or record.
             return Ok(Some(JobOutcome::Done));
         };
@@ -664,7 +672,7 @@ impl DeliveryHandler {
     async fn record(&self, w: AttemptWrite) -> Result<(), StoreError> {
         let delivery = w.delivery.clone();
         let held = if plain_success(&w) {
-            self.records.record(self, w).await?
+            self.records.join(w, |ws| record_all(self, ws)).await?
         } else {
             record_attempt(&*self.store, w, &self.owner, self.clock.now()).await?
         };

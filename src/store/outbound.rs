@@ -1039,25 +1039,12 @@ pub async fn record_attempt(
     };
     let mut script = vec![finish.or_not_found("lease of job", &w.delivery)];
     let counted = w.attempt.is_some();
-    if let Some(a) = w.attempt {
+    if let Some(a) = &w.attempt {
         script.push(Stmt::new(
             "INSERT INTO delivery_attempts (id, delivery_id, workspace_id, started_at, request, response_status,
                response_headers, response_body, truncated, duration_ms, error, outcome)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            vec![
-                AttemptId::generate().as_str().into(),
-                w.delivery.as_str().into(),
-                w.workspace_id.as_str().into(),
-                a.started_at.into(),
-                json_text(&a.request).into(),
-                a.response_status.into(),
-                a.response_headers.as_ref().map(json_text).into(),
-                a.response_body.into(),
-                a.truncated.into(),
-                a.duration_ms.into(),
-                a.error.into(),
-                a.outcome.into(),
-            ],
+            attempt_args(&w, a).to_vec(),
         ));
     }
     script.push(Stmt::new(
@@ -1131,6 +1118,24 @@ pub async fn record_attempt(
     }
 }
 
+/// The twelve values of an attempt row, in the columns' order.
+fn attempt_args(w: &AttemptWrite, a: &NewAttempt) -> [Arg; 12] {
+    [
+        AttemptId::generate().as_str().into(),
+        w.delivery.as_str().into(),
+        w.workspace_id.as_str().into(),
+        a.started_at.into(),
+        json_text(&a.request).into(),
+        a.response_status.into(),
+        a.response_headers.as_ref().map(json_text).into(),
+        a.response_body.clone().into(),
+        a.truncated.into(),
+        a.duration_ms.into(),
+        a.error.clone().into(),
+        a.outcome.into(),
+    ]
+}
+
 /// Whether [`record_delivered`] can take `w` with others: a delivered
 /// attempt that changes nothing but its job, attempt and delivery.
 pub fn plain_success(w: &AttemptWrite) -> bool {
@@ -1195,20 +1200,7 @@ pub async fn record_delivered(
                 ));
             };
             rows.push(format!("({})", super::sql::params(1 + 12 * i, 12)));
-            args.extend([
-                AttemptId::generate().as_str().into(),
-                w.delivery.as_str().into(),
-                w.workspace_id.as_str().into(),
-                a.started_at.into(),
-                json_text(&a.request).into(),
-                a.response_status.into(),
-                a.response_headers.as_ref().map(json_text).into(),
-                a.response_body.clone().into(),
-                a.truncated.into(),
-                a.duration_ms.into(),
-                a.error.clone().into(),
-                a.outcome.into(),
-            ]);
+            args.extend(attempt_args(w, a));
         }
         // VALUES columns are column1, column2 … on both databases.
         script.push(Stmt::new(
