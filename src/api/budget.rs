@@ -11,6 +11,7 @@
 //! the declared length, means a client trickling a body in holds only the
 //! bytes it has sent, never budget that others need.
 
+use crate::domain::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +113,7 @@ impl Charge {
                 metrics::counter!("hookflow_body_budget_refusals_total").increment(1);
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "server_busy",
+                    ErrorCode::ServerBusy,
                     "the server is handling as much request data as `max_body_memory_bytes` allows; retry shortly",
                 );
                 e.retry_after = Some(1);
@@ -181,7 +182,7 @@ mod tests {
         second.arrived(40_000).await.unwrap(); // its bytes still fit…
         let refused = second.parsing(40_000, PARSE_FACTOR).await.unwrap_err(); // …its parse does not
         assert_eq!(
-            (refused.status.as_u16(), refused.code),
+            (refused.status.as_u16(), refused.code.as_str()),
             (503, "server_busy")
         );
         assert_eq!(refused.retry_after, Some(1));

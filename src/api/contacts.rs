@@ -1,6 +1,7 @@
 //! `/v1/contacts`: upsert by email, read, filter, update, delete, and the
 //! contact's list memberships.
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -83,13 +84,15 @@ pub struct LookupQuery {
 }
 
 fn parse_email(raw: &str) -> Result<Email, ApiError> {
-    Email::parse(raw).map_err(|e| ApiError::invalid("invalid_email", "email", e.to_string()))
+    Email::parse(raw)
+        .map_err(|e| ApiError::invalid(ErrorCode::InvalidEmail, "email", e.to_string()))
 }
 
 fn parse_phone(raw: Option<Option<String>>) -> Result<Option<Option<Phone>>, ApiError> {
     raw.map(|p| {
         p.map(|s| {
-            Phone::parse(&s).map_err(|e| ApiError::invalid("invalid_phone", "phone", e.to_string()))
+            Phone::parse(&s)
+                .map_err(|e| ApiError::invalid(ErrorCode::InvalidPhone, "phone", e.to_string()))
         })
         .transpose()
     })
@@ -112,8 +115,9 @@ pub async fn upsert_contact(
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            ListId::parse(l)
-                .map_err(|e| ApiError::invalid("invalid_id", format!("lists[{i}]"), e.to_string()))
+            ListId::parse(l).map_err(|e| {
+                ApiError::invalid(ErrorCode::InvalidId, format!("lists[{i}]"), e.to_string())
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let input = ContactUpsert {
@@ -150,7 +154,7 @@ pub async fn list_contacts(
         .as_deref()
         .map(|l| {
             ListId::parse(l).map_err(|e| {
-                ApiError::bad_request("invalid_id", e.to_string()).with_field("list_id")
+                ApiError::bad_request(ErrorCode::InvalidId, e.to_string()).with_field("list_id")
             })
         })
         .transpose()?;
@@ -175,8 +179,9 @@ pub async fn lookup_contact(
     AdminKey(p): AdminKey,
     QueryParams(q): QueryParams<LookupQuery>,
 ) -> Result<Json<ContactView>, ApiError> {
-    let email = Email::parse(&q.email)
-        .map_err(|e| ApiError::bad_request("invalid_email", e.to_string()).with_field("email"))?;
+    let email = Email::parse(&q.email).map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidEmail, e.to_string()).with_field("email")
+    })?;
     Ok(Json(
         state
             .store

@@ -5,6 +5,7 @@
 //! `field` the JSON path at fault when there is one. A 500 says nothing about
 //! its cause; the cause is logged once, here.
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,7 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
     /// Seconds for `Retry-After` (429 and retryable 503s).
@@ -34,7 +35,7 @@ pub struct ErrorBody {
 #[derive(Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `invalid_email`.
-    pub code: String,
+    pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
     /// JSON path of the value at fault, when one value is.
@@ -48,7 +49,7 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -65,34 +66,34 @@ impl ApiError {
     }
 
     /// 422: a value that parsed as JSON but breaks a rule.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_field(field)
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// 429 `rate_limited`, with `Retry-After` for `wait` in whole seconds
     /// (rounded up, at least 1).
     pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            message,
+        );
         e.retry_after = Some(super::limits::retry_after_secs(wait));
         e
     }
@@ -100,7 +101,7 @@ impl ApiError {
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "the server failed to handle this request; it has been logged",
         )
     }
@@ -122,7 +123,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%cause, "transaction aborted by the database; the client may retry");
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "database_busy",
+                    ErrorCode::DatabaseBusy,
                     "the request collided with a concurrent one and was not applied; retry it",
                 );
                 e.retry_after = Some(1);
@@ -141,7 +142,7 @@ impl ApiError {
     /// per item (bulk events).
     pub fn detail(self) -> ErrorDetail {
         ErrorDetail {
-            code: self.code.to_owned(),
+            code: self.code,
             message: self.message,
             field: self.field,
             details: self.details,
@@ -151,7 +152,7 @@ impl ApiError {
 
 impl From<crate::domain::IdError> for ApiError {
     fn from(e: crate::domain::IdError) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
     }
 }
 
@@ -161,7 +162,7 @@ impl IntoResponse for ApiError {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_owned(),
+                code: self.code,
                 message: self.message,
                 field: self.field,
                 details: self.details,

@@ -5,6 +5,7 @@
 //! In a batch each event stands alone: the answer says, by index, which
 //! were recorded and why the others were refused.
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -125,19 +126,19 @@ fn parse_event(e: NewEvent, now: Millis) -> Result<EventIn, ApiError> {
     let name = e.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid(
-            "invalid_event_name",
+            ErrorCode::InvalidEventName,
             "name",
             "an event name must be 1 to 200 characters",
         ));
     }
     let email = Email::parse(&e.email)
-        .map_err(|err| ApiError::invalid("invalid_email", "email", err.to_string()))?;
+        .map_err(|err| ApiError::invalid(ErrorCode::InvalidEmail, "email", err.to_string()))?;
     let properties = match e.properties {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v,
         Some(_) => {
             return Err(ApiError::invalid(
-                "invalid_properties",
+                ErrorCode::InvalidProperties,
                 "properties",
                 "properties must be a JSON object",
             ));
@@ -149,7 +150,7 @@ fn parse_event(e: NewEvent, now: Millis) -> Result<EventIn, ApiError> {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .map_err(|_| {
                 ApiError::invalid(
-                    "invalid_time",
+                    ErrorCode::InvalidTime,
                     "time",
                     format!("`{t}` is not an RFC 3339 time"),
                 )
@@ -223,7 +224,7 @@ pub async fn record_events_bulk(
     if !ndjson && !is_json(req.headers()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send a JSON array with `Content-Type: application/json`, or NDJSON with `application/x-ndjson`",
         ));
     }
@@ -239,7 +240,7 @@ pub async fn record_events_bulk(
     } else {
         let capped: Capped = serde_json::from_slice(&bytes).map_err(|_| {
             ApiError::invalid(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 ".",
                 "the body must be a JSON array of events",
             )
@@ -252,14 +253,14 @@ pub async fn record_events_bulk(
     };
     if items.is_empty() {
         return Err(ApiError::invalid(
-            "empty_batch",
+            ErrorCode::EmptyBatch,
             ".",
             "the batch holds no events",
         ));
     }
     if items.len() > MAX_BULK {
         return Err(ApiError::invalid(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             ".",
             format!("a batch holds at most {MAX_BULK} events; this one has more"),
         ));

@@ -1,6 +1,7 @@
 //! Extractors that turn requests into typed values or an [`ApiError`] in the
 //! one error shape: JSON bodies, path and query parameters, API keys.
 
+use crate::domain::ErrorCode;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -35,7 +36,7 @@ pub async fn read_json<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
     if !is_json(req.headers()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be JSON in UTF-8, sent with `Content-Type: application/json`",
         ));
     }
@@ -107,7 +108,7 @@ pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes
         (std::task::Poll::Pending, Some(t)) => tokio::time::timeout(t, read).await.map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 format!(
                     "the body did not arrive within {} s; the `http_body_timeout_secs` setting changes this",
                     t.as_secs_f64()
@@ -150,7 +151,7 @@ fn unreadable(e: &axum::Error, limit: Option<BodyLimit>) -> ApiError {
     if too_large {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             match limit {
                 Some(l) => format!(
                     "the body is larger than the limit of {} bytes; {}",
@@ -161,7 +162,7 @@ fn unreadable(e: &axum::Error, limit: Option<BodyLimit>) -> ApiError {
         )
     } else {
         ApiError::bad_request(
-            "unreadable_body",
+            ErrorCode::UnreadableBody,
             format!("the body could not be read: {e}"),
         )
     }
@@ -200,7 +201,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Some(at) = super::json_keys::duplicate_key(bytes) {
         let mut err = ApiError::bad_request(
-            "duplicate_key",
+            ErrorCode::DuplicateKey,
             format!("the key `{at}` appears twice in one object; send each key once"),
         );
         err.field = Some(at);
@@ -220,7 +221,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         // on this error path only.)
         if syntax && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
             return ApiError::invalid(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 path.clone(),
                 format!("the value at `{path}` is not of the expected type"),
             );
@@ -240,7 +241,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if syntax && bad_value && !path.is_empty() && path != "." {
             let clean = msg.split(" at line ").next().unwrap_or(&msg);
             return ApiError::invalid(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 path.clone(),
                 format!("the value at `{path}` is not valid: {clean}"),
             );
@@ -256,7 +257,7 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
     let msg = e.to_string();
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
-            "malformed_json",
+            ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {msg}"),
         ),
         Category::Data => {
@@ -274,11 +275,17 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
                 Some(path.to_owned())
             };
             let (code, field) = if let Some(name) = quoted_after(&clean, "unknown field `") {
-                ("unknown_field", Some(join_path(field.as_deref(), &name)))
+                (
+                    ErrorCode::UnknownField,
+                    Some(join_path(field.as_deref(), &name)),
+                )
             } else if let Some(name) = quoted_after(&clean, "missing field `") {
-                ("missing_field", Some(join_path(field.as_deref(), &name)))
+                (
+                    ErrorCode::MissingField,
+                    Some(join_path(field.as_deref(), &name)),
+                )
             } else {
-                ("invalid_value", field)
+                (ErrorCode::InvalidValue, field)
             };
             let mut err = ApiError::invalid(code, "", clean);
             err.field = field;
@@ -314,7 +321,7 @@ pub struct PathParam<T>(pub T);
 
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
-        ApiError::bad_request("invalid_path", e.body_text())
+        ApiError::bad_request(ErrorCode::InvalidPath, e.body_text())
     }
 }
 
@@ -329,7 +336,10 @@ impl From<QueryRejection> for ApiError {
         let text = text
             .strip_prefix("Failed to deserialize query string: ")
             .unwrap_or(&text);
-        ApiError::bad_request("invalid_query", format!("invalid query string: {text}"))
+        ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            format!("invalid query string: {text}"),
+        )
     }
 }
 
@@ -448,7 +458,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 pub fn refuse_nul(v: &serde_json::Value) -> Result<(), ApiError> {
     match crate::domain::jsonpath::find_nul(v) {
         Some(path) => Err(ApiError::invalid(
-            "nul_character",
+            ErrorCode::NulCharacter,
             path,
             "text may not contain the NUL character (\\u0000)",
         )),

@@ -1,6 +1,7 @@
 //! `/v1/flows`: flow documents, validated when saved (FL-7), versioned on
 //! every save, activated, paused and given an inbound URL.
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -40,7 +41,7 @@ async fn checked(
         Ok(v) => Ok(v),
         Err(SaveError::Store(e)) => Err(e.into()),
         Err(SaveError::Nul(path)) => Err(ApiError::invalid(
-            "nul_character",
+            ErrorCode::NulCharacter,
             path,
             "text may not contain the NUL character (\\u0000)",
         )),
@@ -54,7 +55,7 @@ async fn checked(
                 Some(step) => format!("step `{step}`, `{}`: {}", first.setting, first.message),
                 None => format!("`{}`: {}", first.setting, first.message),
             };
-            let mut err = ApiError::invalid("invalid_flow", field, message);
+            let mut err = ApiError::invalid(ErrorCode::InvalidFlow, field, message);
             err.details = Some(
                 errors
                     .iter()
@@ -196,7 +197,7 @@ pub async fn rotate_token(
     if !flow.is_inbound() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "not_inbound",
+            ErrorCode::NotInbound,
             "only a flow with an `inbound` trigger has an inbound URL",
         ));
     }
@@ -230,7 +231,7 @@ pub async fn inbound_calls(
         Some(n) if n >= 1 && n as usize <= keep.max(1) => n as usize,
         Some(_) => {
             return Err(ApiError::bad_request(
-                "invalid_limit",
+                ErrorCode::InvalidLimit,
                 format!(
                     "limit must be between 1 and {} (the `inbound_log_per_flow` setting)",
                     keep.max(1)

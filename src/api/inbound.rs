@@ -7,6 +7,7 @@
 //! sent only after contact, membership, run and idempotency answer are
 //! committed and synced (the store's one atomic `enter_flow`).
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use std::net::{IpAddr, SocketAddr};
 
@@ -134,7 +135,7 @@ fn log_record(
         }
         Err(e) => {
             record.status = e.status.as_u16();
-            record.code = e.code.to_owned();
+            record.code = e.code.as_str().to_owned();
             record.message = Some(e.message.clone());
         }
     }
@@ -199,7 +200,7 @@ async fn receive(
     if flow.status != FlowStatus::Active {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "flow_not_active",
+            ErrorCode::FlowNotActive,
             format!(
                 "the flow is {}; activate it to accept calls",
                 flow.status.as_str()
@@ -221,7 +222,7 @@ async fn receive(
     req.inbound_token = Some(token.to_owned());
     let entered = enter(state, ws, req, &origin).await;
     if let Err(e) = &entered
-        && matches!(e.code, "not_found" | "flow_not_active")
+        && matches!(e.code, ErrorCode::NotFound | ErrorCode::FlowNotActive)
     {
         // The flow changed under the cached copy (paused, rotated or deleted
         // by another process): the next call reads it afresh. A caller's own
@@ -246,7 +247,7 @@ fn check_peer(target: &Target, peer: Option<IpAddr>) -> Result<(), ApiError> {
         Some(ip) if flow::ip_allowed(allowed_ips, ip) => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "ip_not_allowed",
+            ErrorCode::IpNotAllowed,
             match peer {
                 Some(ip) => format!(
                     "calls from {} are not allowed by this flow's `allowed_ips`",
@@ -298,7 +299,7 @@ fn check_signature(
         // whenever a document asking for signatures is saved or activated.
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "flow_misconfigured",
+            ErrorCode::FlowMisconfigured,
             "the flow asks for signed calls but has no signing secret; rotate its token to make one",
         ));
     };
@@ -313,9 +314,9 @@ fn check_signature(
         Ok(id) => Ok(id.to_owned()),
         Err(e) => {
             let code = match e {
-                SignatureError::Missing(_) => "missing_signature",
-                SignatureError::Invalid(_) => "invalid_signature",
-                SignatureError::OutOfTolerance(_) => "timestamp_out_of_tolerance",
+                SignatureError::Missing(_) => ErrorCode::MissingSignature,
+                SignatureError::Invalid(_) => ErrorCode::InvalidSignature,
+                SignatureError::OutOfTolerance(_) => ErrorCode::TimestampOutOfTolerance,
             };
             Err(ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string()))
         }
@@ -332,14 +333,14 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     };
     if all.next().is_some() {
         return Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+            ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key is sent more than once; send it once",
         ));
     }
     let bytes = first.as_bytes();
     if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+            ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)",
         ));
     }
@@ -374,12 +375,12 @@ async fn enter(
     let out = match state.store.enter_flow(ws, req).await {
         Ok(out) => out,
         Err(StoreError::Invalid {
-            code: "unknown_list",
+            code: ErrorCode::UnknownList,
             ..
         }) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "flow_misconfigured",
+                ErrorCode::FlowMisconfigured,
                 "the flow's list no longer exists; fix and save the flow",
             ));
         }

@@ -1,5 +1,6 @@
 //! `/v1/lists`: lists, their field definitions and their members.
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -59,7 +60,7 @@ pub(super) fn list_name(raw: &str) -> Result<String, ApiError> {
     let name = raw.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
-            "invalid_name",
+            ErrorCode::InvalidName,
             "name",
             "a list name must be 1 to 200 characters, none of them control characters",
         ));
@@ -80,7 +81,7 @@ fn field_def(input: FieldInput, path: &str) -> Result<FieldDef, ApiError> {
         format!("{path}.{part}")
     };
     FieldDef::new(&input.name, input.kind, input.options)
-        .map_err(|m| ApiError::invalid("invalid_field_definition", at, m))
+        .map_err(|m| ApiError::invalid(ErrorCode::InvalidFieldDefinition, at, m))
 }
 
 /// Create a list, optionally with field definitions.
@@ -99,7 +100,7 @@ pub async fn create_list(
         let def = field_def(f, &path)?;
         if !seen.insert(def.name.clone()) {
             return Err(ApiError::invalid(
-                "duplicate_field",
+                ErrorCode::DuplicateField,
                 path,
                 format!("field `{}` is defined twice", def.name),
             ));
@@ -250,7 +251,7 @@ pub async fn add_member(
 ) -> Result<Json<MembershipView>, ApiError> {
     let id = ListId::parse(&id)?;
     let contact = ContactId::parse(&body.contact_id)
-        .map_err(|e| ApiError::invalid("invalid_id", "contact_id", e.to_string()))?;
+        .map_err(|e| ApiError::invalid(ErrorCode::InvalidId, "contact_id", e.to_string()))?;
     let m = state
         .store
         .add_membership(&p.workspace_id, &id, &contact)

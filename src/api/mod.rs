@@ -19,6 +19,7 @@ pub mod runs;
 pub mod views;
 pub mod webhooks;
 
+use crate::domain::ErrorCode;
 use std::sync::Arc;
 
 use axum::Router;
@@ -433,9 +434,9 @@ pub fn app(
             forget_inbound_flows,
         ))
         .route_layer(axum::middleware::from_fn(ops::track_metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint") })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, ErrorCode::RouteNotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "this endpoint does not accept that method")
         })
         .with_state(state)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))

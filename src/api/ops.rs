@@ -1,6 +1,7 @@
 //! Operational endpoints: liveness, readiness, metrics, the OpenAPI document,
 //! and "who am I" for a key.
 
+use crate::domain::ErrorCode;
 use std::time::Instant;
 
 use axum::Json;
@@ -43,7 +44,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             "the database does not answer",
         )
     })?;
@@ -66,7 +67,7 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
     let Some(token) = &state.metrics_token_hash else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
-            "metrics_disabled",
+            ErrorCode::MetricsDisabled,
             "metrics are off: set the `metrics_token` setting and scrape with `Authorization: Bearer <token>`",
         )
         .into_response();

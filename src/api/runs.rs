@@ -1,5 +1,6 @@
 //! `/v1/runs`: runs and their step history (FL-6), and cancelling a run.
 
+use crate::domain::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -37,7 +38,9 @@ fn id_param<T>(
     parse: impl Fn(&str) -> Result<T, crate::domain::IdError>,
 ) -> Result<Option<T>, ApiError> {
     raw.map(|v| {
-        parse(v).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_field(field))
+        parse(v).map_err(|e| {
+            ApiError::bad_request(ErrorCode::InvalidId, e.to_string()).with_field(field)
+        })
     })
     .transpose()
 }

@@ -2,6 +2,7 @@
 //! RFC 3339 strings. Separate from the store's records so the wire format
 //! changes only on purpose.
 
+use crate::domain::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -211,9 +212,9 @@ impl PageQuery {
             .as_deref()
             .map(crate::domain::Cursor::decode)
             .transpose()
-            .map_err(|m| super::error::ApiError::bad_request("invalid_cursor", m))?;
+            .map_err(|m| super::error::ApiError::bad_request(ErrorCode::InvalidCursor, m))?;
         crate::domain::PageRequest::new(after, self.limit)
-            .map_err(|m| super::error::ApiError::bad_request("invalid_limit", m))
+            .map_err(|m| super::error::ApiError::bad_request(ErrorCode::InvalidLimit, m))
     }
 }
 

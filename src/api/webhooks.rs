@@ -2,6 +2,7 @@
 //! signing secrets and test requests; `/v1/deliveries` (WH-11): the
 //! activity log of every message sent, with each attempt, and resends.
 
+use crate::domain::ErrorCode;
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -184,7 +185,7 @@ fn check(outbound: &Outbound, input: &WebhookInput) -> Result<(Value, WebhookCon
         Err(problems) => {
             let first = problems.first().cloned();
             let mut e = ApiError::invalid(
-                "invalid_webhook",
+                ErrorCode::InvalidWebhook,
                 first.as_ref().map_or_else(String::new, |p| p.field.clone()),
                 first.map_or_else(
                     || "the webhook is not valid".to_owned(),
@@ -439,7 +440,7 @@ fn objects(contact: &Option<Value>, event: &Option<Value>) -> Result<(), ApiErro
     for (name, v) in [("contact", contact), ("event", event)] {
         if v.as_ref().is_some_and(|v| !v.is_object() && !v.is_null()) {
             return Err(ApiError::invalid(
-                "invalid_test_data",
+                ErrorCode::InvalidTestData,
                 name,
                 format!("`{name}` must be a JSON object"),
             ));
@@ -603,18 +604,18 @@ pub async fn test_stored(
     // from an array.
     if !raw.is_object() {
         return Err(ApiError::invalid(
-            "invalid_test_data",
+            ErrorCode::InvalidTestData,
             "",
             "the body must be a JSON object (it may be empty: {})",
         ));
     }
     let body: TestData = serde_json::from_value(raw)
-        .map_err(|e| ApiError::invalid("invalid_test_data", "", e.to_string()))?;
+        .map_err(|e| ApiError::invalid(ErrorCode::InvalidTestData, "", e.to_string()))?;
     objects(&body.contact, &body.event)?;
     let w = out::get_webhook(&*state.store, &p.workspace_id, &id).await?;
     let config = state.outbound.config(&w.spec).map_err(|problems| {
         ApiError::invalid(
-            "invalid_webhook",
+            ErrorCode::InvalidWebhook,
             "",
             problems
                 .iter()
@@ -666,7 +667,7 @@ fn time_param(raw: Option<&str>, field: &str) -> Result<Option<i64>, ApiError> {
             .map(|d| d.timestamp_millis())
             .map_err(|_| {
                 ApiError::bad_request(
-                    "invalid_time",
+                    ErrorCode::InvalidTime,
                     format!("`{field}` must be an RFC 3339 time such as 2026-01-31T09:00:00Z"),
                 )
                 .with_field(field)
@@ -683,9 +684,9 @@ fn id_check<T: ToString>(
     parse: impl Fn(&str) -> Result<T, crate::domain::IdError>,
 ) -> Result<Option<String>, ApiError> {
     raw.map(|r| {
-        parse(r)
-            .map(|id| id.to_string())
-            .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).with_field(field))
+        parse(r).map(|id| id.to_string()).map_err(|e| {
+            ApiError::bad_request(ErrorCode::InvalidId, e.to_string()).with_field(field)
+        })
     })
     .transpose()
 }
@@ -703,7 +704,7 @@ impl DeliveryQuery {
             ) {
                 (Some(_), Some(_)) => {
                     return Err(ApiError::bad_request(
-                        "invalid_filter",
+                        ErrorCode::InvalidFilter,
                         "give `webhook_id` or `subscription_id`, not both",
                     ));
                 }
@@ -897,7 +898,7 @@ pub async fn resend_delivery(
     if ids.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "attempt_in_flight",
+            ErrorCode::AttemptInFlight,
             format!("an attempt of delivery `{id}` is in flight; resend it once it has ended"),
         ));
     }
@@ -935,7 +936,7 @@ pub async fn resend_deliveries(
 ) -> Result<(StatusCode, Json<Resent>), ApiError> {
     if body.webhook_id.is_none() && body.status.is_none() {
         return Err(ApiError::invalid(
-            "filter_too_wide",
+            ErrorCode::FilterTooWide,
             "",
             "give `webhook_id` or `status` (or both): a bulk resend of everything is refused",
         ));
@@ -945,8 +946,9 @@ pub async fn resend_deliveries(
             .webhook_id
             .as_deref()
             .map(|w| {
-                WebhookId::parse(w)
-                    .map_err(|e| ApiError::invalid("invalid_id", "webhook_id", e.to_string()))
+                WebhookId::parse(w).map_err(|e| {
+                    ApiError::invalid(ErrorCode::InvalidId, "webhook_id", e.to_string())
+                })
             })
             .transpose()?,
         status: body.status,
@@ -1033,7 +1035,7 @@ impl SubscriptionInput {
         events.dedup();
         if events.is_empty() {
             return Err(ApiError::invalid(
-                "invalid_subscription",
+                ErrorCode::InvalidSubscription,
                 "event_types",
                 "give at least one event type",
             ));
@@ -1043,7 +1045,7 @@ impl SubscriptionInput {
             .find(|e| !out::EVENT_TYPES.contains(&e.as_str()))
         {
             return Err(ApiError::invalid(
-                "invalid_subscription",
+                ErrorCode::InvalidSubscription,
                 "event_types",
                 format!(
                     "`{bad}` is not an event type; they are {}",

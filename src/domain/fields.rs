@@ -6,6 +6,7 @@
 //! for a field that a list the contact belongs to (or is being added to)
 //! defines, and must fit every such definition.
 
+use crate::domain::ErrorCode;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -290,7 +291,7 @@ fn parse_date(s: &str) -> Option<String> {
 pub struct FieldValueError {
     /// JSON path of the offending value, e.g. `fields.age`.
     pub field: String,
-    pub code: &'static str,
+    pub code: crate::domain::ErrorCode,
     pub message: String,
 }
 
@@ -316,7 +317,7 @@ pub fn apply_field_values(
             }
             return Err(FieldValueError {
                 field: path,
-                code: "unknown_field",
+                code: ErrorCode::UnknownField,
                 message: format!(
                     "field `{}` is not defined by any list this contact belongs to",
                     name.chars().take(64).collect::<String>()
@@ -327,7 +328,7 @@ pub fn apply_field_values(
         for def in candidates {
             let v = def.coerce(value).map_err(|message| FieldValueError {
                 field: path.clone(),
-                code: "invalid_field_value",
+                code: ErrorCode::InvalidFieldValue,
                 message,
             })?;
             // Lists may define the same name with different types; the
@@ -335,7 +336,7 @@ pub fn apply_field_values(
             if coerced.as_ref().is_some_and(|c| *c != v) {
                 return Err(FieldValueError {
                     field: path,
-                    code: "conflicting_field_definitions",
+                    code: ErrorCode::ConflictingFieldDefinitions,
                     message: format!(
                         "the contact's lists define field `{name}` with different types; the value fits them differently"
                     ),
@@ -435,13 +436,13 @@ mod tests {
         let err = apply_field_values(&defs, &current, json!({"shoe": 1}).as_object().unwrap())
             .unwrap_err();
         assert_eq!(
-            (err.field.as_str(), err.code),
+            (err.field.as_str(), err.code.as_str()),
             ("fields.shoe", "unknown_field")
         );
         let err = apply_field_values(&defs, &current, json!({"age": "x"}).as_object().unwrap())
             .unwrap_err();
         assert_eq!(
-            (err.field.as_str(), err.code),
+            (err.field.as_str(), err.code.as_str()),
             ("fields.age", "invalid_field_value")
         );
     }

@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod contact;
 pub mod email;
+pub mod error_code;
 pub mod fields;
 pub mod flow;
 pub mod ids;
@@ -19,6 +20,7 @@ pub mod stored;
 
 pub use contact::{ContactStatus, MembershipStatus};
 pub use email::Email;
+pub use error_code::ErrorCode;
 pub use fields::{FieldDef, FieldName, FieldType};
 pub use ids::{
     ApiKeyId, AttemptId, ContactId, DeliveryId, EventId, FlowId, IdError, JobId, ListId, RunId,

@@ -3,6 +3,7 @@
 //! email, phone and list fields from the trigger's mapping). `api::inbound`
 //! does the HTTP part: authentication, limits, reading the body, answers.
 
+use crate::domain::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ pub enum InboundError {
     NotInbound,
     /// A value of the body is missing or wrong; `field` is its body path.
     Invalid {
-        code: &'static str,
+        code: ErrorCode,
         field: String,
         message: String,
     },
@@ -30,7 +31,7 @@ pub enum InboundError {
 }
 
 impl InboundError {
-    fn invalid(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+    fn invalid(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             code,
             field: field.into(),
@@ -141,7 +142,7 @@ pub fn entry_request(
     };
     if !body.is_object() {
         return Err(InboundError::invalid(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             ".",
             "the body must be a JSON object",
         ));
@@ -163,13 +164,13 @@ pub fn entry_request(
         if target == "phone" {
             let s = v.as_str().ok_or_else(|| {
                 InboundError::invalid(
-                    "invalid_phone",
+                    ErrorCode::InvalidPhone,
                     path.clone(),
                     "a phone number must be a string",
                 )
             })?;
             phone = Some(Some(Phone::parse(s).map_err(|e| {
-                InboundError::invalid("invalid_phone", path.clone(), e.to_string())
+                InboundError::invalid(ErrorCode::InvalidPhone, path.clone(), e.to_string())
             })?));
         } else {
             fields.insert(target.clone(), v.clone());
@@ -220,7 +221,7 @@ fn mapped_email(
     };
     match value {
         None | Some(Value::Null) => Err(InboundError::invalid(
-            "missing_field",
+            ErrorCode::MissingField,
             path,
             if mapped.is_some() {
                 format!(
@@ -231,11 +232,10 @@ fn mapped_email(
                     .to_owned()
             },
         )),
-        Some(Value::String(s)) => {
-            Email::parse(s).map_err(|e| InboundError::invalid("invalid_email", path, e.to_string()))
-        }
+        Some(Value::String(s)) => Email::parse(s)
+            .map_err(|e| InboundError::invalid(ErrorCode::InvalidEmail, path, e.to_string())),
         Some(_) => Err(InboundError::invalid(
-            "invalid_email",
+            ErrorCode::InvalidEmail,
             path,
             "email must be a string",
         )),
@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(
             err(json!({"email": "a@example.com"})),
             InboundError::invalid(
-                "missing_field",
+                ErrorCode::MissingField,
                 "data.object.customer_email",
                 "email is required: this flow maps `data.object.customer_email` onto the email, and the body has no value there"
             )
@@ -312,13 +312,13 @@ mod tests {
         let bad_phone =
             err(json!({"data": {"object": {"customer_email": "a@example.com", "phone": 5}}}));
         assert!(
-            matches!(&bad_phone, InboundError::Invalid { code: "invalid_phone", field, .. } if field == "data.object.phone"),
+            matches!(&bad_phone, InboundError::Invalid { code: ErrorCode::InvalidPhone, field, .. } if field == "data.object.phone"),
             "{bad_phone:?}"
         );
         assert!(matches!(
             err(json!([1])),
             InboundError::Invalid {
-                code: "invalid_body",
+                code: ErrorCode::InvalidBody,
                 ..
             }
         ));

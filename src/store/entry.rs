@@ -1,6 +1,7 @@
 //! Decisions for a contact entering a flow, shared by both stores.
 
 use super::{EntryRequest, EntryResult, FlowStatus, StoreError};
+use crate::domain::ErrorCode;
 
 /// Why a contact's entry started no run (the answer's `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,14 +32,14 @@ pub fn run_decision(repeat: bool, any_run: bool, active_run: bool) -> Option<Ent
 
 pub fn key_reused() -> StoreError {
     StoreError::Conflict {
-        code: "idempotency_key_reused",
+        code: ErrorCode::IdempotencyKeyReused,
         message: "this Idempotency-Key was used with a different request".into(),
     }
 }
 
 pub fn flow_not_active() -> StoreError {
     StoreError::Conflict {
-        code: "flow_not_active",
+        code: ErrorCode::FlowNotActive,
         message: "the flow is not active; activate it to accept calls".into(),
     }
 }

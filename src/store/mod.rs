@@ -45,12 +45,15 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: String },
     /// A uniqueness rule would be broken.
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict {
+        code: crate::domain::ErrorCode,
+        message: String,
+    },
     /// The input breaks a rule that needs the stored state to check (a field
     /// value that does not fit its list's definition).
     #[error("{message}")]
     Invalid {
-        code: &'static str,
+        code: crate::domain::ErrorCode,
         field: String,
         message: String,
     },

@@ -3,6 +3,7 @@
 //! functions, so the rules are the same on SQLite and PostgreSQL and are
 //! unit-tested without a database.
 
+use crate::domain::ErrorCode;
 use crate::domain::fields::apply_field_values;
 use crate::domain::{ContactId, ContactStatus, FieldDef, Millis};
 
@@ -77,7 +78,7 @@ fn field_error(e: crate::domain::fields::FieldValueError) -> StoreError {
 /// An upsert names a list that is not in the workspace (`lists[i]`).
 pub fn unknown_list(i: usize, list: &crate::domain::ListId) -> StoreError {
     StoreError::Invalid {
-        code: "unknown_list",
+        code: ErrorCode::UnknownList,
         field: format!("lists[{i}]"),
         message: format!("list `{list}` does not exist"),
     }
@@ -85,7 +86,7 @@ pub fn unknown_list(i: usize, list: &crate::domain::ListId) -> StoreError {
 
 pub fn email_required() -> StoreError {
     StoreError::Invalid {
-        code: "missing_field",
+        code: ErrorCode::MissingField,
         field: "email".into(),
         message: "email is required".into(),
     }
@@ -94,35 +95,35 @@ pub fn email_required() -> StoreError {
 /// The conflict answered when a list field name is taken.
 pub fn field_exists(name: &str) -> StoreError {
     StoreError::Conflict {
-        code: "field_exists",
+        code: ErrorCode::FieldExists,
         message: format!("the list already has a field named `{name}`"),
     }
 }
 
 pub fn list_name_taken(name: &str) -> StoreError {
     StoreError::Conflict {
-        code: "list_name_taken",
+        code: ErrorCode::ListNameTaken,
         message: format!("a list named `{name}` already exists in this workspace"),
     }
 }
 
 pub fn flow_name_taken(name: &str) -> StoreError {
     StoreError::Conflict {
-        code: "flow_name_taken",
+        code: ErrorCode::FlowNameTaken,
         message: format!("a flow named `{name}` already exists in this workspace"),
     }
 }
 
 pub fn email_taken(email: &str) -> StoreError {
     StoreError::Conflict {
-        code: "email_taken",
+        code: ErrorCode::EmailTaken,
         message: format!("another contact already has the email `{email}`"),
     }
 }
 
 pub fn workspace_name_taken(name: &str) -> StoreError {
     StoreError::Conflict {
-        code: "workspace_name_taken",
+        code: ErrorCode::WorkspaceNameTaken,
         message: format!("a workspace named `{name}` already exists"),
     }
 }

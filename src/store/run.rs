@@ -3,6 +3,7 @@
 //! share for indexing flows by trigger, starting runs and moving them. The
 //! engine's own records live in `flows::records` (re-exported here).
 
+use crate::domain::ErrorCode;
 use crate::domain::flow::FlowDoc;
 use serde_json::Value;
 
@@ -94,7 +95,7 @@ pub fn trigger_index(doc: &FlowDoc) -> (&'static str, &str) {
 /// validated by `flows::save`; a caller that skipped that learns here).
 pub fn parse_doc(document: &Value) -> super::Result<FlowDoc> {
     serde_json::from_value(document.clone()).map_err(|e| super::StoreError::Invalid {
-        code: "invalid_flow",
+        code: ErrorCode::InvalidFlow,
         field: ".".into(),
         message: format!("the flow document does not parse: {e}"),
     })
@@ -165,7 +166,7 @@ impl ContactChange {
 /// The error for cancelling a run that has already ended.
 pub fn run_finished(run: &RunRecord) -> super::StoreError {
     super::StoreError::Conflict {
-        code: "run_finished",
+        code: ErrorCode::RunFinished,
         message: format!("run `{}` already ended ({})", run.id, run.status.as_str()),
     }
 }

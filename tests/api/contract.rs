@@ -125,7 +125,7 @@ async fn lists_and_fields(b: Backend) {
     assert!(matches!(
         s.create_list(&ws, "Buyers", vec![]).await,
         Err(StoreError::Conflict {
-            code: "list_name_taken",
+            code: hookflow::domain::ErrorCode::ListNameTaken,
             ..
         })
     ));
@@ -137,7 +137,7 @@ async fn lists_and_fields(b: Backend) {
     assert!(matches!(
         s.add_list_field(&ws, &list.id, tier).await,
         Err(StoreError::Conflict {
-            code: "field_exists",
+            code: hookflow::domain::ErrorCode::FieldExists,
             ..
         })
     ));
@@ -219,7 +219,7 @@ async fn contacts_upsert_and_fields(b: Backend) {
         matches!(
             err,
             StoreError::Invalid {
-                code: "unknown_field",
+                code: hookflow::domain::ErrorCode::UnknownField,
                 ..
             }
         ),
@@ -244,7 +244,7 @@ async fn contacts_upsert_and_fields(b: Backend) {
         matches!(
             err,
             StoreError::Invalid {
-                code: "unknown_list",
+                code: hookflow::domain::ErrorCode::UnknownList,
                 ..
             }
         ),
@@ -296,7 +296,7 @@ async fn contacts_upsert_and_fields(b: Backend) {
         matches!(
             clash,
             Err(StoreError::Conflict {
-                code: "email_taken",
+                code: hookflow::domain::ErrorCode::EmailTaken,
                 ..
             })
         ),
@@ -563,7 +563,7 @@ async fn flows_keep_every_version(b: Backend) {
     assert!(matches!(
         s.create_flow(&ws, "Welcome", doc.clone()).await,
         Err(StoreError::Conflict {
-            code: "flow_name_taken",
+            code: hookflow::domain::ErrorCode::FlowNameTaken,
             ..
         })
     ));
@@ -711,7 +711,7 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
         matches!(
             reused,
             Err(StoreError::Conflict {
-                code: "idempotency_key_reused",
+                code: hookflow::domain::ErrorCode::IdempotencyKeyReused,
                 ..
             })
         ),
@@ -749,7 +749,7 @@ async fn entering_a_flow_follows_repeat_and_idempotency(b: Backend) {
         matches!(
             paused,
             Err(StoreError::Conflict {
-                code: "flow_not_active",
+                code: hookflow::domain::ErrorCode::FlowNotActive,
                 ..
             })
         ),
