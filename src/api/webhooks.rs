@@ -218,7 +218,6 @@ pub async fn create_webhook(
     JsonBody(body): JsonBody<WebhookInput>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let (spec, config) = check(&state.outbound, &body)?;
-    let secret = SigningSecret::generate();
     let w = out::create_webhook(
         &*state.store,
         &p.workspace_id,
@@ -226,8 +225,7 @@ pub async fn create_webhook(
             name: &config.name,
             max_concurrency: config.max_concurrency,
             spec: &spec,
-            secret: secret.as_str(),
-            verification_key: &crate::outbound::config::verification_key(),
+
             verified: !state.outbound.settings.verification,
             event_types: None,
             inline: false,
@@ -1096,7 +1094,6 @@ pub async fn create_subscription(
     JsonBody(body): JsonBody<SubscriptionInput>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let (spec, config, events) = body.checked(&state.outbound)?;
-    let secret = SigningSecret::generate();
     let w = out::create_webhook(
         &*state.store,
         &p.workspace_id,
@@ -1104,8 +1101,7 @@ pub async fn create_subscription(
             name: &config.name,
             max_concurrency: config.max_concurrency,
             spec: &spec,
-            secret: secret.as_str(),
-            verification_key: &crate::outbound::config::verification_key(),
+
             verified: !state.outbound.settings.verification,
             event_types: Some(&events),
             inline: false,
@@ -1162,7 +1158,6 @@ pub async fn update_subscription(
     JsonBody(body): JsonBody<SubscriptionInput>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let id = sub_id(&id)?;
-    out::get_webhook(&*state.store, &p.workspace_id, &id).await?;
     let (spec, config, events) = body.checked(&state.outbound)?;
     let w = out::update_webhook(
         &*state.store,

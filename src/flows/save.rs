@@ -310,7 +310,6 @@ impl Checked {
                     .id
                 }
                 None => {
-                    let secret = crate::domain::signature::SigningSecret::generate();
                     out::create_webhook(
                         store,
                         ws,
@@ -318,8 +317,7 @@ impl Checked {
                             name: &h.config.name,
                             max_concurrency: h.config.max_concurrency,
                             spec: &h.spec,
-                            secret: secret.as_str(),
-                            verification_key: &config::verification_key(),
+
                             verified: !verification,
                             event_types: None,
                             inline: true,

@@ -445,16 +445,6 @@ pub fn masked_field(spec: &serde_json::Value) -> Option<String> {
         .map(|(n, _)| format!("headers.{n}"))
 }
 
-/// A verification key (WH-8): 24 random letters and digits.
-pub fn verification_key() -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
-}
-
 /// Puts the stored values back where `spec` (a configuration as the API
 /// showed it, sent back) holds [`MASK`]: a client that saves what it read
 /// keeps its secrets, and never stores the mask itself.

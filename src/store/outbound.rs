@@ -194,14 +194,23 @@ fn json_text(v: &Value) -> String {
     v.to_string()
 }
 
-/// A new webhook's stored parts.
+/// A verification key (WH-8): 24 random letters and digits.
+fn verification_key() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+/// A new webhook's stored parts; its signing secret (`whsec_…`) and its
+/// verification key are made here, for every kind of webhook alike.
 pub struct NewWebhook<'a> {
     pub name: &'a str,
     /// Deliveries in progress at once to it, across processes.
     pub max_concurrency: u16,
     pub spec: &'a Value,
-    pub secret: &'a str,
-    pub verification_key: &'a str,
     /// False when the verification throttle applies until the receiver
     /// answers with the key.
     pub verified: bool,
@@ -217,6 +226,7 @@ pub async fn create_webhook(
     new: NewWebhook<'_>,
     now: Millis,
 ) -> Result<WebhookRecord> {
+    let secret = crate::domain::signature::SigningSecret::generate();
     let id = match new.event_types {
         Some(_) => WebhookId::from_trusted(crate::domain::SubscriptionId::generate().to_string()),
         None => WebhookId::generate(),
@@ -234,8 +244,8 @@ pub async fn create_webhook(
                 ws.as_str().into(),
                 new.name.into(),
                 json_text(new.spec).into(),
-                new.secret.into(),
-                new.verification_key.into(),
+                secret.as_str().into(),
+                verification_key().into(),
                 new.verified.into(),
                 now.into(),
                 i64::from(new.max_concurrency).into(),

@@ -454,8 +454,6 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
             name: "Hook",
             max_concurrency: 64,
             spec: &json!({"name": "Hook", "url": "https://example.com/h"}),
-            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            verification_key: "k",
             verified: true,
             event_types: None,
             inline: false,
