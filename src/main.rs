@@ -533,12 +533,8 @@ async fn apply_files(
                 continue;
             }
         };
-        let current = match store.flow_by_name(ws, doc.name.trim()).await {
-            Ok(f) => Some(f.document),
-            Err(hookflow::store::StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        match check(store, ws, &doc, &policy, current.as_deref()).await {
+        let replaces = hookflow::flows::save::Replaces::Name(doc.name.trim());
+        match check(store, ws, &doc, &policy, replaces).await {
             Ok(c) => checked.push(c),
             Err(SaveError::Invalid(errors)) => {
                 for e in &errors {

@@ -22,10 +22,10 @@ async fn checked(
     state: &AppState,
     ws: &WorkspaceId,
     doc: &FlowDoc,
-    previous: Option<&FlowDoc>,
+    replaces: save::Replaces<'_>,
 ) -> Result<(FlowDoc, Value), ApiError> {
     let store = &*state.store;
-    let kept = match save::check(store, ws, doc, &state.outbound.policy, previous).await {
+    let kept = match save::check(store, ws, doc, &state.outbound.policy, replaces).await {
         Ok(c) => {
             c.keep_inline(
                 store,
@@ -75,7 +75,7 @@ pub async fn create_flow(
     AdminKey(p): AdminKey,
     JsonBody(doc): JsonBody<FlowDoc>,
 ) -> Result<(StatusCode, Json<FlowView>), ApiError> {
-    let (doc, value) = checked(&state, &p.workspace_id, &doc, None).await?;
+    let (doc, value) = checked(&state, &p.workspace_id, &doc, save::Replaces::Nothing).await?;
     let flow = state
         .store
         .create_flow(&p.workspace_id, doc.name.trim(), value)
@@ -122,8 +122,7 @@ pub async fn update_flow(
     JsonBody(doc): JsonBody<FlowDoc>,
 ) -> Result<Json<FlowView>, ApiError> {
     let id = FlowId::parse(&id)?;
-    let current = state.store.get_flow(&p.workspace_id, &id).await?;
-    let (doc, value) = checked(&state, &p.workspace_id, &doc, Some(&current.document)).await?;
+    let (doc, value) = checked(&state, &p.workspace_id, &doc, save::Replaces::Id(&id)).await?;
     let saved = state
         .store
         .update_flow(&p.workspace_id, &id, doc.name.trim(), value)

@@ -145,13 +145,49 @@ struct InlineHook {
     /// The configuration with its secrets (unmasked from `existing`).
     spec: Value,
     config: WebhookConfig,
+    /// `existing`'s stored configuration: the same as `spec`, no write.
+    stored: Option<Value>,
+}
+
+/// The flow a saved document replaces: `check` reads its current document
+/// (only when a step's inline webhook has no `webhook_id`, so a flow file
+/// kept in git keeps the webhooks an earlier apply made).
+#[derive(Clone, Copy)]
+pub enum Replaces<'a> {
+    Nothing,
+    Id(&'a crate::domain::FlowId),
+    Name(&'a str),
+}
+
+impl Replaces<'_> {
+    async fn document(
+        self,
+        store: &dyn Store,
+        ws: &WorkspaceId,
+    ) -> Result<Option<std::sync::Arc<FlowDoc>>, StoreError> {
+        let found = match self {
+            Replaces::Nothing => return Ok(None),
+            Replaces::Id(id) => store.get_flow(ws, id).await,
+            Replaces::Name(name) => store.flow_by_name(ws, name).await,
+        };
+        match found {
+            Ok(f) => Ok(Some(f.document)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// A document that passed [`check`]; [`Checked::keep_inline`] stores its
 /// steps' inline webhooks and gives the document to save.
 pub struct Checked {
     doc: FlowDoc,
+    /// `doc` as JSON, the stored form when it has no inline webhook.
+    value: Value,
     inline: Vec<InlineHook>,
+    /// The flow `doc` replaces by id, which must exist before any inline
+    /// webhook is written for it, and whether it did when `check` read it.
+    replaces_id: Option<(crate::domain::FlowId, Option<bool>)>,
 }
 
 /// The name an inline webhook gets when its configuration has none: the
@@ -185,7 +221,8 @@ async fn check_inline(
     ws: &WorkspaceId,
     doc: &FlowDoc,
     policy: &TargetPolicy,
-    previous: Option<&FlowDoc>,
+    replaces: Replaces<'_>,
+    previous: &mut Option<Option<std::sync::Arc<FlowDoc>>>,
 ) -> Result<(Vec<InlineHook>, Vec<FlowError>), StoreError> {
     let mut hooks = Vec::new();
     let mut errors = Vec::new();
@@ -209,17 +246,21 @@ async fn check_inline(
         if spec.get("name").is_none_or(Value::is_null) {
             spec["name"] = inline_name(&s.id).into();
         }
-        let mut existing = None;
+        let (mut existing, mut stored) = (None, None);
         // A document without the id (a flow file kept in git) keeps the
         // inline webhook the flow's current version has for this step.
+        if webhook_id.is_none() && previous.is_none() {
+            *previous = Some(replaces.document(store, ws).await?);
+        }
         let given = webhook_id
             .as_deref()
-            .or_else(|| previous_inline(previous, &s.id));
+            .or_else(|| previous_inline(previous.as_ref().and_then(|p| p.as_deref()), &s.id));
         if let Some(id) = given.and_then(|w| WebhookId::parse(w).ok()) {
             match crate::store::outbound::get_webhook(store, ws, &id).await {
                 Ok(w) if w.inline => {
                     config::unmask(&mut spec, &w.spec);
                     existing = Some(id);
+                    stored = Some(w.spec);
                 }
                 Ok(_) => {
                     err(
@@ -258,6 +299,7 @@ async fn check_inline(
                 existing,
                 spec,
                 config,
+                stored,
             }),
             Err(problems) => {
                 for p in problems {
@@ -290,9 +332,33 @@ impl Checked {
         now: crate::domain::Millis,
     ) -> Result<(FlowDoc, Value), SaveError> {
         use crate::store::outbound as out;
-        let Checked { mut doc, inline } = self;
+        let Checked {
+            mut doc,
+            value,
+            inline,
+            replaces_id,
+        } = self;
+        if inline.is_empty() {
+            return Ok((doc, value));
+        }
+        // A save that will fail for a missing flow writes no webhook.
+        if let Some((id, known)) = replaces_id {
+            let exists = match known {
+                Some(k) => k,
+                None => match store.get_flow(ws, &id).await {
+                    Ok(_) => true,
+                    Err(StoreError::NotFound { .. }) => false,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            if !exists {
+                return Err(StoreError::not_found("flow", &id).into());
+            }
+        }
         for h in inline {
             let id = match &h.existing {
+                // Unchanged: nothing to write (a re-applied flow file).
+                Some(id) if h.stored.as_ref() == Some(&h.spec) => id.clone(),
                 Some(id) => {
                     out::update_webhook(
                         store,
@@ -345,15 +411,15 @@ impl Checked {
 }
 
 /// Validates `doc` against the workspace's lists and webhooks (`policy`
-/// checks inline webhooks' targets); nothing is written. `previous` is the
-/// current document of the flow `doc` replaces, if any: its steps' inline
-/// webhooks are kept when `doc` does not name them.
+/// checks inline webhooks' targets); nothing is written. The inline
+/// webhooks of the flow `doc` replaces are kept when `doc` does not name
+/// them.
 pub async fn check(
     store: &dyn Store,
     ws: &WorkspaceId,
     doc: &FlowDoc,
     policy: &TargetPolicy,
-    previous: Option<&FlowDoc>,
+    replaces: Replaces<'_>,
 ) -> Result<Checked, SaveError> {
     let value = serde_json::to_value(doc)
         .map_err(|e| SaveError::Store(StoreError::Internal(e.to_string())))?;
@@ -384,14 +450,22 @@ pub async fn check(
     };
     let mut errors = validate(doc, &Lists(lists, everywhere));
     errors.extend(check_targets(store, ws, doc).await?);
-    let (inline, problems) = check_inline(store, ws, doc, policy, previous).await?;
+    // The replaced document: read once, and only if a step needs it.
+    let mut previous = None;
+    let (inline, problems) = check_inline(store, ws, doc, policy, replaces, &mut previous).await?;
     errors.extend(problems);
     if !errors.is_empty() {
         return Err(SaveError::Invalid(errors));
     }
+    let replaces_id = match replaces {
+        Replaces::Id(id) => Some((id.clone(), previous.map(|p| p.is_some()))),
+        _ => None,
+    };
     Ok(Checked {
         doc: doc.clone(),
+        value,
         inline,
+        replaces_id,
     })
 }
 

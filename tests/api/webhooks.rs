@@ -1381,6 +1381,7 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
     step.as_object_mut().unwrap().remove("webhook_id");
     step["webhook"]["auth"]["password"] = json!("s3cret-pass");
     step["webhook"]["headers"]["X-Api-Key"] = json!("key-123");
+    step["webhook"]["timeout_ms"] = json!(5000);
     let (s, updated) = app
         .call(
             &app.admin_key,
@@ -1394,6 +1395,31 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
         updated["document"]["steps"][0]["webhook_id"],
         hook_id.as_str()
     );
+    assert_eq!(webhook_count(&app).await, 1);
+    // Nothing changed in it, so nothing was written to it.
+    let same = app
+        .get_ok(&app.admin_key, &format!("/v1/webhooks/{hook_id}"))
+        .await;
+    assert_eq!(same["updated_at"], w["updated_at"], "{same}");
+
+    // A save that fails for a missing flow keeps no webhook.
+    let mut stray = created["document"].clone();
+    stray["steps"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("webhook_id");
+    stray["steps"][0]["webhook"]["auth"]["password"] = json!("other");
+    stray["steps"][0]["webhook"]["headers"]["X-Api-Key"] = json!("other-key");
+    let missing = hookflow::domain::FlowId::generate();
+    let (s, e) = app
+        .call(
+            &app.admin_key,
+            Method::PUT,
+            &format!("/v1/flows/{missing}"),
+            Some(stray),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     assert_eq!(webhook_count(&app).await, 1);
 
     // Deliveries carry the kept secrets.
