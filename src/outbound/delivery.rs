@@ -309,10 +309,7 @@ async fn record_all(
     writes: Vec<AttemptWrite>,
 ) -> Vec<Result<bool, StoreError>> {
     match record_delivered(&*h.store, &writes, &h.owner, h.clock.now()).await {
-        Ok(lost) => writes
-            .iter()
-            .map(|w| Ok(!lost.contains(&w.delivery)))
-            .collect(),
+        Ok(held) => held.into_iter().map(Ok).collect(),
         Err(e) => writes
             .iter()
             .map(|_| Err(StoreError::Internal(e.to_string())))

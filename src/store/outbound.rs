@@ -1167,8 +1167,8 @@ const RECORD_CHUNK: usize = 64;
 /// `owner` still holds at `now` are deleted, and then, only where the job is
 /// gone, the attempt is inserted and the delivery marked succeeded. Chunks
 /// are powers of two, so a few statement texts serve every batch size.
-/// Returns the deliveries whose lease was lost (nothing of theirs was
-/// written), as [`record_attempt`] returns false for them.
+/// Returns, for each write in order, whether its lease was still held
+/// (nothing is written for one that was not), as [`record_attempt`] does.
 ///
 /// One difference from [`record_attempt`], rare and harmless: if a lease
 /// was lost and the worker that took over has already finished the job,
@@ -1179,7 +1179,7 @@ pub async fn record_delivered(
     writes: &[AttemptWrite],
     owner: &str,
     now: Millis,
-) -> Result<Vec<DeliveryId>> {
+) -> Result<Vec<bool>> {
     let mut script = Vec::new();
     let mut rest = writes;
     while !rest.is_empty() {
@@ -1245,8 +1245,7 @@ pub async fn record_delivered(
         .collect::<Result<_>>()?;
     Ok(writes
         .iter()
-        .filter(|w| !finished.contains(w.delivery.as_str()))
-        .map(|w| w.delivery.clone())
+        .map(|w| finished.contains(w.delivery.as_str()))
         .collect())
 }
 

@@ -514,9 +514,16 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
     assert!(writes.iter().all(out::plain_success));
     // "a" writes all 11 (chunks of 8, 2 and 1): the 3 it does not hold are
     // refused and nothing of theirs is written.
-    let lost = out::record_delivered(&*store, &writes, "a", T0 + 1)
+    let held = out::record_delivered(&*store, &writes, "a", T0 + 1)
         .await
         .unwrap();
+    assert_eq!(held.len(), ids.len());
+    let lost: Vec<DeliveryId> = ids
+        .iter()
+        .zip(&held)
+        .filter(|(_, h)| !**h)
+        .map(|(i, _)| i.clone())
+        .collect();
     let held_by_a: Vec<DeliveryId> = ids.iter().filter(|i| !lost.contains(i)).cloned().collect();
     assert_eq!(lost.len(), 3, "{lost:?}");
     assert_eq!(held_by_a.len(), 8);
@@ -549,6 +556,7 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
         out::record_delivered(&*store, &mine, "b", T0 + 2)
             .await
             .unwrap()
-            .is_empty()
+            .iter()
+            .all(|held| *held)
     );
 }
