@@ -63,7 +63,7 @@ impl Default for OutboundSettings {
             retry_after_cap: Duration::from_secs(6 * 3600),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             attempt_retention: Duration::from_secs(30 * 24 * 3600),
-            max_in_flight: 256,
+            max_in_flight: 1024,
             per_endpoint: 8,
             connect_timeout: Duration::from_secs(5),
             lease: super::config::MAX_TIMEOUT * 2,
