@@ -19,7 +19,7 @@ use super::views::PageQuery;
 use crate::domain::signature::SigningSecret;
 use crate::domain::{DeliveryId, WebhookId, millis_to_rfc3339};
 use crate::outbound::config::{MASK, WebhookConfig};
-use crate::outbound::delivery::{Outbound, attempt_record, render, secrets};
+use crate::outbound::delivery::{Outbound, render, secrets};
 use crate::outbound::schedule::Verdict;
 use crate::outbound::template::{ContactVars, FlowVars, IdVars, RenderContext};
 use crate::store::outbound::{
@@ -512,13 +512,13 @@ async fn test_request(
     let a = outbound
         .attempt(config, id.as_str(), &body, &secret_list, now)
         .await;
-    let rec = attempt_record(&a, now, "test");
+    let duration_ms = i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX);
     let response = a.response.as_ref().map(|r| {
         json!({
             "status": r.status,
             "headers": r.headers.iter().map(|(n, v)| json!([n, v])).collect::<Vec<_>>(),
             "body": String::from_utf8_lossy(&r.body),
-            "duration_ms": rec.duration_ms,
+            "duration_ms": duration_ms,
         })
     });
     let (status, code, message) = match &a.verdict {
@@ -564,7 +564,7 @@ async fn test_request(
         status,
         message,
         code,
-        request: rec.request,
+        request: json!(a.request),
         response,
     }
 }

@@ -209,21 +209,27 @@ pub fn secrets(w: &WebhookRecord, now: Millis) -> Vec<SigningSecret> {
 }
 
 /// An attempt as the activity log stores it.
-pub fn attempt_record(a: &Attempt, started_at: Millis, outcome: &'static str) -> NewAttempt {
+pub fn attempt_record(a: Attempt, started_at: Millis, outcome: &'static str) -> NewAttempt {
+    // Straight to JSON text, no `Value` tree in between.
+    let request = serde_json::to_string(&a.request).expect("strings serialise");
+    let (response_status, response_headers, response_body, truncated) = match a.response {
+        Some(r) => (
+            Some(i64::from(r.status)),
+            Some(serde_json::to_string(&r.headers).expect("strings serialise")),
+            Some(r.body),
+            r.truncated,
+        ),
+        None => (None, None, None, false),
+    };
     NewAttempt {
         started_at,
-        request: json!({
-            "method": a.request.method,
-            "url": a.request.url,
-            "headers": a.request.headers,
-            "body": a.request.body,
-        }),
-        response_status: a.response.as_ref().map(|r| i64::from(r.status)),
-        response_headers: a.response.as_ref().map(|r| json!(r.headers)),
-        response_body: a.response.as_ref().map(|r| r.body.clone()),
-        truncated: a.response.as_ref().is_some_and(|r| r.truncated),
+        request,
+        response_status,
+        response_headers,
+        response_body,
+        truncated,
         duration_ms: i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX),
-        error: a.error.clone(),
+        error: a.error,
         outcome,
     }
 }
@@ -235,7 +241,7 @@ pub struct DeliveryHandler {
     pub outbound: Arc<Outbound>,
     /// The worker's lease owner id (the attempt is recorded under it).
     pub owner: String,
-    loads: Coalesce<DeliveryId, Option<(DeliveryRecord, Arc<WebhookRecord>)>>,
+    loads: Coalesce<(DeliveryId, WebhookId), Option<Delivery>>,
     records: Coalesce<AttemptWrite, bool>,
     /// Wakes the flow engine when an outcome resumed a run.
     pub engine_wake: Option<Arc<tokio::sync::Notify>>,
@@ -243,7 +249,9 @@ pub struct DeliveryHandler {
     configs: std::sync::Mutex<HashMap<WebhookId, (Millis, Arc<WebhookConfig>)>>,
 }
 
-type Loaded = Result<Option<(DeliveryRecord, Arc<WebhookRecord>)>, StoreError>;
+/// A claimed delivery and its webhook.
+type Delivery = (DeliveryRecord, Arc<WebhookRecord>);
+type Loaded = Result<Option<Delivery>, StoreError>;
 
 /// Requests that arrive together, served by one store call: the first to
 /// queue yields once, so that those arriving with it (the jobs of one
@@ -290,8 +298,9 @@ impl<I, O> Coalesce<I, O> {
 
 /// Loads of claimed deliveries, coalesced: one read for the jobs of a claim
 /// instead of one per delivery (measured in `hookflow-bench deliveries`).
-async fn load_all(store: &dyn Store, ids: Vec<DeliveryId>) -> Vec<Loaded> {
-    match load_many(store, &ids).await {
+async fn load_all(store: &dyn Store, jobs: Vec<(DeliveryId, WebhookId)>) -> Vec<Loaded> {
+    let (ids, webhooks): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+    match load_many(store, &ids, &webhooks).await {
         // The ids are distinct: each is a job this worker holds the lease of.
         Ok(mut map) => ids.iter().map(|id| Ok(map.remove(id))).collect(),
         Err(e) => ids
@@ -378,7 +387,12 @@ impl DeliveryHandler {
     async fn deliver(&self, job: &Job) -> Result<Option<JobOutcome>, StoreError> {
         let id = DeliveryId::from_trusted(job.id.as_str().to_owned());
         let store = &*self.store;
-        let loaded = self.loads.join(id, |ids| load_all(store, ids)).await?;
+        // The job's key is the delivery's webhook.
+        let webhook = WebhookId::from_trusted(job.key.clone());
+        let loaded = self
+            .loads
+            .join((id, webhook), |jobs| load_all(store, jobs))
+            .await?;
         let Some((d, w)) = loaded else {
             // Deleted with its webhook: nothing to send or record.
             return Ok(Some(JobOutcome::Done));
@@ -476,7 +490,9 @@ impl DeliveryHandler {
                 );
                 write.attempt = Some(NewAttempt {
                     started_at: now,
-                    request: json!({ "method": config.method.as_str(), "url": config.url.as_str() }),
+                    request:
+                        json!({ "method": config.method.as_str(), "url": config.url.as_str() })
+                            .to_string(),
                     response_status: None,
                     response_headers: None,
                     response_body: None,
@@ -589,7 +605,7 @@ impl DeliveryHandler {
                     .map_or_else(|| reason.clone(), |e| format!("{reason}: {e}")),
             ),
         };
-        write.attempt = Some(attempt_record(&attempt, now, outcome));
+        write.attempt = Some(attempt_record(attempt, now, outcome));
         if let Some(reason) = change.as_ref().and_then(|c| c.disable.clone()) {
             write.also = self.disabled_event(&w, &reason, after).await?;
         }

@@ -30,8 +30,9 @@ pub struct Outgoing<'a> {
     pub timestamp: i64,
 }
 
-/// The request as sent, secrets masked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The request as sent, secrets masked; serialised, the shape the activity
+/// shows (`headers` as `[name, value]` pairs).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SentRequest {
     pub method: String,
     pub url: String,

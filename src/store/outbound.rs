@@ -892,56 +892,83 @@ pub async fn resend(
 
 /// Claimed deliveries with their webhooks, in one read (a delivery that
 /// is gone, deleted with its webhook, is left out). Each webhook is read
-/// and parsed once, however many of the deliveries go to it.
+/// and parsed once, however many of the deliveries go to it. `webhooks`
+/// are the jobs' keys, which are the deliveries' webhooks: they are read
+/// by id beside the deliveries (a few probes, not a second lookup of every
+/// delivery); a webhook missing from them is read after.
 pub async fn load_many(
     store: &dyn Store,
     ids: &[DeliveryId],
+    webhooks: &[WebhookId],
 ) -> Result<std::collections::HashMap<DeliveryId, (DeliveryRecord, std::sync::Arc<WebhookRecord>)>>
 {
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    // Padded to a power of two (the last id repeated): a handful of
-    // statement texts, so each connection's statement cache keeps them.
-    let mut ids = ids.to_vec();
-    let last = ids[ids.len() - 1].clone();
-    ids.resize(ids.len().next_power_of_two(), last);
-    let list = super::sql::params(1, ids.len());
-    let deliveries = format!(
-        concat!(
-            "SELECT ",
-            delivery_cols!(""),
-            " FROM deliveries WHERE id IN ({})"
-        ),
-        list
-    );
-    let webhooks = format!(
-        concat!(
-            "SELECT ",
-            webhook_cols!(""),
-            " FROM webhooks WHERE id IN (SELECT webhook_id FROM deliveries WHERE id IN ({}))"
-        ),
-        list
-    );
-    let args: Vec<Arg> = ids.iter().map(|i| i.as_str().into()).collect();
+    let mut hook_ids: Vec<&WebhookId> = webhooks.iter().collect();
+    hook_ids.sort();
+    hook_ids.dedup();
     let done = store
         .read_sql(vec![
-            Stmt::new(deliveries, args.clone()),
-            Stmt::new(webhooks, args),
+            padded_in(
+                concat!(
+                    "SELECT ",
+                    delivery_cols!(""),
+                    " FROM deliveries WHERE id IN ("
+                ),
+                ids.iter().map(DeliveryId::as_str),
+            ),
+            padded_in(
+                concat!("SELECT ", webhook_cols!(""), " FROM webhooks WHERE id IN ("),
+                hook_ids.iter().map(|w| w.as_str()),
+            ),
         ])
         .await?;
-    let hooks: std::collections::HashMap<WebhookId, std::sync::Arc<WebhookRecord>> =
+    let mut hooks: std::collections::HashMap<WebhookId, std::sync::Arc<WebhookRecord>> =
         rows(&done, 1, webhook)?
             .into_iter()
             .map(|w| (w.id.clone(), std::sync::Arc::new(w)))
             .collect();
-    let mut out = std::collections::HashMap::with_capacity(ids.len());
-    for d in rows(&done, 0, delivery)? {
+    let found = rows(&done, 0, delivery)?;
+    let mut missing: Vec<&str> = found
+        .iter()
+        .filter(|d| !hooks.contains_key(&d.webhook_id))
+        .map(|d| d.webhook_id.as_str())
+        .collect();
+    if !missing.is_empty() {
+        missing.sort_unstable();
+        missing.dedup();
+        let more = store
+            .read_sql(vec![padded_in(
+                concat!("SELECT ", webhook_cols!(""), " FROM webhooks WHERE id IN ("),
+                missing.into_iter(),
+            )])
+            .await?;
+        for w in rows(&more, 0, webhook)? {
+            hooks.insert(w.id.clone(), std::sync::Arc::new(w));
+        }
+    }
+    let mut out = std::collections::HashMap::with_capacity(found.len());
+    for d in found {
         if let Some(w) = hooks.get(&d.webhook_id) {
             out.insert(d.id.clone(), (d, w.clone()));
         }
     }
     Ok(out)
+}
+
+/// `head` followed by a parameter list of `values` and `)`, the list
+/// padded to a power of two (the last value repeated): a handful of
+/// statement texts, so each connection's statement cache keeps them.
+fn padded_in<'a>(head: &str, values: impl Iterator<Item = &'a str>) -> Stmt {
+    let mut args: Vec<Arg> = values.map(Arg::from).collect();
+    // `IN (NULL)` matches nothing.
+    let last = args.last().cloned().unwrap_or(Arg::Text(None));
+    args.resize(args.len().max(1).next_power_of_two(), last);
+    Stmt::new(
+        format!("{head}{})", super::sql::params(1, args.len())),
+        args,
+    )
 }
 
 /// Takes the webhook's next send slot if it is free at `now` (moving it to
@@ -995,9 +1022,11 @@ pub struct AttemptWrite {
 
 pub struct NewAttempt {
     pub started_at: Millis,
-    pub request: Value,
+    /// JSON text (written as it is).
+    pub request: String,
     pub response_status: Option<i64>,
-    pub response_headers: Option<Value>,
+    /// JSON text.
+    pub response_headers: Option<String>,
     pub response_body: Option<Vec<u8>>,
     pub truncated: bool,
     pub duration_ms: i64,
@@ -1135,9 +1164,9 @@ fn attempt_args(w: &AttemptWrite, a: &NewAttempt) -> [Arg; 12] {
         w.delivery.as_str().into(),
         w.workspace_id.as_str().into(),
         a.started_at.into(),
-        json_text(&a.request).into(),
+        a.request.as_str().into(),
         a.response_status.into(),
-        a.response_headers.as_ref().map(json_text).into(),
+        a.response_headers.as_deref().into(),
         a.response_body.clone().into(),
         a.truncated.into(),
         a.duration_ms.into(),

@@ -493,9 +493,9 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
         webhook: hook.id.clone(),
         attempt: Some(out::NewAttempt {
             started_at: T0,
-            request: json!({"method": "POST"}),
+            request: json!({"method": "POST"}).to_string(),
             response_status: Some(200),
-            response_headers: Some(json!([])),
+            response_headers: Some("[]".into()),
             response_body: Some(b"ok".to_vec()),
             truncated: false,
             duration_ms: 3,

@@ -1,7 +1,7 @@
 //! SQLite's executor of the shared statements (`store::sql`).
 
 use rusqlite::Connection;
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
 use super::internal;
 use crate::store::Result;
@@ -27,14 +27,7 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
         std::borrow::Cow::Owned(text) => conn.prepare_cached(&sqlite_text(text)),
     }
     .map_err(internal)?;
-    let args = stmt.args.iter().map(|a| match a {
-        Arg::Int(v) => v.map_or(Value::Null, Value::Integer),
-        Arg::Text(v) => v.clone().map_or(Value::Null, Value::Text),
-        Arg::Bytes(v) => v.clone().map_or(Value::Null, Value::Blob),
-        Arg::Json(v) => v
-            .as_ref()
-            .map_or(Value::Null, |j| Value::Text(j.to_string())),
-    });
+    let args = stmt.args.iter().map(Bind);
     let done = if s.column_count() == 0 {
         let changed = s
             .execute(rusqlite::params_from_iter(args))
@@ -67,6 +60,29 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
     };
     stmt.check(&done)?;
     Ok(done)
+}
+
+/// An argument bound as it is: text and bytes by reference (an attempt's
+/// request is kilobytes, copied once less on the writer thread).
+struct Bind<'a>(&'a Arg);
+
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Arg::Int(v) => ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer)),
+            Arg::Text(v) => ToSqlOutput::Borrowed(
+                v.as_deref()
+                    .map_or(ValueRef::Null, |t| ValueRef::Text(t.as_bytes())),
+            ),
+            Arg::Bytes(v) => {
+                ToSqlOutput::Borrowed(v.as_deref().map_or(ValueRef::Null, ValueRef::Blob))
+            }
+            Arg::Json(v) => ToSqlOutput::Owned(
+                v.as_ref()
+                    .map_or(Value::Null, |j| Value::Text(j.to_string())),
+            ),
+        })
+    }
 }
 
 /// Runs a script, each statement checked, stopping at the first error.
