@@ -440,7 +440,8 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
 }
 
 /// `record_delivered` (many delivered attempts, set-based) writes only for
-/// the jobs whose lease the writer holds, as `record_attempt` does one by one.
+/// the jobs whose lease the writer holds, as `record_attempt` does one by one;
+/// then the retention purge removes the attempts in bounded batches.
 async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: Backend) {
     use hookflow::domain::DeliveryId;
     use hookflow::store::outbound as out;
@@ -559,4 +560,23 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
             .iter()
             .all(|held| *held)
     );
+    // Retention: attempts that started before the cut-off go, in batches
+    // of the size asked for; their deliveries stay.
+    assert_eq!(out::purge_attempts(&*store, T0, 4).await.unwrap(), 0);
+    let mut batches = Vec::new();
+    loop {
+        let n = out::purge_attempts(&*store, T0 + 1, 4).await.unwrap();
+        batches.push(n);
+        if n < 4 {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![4, 4, 3], "11 attempts in bounded batches");
+    for id in &ids {
+        let (d, attempts) = out::get_delivery(&*store, &ws.id, id, T0 + 3)
+            .await
+            .unwrap();
+        assert_eq!(d.status, out::DeliveryStatus::Succeeded, "{id}");
+        assert!(attempts.is_empty(), "{id}");
+    }
 }
