@@ -963,12 +963,15 @@ fn deliveries_arrive_after_kill_9(backend: crate::helpers::Backend) {
         )
         .await;
         let url = a["inbound_url"].as_str().unwrap().to_owned();
-        let mut runs = Vec::new();
-        for i in 0..150 {
-            let r = post(url.clone(), serde_json::json!({"email": format!("d{i}@example.com")})).await;
-            runs.push(r["run_id"].as_str().unwrap().to_owned());
-        }
-        runs
+        // All at once: posted one by one, a machine slowed by other work
+        // took long enough that most deliveries had arrived before the kill.
+        futures_util::future::join_all((0..150).map(|i| {
+            post(url.clone(), serde_json::json!({"email": format!("d{i}@example.com")}))
+        }))
+        .await
+        .into_iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_owned())
+        .collect()
     });
     // Kill while deliveries are in flight (some arrived, most not).
     let deadline = Instant::now() + Duration::from_secs(30);
