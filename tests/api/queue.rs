@@ -443,7 +443,7 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
 /// the jobs whose lease the writer holds, as `record_attempt` does one by one;
 /// then the retention purge removes the attempts in bounded batches.
 async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: Backend) {
-    use hookflow::domain::DeliveryId;
+    use hookflow::domain::{DeliveryId, WebhookId};
     use hookflow::store::outbound as out;
     let Some(db) = test_db(b).await else { return };
     let store = open_store(&db).await;
@@ -482,6 +482,17 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
         ));
     }
     store.run_sql(script).await.unwrap();
+    // Loads read the webhooks by the jobs' keys; a webhook missing from
+    // the keys (none given, or a wrong one) is read after, not dropped.
+    for keys in [vec![hook.id.clone()], vec![], vec![WebhookId::generate()]] {
+        let loaded = out::load_many(&*store, &ids[..3], &keys).await.unwrap();
+        assert_eq!(loaded.len(), 3, "{keys:?}");
+        assert!(
+            loaded
+                .values()
+                .all(|(d, w)| w.id == hook.id && d.webhook_id == hook.id)
+        );
+    }
     // "a" leases 8 of them, "b" the other 3.
     let mut c = claim("a", T0, 8, None);
     c.kind = out::DELIVERY_JOB.into();
