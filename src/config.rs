@@ -66,7 +66,8 @@ pub struct Config {
     pub http_body_timeout_secs: u64,
     /// Connections served at once; 0 (default) picks from the open-file
     /// limit (raised to its hard limit at start): that limit less 128, for
-    /// the database and logs.
+    /// the database and logs, and less `outbound_max_in_flight`, for the
+    /// sockets of deliveries in progress.
     pub http_max_connections: usize,
     /// Memory request bodies may take at once, counting their parsed JSON
     /// (16× their length; bulk events 3×); beyond it requests wait, then
@@ -484,7 +485,7 @@ impl Config {
             header_timeout: std::time::Duration::from_secs(self.http_header_timeout_secs),
             body_timeout: std::time::Duration::from_secs(self.http_body_timeout_secs),
             max_connections: match self.http_max_connections {
-                0 => crate::server::automatic_max_connections(),
+                0 => crate::server::automatic_max_connections(self.outbound_max_in_flight),
                 n => n,
             },
             outbound: self.outbound_settings(),

@@ -205,10 +205,14 @@ pub fn raise_open_file_limit() {
 }
 
 /// `http_max_connections` when it is 0: the open-file soft limit less 128
-/// (the database, its WAL, logs), at least 16, at most 65,536.
-pub fn automatic_max_connections() -> usize {
+/// (the database, its WAL, logs) and less `outbound` (the sockets of
+/// deliveries in progress), at least 16, at most 65,536.
+pub fn automatic_max_connections(outbound: usize) -> usize {
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    usize::try_from(soft.saturating_sub(128))
+    let reserved = u64::try_from(outbound)
+        .unwrap_or(u64::MAX)
+        .saturating_add(128);
+    usize::try_from(soft.saturating_sub(reserved))
         .unwrap_or(usize::MAX)
         .clamp(16, 65_536)
 }
