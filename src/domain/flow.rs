@@ -220,6 +220,128 @@ pub struct Wait {
     pub next: Option<String>,
 }
 
+/// A wait's form, parsed: what the engine acts on. One parse, shared by
+/// the save-time check (which reports its problems by setting) and the
+/// engine (which never sees a wait that failed it).
+#[derive(Clone, Debug, PartialEq)]
+pub enum WaitFor {
+    /// `duration`: this long after the step is reached.
+    Duration(Duration),
+    /// `until`: a fixed time (passed straight through once it is past).
+    Until { at: i64, written: String },
+    /// `time_of_day`: the next such local time, in `zone` (else the
+    /// contact's `time_zone` field, else UTC).
+    TimeOfDay {
+        at: chrono::NaiveTime,
+        zone: Option<chrono_tz::Tz>,
+    },
+    /// `event`, with its `timeout`.
+    Event { name: String, timeout: Duration },
+}
+
+impl Wait {
+    /// The parsed form, or every problem found: (setting, message).
+    pub fn form(&self) -> Result<WaitFor, Vec<(&'static str, String)>> {
+        let forms = [
+            self.duration.is_some(),
+            self.until.is_some(),
+            self.time_of_day.is_some(),
+            self.event.is_some(),
+        ];
+        if forms.iter().filter(|f| **f).count() != 1 {
+            return Err(vec![(
+                "wait",
+                "give exactly one of `duration`, `until`, `time_of_day` or `event`".into(),
+            )]);
+        }
+        let mut problems = Vec::new();
+        if self.time_zone.is_some() && self.time_of_day.is_none() {
+            problems.push((
+                "time_zone",
+                "`time_zone` goes with `time_of_day` only".into(),
+            ));
+        }
+        let zone = match &self.time_zone {
+            None => None,
+            Some(tz) => match tz.parse::<chrono_tz::Tz>() {
+                Ok(z) => Some(z),
+                Err(_) => {
+                    problems.push((
+                        "time_zone",
+                        format!("`{tz}` is not an IANA time zone such as `Europe/Rome`"),
+                    ));
+                    None
+                }
+            },
+        };
+        let mut form = None;
+        if let Some(d) = &self.duration {
+            match parse_duration(d) {
+                Ok(d) => form = Some(WaitFor::Duration(d)),
+                Err(m) => problems.push(("duration", m)),
+            }
+        }
+        if let Some(u) = &self.until {
+            match chrono::DateTime::parse_from_rfc3339(u) {
+                Ok(t) => {
+                    form = Some(WaitFor::Until {
+                        at: t.timestamp_millis(),
+                        written: u.clone(),
+                    })
+                }
+                Err(_) => problems.push(("until", format!("`{u}` is not an RFC 3339 time"))),
+            }
+        }
+        if let Some(t) = &self.time_of_day {
+            match chrono::NaiveTime::parse_from_str(t, "%H:%M") {
+                Ok(at) => form = Some(WaitFor::TimeOfDay { at, zone }),
+                Err(_) => problems.push((
+                    "time_of_day",
+                    format!("`{t}` is not a time of day such as `09:30`"),
+                )),
+            }
+        }
+        if let Some(name) = &self.event {
+            match &self.timeout {
+                None => problems.push(("timeout", "waiting for an event needs a `timeout`".into())),
+                Some(t) => match parse_duration(t) {
+                    Ok(timeout) => {
+                        form = Some(WaitFor::Event {
+                            name: name.clone(),
+                            timeout,
+                        })
+                    }
+                    Err(m) => problems.push(("timeout", m)),
+                },
+            }
+            for (setting, target) in [
+                ("on_event", &self.on_event),
+                ("on_timeout", &self.on_timeout),
+            ] {
+                if target.is_none() {
+                    problems.push((setting, format!("waiting for an event needs `{setting}`")));
+                }
+            }
+            if self.next.is_some() {
+                problems.push((
+                    "next",
+                    "an event wait goes on with `on_event` or `on_timeout`, not `next`".into(),
+                ));
+            }
+        } else if self.timeout.is_some() || self.on_event.is_some() || self.on_timeout.is_some() {
+            problems.push((
+                "timeout",
+                "`timeout`, `on_event` and `on_timeout` belong to an event wait".into(),
+            ));
+        }
+        match form {
+            Some(f) if problems.is_empty() => Ok(f),
+            None if problems.is_empty() => Err(vec![("wait", "the wait has no form".into())]),
+            _ => Err(problems),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Match {
@@ -793,90 +915,10 @@ impl Validator<'_> {
     }
 
     fn check_wait(&mut self, id: &str, w: &Wait) {
-        let forms = [
-            w.duration.is_some(),
-            w.until.is_some(),
-            w.time_of_day.is_some(),
-            w.event.is_some(),
-        ];
-        if forms.iter().filter(|f| **f).count() != 1 {
-            self.err(
-                Some(id),
-                "wait",
-                "give exactly one of `duration`, `until`, `time_of_day` or `event`",
-            );
-            return;
-        }
-        if w.time_zone.is_some() && w.time_of_day.is_none() {
-            self.err(
-                Some(id),
-                "time_zone",
-                "`time_zone` goes with `time_of_day` only",
-            );
-        }
-        if let Some(tz) = &w.time_zone
-            && tz.parse::<chrono_tz::Tz>().is_err()
-        {
-            self.err(
-                Some(id),
-                "time_zone",
-                format!("`{tz}` is not an IANA time zone such as `Europe/Rome`"),
-            );
-        }
-        if let Some(d) = &w.duration
-            && let Err(m) = parse_duration(d)
-        {
-            self.err(Some(id), "duration", m);
-        }
-        if let Some(u) = &w.until
-            && chrono::DateTime::parse_from_rfc3339(u).is_err()
-        {
-            self.err(Some(id), "until", format!("`{u}` is not an RFC 3339 time"));
-        }
-        if let Some(t) = &w.time_of_day
-            && chrono::NaiveTime::parse_from_str(t, "%H:%M").is_err()
-        {
-            self.err(
-                Some(id),
-                "time_of_day",
-                format!("`{t}` is not a time of day such as `09:30`"),
-            );
-        }
-        if w.event.is_some() {
-            match &w.timeout {
-                None => self.err(
-                    Some(id),
-                    "timeout",
-                    "waiting for an event needs a `timeout`",
-                ),
-                Some(t) => {
-                    if let Err(m) = parse_duration(t) {
-                        self.err(Some(id), "timeout", m);
-                    }
-                }
+        if let Err(problems) = w.form() {
+            for (setting, message) in problems {
+                self.err(Some(id), setting, message);
             }
-            for (setting, target) in [("on_event", &w.on_event), ("on_timeout", &w.on_timeout)] {
-                if target.is_none() {
-                    self.err(
-                        Some(id),
-                        setting,
-                        format!("waiting for an event needs `{setting}`"),
-                    );
-                }
-            }
-            if w.next.is_some() {
-                self.err(
-                    Some(id),
-                    "next",
-                    "an event wait goes on with `on_event` or `on_timeout`, not `next`",
-                );
-            }
-        } else if w.timeout.is_some() || w.on_event.is_some() || w.on_timeout.is_some() {
-            self.err(
-                Some(id),
-                "timeout",
-                "`timeout`, `on_event` and `on_timeout` belong to an event wait",
-            );
         }
     }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::records::{Effect, EndReason, RunStatus, StepOutcome};
 use crate::domain::condition::{Subject, matches};
-use crate::domain::flow::{StepKind, Wait, parse_duration};
+use crate::domain::flow::{StepKind, Wait, WaitFor, parse_duration};
 use crate::domain::{DeliveryId, FlowId, ListId, Millis, WebhookId};
 use crate::store::ContactRecord;
 
@@ -330,8 +330,21 @@ fn list(raw: &str) -> Result<ListId, String> {
 
 fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
     let now = ctx.now;
+    // Saved flows passed the same parse; a problem here is a stored
+    // document that did not.
+    let form = w.form().map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|(setting, message)| format!("{setting}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let event_name = match &form {
+        WaitFor::Event { name, .. } => Some(name.clone()),
+        _ => None,
+    };
     if let Wake::Resume { wait_until, event } = wake {
-        if w.event.is_some() {
+        if event_name.is_some() {
             if let Some(ev) = event {
                 // The event's properties join the run's data for later
                 // conditions (`event.PATH`).
@@ -363,34 +376,27 @@ fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
         // Woken early (a contact change asked for an exit check): keep waiting.
         return Ok(Outcome::Wait {
             until: wait_until,
-            event: w.event.clone(),
+            event: event_name,
             fresh: false,
         });
     }
-    let until = if let Some(d) = &w.duration {
-        now.saturating_add(millis(parse_duration(d)?))
-    } else if let Some(u) = &w.until {
-        let t = DateTime::parse_from_rfc3339(u)
-            .map_err(|_| format!("`{u}` is not an RFC 3339 time"))?
-            .timestamp_millis();
-        if t <= now {
-            ctx.detail = json!({ "until": u, "passed": true });
-            return Ok(Outcome::Next {
-                to: w.next.clone(),
-                label: StepOutcome::Passed,
-            });
+    let until = match form {
+        WaitFor::Duration(d) | WaitFor::Event { timeout: d, .. } => now.saturating_add(millis(d)),
+        WaitFor::Until { at, written } => {
+            if at <= now {
+                ctx.detail = json!({ "until": written, "passed": true });
+                return Ok(Outcome::Next {
+                    to: w.next.clone(),
+                    label: StepOutcome::Passed,
+                });
+            }
+            at
         }
-        t
-    } else if let Some(hm) = &w.time_of_day {
-        let at = NaiveTime::parse_from_str(hm, "%H:%M")
-            .map_err(|_| format!("`{hm}` is not a time of day"))?;
-        let (tz, source) = time_zone(w, ctx.contact);
-        ctx.detail = json!({ "time_zone": tz.name(), "time_zone_from": source });
-        next_local_time(now, at, tz)
-    } else if let Some(t) = &w.timeout {
-        now.saturating_add(millis(parse_duration(t)?))
-    } else {
-        return Err("the wait has no duration, until, time_of_day or event".into());
+        WaitFor::TimeOfDay { at, zone } => {
+            let (tz, source) = time_zone(zone, ctx.contact);
+            ctx.detail = json!({ "time_zone": tz.name(), "time_zone_from": source });
+            next_local_time(now, at, tz)
+        }
     };
     if let Value::Object(d) = &mut ctx.detail {
         d.insert(
@@ -402,7 +408,7 @@ fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
     }
     Ok(Outcome::Wait {
         until,
-        event: w.event.clone(),
+        event: event_name,
         fresh: true,
     })
 }
@@ -413,8 +419,8 @@ fn millis(d: std::time::Duration) -> Millis {
 
 /// The wait's own zone, else the contact's `time_zone` field when it names
 /// a zone, else UTC; with where it came from.
-fn time_zone(w: &Wait, contact: &ContactRecord) -> (Tz, &'static str) {
-    if let Some(tz) = w.time_zone.as_deref().and_then(|z| z.parse().ok()) {
+fn time_zone(zone: Option<Tz>, contact: &ContactRecord) -> (Tz, &'static str) {
+    if let Some(tz) = zone {
         return (tz, "flow");
     }
     if let Some(tz) = contact

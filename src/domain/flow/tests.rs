@@ -390,3 +390,70 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_wait_parses_to_one_typed_form_or_every_problem() {
+    let w = |v: serde_json::Value| serde_json::from_value::<Wait>(v).unwrap();
+    assert_eq!(
+        w(json!({"duration": "2h30m"})).form().unwrap(),
+        WaitFor::Duration(Duration::from_secs(9_000))
+    );
+    assert_eq!(
+        w(json!({"until": "2030-01-01T00:00:00Z"})).form().unwrap(),
+        WaitFor::Until {
+            at: 1_893_456_000_000,
+            written: "2030-01-01T00:00:00Z".into()
+        }
+    );
+    assert_eq!(
+        w(json!({"time_of_day": "09:30", "time_zone": "Europe/Rome"}))
+            .form()
+            .unwrap(),
+        WaitFor::TimeOfDay {
+            at: chrono::NaiveTime::from_hms_opt(9, 30, 0).unwrap(),
+            zone: Some(chrono_tz::Europe::Rome)
+        }
+    );
+    assert_eq!(
+        w(json!({"time_of_day": "09:30"})).form().unwrap(),
+        WaitFor::TimeOfDay {
+            at: chrono::NaiveTime::from_hms_opt(9, 30, 0).unwrap(),
+            zone: None
+        }
+    );
+    assert_eq!(
+        w(json!({"event": "paid", "timeout": "1d", "on_event": "a", "on_timeout": "b"}))
+            .form()
+            .unwrap(),
+        WaitFor::Event {
+            name: "paid".into(),
+            timeout: Duration::from_secs(86_400)
+        }
+    );
+    let settings = |v| {
+        w(v).form()
+            .unwrap_err()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(settings(json!({})), ["wait"]);
+    assert_eq!(
+        settings(json!({"duration": "2h", "until": "2030-01-01T00:00:00Z"})),
+        ["wait"]
+    );
+    assert_eq!(
+        settings(json!({"duration": "soon", "time_zone": "Mars/Base"})),
+        ["time_zone", "time_zone", "duration"]
+    );
+    assert_eq!(
+        settings(json!({"event": "paid", "next": "x"})),
+        ["timeout", "on_event", "on_timeout", "next"]
+    );
+    assert_eq!(
+        settings(json!({"duration": "1h", "on_event": "x"})),
+        ["timeout"]
+    );
+    assert_eq!(settings(json!({"until": "tomorrow"})), ["until"]);
+    assert_eq!(settings(json!({"time_of_day": "25:00"})), ["time_of_day"]);
+}
