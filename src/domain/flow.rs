@@ -218,6 +218,23 @@ pub struct Wait {
     pub on_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// The parsed form, set by [`FlowDoc::parse_waits`] when the engine
+    /// loads a version (once per version, not per execution); `None`
+    /// elsewhere, and for a wait that is not valid.
+    #[serde(skip)]
+    pub parsed: ParsedWait,
+}
+
+/// [`Wait::parsed`]: a cache of the settings, so never part of a
+/// document's equality (a document loaded by the engine equals the same
+/// document read anywhere else).
+#[derive(Clone, Debug, Default)]
+pub struct ParsedWait(pub Option<WaitFor>);
+
+impl PartialEq for ParsedWait {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A wait's form, parsed: what the engine acts on. One parse, shared by
@@ -237,6 +254,17 @@ pub enum WaitFor {
     },
     /// `event`, with its `timeout`.
     Event { name: String, timeout: Duration },
+}
+
+impl FlowDoc {
+    /// Parses every wait's form into its `parsed` ([`Wait::form`]).
+    pub fn parse_waits(&mut self) {
+        for step in &mut self.steps {
+            if let StepKind::Wait(w) = &mut step.kind {
+                w.parsed = ParsedWait(w.form().ok());
+            }
+        }
+    }
 }
 
 impl Wait {

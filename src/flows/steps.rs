@@ -330,15 +330,19 @@ fn list(raw: &str) -> Result<ListId, String> {
 
 fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
     let now = ctx.now;
-    // Saved flows passed the same parse; a problem here is a stored
-    // document that did not.
-    let form = w.form().map_err(|problems| {
-        problems
-            .into_iter()
-            .map(|(setting, message)| format!("{setting}: {message}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
+    // Parsed when the engine loaded the version; else (a document read
+    // elsewhere, or one that does not pass) parsed here, and a problem is
+    // a stored document that did not pass the save check.
+    let form = match &w.parsed.0 {
+        Some(f) => f.clone(),
+        None => w.form().map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(setting, message)| format!("{setting}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?,
+    };
     let event_name = match &form {
         WaitFor::Event { name, .. } => Some(name.clone()),
         _ => None,
