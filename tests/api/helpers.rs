@@ -321,6 +321,10 @@ impl TestApp {
         self.call(key, Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(key, Method::PUT, path, Some(body)).await
+    }
+
     /// Creates a flow from `doc` and activates it (both must succeed).
     pub async fn active_flow(&self, doc: Value) -> ActiveFlow {
         let (s, created) = self.post(&self.admin_key, "/v1/flows", doc).await;
@@ -390,6 +394,21 @@ impl Drop for TestApp {
         if let Some(s) = self.stop.take() {
             s.cancel();
         }
+    }
+}
+
+/// Delivery jobs in the queue (the queue holds only work still to do).
+pub async fn delivery_jobs(store: &dyn Store) -> i64 {
+    let done = store
+        .read_sql(vec![hookflow::store::sql::Stmt::new(
+            "SELECT count(*) FROM jobs WHERE kind = $1",
+            vec![hookflow::store::outbound::DELIVERY_JOB.into()],
+        )])
+        .await
+        .unwrap();
+    match done[0].rows[0][0] {
+        hookflow::store::sql::Val::Int(n) => n,
+        ref other => panic!("a count: {other:?}"),
     }
 }
 

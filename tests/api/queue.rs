@@ -9,7 +9,7 @@ use hookflow::store::queue::{Job, JobClaim, JobOutcome, JobStatus, NewJob};
 use serde_json::json;
 
 use crate::both_stores;
-use crate::helpers::{Backend, open_store, test_db};
+use crate::helpers::{Backend, delivery_jobs, open_store, test_db};
 
 both_stores!(
     claims_are_exclusive_and_finished_jobs_are_never_claimed_again,
@@ -554,14 +554,7 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
         }
     }
     // Finished jobs are gone; "b"'s are still leased to it.
-    let left = store
-        .read_sql(vec![hookflow::store::sql::Stmt::new(
-            "SELECT count(*) FROM jobs WHERE kind = 'webhook_delivery'",
-            vec![],
-        )])
-        .await
-        .unwrap();
-    assert_eq!(left[0].rows[0][0], hookflow::store::sql::Val::Int(3));
+    assert_eq!(delivery_jobs(&*store).await, 3);
     // "b" records its own 3.
     let mine: Vec<out::AttemptWrite> = lost.iter().map(write).collect();
     assert!(

@@ -516,15 +516,7 @@ async fn a_disabled_webhook_holds_deliveries_until_enabled(b: Backend) {
     wait_delivery(&app, &d2, |d| d["status"] == "succeeded").await;
     // Finished deliveries leave no job behind: the queue's table holds
     // only work still to do (the outcome is on the delivery).
-    let left = app
-        .store
-        .read_sql(vec![hookflow::store::sql::Stmt::new(
-            "SELECT count(*) FROM jobs WHERE kind = 'webhook_delivery'",
-            vec![],
-        )])
-        .await
-        .unwrap();
-    assert_eq!(left[0].rows[0][0], hookflow::store::sql::Val::Int(0));
+    assert_eq!(crate::helpers::delivery_jobs(&*app.store).await, 0);
 }
 
 async fn webhooks_are_checked_masked_and_isolated(b: Backend) {
@@ -1355,12 +1347,7 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
     let mut again = created["document"].clone();
     again["steps"][0]["webhook"]["timeout_ms"] = json!(5000);
     let (s, updated) = app
-        .call(
-            &app.admin_key,
-            Method::PUT,
-            &format!("/v1/flows/{flow_id}"),
-            Some(again),
-        )
+        .put(&app.admin_key, &format!("/v1/flows/{flow_id}"), again)
         .await;
     assert_eq!(s, StatusCode::OK, "{updated}");
     assert_eq!(
@@ -1383,12 +1370,7 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
     step["webhook"]["headers"]["X-Api-Key"] = json!("key-123");
     step["webhook"]["timeout_ms"] = json!(5000);
     let (s, updated) = app
-        .call(
-            &app.admin_key,
-            Method::PUT,
-            &format!("/v1/flows/{flow_id}"),
-            Some(plain),
-        )
+        .put(&app.admin_key, &format!("/v1/flows/{flow_id}"), plain)
         .await;
     assert_eq!(s, StatusCode::OK, "{updated}");
     assert_eq!(
@@ -1412,12 +1394,7 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
     stray["steps"][0]["webhook"]["headers"]["X-Api-Key"] = json!("other-key");
     let missing = hookflow::domain::FlowId::generate();
     let (s, e) = app
-        .call(
-            &app.admin_key,
-            Method::PUT,
-            &format!("/v1/flows/{missing}"),
-            Some(stray),
-        )
+        .put(&app.admin_key, &format!("/v1/flows/{missing}"), stray)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     assert_eq!(webhook_count(&app).await, 1);
@@ -1456,12 +1433,7 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
     let mut doc2 = created["document"].clone();
     doc2["steps"][0]["webhook_id"] = shared["id"].clone();
     let (s, e) = app
-        .call(
-            &app.admin_key,
-            Method::PUT,
-            &format!("/v1/flows/{flow_id}"),
-            Some(doc2),
-        )
+        .put(&app.admin_key, &format!("/v1/flows/{flow_id}"), doc2)
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
     assert_eq!(e["error"]["details"][0]["setting"], "webhook_id", "{e}");
