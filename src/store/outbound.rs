@@ -1198,11 +1198,12 @@ const RECORD_CHUNK: usize = 64;
 /// are powers of two, so a few statement texts serve every batch size.
 /// Returns, for each write in order, whether its lease was still held
 /// (nothing is written for one that was not), as [`record_attempt`] does.
-///
-/// One difference from [`record_attempt`], rare and harmless: if a lease
-/// was lost and the worker that took over has already finished the job,
-/// this attempt is recorded too (it did happen) and the delivery marked
-/// succeeded again.
+/// "The job is gone" alone does not say the lease was held: a delivery
+/// deleted with its webhook meanwhile, or one another worker finished after
+/// taking over a lost lease, has no job either. So the attempt and the
+/// update also need the delivery still there and not finished: one such
+/// write must neither fail the whole batch (the attempt's foreign key) nor
+/// record a second outcome.
 pub async fn record_delivered(
     store: &dyn Store,
     writes: &[AttemptWrite],
@@ -1248,7 +1249,9 @@ pub async fn record_delivered(
                    response_status, response_headers, response_body, truncated, duration_ms, error, outcome)
                  SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9,
                    column10, column11, column12
-                 FROM (VALUES {}) v WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column2)",
+                 FROM (VALUES {}) v WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = v.column2)
+                   AND EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.column2
+                                 AND d.status NOT IN ('succeeded', 'failed'))",
                 rows.join(", ")
             ),
             args,
@@ -1259,7 +1262,8 @@ pub async fn record_delivered(
             format!(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at = NULL,
                    updated_at = $1
-                 WHERE id IN ({}) AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = deliveries.id)",
+                 WHERE id IN ({}) AND status NOT IN ('succeeded', 'failed')
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = deliveries.id)",
                 super::sql::params(2, n)
             ),
             args,

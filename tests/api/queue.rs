@@ -583,4 +583,65 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
         assert_eq!(d.status, out::DeliveryStatus::Succeeded, "{id}");
         assert!(attempts.is_empty(), "{id}");
     }
+    // A delivery deleted with its webhook while its attempt was in flight
+    // neither fails the others recorded with it nor gets an attempt; and a
+    // finished delivery recorded again (a worker whose lease was lost and
+    // taken over) gets nothing more.
+    let other = out::create_webhook(
+        &*store,
+        &ws.id,
+        out::NewWebhook {
+            name: "Other",
+            max_concurrency: 64,
+            spec: &json!({"name": "Other", "url": "https://example.com/o"}),
+            verified: true,
+            event_types: None,
+            inline: false,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    let (kept, gone) = (DeliveryId::generate(), DeliveryId::generate());
+    let mut script = Vec::new();
+    for (id, webhook_id) in [(&kept, &hook.id), (&gone, &other.id)] {
+        script.extend(out::insert_delivery(
+            &out::NewDelivery {
+                id: id.clone(),
+                workspace_id: ws.id.clone(),
+                webhook_id: webhook_id.clone(),
+                event_type: "flow.step".into(),
+                flow_id: None,
+                run_id: None,
+                contact_id: None,
+                step: None,
+                context: json!({}),
+            },
+            T0,
+        ));
+    }
+    store.run_sql(script).await.unwrap();
+    let mut c = claim("c", T0 + 4, 8, None);
+    c.kind = out::DELIVERY_JOB.into();
+    assert_eq!(store.claim_jobs(c).await.unwrap().len(), 2);
+    out::delete_webhook(&*store, &ws.id, &other.id)
+        .await
+        .unwrap();
+    let held = out::record_delivered(&*store, &[write(&kept), write(&gone)], "c", T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(held, vec![true, false]);
+    let (d, attempts) = out::get_delivery(&*store, &ws.id, &kept, T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(d.status, out::DeliveryStatus::Succeeded);
+    assert_eq!(attempts.len(), 1);
+    let again = out::record_delivered(&*store, &[write(&kept)], "c", T0 + 6)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false]);
+    let (_, attempts) = out::get_delivery(&*store, &ws.id, &kept, T0 + 6)
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), 1, "no second outcome");
 }
