@@ -66,8 +66,8 @@ pub struct Config {
     pub http_body_timeout_secs: u64,
     /// Connections served at once; 0 (default) picks from the open-file
     /// limit (raised to its hard limit at start): that limit less 128, for
-    /// the database and logs, and less `outbound_max_in_flight`, for the
-    /// sockets of deliveries in progress.
+    /// the database and logs, and less `outbound_max_in_flight` (at most a
+    /// quarter of the limit), for the sockets of deliveries in progress.
     pub http_max_connections: usize,
     /// Memory request bodies may take at once, counting their parsed JSON
     /// (16× their length; bulk events 3×); beyond it requests wait, then

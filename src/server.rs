@@ -205,14 +205,18 @@ pub fn raise_open_file_limit() {
 }
 
 /// `http_max_connections` when it is 0: the open-file soft limit less 128
-/// (the database, its WAL, logs) and less `outbound` (the sockets of
-/// deliveries in progress), at least 16, at most 65,536.
+/// (the database, its WAL, logs) and less the sockets of deliveries in
+/// progress (`outbound`, but at most a quarter of the limit: on a host whose
+/// limit stays at 1,024, reserving all 1,024 would leave 16 connections),
+/// at least 16, at most 65,536.
 pub fn automatic_max_connections(outbound: usize) -> usize {
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let reserved = u64::try_from(outbound)
-        .unwrap_or(u64::MAX)
-        .saturating_add(128);
-    usize::try_from(soft.saturating_sub(reserved))
+    connections_for(soft, outbound)
+}
+
+fn connections_for(soft: u64, outbound: usize) -> usize {
+    let outbound = u64::try_from(outbound).unwrap_or(u64::MAX).min(soft / 4);
+    usize::try_from(soft.saturating_sub(128).saturating_sub(outbound))
         .unwrap_or(usize::MAX)
         .clamp(16, 65_536)
 }
@@ -279,5 +283,18 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod connection_cap_tests {
+    #[test]
+    fn outbound_sockets_take_at_most_a_quarter_of_the_file_limit() {
+        use super::connections_for;
+        assert_eq!(connections_for(1_048_576, 1024), 65_536);
+        assert_eq!(connections_for(8192, 1024), 8192 - 128 - 1024);
+        assert_eq!(connections_for(1024, 1024), 1024 - 128 - 256);
+        assert_eq!(connections_for(256, 1024), 256 - 128 - 64);
+        assert_eq!(connections_for(100, 0), 16);
     }
 }
