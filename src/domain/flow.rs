@@ -218,23 +218,6 @@ pub struct Wait {
     pub on_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
-    /// The parsed form, set by [`FlowDoc::parse_waits`] when the engine
-    /// loads a version (once per version, not per execution); `None`
-    /// elsewhere, and for a wait that is not valid.
-    #[serde(skip)]
-    pub parsed: ParsedWait,
-}
-
-/// [`Wait::parsed`]: a cache of the settings, so never part of a
-/// document's equality (a document loaded by the engine equals the same
-/// document read anywhere else).
-#[derive(Clone, Debug, Default)]
-pub struct ParsedWait(pub Option<WaitFor>);
-
-impl PartialEq for ParsedWait {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
 }
 
 /// A wait's form, parsed: what the engine acts on. One parse, shared by
@@ -244,27 +227,16 @@ impl PartialEq for ParsedWait {
 pub enum WaitFor {
     /// `duration`: this long after the step is reached.
     Duration(Duration),
-    /// `until`: a fixed time (passed straight through once it is past).
-    Until { at: i64, written: String },
+    /// `until`: a fixed time, in ms (passed straight through once past).
+    Until(i64),
     /// `time_of_day`: the next such local time, in `zone` (else the
     /// contact's `time_zone` field, else UTC).
     TimeOfDay {
         at: chrono::NaiveTime,
         zone: Option<chrono_tz::Tz>,
     },
-    /// `event`, with its `timeout`.
-    Event { name: String, timeout: Duration },
-}
-
-impl FlowDoc {
-    /// Parses every wait's form into its `parsed` ([`Wait::form`]).
-    pub fn parse_waits(&mut self) {
-        for step in &mut self.steps {
-            if let StepKind::Wait(w) = &mut step.kind {
-                w.parsed = ParsedWait(w.form().ok());
-            }
-        }
-    }
+    /// `event` (named by the wire setting), with its `timeout`.
+    Event { timeout: Duration },
 }
 
 impl Wait {
@@ -311,12 +283,7 @@ impl Wait {
         }
         if let Some(u) = &self.until {
             match chrono::DateTime::parse_from_rfc3339(u) {
-                Ok(t) => {
-                    form = Some(WaitFor::Until {
-                        at: t.timestamp_millis(),
-                        written: u.clone(),
-                    })
-                }
+                Ok(t) => form = Some(WaitFor::Until(t.timestamp_millis())),
                 Err(_) => problems.push(("until", format!("`{u}` is not an RFC 3339 time"))),
             }
         }
@@ -329,16 +296,11 @@ impl Wait {
                 )),
             }
         }
-        if let Some(name) = &self.event {
+        if self.event.is_some() {
             match &self.timeout {
                 None => problems.push(("timeout", "waiting for an event needs a `timeout`".into())),
                 Some(t) => match parse_duration(t) {
-                    Ok(timeout) => {
-                        form = Some(WaitFor::Event {
-                            name: name.clone(),
-                            timeout,
-                        })
-                    }
+                    Ok(timeout) => form = Some(WaitFor::Event { timeout }),
                     Err(m) => problems.push(("timeout", m)),
                 },
             }

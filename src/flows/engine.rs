@@ -185,11 +185,8 @@ impl Engine {
             Err(e @ StoreError::NotFound { .. }) => return Ok(Err(e.to_string())),
             Err(e) => return Err(e),
         };
-        let doc: Arc<FlowDoc> = match serde_json::from_value::<FlowDoc>(raw) {
-            Ok(mut doc) => {
-                doc.parse_waits();
-                Arc::new(doc)
-            }
+        let doc: Arc<FlowDoc> = match serde_json::from_value(raw) {
+            Ok(doc) => Arc::new(doc),
             Err(e) => return Ok(Err(format!("the flow version is unreadable: {e}"))),
         };
         let mut cache = self.docs.lock().expect("doc cache");

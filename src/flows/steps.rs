@@ -330,25 +330,8 @@ fn list(raw: &str) -> Result<ListId, String> {
 
 fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
     let now = ctx.now;
-    // Parsed when the engine loaded the version; else (a document read
-    // elsewhere, or one that does not pass) parsed here, and a problem is
-    // a stored document that did not pass the save check.
-    let form = match &w.parsed.0 {
-        Some(f) => f.clone(),
-        None => w.form().map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|(setting, message)| format!("{setting}: {message}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?,
-    };
-    let event_name = match &form {
-        WaitFor::Event { name, .. } => Some(name.clone()),
-        _ => None,
-    };
     if let Wake::Resume { wait_until, event } = wake {
-        if event_name.is_some() {
+        if w.event.is_some() {
             if let Some(ev) = event {
                 // The event's properties join the run's data for later
                 // conditions (`event.PATH`).
@@ -380,15 +363,24 @@ fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
         // Woken early (a contact change asked for an exit check): keep waiting.
         return Ok(Outcome::Wait {
             until: wait_until,
-            event: event_name,
+            event: w.event.clone(),
             fresh: false,
         });
     }
+    // Entering the wait: its settings parsed as the save check parsed them
+    // (a problem here is a stored document that did not pass it).
+    let form = w.form().map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|(setting, message)| format!("{setting}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
     let until = match form {
-        WaitFor::Duration(d) | WaitFor::Event { timeout: d, .. } => now.saturating_add(millis(d)),
-        WaitFor::Until { at, written } => {
+        WaitFor::Duration(d) | WaitFor::Event { timeout: d } => now.saturating_add(millis(d)),
+        WaitFor::Until(at) => {
             if at <= now {
-                ctx.detail = json!({ "until": written, "passed": true });
+                ctx.detail = json!({ "until": w.until, "passed": true });
                 return Ok(Outcome::Next {
                     to: w.next.clone(),
                     label: StepOutcome::Passed,
@@ -412,7 +404,7 @@ fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {
     }
     Ok(Outcome::Wait {
         until,
-        event: event_name,
+        event: w.event.clone(),
         fresh: true,
     })
 }
