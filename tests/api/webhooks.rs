@@ -1362,7 +1362,9 @@ async fn an_inline_webhook_is_checked_kept_masked_and_delivers(b: Backend) {
     assert_eq!(w["timeout_ms"], 5000, "{w}");
 
     // A document without the id (a flow file kept in git, secrets and all)
-    // keeps the step's webhook too.
+    // keeps the step's webhook too. The clock moves first, so that a write
+    // to the webhook would show in its `updated_at`.
+    app.advance(Duration::from_secs(1));
     let mut plain = created["document"].clone();
     let step = &mut plain["steps"][0];
     step.as_object_mut().unwrap().remove("webhook_id");
