@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Millis;
 use crate::flows::Clock;
 use crate::store::queue::{Job, JobClaim, JobOutcome};
+use crate::store::sql::{Done, Stmt};
 use crate::store::{Store, StoreError};
 
 /// One kind of leased work.
@@ -147,6 +148,8 @@ pub struct JobWorker<H> {
     /// The loops' wake-up: a finished job frees a place (and a key's slot),
     /// so the loops claim again at once instead of at the next poll.
     wake: Arc<Notify>,
+    /// Set once the loops have stopped: finishing jobs claim no more.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl<H: JobHandler> JobWorker<H> {
@@ -165,6 +168,7 @@ impl<H: JobHandler> JobWorker<H> {
             config,
             room,
             wake,
+            draining: Default::default(),
         }
     }
 }
@@ -188,19 +192,50 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
                 Err(_) => break,
             }
         }
-        let now = self.clock.now();
-        let jobs = self
-            .store
-            .claim_jobs(JobClaim {
-                kind: c.kind.clone(),
-                owner: c.owner.clone(),
-                now,
-                lease_until: now + i64::try_from(c.lease.as_millis()).unwrap_or(30_000),
-                limit: permits.num_permits(),
-                per_key: c.per_key,
-            })
-            .await?;
+        let jobs = self.store.claim_jobs(self.claim(&permits)).await?;
         let claimed = jobs.len();
+        self.start(jobs, permits);
+        Ok(claimed)
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        // Jobs are mostly made by this process, which wakes the loop; other
+        // processes' jobs wait at most `poll`.
+        Ok(None)
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    async fn drain(&self) {
+        // No claim behind a finish from now on, or draining would not end.
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every job in progress gives its place back when it ends.
+        let all = u32::try_from(self.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
+        let _ = self.room.acquire_many(all).await;
+    }
+}
+
+impl<H: JobHandler> JobWorker<H> {
+    /// A claim of as many jobs as `permits` has places for, now.
+    fn claim(&self, permits: &OwnedSemaphorePermit) -> JobClaim {
+        let c = &self.config;
+        let now = self.clock.now();
+        JobClaim {
+            kind: c.kind.clone(),
+            owner: c.owner.clone(),
+            now,
+            lease_until: now + i64::try_from(c.lease.as_millis()).unwrap_or(30_000),
+            limit: permits.num_permits(),
+            per_key: c.per_key,
+        }
+    }
+
+    /// Starts a task per claimed job, each holding one of `permits`.
+    fn start(&self, jobs: Vec<Job>, mut permits: OwnedSemaphorePermit) {
+        let c = &self.config;
         for job in jobs {
             let Some(permit) = permits.split(1) else {
                 break;
@@ -231,23 +266,47 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
                 }
             });
         }
-        Ok(claimed)
     }
+}
 
-    async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        // Jobs are mostly made by this process, which wakes the loop; other
-        // processes' jobs wait at most `poll`.
-        Ok(None)
-    }
+/// A handler's way to finish its jobs with a claim in the same commit (see
+/// [`Store::run_sql_then_claim`]): the writes that end jobs free their
+/// keys' slots, and the claim behind them fills those slots at once, where
+/// a separate claim would wait for a second durable commit. The jobs
+/// claimed start as the loops' would.
+#[async_trait]
+pub trait FinishThenClaim: Send + Sync {
+    /// Runs `script` (one transaction) and claims behind it if this process
+    /// has room; the script's results.
+    async fn finish_then_claim(&self, script: Vec<Stmt>) -> Result<Vec<Done>, StoreError>;
+}
 
-    fn now(&self) -> Millis {
-        self.clock.now()
-    }
-
-    async fn drain(&self) {
-        // Every job in progress gives its place back when it ends.
-        let all = u32::try_from(self.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
-        let _ = self.room.acquire_many(all).await;
+#[async_trait]
+impl<H: JobHandler> FinishThenClaim for JobWorker<H> {
+    async fn finish_then_claim(&self, script: Vec<Stmt>) -> Result<Vec<Done>, StoreError> {
+        // Only the room there is now: a finishing job never waits for a
+        // place (the jobs finishing hold theirs until they return).
+        let mut permits = None::<OwnedSemaphorePermit>;
+        while !self.draining.load(std::sync::atomic::Ordering::SeqCst)
+            && permits.as_ref().map_or(0, |p| p.num_permits()) < self.config.batch.max(1)
+        {
+            match self.room.clone().try_acquire_owned() {
+                Ok(p) => match &mut permits {
+                    Some(all) => all.merge(p),
+                    None => permits = Some(p),
+                },
+                Err(_) => break,
+            }
+        }
+        let Some(permits) = permits else {
+            return self.store.run_sql(script).await;
+        };
+        let (done, jobs) = self
+            .store
+            .run_sql_then_claim(script, self.claim(&permits))
+            .await?;
+        self.start(jobs, permits);
+        Ok(done)
     }
 }
 

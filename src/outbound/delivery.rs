@@ -27,10 +27,12 @@ use std::collections::HashMap;
 use crate::domain::WebhookId;
 use crate::store::outbound::{
     AttemptWrite, DeliveryRecord, DeliveryStatus, NewAttempt, WebhookChange, WebhookRecord,
-    load_many, plain_success, record_attempt, record_delivered, take_slot,
+    delivered_held, load_many, plain_success, record_attempt, record_delivered,
+    record_delivered_script, take_slot,
 };
 use crate::store::queue::{Job, JobOutcome};
 use crate::store::{Store, StoreError};
+use crate::worker::FinishThenClaim;
 
 /// Operator settings for outbound requests.
 #[derive(Clone, Debug)]
@@ -245,6 +247,9 @@ pub struct DeliveryHandler {
     records: Coalesce<AttemptWrite, bool>,
     /// Wakes the flow engine when an outcome resumed a run.
     pub engine_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The worker running this handler, set once it exists: delivered
+    /// attempts are recorded with its next claim behind them.
+    pub claims: std::sync::OnceLock<std::sync::Weak<dyn FinishThenClaim>>,
     /// Checked configurations by webhook, while its `updated_at` holds.
     configs: std::sync::Mutex<HashMap<WebhookId, (Millis, Arc<WebhookConfig>)>>,
 }
@@ -311,13 +316,31 @@ async fn load_all(store: &dyn Store, jobs: Vec<(DeliveryId, WebhookId)>) -> Vec<
 }
 
 /// Delivered attempts, recorded together ([`record_delivered`]: three
-/// statements for up to 64 deliveries, not three each); each answer says
+/// statements for up to 64 deliveries, not three each), with the worker's
+/// next claim in the same commit when there is a worker; each answer says
 /// whether the lease was still held.
 async fn record_all(
     h: &DeliveryHandler,
     writes: Vec<AttemptWrite>,
 ) -> Vec<Result<bool, StoreError>> {
-    match record_delivered(&*h.store, &writes, &h.owner, h.clock.now()).await {
+    let now = h.clock.now();
+    let held = match h.claims.get().and_then(std::sync::Weak::upgrade) {
+        Some(worker) => match record_delivered_script(&writes, &h.owner, now) {
+            Ok(script) => match worker.finish_then_claim(script).await {
+                Ok(done) => delivered_held(&writes, &done),
+                // Whatever failed (the claim, say) rolled the record back
+                // with it: record on its own rather than leave the
+                // deliveries to be sent again when their leases end.
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording deliveries with a claim failed; recording them alone");
+                    record_delivered(&*h.store, &writes, &h.owner, now).await
+                }
+            },
+            Err(e) => Err(e),
+        },
+        None => record_delivered(&*h.store, &writes, &h.owner, now).await,
+    };
+    match held {
         Ok(held) => held.into_iter().map(Ok).collect(),
         Err(e) => writes
             .iter()
@@ -341,6 +364,7 @@ impl DeliveryHandler {
             loads: Coalesce::default(),
             records: Coalesce::default(),
             engine_wake: None,
+            claims: std::sync::OnceLock::new(),
             configs: Default::default(),
         }
     }
@@ -713,7 +737,7 @@ pub async fn run(
     let worker = Arc::new(crate::worker::JobWorker::new(
         store.clone(),
         clock.clone(),
-        handler,
+        handler.clone(),
         crate::worker::JobWorkerConfig {
             kind: crate::store::outbound::DELIVERY_JOB.into(),
             owner,
@@ -724,6 +748,8 @@ pub async fn run(
         },
         wake.clone(),
     ));
+    let claims: std::sync::Weak<dyn FinishThenClaim> = Arc::downgrade(&worker) as _;
+    let _ = handler.claims.set(claims);
     let loops = crate::worker::Loops {
         // Two claim loops: a claim waits for its commit and fsync, and an
         // endpoint's place freed meanwhile stays empty until the next claim

@@ -492,6 +492,15 @@ pub trait Store: Send + Sync + 'static {
     /// Runs shared statements (`store::sql`) in order in one transaction:
     /// all of them or none (a statement's `or_else` rolls it back).
     async fn run_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
+    /// Runs `script` as [`Store::run_sql`] does, then `claim` as
+    /// [`Store::claim_jobs`] does, in the same transaction: a worker's
+    /// finishing writes carry its next claim, so the key slots they free
+    /// are taken again with one durable commit instead of two.
+    async fn run_sql_then_claim(
+        &self,
+        script: Vec<sql::Stmt>,
+        claim: queue::JobClaim,
+    ) -> Result<(Vec<sql::Done>, Vec<queue::Job>)>;
     /// Runs read-only shared statements (a reader connection on SQLite).
     async fn read_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
     /// One version's document of a flow (runs follow the version they

@@ -1210,6 +1210,20 @@ pub async fn record_delivered(
     owner: &str,
     now: Millis,
 ) -> Result<Vec<bool>> {
+    let done = store
+        .run_sql(record_delivered_script(writes, owner, now)?)
+        .await?;
+    delivered_held(writes, &done)
+}
+
+/// [`record_delivered`]'s statements, to run on their own or ahead of a
+/// claim (`Store::run_sql_then_claim`); [`delivered_held`] reads their
+/// results.
+pub fn record_delivered_script(
+    writes: &[AttemptWrite],
+    owner: &str,
+    now: Millis,
+) -> Result<Vec<Stmt>> {
     let mut script = Vec::new();
     let mut rest = writes;
     while !rest.is_empty() {
@@ -1269,7 +1283,14 @@ pub async fn record_delivered(
             args,
         ));
     }
-    let done = store.run_sql(script).await?;
+    Ok(script)
+}
+
+/// For each write of a [`record_delivered_script`], in order, whether its
+/// lease was still held: its job is among those the script deleted. `done`
+/// starts with the script's results (the chunks' DELETE … RETURNING come
+/// first of every three).
+pub fn delivered_held(writes: &[AttemptWrite], done: &[Done]) -> Result<Vec<bool>> {
     let finished: std::collections::HashSet<String> = done
         .iter()
         .step_by(3)

@@ -19,6 +19,8 @@ both_stores!(
     one_keys_backlog_does_not_hide_another_key,
     two_job_workers_handle_each_job_once_and_keep_per_key_limits,
     delivered_attempts_recorded_together_write_only_under_a_held_lease,
+    a_claim_behind_a_finish_takes_the_slot_it_freed_in_one_transaction,
+    a_worker_starts_what_it_claims_behind_a_finish_until_it_drains,
 );
 
 const T0: i64 = 1_800_000_000_000;
@@ -644,4 +646,112 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
         .await
         .unwrap();
     assert_eq!(attempts.len(), 1, "no second outcome");
+}
+
+/// `run_sql_then_claim`: the claim sees what the script freed (one commit
+/// for both), and a script that fails takes the claim down with it.
+async fn a_claim_behind_a_finish_takes_the_slot_it_freed_in_one_transaction(b: Backend) {
+    use hookflow::store::sql::Stmt;
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let all = s
+        .enqueue_jobs((0..3).map(|n| job("k", n, T0 + n as i64)).collect())
+        .await
+        .unwrap();
+    let first = s
+        .claim_jobs(claim("A", T0 + 10, 10, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), BTreeSet::from([all[0].clone()]));
+    let finish = |id: &JobId| {
+        Stmt::new(
+            "DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 RETURNING id",
+            vec![id.as_str().into(), "A".into()],
+        )
+    };
+    // The key's one slot is held: a claim alone takes nothing ...
+    assert!(
+        s.claim_jobs(claim("A", T0 + 11, 10, Some(1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ... and behind the finish that frees it, takes the next job.
+    let (done, next) = s
+        .run_sql_then_claim(vec![finish(&all[0])], claim("A", T0 + 12, 10, Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].rows.len(), 1, "the finish deleted the first job");
+    assert_eq!(ids(&next), BTreeSet::from([all[1].clone()]));
+    // A script that fails rolls back its own writes and claims nothing.
+    let failing = Stmt::new("SELECT 1 WHERE 1 = 0", vec![]).or_not_found("job", "missing");
+    let err = s
+        .run_sql_then_claim(
+            vec![finish(&all[1]), failing],
+            claim("A", T0 + 13, 10, Some(1)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    let second = s.get_job(&all[1]).await.unwrap();
+    assert_eq!(
+        second.status,
+        JobStatus::Queued,
+        "the finish was rolled back"
+    );
+    assert_eq!(second.lease_owner.as_deref(), Some("A"));
+    let third = s.get_job(&all[2]).await.unwrap();
+    assert_eq!(third.lease_owner, None, "nothing was claimed");
+    s.close().await;
+}
+
+/// `JobWorker::finish_then_claim` hands what its claim takes to the handler,
+/// as the loops would, and claims nothing once the worker drains.
+async fn a_worker_starts_what_it_claims_behind_a_finish_until_it_drains(b: Backend) {
+    use hookflow::worker::{FinishThenClaim, JobWorker, JobWorkerConfig, LeasedWork};
+    use std::sync::Arc;
+    let Some(db) = test_db(b).await else { return };
+    let s = open_store(&db).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let counting = Arc::new(Counting::default());
+    let worker = JobWorker::new(
+        s.clone(),
+        Arc::new(hookflow::flows::SystemClock),
+        Arc::new(Handler(counting.clone())),
+        JobWorkerConfig {
+            kind: "test".into(),
+            owner: "worker".into(),
+            lease: std::time::Duration::from_secs(30),
+            batch: 8,
+            per_key: Some(1),
+            max_in_flight: 8,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    // Odd payloads: done on their first attempt.
+    let first = s.enqueue_jobs(vec![job("k", 1, now)]).await.unwrap();
+    let done = worker.finish_then_claim(Vec::new()).await.unwrap();
+    assert!(done.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.get_job(&first[0]).await.unwrap().status != JobStatus::Done {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job claimed behind the finish never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(*counting.calls.lock().unwrap(), vec![(1, 1)]);
+    worker.drain().await;
+    let later = s.enqueue_jobs(vec![job("k", 3, now)]).await.unwrap();
+    worker.finish_then_claim(Vec::new()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let rec = s.get_job(&later[0]).await.unwrap();
+    assert_eq!(
+        (rec.status, rec.lease_owner),
+        (JobStatus::Queued, None),
+        "a drained worker claims nothing behind a finish"
+    );
+    assert_eq!(counting.calls.lock().unwrap().len(), 1);
+    s.close().await;
 }

@@ -699,6 +699,21 @@ impl Store for SqliteStore {
         self.writer.write(move |c| sql::script(c, &script)).await
     }
 
+    async fn run_sql_then_claim(
+        &self,
+        script: Vec<crate::store::sql::Stmt>,
+        claim: crate::store::queue::JobClaim,
+    ) -> Result<(Vec<crate::store::sql::Done>, Vec<crate::store::queue::Job>)> {
+        // Durable, as `claim_jobs` is.
+        self.writer
+            .write(move |c| {
+                let done = sql::script(c, &script)?;
+                let jobs = logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim))?;
+                Ok((done, jobs))
+            })
+            .await
+    }
+
     async fn read_sql(
         &self,
         script: Vec<crate::store::sql::Stmt>,
