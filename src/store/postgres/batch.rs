@@ -289,15 +289,24 @@ pub(super) async fn field_defs_each(
         }
     }
     // The fields of the lists the existing contacts are in.
-    let contacts: Vec<&str> = items
+    let mut contacts: Vec<&str> = items
         .iter()
         .filter_map(|(_, c, _)| c.map(ContactId::as_str))
         .collect();
+    contacts.sort_unstable();
+    contacts.dedup();
     let mut by_contact: HashMap<String, Vec<FieldDef>> = HashMap::new();
     if !contacts.is_empty() {
         let rows = sqlx::query(
-            "SELECT m.contact_id, f.name, f.type, f.options FROM list_fields f
-                 JOIN memberships m ON m.list_id = f.list_id WHERE m.contact_id = ANY($1)",
+            // One index probe per contact (a LATERAL subquery kept apart
+            // by `OFFSET 0`), not `= ANY($1)` or a join: while
+            // `memberships` has no statistics yet (a fresh database under
+            // load) the planner guesses a third of the table matches and
+            // reads all of it, once per batch.
+            "SELECT k.id AS contact_id, f.name, f.type, f.options
+               FROM UNNEST($1::text[]) AS k(id)
+               CROSS JOIN LATERAL (SELECT list_id FROM memberships WHERE contact_id = k.id OFFSET 0) m
+               JOIN list_fields f ON f.list_id = m.list_id",
         )
         .bind(&contacts)
         .persistent(false)

@@ -560,10 +560,20 @@ pub async fn claim(
         let ct = contact_row(r)?;
         by_id.insert(ct.id.to_string(), ct);
     }
+    // Two runs of one contact can be in the batch; the probe per contact
+    // must see each contact once.
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
     let members = sqlx::query(
-        "SELECT contact_id, list_id FROM memberships WHERE contact_id = ANY($1) AND status = 'subscribed'",
+        // A probe per contact (LATERAL) rather than `= ANY($1)`, which the
+        // planner turns into a read of the whole table while it has no
+        // statistics (see `batch.rs`).
+        "SELECT k.id AS contact_id, m.list_id FROM UNNEST($1::text[]) AS k(id)
+         CROSS JOIN LATERAL (SELECT list_id FROM memberships
+                             WHERE contact_id = k.id AND status = 'subscribed' OFFSET 0) m",
     )
-    .bind(&ids)
+    .bind(&distinct)
     .persistent(false)
     .fetch_all(&mut *c)
     .await
