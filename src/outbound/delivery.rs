@@ -286,7 +286,13 @@ impl<I, O> Coalesce<I, O> {
             q.len() == 1
         };
         if first {
+            // Dropped while it yields (its task cancelled), the first caller
+            // must not leave those queued behind it waiting for a batch
+            // nobody will take: the guard empties the queue, and they are
+            // answered with an error.
+            let guard = Unserved(&self.0);
             tokio::task::yield_now().await;
+            std::mem::forget(guard);
             let batch = std::mem::take(&mut *self.0.lock().expect("coalesce"));
             let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
             for (answer, reply) in serve(items).await.into_iter().zip(replies) {
@@ -298,6 +304,17 @@ impl<I, O> Coalesce<I, O> {
                 "a coalesced request was dropped".into(),
             ))
         })
+    }
+}
+
+/// Empties a [`Coalesce`] queue whose first caller went away before taking
+/// it (dropping the waiters' senders answers them with an error).
+struct Unserved<'a, T>(&'a std::sync::Mutex<Vec<T>>);
+
+impl<T> Drop for Unserved<'_, T> {
+    fn drop(&mut self) {
+        let pending = self.0.lock().map(|mut q| std::mem::take(&mut *q));
+        drop(pending);
     }
 }
 
@@ -861,4 +878,40 @@ pub fn event_body(d: &DeliveryRecord) -> Vec<u8> {
         parts.push(format!("{}:{}", json!(k), v));
     }
     format!("[{{{}}}]", parts.join(",")).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo(items: Vec<u32>) -> Vec<Result<u32, StoreError>> {
+        items.into_iter().map(Ok).collect()
+    }
+
+    #[tokio::test]
+    async fn coalesced_callers_are_answered_together() {
+        let c = Coalesce::<u32, u32>::default();
+        let (a, b) = tokio::join!(c.join(1, echo), c.join(2, echo));
+        assert_eq!((a.unwrap(), b.unwrap()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_first_caller_dropped_before_serving_leaves_no_one_hanging() {
+        let c = Coalesce::<u32, u32>::default();
+        let mut first = Box::pin(c.join(1, echo));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Queued, then yielding: the batch is not taken yet.
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        let mut second = Box::pin(c.join(2, echo));
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        drop(first);
+        let waited = tokio::time::timeout(Duration::from_secs(5), second).await;
+        assert!(
+            matches!(waited, Ok(Err(StoreError::Internal(_)))),
+            "the caller queued behind the dropped one is answered: {waited:?}"
+        );
+        // And the next caller is served as a first one.
+        let next = tokio::time::timeout(Duration::from_secs(5), c.join(3, echo)).await;
+        assert_eq!(next.unwrap().unwrap(), 3);
+    }
 }

@@ -713,18 +713,22 @@ macro_rules! delivery_filter {
             "workspace_id = $1 AND ($2 IS NULL OR webhook_id = $2) AND ($3 IS NULL OR flow_id = $3)
              AND ($4 IS NULL OR run_id = $4) AND ($5 IS NULL OR contact_id = $5)
              AND ($6 IS NULL OR ",
-            seen_status!(),
+            seen_status!("$9"),
             " = $6) AND ($7 IS NULL OR created_at >= $7) AND ($8 IS NULL OR created_at < $8)"
         )
     };
 }
 
-/// A delivery's status as shown (`$9` = now): `delivering` while a pending
-/// one's job is leased.
+/// A delivery's status as shown (`$now` names the parameter holding now):
+/// `delivering` while a pending one's job is leased.
 macro_rules! seen_status {
-    () => {
-        "(CASE WHEN status = 'pending' AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = deliveries.id
-            AND j.lease_until > $9) THEN 'delivering' ELSE status END)"
+    ($now:literal) => {
+        concat!(
+            "(CASE WHEN status = 'pending' AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = deliveries.id
+            AND j.lease_until > ",
+            $now,
+            ") THEN 'delivering' ELSE status END)"
+        )
     };
 }
 
@@ -745,7 +749,7 @@ pub async fn list_deliveries(
                 "SELECT ",
                 delivery_cols!(""),
                 ", ",
-                seen_status!(),
+                seen_status!("$9"),
                 " FROM deliveries WHERE ",
                 delivery_filter!(),
                 " AND ($10 IS NULL OR id < $10) ORDER BY id DESC LIMIT $11"
@@ -809,20 +813,10 @@ pub async fn get_delivery(
                     "SELECT ",
                     delivery_cols!(""),
                     ", ",
-                    seen_status!(),
-                    " FROM deliveries WHERE workspace_id = $1 AND id = $2 AND $9 IS NOT NULL"
+                    seen_status!("$3"),
+                    " FROM deliveries WHERE workspace_id = $1 AND id = $2"
                 ),
-                vec![
-                    ws.as_str().into(),
-                    id.as_str().into(),
-                    Arg::Int(None),
-                    Arg::Int(None),
-                    Arg::Int(None),
-                    Arg::Int(None),
-                    Arg::Int(None),
-                    Arg::Int(None),
-                    now.into(),
-                ],
+                vec![ws.as_str().into(), id.as_str().into(), now.into()],
             )
             .or_not_found("delivery", id),
             Stmt::new(
@@ -1190,6 +1184,10 @@ pub fn plain_success(w: &AttemptWrite) -> bool {
 
 /// The most deliveries one set of [`record_delivered`] statements takes.
 const RECORD_CHUNK: usize = 64;
+/// Statements per chunk of [`record_delivered_script`]: the jobs' `DELETE …
+/// RETURNING` (read by [`delivered_held`]), the attempts' insert, the
+/// deliveries' update.
+const RECORD_STMTS: usize = 3;
 
 /// Records many [`plain_success`] writes in one transaction with three
 /// statements per chunk instead of three per delivery: the jobs whose lease
@@ -1291,9 +1289,15 @@ pub fn record_delivered_script(
 /// starts with the script's results (the chunks' DELETE … RETURNING come
 /// first of every three).
 pub fn delivered_held(writes: &[AttemptWrite], done: &[Done]) -> Result<Vec<bool>> {
+    if !done.len().is_multiple_of(RECORD_STMTS) {
+        return Err(StoreError::Internal(format!(
+            "record_delivered: {} results for chunks of {RECORD_STMTS} statements",
+            done.len()
+        )));
+    }
     let finished: std::collections::HashSet<String> = done
         .iter()
-        .step_by(3)
+        .step_by(RECORD_STMTS)
         .flat_map(|d| d.rows.iter())
         .map(|r| r.text(0))
         .collect::<Result<_>>()?;
