@@ -11,6 +11,7 @@
 //! *how* they read and write.
 
 pub mod entry;
+pub mod inbound_log;
 pub mod key_cache;
 pub(crate) mod logic;
 pub mod outbound;
@@ -474,7 +475,11 @@ pub trait Store: Send + Sync + 'static {
     // ---- the leased job queue (see `queue`) --------------------------------------
 
     /// Stores jobs; their ids in order.
-    async fn enqueue_jobs(&self, jobs: Vec<queue::NewJob>) -> Result<Vec<crate::domain::JobId>>;
+    async fn enqueue_jobs(&self, jobs: Vec<queue::NewJob>) -> Result<Vec<crate::domain::JobId>> {
+        let (ids, script) = queue::enqueue_script(&jobs, now_millis());
+        self.run_sql(script).await?;
+        Ok(ids)
+    }
     /// Leases due jobs of one kind, oldest due first, within the claim's
     /// limits; each claim counts an attempt.
     async fn claim_jobs(&self, claim: queue::JobClaim) -> Result<Vec<queue::Job>>;
@@ -486,9 +491,18 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         now: Millis,
         outcome: queue::JobOutcome,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let done = self
+            .run_sql(vec![queue::finish_stmt(id, owner, now, &outcome)])
+            .await?;
+        Ok(done.first().is_some_and(|d| d.changed == 1))
+    }
     /// A job as stored.
-    async fn get_job(&self, id: &crate::domain::JobId) -> Result<queue::JobRecord>;
+    async fn get_job(&self, id: &crate::domain::JobId) -> Result<queue::JobRecord> {
+        let done = self.read_sql(vec![queue::get_stmt(id)]).await?;
+        queue::job_record(done.first().and_then(|d| d.rows.first()).map(Vec::as_slice))
+            .ok_or_else(|| StoreError::not_found("job", id))?
+    }
     /// Runs shared statements (`store::sql`) in order in one transaction:
     /// all of them or none (a statement's `or_else` rolls it back).
     async fn run_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
@@ -538,7 +552,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends calls to their flows' inbound-call logs (calls of flows
     /// deleted since are skipped), then trims each flow's log to its newest
     /// `keep` calls.
-    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()>;
+    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()> {
+        self.run_sql(inbound_log::record_script(&calls, keep))
+            .await
+            .map(drop)
+    }
     /// A flow's logged inbound calls, newest first (the flow must be checked
     /// to belong to `ws` by the caller; rows of other workspaces are never
     /// returned).
@@ -547,7 +565,12 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         flow: &FlowId,
         limit: usize,
-    ) -> Result<Vec<InboundCallRecord>>;
+    ) -> Result<Vec<InboundCallRecord>> {
+        let done = self
+            .read_sql(vec![inbound_log::list_stmt(ws, flow, limit)])
+            .await?;
+        inbound_log::calls(&done[0], ws, flow)
+    }
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if

@@ -12,8 +12,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use super::{
     AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactFilter, ContactPatch, ContactRecord,
     ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus,
-    InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
-    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
+    ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter, RunRecord,
+    StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
 };
 use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FieldName, FlowId, ListId, MembershipStatus, Millis,
@@ -456,7 +456,6 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
 mod batch;
 mod engine;
 mod flows;
-mod inbound_log;
 mod queue;
 mod runs;
 mod sql;

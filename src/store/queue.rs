@@ -19,7 +19,8 @@
 
 use serde_json::Value;
 
-use crate::domain::{JobId, Millis, WorkspaceId};
+use crate::domain::{JobId, Millis, Stored, WorkspaceId};
+use crate::store::sql::{Arg, RowExt, Stmt, Val};
 
 /// A job to store.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +103,104 @@ crate::stored_enum!(JobStatus, "job status", {
     Done => "done",
     Failed => "failed",
 });
+
+/// Most jobs per `INSERT` of [`enqueue_script`] (9 parameters each, far
+/// below either database's limit).
+const ENQUEUE_CHUNK: usize = 256;
+
+/// The statements that store `jobs` (queued, due at their time), and the
+/// ids they get, in order.
+pub fn enqueue_script(jobs: &[NewJob], now: Millis) -> (Vec<JobId>, Vec<Stmt>) {
+    let ids: Vec<JobId> = jobs.iter().map(|_| JobId::generate()).collect();
+    let script = jobs
+        .chunks(ENQUEUE_CHUNK)
+        .zip(ids.chunks(ENQUEUE_CHUNK))
+        .map(|(jobs, ids)| {
+            let mut rows = Vec::with_capacity(jobs.len());
+            let mut args = Vec::with_capacity(7 * jobs.len());
+            for (i, (j, id)) in jobs.iter().zip(ids).enumerate() {
+                let n = 7 * i;
+                rows.push(format!(
+                    "(${}, ${}, ${}, ${}, ${}, 'queued', ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 7
+                ));
+                args.extend([
+                    id.as_str().into(),
+                    j.kind.as_str().into(),
+                    j.key.as_str().into(),
+                    j.workspace_id.as_ref().map(WorkspaceId::as_str).into(),
+                    Arg::Json(Some(j.payload.clone())),
+                    j.due_at.into(),
+                    now.into(),
+                ]);
+            }
+            Stmt::new(
+                format!(
+                    "INSERT INTO jobs (id, kind, key, workspace_id, payload, status, due_at, created_at, updated_at)
+                     VALUES {}",
+                    rows.join(", ")
+                ),
+                args,
+            )
+        })
+        .collect();
+    (ids, script)
+}
+
+/// Records a claimed job's outcome, only while `owner` holds its lease at
+/// `now` (one row changed) — else nothing.
+pub fn finish_stmt(id: &JobId, owner: &str, now: Millis, outcome: &JobOutcome) -> Stmt {
+    let (status, due_at, error, finished) = finish_columns(outcome, now);
+    Stmt::new(
+        "UPDATE jobs SET status = $4, due_at = COALESCE($5, due_at), last_error = COALESCE($6, last_error),
+           finished_at = $7, lease_owner = NULL, lease_until = NULL, updated_at = $3
+         WHERE id = $1 AND lease_owner = $2 AND lease_until > $3 AND status = 'queued'",
+        vec![
+            id.as_str().into(),
+            owner.into(),
+            now.into(),
+            status.as_str().into(),
+            due_at.into(),
+            error.into(),
+            finished.into(),
+        ],
+    )
+}
+
+/// Reads one job ([`job_record`] decodes it).
+pub fn get_stmt(id: &JobId) -> Stmt {
+    Stmt::new(
+        "SELECT id, kind, key, status, attempts, due_at, last_error, lease_owner, finished_at
+         FROM jobs WHERE id = $1",
+        vec![id.as_str().into()],
+    )
+}
+
+/// A [`get_stmt`] row as a record; `None` when there was no row.
+pub fn job_record(row: Option<&[Val]>) -> Option<crate::store::Result<JobRecord>> {
+    let r = row?;
+    let decode = || {
+        Ok(JobRecord {
+            id: JobId::from_trusted(r.text(0)?),
+            kind: r.text(1)?,
+            key: r.text(2)?,
+            status: JobStatus::decode(&r.text(3)?)?,
+            attempts: r.int(4)?,
+            due_at: r.int(5)?,
+            last_error: r.opt_text(6)?,
+            lease_owner: r.opt_text(7)?,
+            finished_at: r.opt_int(8)?,
+        })
+    };
+    Some(decode())
+}
 
 /// The statuses and fields `finish_job` writes for an outcome: (status,
 /// due_at, last_error, finished). One rule for both stores.

@@ -560,14 +560,6 @@ impl Store for PgStore {
         engine::next_due(&mut c).await
     }
 
-    async fn enqueue_jobs(
-        &self,
-        jobs: Vec<crate::store::queue::NewJob>,
-    ) -> Result<Vec<crate::domain::JobId>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        super::queue::enqueue(&mut c, &jobs, crate::store::now_millis()).await
-    }
-
     async fn claim_jobs(
         &self,
         claim: crate::store::queue::JobClaim,
@@ -576,22 +568,6 @@ impl Store for PgStore {
         let jobs = super::queue::claim(&mut tx, &claim).await?;
         tx.commit().await.map_err(internal)?;
         Ok(jobs)
-    }
-
-    async fn finish_job(
-        &self,
-        id: &crate::domain::JobId,
-        owner: &str,
-        now: Millis,
-        outcome: crate::store::queue::JobOutcome,
-    ) -> Result<bool> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        super::queue::finish(&mut c, id, owner, now, &outcome).await
-    }
-
-    async fn get_job(&self, id: &crate::domain::JobId) -> Result<crate::store::queue::JobRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        super::queue::get(&mut c, id).await
     }
 
     async fn run_sql(
@@ -672,21 +648,5 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(internal)?;
         Ok(out)
-    }
-
-    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        super::inbound_log::record(&mut tx, &calls, keep).await?;
-        tx.commit().await.map_err(internal)
-    }
-
-    async fn list_inbound_calls(
-        &self,
-        ws: &WorkspaceId,
-        flow: &FlowId,
-        limit: usize,
-    ) -> Result<Vec<InboundCallRecord>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        super::inbound_log::list(&mut c, ws, flow, limit).await
     }
 }

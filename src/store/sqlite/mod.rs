@@ -14,9 +14,7 @@ mod checkpoint;
 mod durable;
 mod engine;
 mod flows;
-mod inbound_log;
 mod queries;
-mod queue;
 mod readers;
 mod runs;
 mod sql;
@@ -32,8 +30,8 @@ use serde_json::Value;
 use super::{
     AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactFilter, ContactPatch, ContactRecord,
     ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus,
-    InboundCallRecord, ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter,
-    RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis,
+    ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter, RunRecord,
+    StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis,
 };
 use crate::domain::{
     ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
@@ -653,16 +651,6 @@ impl Store for SqliteStore {
         self.readers.read(engine::next_due).await
     }
 
-    async fn enqueue_jobs(
-        &self,
-        jobs: Vec<crate::store::queue::NewJob>,
-    ) -> Result<Vec<crate::domain::JobId>> {
-        let now = crate::store::now_millis();
-        self.writer
-            .write(move |c| queue::enqueue(c, &jobs, now))
-            .await
-    }
-
     async fn claim_jobs(
         &self,
         claim: crate::store::queue::JobClaim,
@@ -672,24 +660,6 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim)))
             .await
-    }
-
-    async fn finish_job(
-        &self,
-        id: &crate::domain::JobId,
-        owner: &str,
-        now: Millis,
-        outcome: crate::store::queue::JobOutcome,
-    ) -> Result<bool> {
-        let (id, owner) = (id.clone(), owner.to_owned());
-        self.writer
-            .write(move |c| queue::finish(c, &id, &owner, now, &outcome))
-            .await
-    }
-
-    async fn get_job(&self, id: &crate::domain::JobId) -> Result<crate::store::queue::JobRecord> {
-        let id = id.clone();
-        self.readers.read(move |c| queue::get(c, &id)).await
     }
 
     async fn run_sql(
@@ -751,24 +721,6 @@ impl Store for SqliteStore {
         let (ws, id) = (ws.clone(), id.clone());
         self.writer
             .write(move |c| engine::cancel(c, &ws, &id, now))
-            .await
-    }
-
-    async fn record_inbound_calls(&self, calls: Vec<InboundCallRecord>, keep: usize) -> Result<()> {
-        self.writer
-            .write(move |c| inbound_log::record(c, &calls, keep))
-            .await
-    }
-
-    async fn list_inbound_calls(
-        &self,
-        ws: &WorkspaceId,
-        flow: &FlowId,
-        limit: usize,
-    ) -> Result<Vec<InboundCallRecord>> {
-        let (ws, flow) = (ws.clone(), flow.clone());
-        self.readers
-            .read(move |c| inbound_log::list(c, &ws, &flow, limit))
             .await
     }
 
