@@ -5,8 +5,8 @@ use super::sql::{Arg, Done, RowExt, Stmt};
 use super::{InboundCallRecord, Result, StoreError};
 use crate::domain::{FlowId, WorkspaceId};
 
-/// Calls per `INSERT` (12 parameters each, far below either database's
-/// limit).
+/// Most calls per `INSERT` (12 parameters each, far below either
+/// database's limit); chunks are powers of two (`sql::pow2_chunks`).
 const CHUNK: usize = 256;
 
 /// Appends `calls` in order (ids in arrival order: the log lists newest
@@ -14,8 +14,7 @@ const CHUNK: usize = 256;
 /// than failing the batch on its foreign key; then keeps each flow's newest
 /// `keep` calls.
 pub fn record_script(calls: &[InboundCallRecord], keep: usize) -> Vec<Stmt> {
-    let mut script: Vec<Stmt> = calls
-        .chunks(CHUNK)
+    let mut script: Vec<Stmt> = super::sql::pow2_chunks(calls, CHUNK)
         .map(|chunk| {
             let mut rows = Vec::with_capacity(chunk.len());
             let mut args: Vec<Arg> = Vec::with_capacity(12 * chunk.len());

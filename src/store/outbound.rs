@@ -1223,15 +1223,8 @@ pub fn record_delivered_script(
     now: Millis,
 ) -> Result<Vec<Stmt>> {
     let mut script = Vec::new();
-    let mut rest = writes;
-    while !rest.is_empty() {
-        let n = if rest.len() >= RECORD_CHUNK {
-            RECORD_CHUNK
-        } else {
-            1 << (usize::BITS - 1 - rest.len().leading_zeros())
-        };
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
+    for chunk in super::sql::pow2_chunks(writes, RECORD_CHUNK) {
+        let n = chunk.len();
         let ids: Vec<Arg> = chunk.iter().map(|w| w.delivery.as_str().into()).collect();
         let mut args = vec![owner.into(), now.into()];
         args.extend(ids.iter().cloned());

@@ -104,21 +104,20 @@ crate::stored_enum!(JobStatus, "job status", {
     Failed => "failed",
 });
 
-/// Most jobs per `INSERT` of [`enqueue_script`] (9 parameters each, far
-/// below either database's limit).
+/// Most jobs per `INSERT` of [`enqueue_script`] (7 parameters each, far
+/// below either database's limit); chunks are powers of two.
 const ENQUEUE_CHUNK: usize = 256;
 
 /// The statements that store `jobs` (queued, due at their time), and the
 /// ids they get, in order.
 pub fn enqueue_script(jobs: &[NewJob], now: Millis) -> (Vec<JobId>, Vec<Stmt>) {
     let ids: Vec<JobId> = jobs.iter().map(|_| JobId::generate()).collect();
-    let script = jobs
-        .chunks(ENQUEUE_CHUNK)
-        .zip(ids.chunks(ENQUEUE_CHUNK))
-        .map(|(jobs, ids)| {
-            let mut rows = Vec::with_capacity(jobs.len());
-            let mut args = Vec::with_capacity(7 * jobs.len());
-            for (i, (j, id)) in jobs.iter().zip(ids).enumerate() {
+    let numbered: Vec<(&NewJob, &JobId)> = jobs.iter().zip(&ids).collect();
+    let script = crate::store::sql::pow2_chunks(&numbered, ENQUEUE_CHUNK)
+        .map(|chunk| {
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut args = Vec::with_capacity(7 * chunk.len());
+            for (i, (j, id)) in chunk.iter().enumerate() {
                 let n = 7 * i;
                 rows.push(format!(
                     "(${}, ${}, ${}, ${}, ${}, 'queued', ${}, ${}, ${})",

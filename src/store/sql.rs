@@ -139,6 +139,26 @@ impl Stmt {
 }
 
 /// `$from, $from+1, …` for `n` values: the inside of `IN (…)`.
+/// `items` cut into chunks of at most `max` whose sizes are powers of two
+/// (64, 16, 4, 1 for 85 at most 64), so that statements built per chunk
+/// come in a few texts only, and statement caches keep them.
+pub fn pow2_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 pub fn params(from: usize, n: usize) -> String {
     (from..from + n)
         .map(|i| format!("${i}"))
@@ -236,6 +256,21 @@ impl RowExt for [Val] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_up_to_the_most_and_keep_every_item_in_order() {
+        let sizes = |n: usize, max: usize| {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = pow2_chunks(&items, max).collect();
+            assert_eq!(chunks.concat(), items, "every item once, in order");
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(0, 64), Vec::<usize>::new());
+        assert_eq!(sizes(1, 64), [1]);
+        assert_eq!(sizes(85, 64), [64, 16, 4, 1]);
+        assert_eq!(sizes(200, 64), [64, 64, 64, 8]);
+        assert_eq!(sizes(7, 4), [4, 2, 1]);
+    }
 
     #[test]
     fn dollar_parameters_become_sqlite_ones_outside_quotes() {
