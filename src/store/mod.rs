@@ -21,6 +21,7 @@ pub mod queue;
 pub mod run;
 pub mod sql;
 pub mod sqlite;
+pub mod workspaces;
 
 use std::sync::Arc;
 
@@ -314,23 +315,100 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes queued writes and closes connections.
     async fn close(&self);
 
-    async fn create_workspace(&self, name: &str) -> Result<Workspace>;
-    async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
-    async fn workspace_by_name(&self, name: &str) -> Result<Workspace>;
+    /// The store's cache of keys by hash (`api_key_by_hash`).
+    fn key_cache(&self) -> &key_cache::KeyCache;
+    /// A statement that holds `key` exclusively until the transaction ends,
+    /// where the database needs one: PostgreSQL's advisory lock; SQLite
+    /// writes on one connection, so nothing.
+    fn exclusive(&self, _key: &str) -> Option<sql::Stmt> {
+        None
+    }
+
+    async fn create_workspace(&self, name: &str) -> Result<Workspace> {
+        let (ws, stmt) = workspaces::insert_workspace(name, now_millis());
+        self.run_sql(vec![stmt]).await?;
+        Ok(ws)
+    }
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
+        let done = self.read_sql(vec![workspaces::list_workspaces()]).await?;
+        workspaces::workspaces(&done[0])
+    }
+    async fn workspace_by_name(&self, name: &str) -> Result<Workspace> {
+        let done = self
+            .read_sql(vec![workspaces::workspace_by_name(name)])
+            .await?;
+        workspaces::workspaces(&done[0])?
+            .pop()
+            .ok_or_else(|| workspaces::missing("workspace"))
+    }
     /// Creates workspace `name` with `key` only if there is no workspace at
     /// all; `None` if there already was one. Atomic across processes.
     async fn bootstrap(
         &self,
         name: &str,
         key: NewApiKey,
-    ) -> Result<Option<(Workspace, ApiKeyRecord)>>;
+    ) -> Result<Option<(Workspace, ApiKeyRecord)>> {
+        let (ws, _) = workspaces::insert_workspace(name, now_millis());
+        let mut script: Vec<sql::Stmt> = self.exclusive("bootstrap").into_iter().collect();
+        let first = script.len();
+        script.push(workspaces::insert_first_workspace(&ws));
+        // One transaction: the key goes in only beside its new workspace
+        // (with a workspace there already, both statements find nothing).
+        let mut insert = workspaces::insert_key(&ws.id, &key, now_millis());
+        let mut read = workspaces::key_by_id(&key.id);
+        (insert.or_else, read.or_else) = (None, None);
+        script.extend([insert, read]);
+        let done = self.run_sql(script).await?;
+        if done[first].changed == 0 {
+            return Ok(None);
+        }
+        let key = workspaces::first_key(&done[first + 2])?
+            .ok_or_else(|| workspaces::missing("API key"))?;
+        Ok(Some((ws, key)))
+    }
 
-    async fn create_api_key(&self, workspace: &WorkspaceId, key: NewApiKey)
-    -> Result<ApiKeyRecord>;
-    async fn list_api_keys(&self, workspace: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>>;
-    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord>;
+    async fn create_api_key(
+        &self,
+        workspace: &WorkspaceId,
+        key: NewApiKey,
+    ) -> Result<ApiKeyRecord> {
+        let done = self
+            .run_sql(vec![
+                workspaces::insert_key(workspace, &key, now_millis()),
+                workspaces::key_by_id(&key.id),
+            ])
+            .await?;
+        workspaces::first_key(&done[1])?.ok_or_else(|| workspaces::missing("API key"))
+    }
+    async fn list_api_keys(&self, workspace: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
+        let done = self
+            .read_sql(vec![workspaces::list_keys(workspace)])
+            .await?;
+        workspaces::keys(&done[0])
+    }
+    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord> {
+        let done = self
+            .run_sql(vec![
+                workspaces::revoke_key(id, now_millis()),
+                workspaces::key_by_id(id),
+            ])
+            .await;
+        self.key_cache().evict(id);
+        workspaces::first_key(&done?[1])?.ok_or_else(|| workspaces::missing("API key"))
+    }
     /// The key whose hash is `hash`, revoked or not.
-    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>>;
+    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
+        if let Some(rec) = self.key_cache().get(hash) {
+            return Ok(Some(rec));
+        }
+        let ticket = self.key_cache().ticket();
+        let done = self.read_sql(vec![workspaces::key_by_hash(hash)]).await?;
+        let rec = workspaces::first_key(&done[0])?;
+        if let Some(r) = &rec {
+            self.key_cache().put(ticket, r);
+        }
+        Ok(rec)
+    }
 
     async fn create_list(
         &self,

@@ -10,14 +10,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactFilter, ContactPatch, ContactRecord,
-    ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus,
-    ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter, RunRecord,
-    StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis, plan,
+    AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
+    EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus, ListRecord, Member,
+    Membership, Result, RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError,
+    StoreOptions, Upserted, now_millis, plan,
 };
 use crate::domain::{
-    ApiKeyId, ContactId, Email, FieldDef, FieldName, FlowId, ListId, MembershipStatus, Millis,
-    Page, PageRequest, Phone, RunId, WorkspaceId,
+    ContactId, Email, FieldDef, FieldName, FlowId, ListId, MembershipStatus, Millis, Page,
+    PageRequest, Phone, RunId, WorkspaceId,
 };
 
 pub struct PgStore {
@@ -96,32 +96,6 @@ impl PgStore {
 
 // ---- row mapping ---------------------------------------------------------------
 
-fn workspace_row(r: &PgRow) -> Result<Workspace> {
-    Ok(Workspace {
-        id: WorkspaceId::from_trusted(r.try_get("id").map_err(internal)?),
-        name: r.try_get("name").map_err(internal)?,
-        created_at: r.try_get("created_at").map_err(internal)?,
-    })
-}
-
-const KEY_SELECT: &str =
-    "SELECT k.id, k.workspace_id, w.name AS workspace_name, k.name, k.scope, k.prefix, k.hash,
-    k.created_at, k.revoked_at FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
-
-fn key_row(r: &PgRow) -> Result<ApiKeyRecord> {
-    Ok(ApiKeyRecord {
-        id: ApiKeyId::from_trusted(r.try_get("id").map_err(internal)?),
-        workspace_id: WorkspaceId::from_trusted(r.try_get("workspace_id").map_err(internal)?),
-        workspace_name: r.try_get("workspace_name").map_err(internal)?,
-        name: r.try_get("name").map_err(internal)?,
-        scope: stored(r, "scope")?,
-        prefix: r.try_get("prefix").map_err(internal)?,
-        hash: r.try_get("hash").map_err(internal)?,
-        created_at: r.try_get("created_at").map_err(internal)?,
-        revoked_at: r.try_get("revoked_at").map_err(internal)?,
-    })
-}
-
 const CONTACT_COLS: &str = "c.id, c.email, c.phone, c.status, c.fields, c.created_at, c.updated_at";
 
 fn contact_row(r: &PgRow) -> Result<ContactRecord> {
@@ -170,59 +144,6 @@ fn membership_row(r: &PgRow) -> Result<Membership> {
 }
 
 // ---- queries usable inside or outside a transaction -------------------------------
-
-async fn insert_workspace(c: &mut PgConnection, name: &str) -> Result<Workspace> {
-    let ws = Workspace {
-        id: WorkspaceId::generate(),
-        name: name.to_owned(),
-        created_at: now_millis(),
-    };
-    sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)")
-        .bind(ws.id.as_str())
-        .bind(&ws.name)
-        .bind(ws.created_at)
-        .execute(&mut *c)
-        .await
-        .map_err(|e| {
-            if constraint(&e).is_some() {
-                plan::workspace_name_taken(name)
-            } else {
-                internal(e)
-            }
-        })?;
-    Ok(ws)
-}
-
-async fn insert_key(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    key: &NewApiKey,
-) -> Result<ApiKeyRecord> {
-    sqlx::query(
-        "INSERT INTO api_keys (id, workspace_id, name, scope, prefix, hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(key.id.as_str())
-    .bind(ws.as_str())
-    .bind(&key.name)
-    .bind(key.scope.as_str())
-    .bind(&key.prefix)
-    .bind(&key.hash)
-    .bind(now_millis())
-    .execute(&mut *c)
-    .await
-    .map_err(|e| if constraint(&e).is_some() { StoreError::not_found("workspace", ws) } else { internal(e) })?;
-    key_by_id(c, &key.id).await
-}
-
-async fn key_by_id(c: &mut PgConnection, id: &ApiKeyId) -> Result<ApiKeyRecord> {
-    let row = sqlx::query(&format!("{KEY_SELECT} WHERE k.id = $1"))
-        .bind(id.as_str())
-        .fetch_optional(&mut *c)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("API key", id))?;
-    key_row(&row)
-}
 
 async fn list_fields(c: &mut PgConnection, list: &ListId) -> Result<Vec<FieldDef>> {
     sqlx::query("SELECT name, type, options FROM list_fields WHERE list_id = $1 ORDER BY position")

@@ -92,6 +92,23 @@ pub struct Stmt {
     /// When set, a statement that changes and returns no row ends the
     /// script with this error and rolls the transaction back.
     pub or_else: Option<NotFound>,
+    /// When set, a constraint the statement breaks (a unique name, a
+    /// foreign key) ends the script with this error instead of a store
+    /// failure.
+    pub on_constraint: Option<OnConstraint>,
+}
+
+/// The error a statement that breaks a constraint raises (see
+/// [`Stmt::on_constraint`]).
+#[derive(Clone, Debug)]
+pub enum OnConstraint {
+    Conflict {
+        code: crate::domain::ErrorCode,
+        message: String,
+    },
+    NotFound(NotFound),
+    /// Any other error given: a store failure with its message.
+    Failure(String),
 }
 
 /// The error a [`Stmt::or_else`] raises.
@@ -115,7 +132,35 @@ impl Stmt {
             sql: sql.into(),
             args,
             or_else: None,
+            on_constraint: None,
         }
+    }
+
+    /// Answers `error` (a conflict or not-found [`StoreError`]) when the
+    /// statement breaks a constraint; any other error stays a failure.
+    pub fn on_constraint(mut self, error: StoreError) -> Self {
+        self.on_constraint = match error {
+            StoreError::Conflict { code, message } => {
+                Some(OnConstraint::Conflict { code, message })
+            }
+            StoreError::NotFound { kind, id } => {
+                Some(OnConstraint::NotFound(NotFound { kind, id }))
+            }
+            other => Some(OnConstraint::Failure(other.to_string())),
+        };
+        self
+    }
+
+    /// The error for a broken constraint, if the statement names one.
+    pub fn constraint_error(&self) -> Option<StoreError> {
+        self.on_constraint.as_ref().map(|c| match c {
+            OnConstraint::Conflict { code, message } => StoreError::Conflict {
+                code: *code,
+                message: message.clone(),
+            },
+            OnConstraint::NotFound(nf) => StoreError::not_found(nf.kind, &nf.id),
+            OnConstraint::Failure(m) => StoreError::Internal(m.clone()),
+        })
     }
 
     /// Fails the script (rolled back) when the statement finds no row.
@@ -138,7 +183,6 @@ impl Stmt {
     }
 }
 
-/// `$from, $from+1, …` for `n` values: the inside of `IN (…)`.
 /// `items` cut into chunks of at most `max` whose sizes are powers of two
 /// (64, 16, 4, 1 for 85 at most 64), so that statements built per chunk
 /// come in a few texts only, and statement caches keep them.
@@ -159,6 +203,7 @@ pub fn pow2_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// `$from, $from+1, …` for `n` values: the inside of `IN (…)`.
 pub fn params(from: usize, n: usize) -> String {
     (from..from + n)
         .map(|i| format!("${i}"))

@@ -17,6 +17,7 @@ use crate::helpers::{Backend, open_store, test_db};
 
 both_stores!(
     workspaces_and_keys,
+    two_bootstraps_at_once_create_one_workspace,
     lists_and_fields,
     contacts_upsert_and_fields,
     memberships_and_cascades,
@@ -109,7 +110,39 @@ async fn workspaces_and_keys(b: Backend) {
         s.revoke_api_key(&ApiKeyId::generate()).await,
         Err(StoreError::NotFound { .. })
     ));
+    assert!(matches!(
+        s.create_api_key(
+            &hookflow::domain::WorkspaceId::generate(),
+            new_key(Scope::Admin).0
+        )
+        .await,
+        Err(StoreError::NotFound {
+            kind: "workspace",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.workspace_by_name("nowhere").await,
+        Err(StoreError::NotFound { .. })
+    ));
     s.close().await;
+}
+
+/// Two processes starting on one empty database at once: one bootstrap
+/// creates the workspace and its key, the other creates nothing.
+async fn two_bootstraps_at_once_create_one_workspace(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let (a, bb) = (open_store(&db).await, open_store(&db).await);
+    let (one, two) = tokio::join!(
+        a.bootstrap("default", new_key(Scope::Admin).0),
+        bb.bootstrap("default", new_key(Scope::Admin).0)
+    );
+    let created: Vec<_> = [one.unwrap(), two.unwrap()].into_iter().flatten().collect();
+    assert_eq!(created.len(), 1, "exactly one bootstrap creates");
+    assert_eq!(a.list_workspaces().await.unwrap().len(), 1);
+    assert_eq!(a.list_api_keys(None).await.unwrap().len(), 1, "and one key");
+    a.close().await;
+    bb.close().await;
 }
 
 async fn lists_and_fields(b: Backend) {

@@ -24,16 +24,27 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
         .get(..6)
         .unwrap_or("")
         .to_ascii_uppercase();
+    // 23xxx: integrity constraint violations (unique, foreign key, check).
+    let failed = |e: sqlx::Error| match stmt.constraint_error() {
+        Some(mapped)
+            if e.as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c.starts_with("23")) =>
+        {
+            mapped
+        }
+        _ => internal(e),
+    };
     let done = if upper.starts_with("SELECT")
         || upper.starts_with("WITH")
         || stmt.sql.contains("RETURNING")
     {
-        let rows = q.fetch_all(&mut *c).await.map_err(internal)?;
+        let rows = q.fetch_all(&mut *c).await.map_err(failed)?;
         let rows = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
         let changed = rows.len() as u64;
         Done { rows, changed }
     } else {
-        let changed = q.execute(&mut *c).await.map_err(internal)?.rows_affected();
+        let changed = q.execute(&mut *c).await.map_err(failed)?.rows_affected();
         Done {
             rows: Vec::new(),
             changed,

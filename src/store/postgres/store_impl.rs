@@ -25,103 +25,17 @@ impl Store for PgStore {
         self.pool.close().await;
     }
 
-    async fn create_workspace(&self, name: &str) -> Result<Workspace> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        insert_workspace(&mut c, name).await
+    fn key_cache(&self) -> &crate::store::key_cache::KeyCache {
+        &self.keys
     }
 
-    async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
-        sqlx::query("SELECT id, name, created_at FROM workspaces ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)?
-            .iter()
-            .map(workspace_row)
-            .collect()
-    }
-
-    async fn workspace_by_name(&self, name: &str) -> Result<Workspace> {
-        let row = sqlx::query("SELECT id, name, created_at FROM workspaces WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| StoreError::not_found("workspace", name))?;
-        workspace_row(&row)
-    }
-
-    async fn bootstrap(
-        &self,
-        name: &str,
-        key: NewApiKey,
-    ) -> Result<Option<(Workspace, ApiKeyRecord)>> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        // Two processes starting at once must not both create a default
-        // workspace: serialise on a fixed advisory lock.
-        sqlx::query("SELECT pg_advisory_xact_lock(7242001)")
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-        let any: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(internal)?;
-        if any > 0 {
-            return Ok(None);
-        }
-        let ws = insert_workspace(&mut tx, name).await?;
-        let key = insert_key(&mut tx, &ws.id, &key).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(Some((ws, key)))
-    }
-
-    async fn create_api_key(&self, ws: &WorkspaceId, key: NewApiKey) -> Result<ApiKeyRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        insert_key(&mut c, ws, &key).await
-    }
-
-    async fn list_api_keys(&self, ws: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
-        sqlx::query(&format!(
-            "{KEY_SELECT} WHERE ($1::text IS NULL OR k.workspace_id = $1) ORDER BY k.id"
+    fn exclusive(&self, key: &str) -> Option<crate::store::sql::Stmt> {
+        // `pg_advisory_xact_lock` returns void, which a shared statement
+        // cannot read: select a constant beside it.
+        Some(crate::store::sql::Stmt::new(
+            "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 11))) l",
+            vec![format!("exclusive/{key}").into()],
         ))
-        .bind(ws.map(|w| w.as_str()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(internal)?
-        .iter()
-        .map(key_row)
-        .collect()
-    }
-
-    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
-            .bind(id.as_str())
-            .bind(now_millis())
-            .execute(&mut *c)
-            .await
-            .map_err(internal)?;
-        self.keys.evict(id);
-        key_by_id(&mut c, id).await
-    }
-
-    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
-        if let Some(rec) = self.keys.get(hash) {
-            return Ok(Some(rec));
-        }
-        let ticket = self.keys.ticket();
-        let rec = sqlx::query(&format!("{KEY_SELECT} WHERE k.hash = $1"))
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?
-            .as_ref()
-            .map(key_row)
-            .transpose()?;
-        if let Some(r) = &rec {
-            self.keys.put(ticket, r);
-        }
-        Ok(rec)
     }
 
     async fn create_list(

@@ -28,14 +28,13 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
-    AdvanceOutcome, ApiKeyRecord, ClaimedRun, ContactFilter, ContactPatch, ContactRecord,
-    ContactUpsert, EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus,
-    ListRecord, Member, Membership, NewApiKey, Result, RunAdvance, RunFilter, RunRecord,
-    StepRecord, Store, StoreError, StoreOptions, Upserted, Workspace, now_millis,
+    AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
+    EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus, ListRecord, Member,
+    Membership, Result, RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError,
+    StoreOptions, Upserted, now_millis,
 };
 use crate::domain::{
-    ApiKeyId, ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
-    WorkspaceId,
+    ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
 use crate::store::logic;
 use queries as q;
@@ -227,74 +226,8 @@ impl Store for SqliteStore {
         self.readers.close();
     }
 
-    async fn create_workspace(&self, name: &str) -> Result<Workspace> {
-        let name = name.to_owned();
-        self.writer
-            .write(move |c| q::insert_workspace(c, &name))
-            .await
-    }
-
-    async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
-        self.readers.read(q::list_workspaces).await
-    }
-
-    async fn workspace_by_name(&self, name: &str) -> Result<Workspace> {
-        let name = name.to_owned();
-        self.readers
-            .read(move |c| q::workspace_by_name(c, &name))
-            .await
-    }
-
-    async fn bootstrap(
-        &self,
-        name: &str,
-        key: NewApiKey,
-    ) -> Result<Option<(Workspace, ApiKeyRecord)>> {
-        let name = name.to_owned();
-        self.writer
-            .write(move |c| {
-                if q::count_workspaces(c)? > 0 {
-                    return Ok(None);
-                }
-                let ws = q::insert_workspace(c, &name)?;
-                let key = q::insert_key(c, &ws.id, &key)?;
-                Ok(Some((ws, key)))
-            })
-            .await
-    }
-
-    async fn create_api_key(&self, ws: &WorkspaceId, key: NewApiKey) -> Result<ApiKeyRecord> {
-        let ws = ws.clone();
-        self.writer
-            .write(move |c| q::insert_key(c, &ws, &key))
-            .await
-    }
-
-    async fn list_api_keys(&self, ws: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
-        let ws = ws.cloned();
-        self.readers
-            .read(move |c| q::list_keys(c, ws.as_ref()))
-            .await
-    }
-
-    async fn revoke_api_key(&self, id: &ApiKeyId) -> Result<ApiKeyRecord> {
-        let id2 = id.clone();
-        let rec = self.writer.write(move |c| q::revoke_key(c, &id2)).await;
-        self.keys.evict(id);
-        rec
-    }
-
-    async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
-        if let Some(rec) = self.keys.get(hash) {
-            return Ok(Some(rec));
-        }
-        let ticket = self.keys.ticket();
-        let h = hash.to_vec();
-        let rec = self.readers.read(move |c| q::key_by_hash(c, &h)).await?;
-        if let Some(r) = &rec {
-            self.keys.put(ticket, r);
-        }
-        Ok(rec)
+    fn key_cache(&self) -> &super::key_cache::KeyCache {
+        &self.keys
     }
 
     async fn create_list(

@@ -6,141 +6,14 @@ use serde_json::{Map, Value};
 
 use super::{internal, is_unique_violation};
 use crate::domain::{
-    ApiKeyId, ContactId, Email, FieldDef, FieldName, ListId, Page, PageRequest, Phone, WorkspaceId,
+    ContactId, Email, FieldDef, FieldName, ListId, Page, PageRequest, Phone, WorkspaceId,
 };
 use crate::store::{
-    ApiKeyRecord, ContactFilter, ContactRecord, ListRecord, Member, Membership, NewApiKey, Result,
-    StoreError, Workspace, now_millis, plan,
+    ContactFilter, ContactRecord, ListRecord, Member, Membership, Result, StoreError, now_millis,
+    plan,
 };
 
 // ---- workspaces and keys ----------------------------------------------------
-
-pub fn insert_workspace(conn: &Connection, name: &str) -> Result<Workspace> {
-    let ws = Workspace {
-        id: WorkspaceId::generate(),
-        name: name.to_owned(),
-        created_at: now_millis(),
-    };
-    conn.prepare_cached("INSERT INTO workspaces (id, name, created_at) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![ws.id.as_str(), ws.name, ws.created_at]))
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                plan::workspace_name_taken(name)
-            } else {
-                internal(e)
-            }
-        })?;
-    Ok(ws)
-}
-
-fn workspace_row(r: &Row) -> rusqlite::Result<Workspace> {
-    Ok(Workspace {
-        id: WorkspaceId::from_trusted(r.get(0)?),
-        name: r.get(1)?,
-        created_at: r.get(2)?,
-    })
-}
-
-pub fn list_workspaces(conn: &Connection) -> Result<Vec<Workspace>> {
-    let mut s = conn
-        .prepare_cached("SELECT id, name, created_at FROM workspaces ORDER BY id")
-        .map_err(internal)?;
-    let rows = s.query_map([], workspace_row).map_err(internal)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(internal)
-}
-
-pub fn workspace_by_name(conn: &Connection, name: &str) -> Result<Workspace> {
-    conn.prepare_cached("SELECT id, name, created_at FROM workspaces WHERE name = ?1")
-        .and_then(|mut s| s.query_row([name], workspace_row).optional())
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("workspace", name))
-}
-
-pub fn count_workspaces(conn: &Connection) -> Result<i64> {
-    conn.query_row("SELECT COUNT(*) FROM workspaces", [], |r| r.get(0))
-        .map_err(internal)
-}
-
-const KEY_COLS: &str =
-    "k.id, k.workspace_id, w.name, k.name, k.scope, k.prefix, k.hash, k.created_at, k.revoked_at";
-
-fn key_row(r: &Row) -> rusqlite::Result<ApiKeyRecord> {
-    Ok(ApiKeyRecord {
-        id: ApiKeyId::from_trusted(r.get(0)?),
-        workspace_id: WorkspaceId::from_trusted(r.get(1)?),
-        workspace_name: r.get(2)?,
-        name: r.get(3)?,
-        scope: super::stored(r, 4)?,
-        prefix: r.get(5)?,
-        hash: r.get(6)?,
-        created_at: r.get(7)?,
-        revoked_at: r.get(8)?,
-    })
-}
-
-pub fn insert_key(conn: &Connection, ws: &WorkspaceId, key: &NewApiKey) -> Result<ApiKeyRecord> {
-    conn.prepare_cached(
-        "INSERT INTO api_keys (id, workspace_id, name, scope, prefix, hash, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            key.id.as_str(),
-            ws.as_str(),
-            key.name,
-            key.scope.as_str(),
-            key.prefix,
-            key.hash,
-            now_millis()
-        ])
-    })
-    .map_err(|e| {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
-            StoreError::not_found("workspace", ws)
-        } else {
-            internal(e)
-        }
-    })?;
-    key_by_id(conn, &key.id)
-}
-
-pub fn key_by_id(conn: &Connection, id: &ApiKeyId) -> Result<ApiKeyRecord> {
-    let sql = format!(
-        "SELECT {KEY_COLS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.id = ?1"
-    );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([id.as_str()], key_row).optional())
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("API key", id))
-}
-
-pub fn key_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
-    let sql = format!(
-        "SELECT {KEY_COLS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id WHERE k.hash = ?1"
-    );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([hash], key_row).optional())
-        .map_err(internal)
-}
-
-pub fn list_keys(conn: &Connection, ws: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
-    let sql = format!(
-        "SELECT {KEY_COLS} FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id
-         WHERE (?1 IS NULL OR k.workspace_id = ?1) ORDER BY k.id"
-    );
-    let mut s = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows = s
-        .query_map([ws.map(|w| w.as_str())], key_row)
-        .map_err(internal)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(internal)
-}
-
-pub fn revoke_key(conn: &Connection, id: &ApiKeyId) -> Result<ApiKeyRecord> {
-    conn.prepare_cached("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1")
-        .and_then(|mut s| s.execute(params![id.as_str(), now_millis()]))
-        .map_err(internal)?;
-    key_by_id(conn, id)
-}
 
 // ---- lists --------------------------------------------------------------------
 

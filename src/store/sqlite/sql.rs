@@ -28,10 +28,16 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
     }
     .map_err(internal)?;
     let args = stmt.args.iter().map(Bind);
+    let failed = |e: rusqlite::Error| match stmt.constraint_error() {
+        Some(mapped) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            mapped
+        }
+        _ => internal(e),
+    };
     let done = if s.column_count() == 0 {
         let changed = s
             .execute(rusqlite::params_from_iter(args))
-            .map_err(internal)?;
+            .map_err(failed)?;
         Done {
             rows: Vec::new(),
             changed: changed as u64,
@@ -39,10 +45,8 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
     } else {
         let n = s.column_count();
         let mut rows = Vec::new();
-        let mut q = s
-            .query(rusqlite::params_from_iter(args))
-            .map_err(internal)?;
-        while let Some(r) = q.next().map_err(internal)? {
+        let mut q = s.query(rusqlite::params_from_iter(args)).map_err(failed)?;
+        while let Some(r) = q.next().map_err(failed)? {
             let mut row = Vec::with_capacity(n);
             for i in 0..n {
                 row.push(match r.get_ref(i).map_err(internal)? {
