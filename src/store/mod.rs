@@ -11,6 +11,7 @@
 //! *how* they read and write.
 
 pub mod entry;
+pub mod flows;
 pub mod inbound_log;
 pub mod key_cache;
 pub(crate) mod logic;
@@ -480,10 +481,20 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         name: &str,
         document: Value,
-    ) -> Result<FlowRecord>;
-    async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord>;
-    async fn flow_by_name(&self, ws: &WorkspaceId, name: &str) -> Result<FlowRecord>;
-    async fn list_flows(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>>;
+    ) -> Result<FlowRecord> {
+        let write = flows::create(ws, name, &document, now_millis())?;
+        let done = self.run_sql(write.0.clone()).await?;
+        write.flow(&done)
+    }
+    async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
+        flows::one(&self.read_sql(vec![flows::get(ws, id)]).await?[0])
+    }
+    async fn flow_by_name(&self, ws: &WorkspaceId, name: &str) -> Result<FlowRecord> {
+        flows::one(&self.read_sql(vec![flows::by_name(ws, name)]).await?[0])
+    }
+    async fn list_flows(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>> {
+        flows::to_page(&self.read_sql(vec![flows::page(ws, page)]).await?[0], page)
+    }
     /// Saves a new version of the document (and the name).
     async fn update_flow(
         &self,
@@ -491,17 +502,29 @@ pub trait Store: Send + Sync + 'static {
         id: &FlowId,
         name: &str,
         document: Value,
-    ) -> Result<FlowRecord>;
+    ) -> Result<FlowRecord> {
+        let write = flows::update(ws, id, name, &document, now_millis())?;
+        let done = self.run_sql(write.0.clone()).await?;
+        write.flow(&done)
+    }
     /// Sets the status; `token` becomes the inbound token if the flow has none.
     /// Like saves (`create_flow`, `update_flow`), activation generates the
-    /// signing secret if the document asks for signed calls and there is none.
+    /// signing secret when the document asks for signed calls and there is
+    /// none yet (the returned record says so, once).
     async fn set_flow_status(
         &self,
         ws: &WorkspaceId,
         id: &FlowId,
         status: FlowStatus,
         token: Option<String>,
-    ) -> Result<FlowRecord>;
+    ) -> Result<FlowRecord> {
+        // The document read first decides whether activation needs a
+        // secret; a save in between stores its own secret if it signs.
+        let current = self.get_flow(ws, id).await?;
+        let write = flows::set_status(&current, ws, status, token.as_deref(), now_millis());
+        let done = self.run_sql(write.0.clone()).await?;
+        write.flow(&done)
+    }
     /// Replaces the inbound token (the old URL stops working at once), and
     /// the signing secret if the document asks for signed calls.
     async fn rotate_inbound_token(
@@ -509,10 +532,19 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         id: &FlowId,
         token: String,
-    ) -> Result<FlowRecord>;
-    async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()>;
+    ) -> Result<FlowRecord> {
+        let current = self.get_flow(ws, id).await?;
+        let write = flows::rotate_token(&current, ws, &token, now_millis());
+        let done = self.run_sql(write.0.clone()).await?;
+        write.flow(&done)
+    }
+    async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
+        self.run_sql(vec![flows::delete(ws, id)]).await.map(drop)
+    }
     /// The flow whose inbound token is `token`, in any workspace.
-    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)>;
+    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
+        flows::with_workspace(&self.read_sql(vec![flows::by_token(token)]).await?[0])
+    }
     /// Records a contact entering a flow, all or nothing (IN-6, FL-3, IN-7).
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome>;
     /// The stored answer for an idempotency key in `scope`, if any; a
@@ -597,7 +629,18 @@ pub trait Store: Send + Sync + 'static {
     async fn read_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
     /// One version's document of a flow (runs follow the version they
     /// started on).
-    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value>;
+    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
+        use sql::RowExt;
+        let done = self
+            .read_sql(vec![flows::version(ws, flow, version)])
+            .await?;
+        done[0]
+            .rows
+            .first()
+            .ok_or_else(|| StoreError::not_found("flow version", format!("{flow}@{version}")))?
+            .as_slice()
+            .json(0)
+    }
 
     async fn list_runs(
         &self,

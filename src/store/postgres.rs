@@ -11,13 +11,13 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
     AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
-    EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus, ListRecord, Member,
-    Membership, Result, RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError,
-    StoreOptions, Upserted, now_millis, plan,
+    EntryOutcome, EntryRequest, EventIn, EventRecorded, ListRecord, Member, Membership, Result,
+    RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted,
+    now_millis, plan,
 };
 use crate::domain::{
-    ContactId, Email, FieldDef, FieldName, FlowId, ListId, MembershipStatus, Millis, Page,
-    PageRequest, Phone, RunId, WorkspaceId,
+    ContactId, Email, FieldDef, FieldName, ListId, MembershipStatus, Millis, Page, PageRequest,
+    Phone, RunId, WorkspaceId,
 };
 
 pub struct PgStore {
@@ -376,7 +376,6 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
 
 mod batch;
 mod engine;
-mod flows;
 mod queue;
 mod runs;
 mod sql;

@@ -92,10 +92,19 @@ pub struct Stmt {
     /// When set, a statement that changes and returns no row ends the
     /// script with this error and rolls the transaction back.
     pub or_else: Option<NotFound>,
-    /// When set, a constraint the statement breaks (a unique name, a
-    /// foreign key) ends the script with this error instead of a store
-    /// failure.
+    /// When set, a unique constraint the statement breaks (a taken name)
+    /// ends the script with this error instead of a store failure.
     pub on_constraint: Option<OnConstraint>,
+    /// Rows an in-process cache holds (SQLite's writer caches whether a
+    /// workspace has contact-triggered flows): that executor drops the
+    /// cache in the same job as the write.
+    pub changes: Option<Cached>,
+}
+
+/// What a [`Stmt::changes`] write invalidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cached {
+    Flows,
 }
 
 /// The error a statement that breaks a constraint raises (see
@@ -133,11 +142,18 @@ impl Stmt {
             args,
             or_else: None,
             on_constraint: None,
+            changes: None,
         }
     }
 
-    /// Answers `error` (a conflict or not-found [`StoreError`]) when the
-    /// statement breaks a constraint; any other error stays a failure.
+    /// Marks the statement as a write to rows a cache holds.
+    pub fn changes(mut self, what: Cached) -> Self {
+        self.changes = Some(what);
+        self
+    }
+
+    /// Answers `error` (a conflict, usually) when the statement breaks a
+    /// unique constraint; any other error stays a failure.
     pub fn on_constraint(mut self, error: StoreError) -> Self {
         self.on_constraint = match error {
             StoreError::Conflict { code, message } => {

@@ -18,6 +18,7 @@ use crate::helpers::{Backend, open_store, test_db};
 both_stores!(
     workspaces_and_keys,
     two_bootstraps_at_once_create_one_workspace,
+    two_saves_of_one_flow_at_once_get_the_next_two_versions,
     lists_and_fields,
     contacts_upsert_and_fields,
     memberships_and_cascades,
@@ -1445,4 +1446,31 @@ fn entry(
         event_data,
         idempotency: None,
     }
+}
+
+/// Two processes saving one flow at once: each save gets its own version
+/// number (2 and 3), and both versions are kept.
+async fn two_saves_of_one_flow_at_once_get_the_next_two_versions(b: Backend) {
+    let Some(db) = test_db(b).await else { return };
+    let (a, bb) = (open_store(&db).await, open_store(&db).await);
+    let ws = a.create_workspace("w").await.unwrap().id;
+    let doc = |n: u32| json!({"name": format!("v{n}"), "trigger": {"type": "flow"}, "steps": [{"id": "x", "type": "exit"}]});
+    let f = a.create_flow(&ws, "F", doc(1)).await.unwrap();
+    let (one, two) = tokio::join!(
+        a.update_flow(&ws, &f.id, "F", doc(2)),
+        bb.update_flow(&ws, &f.id, "F", doc(3))
+    );
+    let mut versions = vec![one.unwrap().version, two.unwrap().version];
+    versions.sort_unstable();
+    assert_eq!(versions, [2, 3]);
+    for v in [1, 2, 3] {
+        a.flow_version(&ws, &f.id, v).await.unwrap();
+    }
+    assert_eq!(a.get_flow(&ws, &f.id).await.unwrap().version, 3);
+    assert!(matches!(
+        a.flow_version(&ws, &f.id, 4).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    a.close().await;
+    bb.close().await;
 }

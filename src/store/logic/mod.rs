@@ -96,7 +96,9 @@ pub(crate) trait Tx {
         list: &ListId,
         contact: &ContactId,
     ) -> Result<bool>;
-    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord>;
+    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
+        crate::store::flows::one(&self.exec(&crate::store::flows::get(ws, id)).await?)
+    }
     /// Serialises upserts of one email until the transaction ends, across
     /// processes (PostgreSQL: an advisory lock; SQLite's one writer already
     /// does).

@@ -10,7 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{
-    CONTACT_COLS, batch, contact_by_id, contact_row, field_defs_for, flows, internal, write_contact,
+    CONTACT_COLS, batch, contact_by_id, contact_row, field_defs_for, internal, write_contact,
 };
 use crate::domain::{
     ContactId, Email, EventId, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
@@ -226,10 +226,6 @@ impl logic::Tx for PgTx<'_> {
         .map_err(internal)?
         .rows_affected();
         Ok(n > 0)
-    }
-
-    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
-        flows::get(self.c, ws, id).await
     }
 
     async fn lock_email(&mut self, ws: &WorkspaceId, email: &crate::domain::Email) -> Result<()> {

@@ -3,22 +3,9 @@
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use super::{flows, internal};
-use crate::domain::{FlowId, WorkspaceId};
-use crate::store::{EntryResult, FlowRecord, Result, StoreError, entry};
-
-pub async fn by_token(c: &mut PgConnection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
-    let row = sqlx::query("SELECT workspace_id, id FROM flows WHERE inbound_token = $1")
-        .bind(token)
-        .fetch_optional(&mut *c)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("inbound URL", "this token"))?;
-    let ws = WorkspaceId::from_trusted(row.try_get("workspace_id").map_err(internal)?);
-    let id = FlowId::from_trusted(row.try_get("id").map_err(internal)?);
-    let flow = flows::get(c, &ws, &id).await?;
-    Ok((ws, flow))
-}
+use super::internal;
+use crate::domain::WorkspaceId;
+use crate::store::{EntryResult, Result, entry};
 
 /// The stored answer to `key` in `scope`; a Conflict if it came with another
 /// request.

@@ -24,12 +24,12 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
         .get(..6)
         .unwrap_or("")
         .to_ascii_uppercase();
-    // 23xxx: integrity constraint violations (unique, foreign key, check).
+    // 23505: unique_violation.
     let failed = |e: sqlx::Error| match stmt.constraint_error() {
         Some(mapped)
             if e.as_database_error()
                 .and_then(|d| d.code())
-                .is_some_and(|c| c.starts_with("23")) =>
+                .is_some_and(|c| c == "23505") =>
         {
             mapped
         }

@@ -338,89 +338,6 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn create_flow(
-        &self,
-        ws: &WorkspaceId,
-        name: &str,
-        document: Value,
-    ) -> Result<FlowRecord> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let id = flows::create(&mut tx, ws, name, &document).await?;
-        let f = flows::get_with_secret(&mut tx, ws, &id, false).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(f)
-    }
-
-    async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        flows::get(&mut c, ws, id).await
-    }
-
-    async fn flow_by_name(&self, ws: &WorkspaceId, name: &str) -> Result<FlowRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        flows::by_name(&mut c, ws, name).await
-    }
-
-    async fn list_flows(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        flows::page(&mut c, ws, page).await
-    }
-
-    async fn update_flow(
-        &self,
-        ws: &WorkspaceId,
-        id: &FlowId,
-        name: &str,
-        document: Value,
-    ) -> Result<FlowRecord> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        flows::update(&mut tx, ws, id, name, &document).await?;
-        let f = flows::get_with_secret(&mut tx, ws, id, false).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(f)
-    }
-
-    async fn set_flow_status(
-        &self,
-        ws: &WorkspaceId,
-        id: &FlowId,
-        status: FlowStatus,
-        token: Option<String>,
-    ) -> Result<FlowRecord> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        flows::set_status(&mut tx, ws, id, status, token.as_deref()).await?;
-        let f = if status == FlowStatus::Active {
-            flows::get_with_secret(&mut tx, ws, id, false).await?
-        } else {
-            flows::get(&mut tx, ws, id).await?
-        };
-        tx.commit().await.map_err(internal)?;
-        Ok(f)
-    }
-
-    async fn rotate_inbound_token(
-        &self,
-        ws: &WorkspaceId,
-        id: &FlowId,
-        token: String,
-    ) -> Result<FlowRecord> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        flows::rotate_token(&mut tx, ws, id, &token).await?;
-        let f = flows::get_with_secret(&mut tx, ws, id, true).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(f)
-    }
-
-    async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        flows::delete(&mut c, ws, id).await
-    }
-
-    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        runs::by_token(&mut c, token).await
-    }
-
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
         match self.batcher.write(ws, Write::Enter(req)).await? {
             Written::Entered(out) => Ok(out),
@@ -512,11 +429,6 @@ impl Store for PgStore {
     ) -> Result<Vec<crate::store::sql::Done>> {
         let mut c = self.pool.acquire().await.map_err(internal)?;
         super::sql::script(&mut c, &script).await
-    }
-
-    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        flows::version(&mut c, ws, flow, version).await
     }
 
     async fn list_runs(

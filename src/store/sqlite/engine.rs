@@ -171,10 +171,6 @@ impl logic::Tx for SqliteTx<'_> {
         }
     }
 
-    async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<crate::store::FlowRecord> {
-        super::flows::get(self.0, ws, id)
-    }
-
     async fn lock_email(&mut self, _ws: &WorkspaceId, _email: &crate::domain::Email) -> Result<()> {
         Ok(()) // the one writer serialises every write
     }

@@ -13,7 +13,6 @@ mod cache;
 mod checkpoint;
 mod durable;
 mod engine;
-mod flows;
 mod queries;
 mod readers;
 mod runs;
@@ -25,16 +24,14 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use rusqlite::Connection;
 
-use serde_json::Value;
-
 use super::{
     AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
-    EntryOutcome, EntryRequest, EventIn, EventRecorded, FlowRecord, FlowStatus, ListRecord, Member,
-    Membership, Result, RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError,
-    StoreOptions, Upserted, now_millis,
+    EntryOutcome, EntryRequest, EventIn, EventRecorded, ListRecord, Member, Membership, Result,
+    RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted,
+    now_millis,
 };
 use crate::domain::{
-    ContactId, Email, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
+    ContactId, Email, FieldDef, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
 };
 use crate::store::logic;
 use queries as q;
@@ -439,99 +436,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_flow(
-        &self,
-        ws: &WorkspaceId,
-        name: &str,
-        document: serde_json::Value,
-    ) -> Result<FlowRecord> {
-        let (ws, name) = (ws.clone(), name.to_owned());
-        self.writer
-            .write(move |c| {
-                let id = flows::create(c, &ws, &name, &document)?;
-                flows::get_with_secret(c, &ws, &id, false)
-            })
-            .await
-    }
-
-    async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.readers.read(move |c| flows::get(c, &ws, &id)).await
-    }
-
-    async fn flow_by_name(&self, ws: &WorkspaceId, name: &str) -> Result<FlowRecord> {
-        let (ws, name) = (ws.clone(), name.to_owned());
-        self.readers
-            .read(move |c| flows::by_name(c, &ws, &name))
-            .await
-    }
-
-    async fn list_flows(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<FlowRecord>> {
-        let (ws, page) = (ws.clone(), page.clone());
-        self.readers.read(move |c| flows::page(c, &ws, &page)).await
-    }
-
-    async fn update_flow(
-        &self,
-        ws: &WorkspaceId,
-        id: &FlowId,
-        name: &str,
-        document: serde_json::Value,
-    ) -> Result<FlowRecord> {
-        let (ws, id, name) = (ws.clone(), id.clone(), name.to_owned());
-        self.writer
-            .write(move |c| {
-                flows::update(c, &ws, &id, &name, &document)?;
-                flows::get_with_secret(c, &ws, &id, false)
-            })
-            .await
-    }
-
-    async fn set_flow_status(
-        &self,
-        ws: &WorkspaceId,
-        id: &FlowId,
-        status: FlowStatus,
-        token: Option<String>,
-    ) -> Result<FlowRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| {
-                flows::set_status(c, &ws, &id, status, token.as_deref())?;
-                if status == FlowStatus::Active {
-                    flows::get_with_secret(c, &ws, &id, false)
-                } else {
-                    flows::get(c, &ws, &id)
-                }
-            })
-            .await
-    }
-
-    async fn rotate_inbound_token(
-        &self,
-        ws: &WorkspaceId,
-        id: &FlowId,
-        token: String,
-    ) -> Result<FlowRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| {
-                flows::rotate_token(c, &ws, &id, &token)?;
-                flows::get_with_secret(c, &ws, &id, true)
-            })
-            .await
-    }
-
-    async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer.write(move |c| flows::delete(c, &ws, &id)).await
-    }
-
-    async fn flow_by_token(&self, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
-        let token = token.to_owned();
-        self.readers.read(move |c| runs::by_token(c, &token)).await
-    }
-
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
         let ws = ws.clone();
         self.writer.write(move |c| runs::enter(c, &ws, &req)).await
@@ -622,13 +526,6 @@ impl Store for SqliteStore {
         script: Vec<crate::store::sql::Stmt>,
     ) -> Result<Vec<crate::store::sql::Done>> {
         self.readers.read(move |c| sql::script(c, &script)).await
-    }
-
-    async fn flow_version(&self, ws: &WorkspaceId, flow: &FlowId, version: i64) -> Result<Value> {
-        let (ws, flow) = (ws.clone(), flow.clone());
-        self.readers
-            .read(move |c| flows::version(c, &ws, &flow, version))
-            .await
     }
 
     async fn list_runs(

@@ -2,26 +2,10 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{engine, flows, internal};
+use super::{engine, internal};
 use crate::domain::WorkspaceId;
 use crate::store::logic;
-use crate::store::{
-    EntryOutcome, EntryRequest, EntryResult, FlowRecord, Result, StoreError, entry,
-};
-
-pub fn by_token(conn: &Connection, token: &str) -> Result<(WorkspaceId, FlowRecord)> {
-    let found: Option<(String, String)> = conn
-        .prepare_cached("SELECT workspace_id, id FROM flows WHERE inbound_token = ?1")
-        .and_then(|mut s| {
-            s.query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(internal)?;
-    let (ws, id) = found.ok_or_else(|| StoreError::not_found("inbound URL", "this token"))?;
-    let ws = WorkspaceId::from_trusted(ws);
-    let flow = flows::get(conn, &ws, &crate::domain::FlowId::from_trusted(id))?;
-    Ok((ws, flow))
-}
+use crate::store::{EntryOutcome, EntryRequest, EntryResult, Result, entry};
 
 pub fn enter(conn: &Connection, ws: &WorkspaceId, req: &EntryRequest) -> Result<EntryOutcome> {
     logic::run_ready(logic::enter(&mut engine::SqliteTx(conn), ws, req))

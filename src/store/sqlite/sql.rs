@@ -27,11 +27,12 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
         std::borrow::Cow::Owned(text) => conn.prepare_cached(&sqlite_text(text)),
     }
     .map_err(internal)?;
+    if stmt.changes == Some(crate::store::sql::Cached::Flows) {
+        super::cache::flows_changed();
+    }
     let args = stmt.args.iter().map(Bind);
     let failed = |e: rusqlite::Error| match stmt.constraint_error() {
-        Some(mapped) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
-            mapped
-        }
+        Some(mapped) if super::is_unique_violation(&e) => mapped,
         _ => internal(e),
     };
     let done = if s.column_count() == 0 {
