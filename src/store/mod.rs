@@ -14,6 +14,7 @@ pub mod entry;
 pub mod flows;
 pub mod inbound_log;
 pub mod key_cache;
+pub mod lists;
 pub(crate) mod logic;
 pub mod outbound;
 pub mod plan;
@@ -416,24 +417,50 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         name: &str,
         fields: Vec<FieldDef>,
-    ) -> Result<ListRecord>;
-    async fn get_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord>;
-    async fn list_lists(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<ListRecord>>;
-    async fn rename_list(&self, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<ListRecord>;
+    ) -> Result<ListRecord> {
+        let done = self
+            .run_sql(lists::create(ws, name, &fields, now_millis()))
+            .await?;
+        lists::last(&done)
+    }
+    async fn get_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
+        lists::last(&self.read_sql(lists::read(ws, id).into()).await?)
+    }
+    async fn list_lists(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<ListRecord>> {
+        lists::to_page(&self.read_sql(lists::page(ws, page).into()).await?, page)
+    }
+    async fn rename_list(&self, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<ListRecord> {
+        let done = self
+            .run_sql(lists::rename(ws, id, name, now_millis()))
+            .await?;
+        lists::last(&done)
+    }
     /// Deletes the list and its memberships; contacts stay.
-    async fn delete_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<()>;
+    async fn delete_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<()> {
+        self.run_sql(vec![lists::delete(ws, id)]).await.map(drop)
+    }
     async fn add_list_field(
         &self,
         ws: &WorkspaceId,
         id: &ListId,
         field: FieldDef,
-    ) -> Result<ListRecord>;
+    ) -> Result<ListRecord> {
+        let done = self
+            .run_sql(lists::add_field(ws, id, &field, now_millis()))
+            .await?;
+        lists::last(&done)
+    }
     async fn remove_list_field(
         &self,
         ws: &WorkspaceId,
         id: &ListId,
         name: &str,
-    ) -> Result<ListRecord>;
+    ) -> Result<ListRecord> {
+        let done = self
+            .run_sql(lists::remove_field(ws, id, name, now_millis()))
+            .await?;
+        lists::last(&done)
+    }
 
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted>;
     async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord>;

@@ -57,10 +57,6 @@ fn constraint(e: &sqlx::Error) -> Option<String> {
         .and_then(|d| d.constraint().map(str::to_owned))
 }
 
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Internal(e.to_string())
-}
-
 impl PgStore {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         let opts: PgConnectOptions = url.parse().map_err(internal)?;
@@ -183,40 +179,6 @@ async fn load_list(c: &mut PgConnection, ws: &WorkspaceId, id: &ListId) -> Resul
     let mut list = list_row(&row)?;
     list.fields = list_fields(c, id).await?;
     Ok(list)
-}
-
-async fn insert_field(
-    c: &mut PgConnection,
-    list: &ListId,
-    f: &FieldDef,
-    position: i32,
-) -> Result<()> {
-    sqlx::query("INSERT INTO list_fields (list_id, name, type, options, position) VALUES ($1, $2, $3, $4, $5)")
-        .bind(list.as_str())
-        .bind(f.name.as_str())
-        .bind(f.kind.as_str())
-        .bind(serde_json::to_value(&f.options).map_err(json_err)?)
-        .bind(position)
-        .execute(&mut *c)
-        .await
-        .map_err(|e| if constraint(&e).is_some() { plan::field_exists(f.name.as_str()) } else { internal(e) })?;
-    Ok(())
-}
-
-/// Locks the list row (so a concurrent delete waits) and fails unless it is
-/// in the workspace.
-async fn lock_list(c: &mut PgConnection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
-    sqlx::query("UPDATE lists SET updated_at = $3 WHERE workspace_id = $1 AND id = $2")
-        .bind(ws.as_str())
-        .bind(id.as_str())
-        .bind(now_millis())
-        .execute(&mut *c)
-        .await
-        .map_err(internal)?
-        .rows_affected()
-        .eq(&1)
-        .then_some(())
-        .ok_or_else(|| StoreError::not_found("list", id))
 }
 
 async fn contact_where(

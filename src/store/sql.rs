@@ -105,6 +105,7 @@ pub struct Stmt {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cached {
     Flows,
+    Lists,
 }
 
 /// The error a statement that breaks a constraint raises (see

@@ -26,13 +26,10 @@ use rusqlite::Connection;
 
 use super::{
     AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
-    EntryOutcome, EntryRequest, EventIn, EventRecorded, ListRecord, Member, Membership, Result,
-    RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted,
-    now_millis,
+    EntryOutcome, EntryRequest, EventIn, EventRecorded, Member, Membership, Result, RunAdvance,
+    RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, now_millis,
 };
-use crate::domain::{
-    ContactId, Email, FieldDef, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
-};
+use crate::domain::{ContactId, Email, ListId, Millis, Page, PageRequest, RunId, WorkspaceId};
 use crate::store::logic;
 use queries as q;
 
@@ -225,82 +222,6 @@ impl Store for SqliteStore {
 
     fn key_cache(&self) -> &super::key_cache::KeyCache {
         &self.keys
-    }
-
-    async fn create_list(
-        &self,
-        ws: &WorkspaceId,
-        name: &str,
-        fields: Vec<FieldDef>,
-    ) -> Result<ListRecord> {
-        let (ws, name) = (ws.clone(), name.to_owned());
-        self.writer
-            .write(move |c| {
-                let id = q::insert_list(c, &ws, &name, &fields)?;
-                q::load_list(c, &ws, &id)
-            })
-            .await
-    }
-
-    async fn get_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.readers.read(move |c| q::load_list(c, &ws, &id)).await
-    }
-
-    async fn list_lists(&self, ws: &WorkspaceId, page: &PageRequest) -> Result<Page<ListRecord>> {
-        let (ws, page) = (ws.clone(), page.clone());
-        self.readers
-            .read(move |c| q::page_lists(c, &ws, &page))
-            .await
-    }
-
-    async fn rename_list(&self, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<ListRecord> {
-        let (ws, id, name) = (ws.clone(), id.clone(), name.to_owned());
-        self.writer
-            .write(move |c| {
-                q::rename_list(c, &ws, &id, &name)?;
-                q::load_list(c, &ws, &id)
-            })
-            .await
-    }
-
-    async fn delete_list(&self, ws: &WorkspaceId, id: &ListId) -> Result<()> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| q::delete_list(c, &ws, &id))
-            .await
-    }
-
-    async fn add_list_field(
-        &self,
-        ws: &WorkspaceId,
-        id: &ListId,
-        field: FieldDef,
-    ) -> Result<ListRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| {
-                q::touch_list(c, &ws, &id)?;
-                let pos = q::next_field_position(c, &id)?;
-                q::insert_field(c, &id, &field, pos)?;
-                q::load_list(c, &ws, &id)
-            })
-            .await
-    }
-
-    async fn remove_list_field(
-        &self,
-        ws: &WorkspaceId,
-        id: &ListId,
-        name: &str,
-    ) -> Result<ListRecord> {
-        let (ws, id, name) = (ws.clone(), id.clone(), name.to_owned());
-        self.writer
-            .write(move |c| {
-                q::remove_field(c, &ws, &id, &name)?;
-                q::load_list(c, &ws, &id)
-            })
-            .await
     }
 
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {

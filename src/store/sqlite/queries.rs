@@ -17,33 +17,6 @@ use crate::store::{
 
 // ---- lists --------------------------------------------------------------------
 
-pub fn insert_list(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    name: &str,
-    fields: &[FieldDef],
-) -> Result<ListId> {
-    let id = ListId::generate();
-    let now = now_millis();
-    conn.prepare_cached("INSERT INTO lists (id, workspace_id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)")
-        .and_then(|mut s| s.execute(params![id.as_str(), ws.as_str(), name, now]))
-        .map_err(|e| if is_unique_violation(&e) { plan::list_name_taken(name) } else { internal(e) })?;
-    for (i, f) in fields.iter().enumerate() {
-        insert_field(conn, &id, f, i as i64)?;
-    }
-    Ok(id)
-}
-
-pub fn insert_field(conn: &Connection, list: &ListId, f: &FieldDef, position: i64) -> Result<()> {
-    super::cache::lists_changed();
-    let options =
-        serde_json::to_string(&f.options).map_err(|e| StoreError::Internal(e.to_string()))?;
-    conn.prepare_cached("INSERT INTO list_fields (list_id, name, type, options, position) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .and_then(|mut s| s.execute(params![list.as_str(), f.name.as_str(), f.kind.as_str(), options, position]))
-        .map_err(|e| if is_unique_violation(&e) { plan::field_exists(f.name.as_str()) } else { internal(e) })?;
-    Ok(())
-}
-
 fn field_row(r: &Row) -> rusqlite::Result<(String, FieldDef)> {
     let list: String = r.get(0)?;
     let name: String = r.get(1)?;
@@ -135,101 +108,6 @@ fn list_row(r: &Row) -> rusqlite::Result<ListRecord> {
         created_at: r.get(2)?,
         updated_at: r.get(3)?,
     })
-}
-
-pub fn page_lists(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    page: &PageRequest,
-) -> Result<Page<ListRecord>> {
-    let mut s = conn
-        .prepare_cached(
-            "SELECT l.id, l.name, l.created_at, l.updated_at,
-                    (SELECT COUNT(*) FROM memberships m WHERE m.list_id = l.id)
-             FROM lists l WHERE l.workspace_id = ?1 AND l.id > ?2 ORDER BY l.id LIMIT ?3",
-        )
-        .map_err(internal)?;
-    let rows: Vec<ListRecord> = s
-        .query_map(
-            params![ws.as_str(), page.after_id(), page.limit + 1],
-            list_row,
-        )
-        .and_then(|r| r.collect())
-        .map_err(internal)?;
-    let mut page = Page::from_overfetch(rows, page.limit, |l| l.id.as_str());
-    for l in &mut page.items {
-        l.fields = list_fields(conn, &l.id)?;
-    }
-    Ok(page)
-}
-
-/// Fails with NotFound unless the list exists in the workspace.
-pub fn touch_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
-    let n = conn
-        .prepare_cached("UPDATE lists SET updated_at = ?3 WHERE workspace_id = ?1 AND id = ?2")
-        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), now_millis()]))
-        .map_err(internal)?;
-    if n == 0 {
-        Err(StoreError::not_found("list", id))
-    } else {
-        Ok(())
-    }
-}
-
-pub fn rename_list(conn: &Connection, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<()> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE lists SET name = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND id = ?2",
-        )
-        .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), name, now_millis()]))
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                plan::list_name_taken(name)
-            } else {
-                internal(e)
-            }
-        })?;
-    if n == 0 {
-        Err(StoreError::not_found("list", id))
-    } else {
-        Ok(())
-    }
-}
-
-pub fn delete_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
-    super::cache::lists_changed();
-    let n = conn
-        .prepare_cached("DELETE FROM lists WHERE workspace_id = ?1 AND id = ?2")
-        .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))
-        .map_err(internal)?;
-    if n == 0 {
-        Err(StoreError::not_found("list", id))
-    } else {
-        Ok(())
-    }
-}
-
-pub fn remove_field(conn: &Connection, ws: &WorkspaceId, id: &ListId, name: &str) -> Result<()> {
-    super::cache::lists_changed();
-    touch_list(conn, ws, id)?;
-    let n = conn
-        .prepare_cached("DELETE FROM list_fields WHERE list_id = ?1 AND name = ?2")
-        .and_then(|mut s| s.execute([id.as_str(), name]))
-        .map_err(internal)?;
-    if n == 0 {
-        Err(StoreError::not_found("field", name))
-    } else {
-        Ok(())
-    }
-}
-
-pub fn next_field_position(conn: &Connection, id: &ListId) -> Result<i64> {
-    conn.query_row(
-        "SELECT COALESCE(MAX(position) + 1, 0) FROM list_fields WHERE list_id = ?1",
-        [id.as_str()],
-        |r| r.get(0),
-    )
-    .map_err(internal)
 }
 
 // ---- contacts -------------------------------------------------------------------

@@ -27,8 +27,10 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
         std::borrow::Cow::Owned(text) => conn.prepare_cached(&sqlite_text(text)),
     }
     .map_err(internal)?;
-    if stmt.changes == Some(crate::store::sql::Cached::Flows) {
-        super::cache::flows_changed();
+    match stmt.changes {
+        Some(crate::store::sql::Cached::Flows) => super::cache::flows_changed(),
+        Some(crate::store::sql::Cached::Lists) => super::cache::lists_changed(),
+        None => {}
     }
     let args = stmt.args.iter().map(Bind);
     let failed = |e: rusqlite::Error| match stmt.constraint_error() {
