@@ -10,6 +10,7 @@
 //! [`plan`], shared by both implementations, so the two stores differ only in
 //! *how* they read and write.
 
+pub mod contacts;
 pub mod entry;
 pub mod flows;
 pub mod inbound_log;
@@ -463,14 +464,25 @@ pub trait Store: Send + Sync + 'static {
     }
 
     async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted>;
-    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord>;
-    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord>;
+    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
+        contacts::one(&self.read_sql(vec![contacts::by_id(ws, id)]).await?[0])
+    }
+    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord> {
+        contacts::one(&self.read_sql(vec![contacts::by_email(ws, email)]).await?[0])
+    }
     async fn list_contacts(
         &self,
         ws: &WorkspaceId,
         filter: &ContactFilter,
         page: &PageRequest,
-    ) -> Result<Page<ContactRecord>>;
+    ) -> Result<Page<ContactRecord>> {
+        contacts::to_page(
+            &self
+                .read_sql(vec![contacts::page(ws, filter, page)])
+                .await?[0],
+            page,
+        )
+    }
     async fn update_contact(
         &self,
         ws: &WorkspaceId,
@@ -478,7 +490,9 @@ pub trait Store: Send + Sync + 'static {
         patch: ContactPatch,
     ) -> Result<ContactRecord>;
     /// Deletes the contact and its memberships.
-    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()>;
+    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
+        self.run_sql(vec![contacts::delete(ws, id)]).await.map(drop)
+    }
 
     /// Adds (or re-subscribes) a contact to a list; idempotent.
     async fn add_membership(
@@ -498,9 +512,22 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         list: &ListId,
         page: &PageRequest,
-    ) -> Result<Page<Member>>;
-    async fn contact_lists(&self, ws: &WorkspaceId, contact: &ContactId)
-    -> Result<Vec<Membership>>;
+    ) -> Result<Page<Member>> {
+        let done = self
+            .read_sql(contacts::members(ws, list, page).into())
+            .await?;
+        contacts::members_page(&done[1], page)
+    }
+    async fn contact_lists(
+        &self,
+        ws: &WorkspaceId,
+        contact: &ContactId,
+    ) -> Result<Vec<Membership>> {
+        let done = self
+            .read_sql(contacts::lists_of(ws, contact).into())
+            .await?;
+        contacts::memberships(&done[1])
+    }
 
     /// Creates a draft flow at version 1.
     async fn create_flow(

@@ -10,14 +10,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
-    EntryOutcome, EntryRequest, EventIn, EventRecorded, ListRecord, Member, Membership, Result,
-    RunAdvance, RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted,
-    now_millis, plan,
+    AdvanceOutcome, ClaimedRun, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
+    EntryRequest, EventIn, EventRecorded, Membership, Result, RunAdvance, RunFilter, RunRecord,
+    StepRecord, Store, StoreError, StoreOptions, Upserted, now_millis, plan,
 };
 use crate::domain::{
-    ContactId, Email, FieldDef, FieldName, ListId, MembershipStatus, Millis, Page, PageRequest,
-    Phone, RunId, WorkspaceId,
+    ContactId, Email, FieldDef, FieldName, ListId, Millis, Page, PageRequest, Phone, RunId,
+    WorkspaceId,
 };
 
 pub struct PgStore {
@@ -32,15 +31,6 @@ pub struct PgStore {
 fn stored<T: crate::domain::Stored>(r: &PgRow, col: &str) -> Result<T> {
     let raw: String = r.try_get(col).map_err(internal)?;
     T::decode(&raw).map_err(|e| StoreError::Internal(format!("{col}: {e}")))
-}
-
-/// `Ok` when a write touched a row; NotFound naming the row when not.
-fn touched(rows: u64, kind: &'static str, id: &dyn std::fmt::Display) -> Result<()> {
-    if rows == 0 {
-        Err(StoreError::not_found(kind, id))
-    } else {
-        Ok(())
-    }
 }
 
 fn internal(e: sqlx::Error) -> StoreError {
@@ -140,46 +130,6 @@ fn membership_row(r: &PgRow) -> Result<Membership> {
 }
 
 // ---- queries usable inside or outside a transaction -------------------------------
-
-async fn list_fields(c: &mut PgConnection, list: &ListId) -> Result<Vec<FieldDef>> {
-    sqlx::query("SELECT name, type, options FROM list_fields WHERE list_id = $1 ORDER BY position")
-        .bind(list.as_str())
-        .fetch_all(&mut *c)
-        .await
-        .map_err(internal)?
-        .iter()
-        .map(field_row)
-        .collect()
-}
-
-const LIST_SELECT: &str = "SELECT l.id, l.name, l.created_at, l.updated_at,
-    (SELECT COUNT(*) FROM memberships m WHERE m.list_id = l.id) AS member_count FROM lists l";
-
-fn list_row(r: &PgRow) -> Result<ListRecord> {
-    Ok(ListRecord {
-        id: ListId::from_trusted(r.try_get("id").map_err(internal)?),
-        name: r.try_get("name").map_err(internal)?,
-        fields: vec![],
-        member_count: r.try_get("member_count").map_err(internal)?,
-        created_at: r.try_get("created_at").map_err(internal)?,
-        updated_at: r.try_get("updated_at").map_err(internal)?,
-    })
-}
-
-async fn load_list(c: &mut PgConnection, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
-    let row = sqlx::query(&format!(
-        "{LIST_SELECT} WHERE l.workspace_id = $1 AND l.id = $2"
-    ))
-    .bind(ws.as_str())
-    .bind(id.as_str())
-    .fetch_optional(&mut *c)
-    .await
-    .map_err(internal)?
-    .ok_or_else(|| StoreError::not_found("list", id))?;
-    let mut list = list_row(&row)?;
-    list.fields = list_fields(c, id).await?;
-    Ok(list)
-}
 
 async fn contact_where(
     c: &mut PgConnection,

@@ -2,7 +2,6 @@
 //! one statement) built from the queries of the parent module.
 
 use super::*;
-use crate::domain::Stored;
 use crate::store::logic;
 
 use crate::store::logic::batch::{Write, Written};
@@ -47,46 +46,6 @@ impl Store for PgStore {
         }
     }
 
-    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        contact_by_id(&mut c, ws, id, false).await
-    }
-
-    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        contact_where(&mut c, ws, "email", email.as_str(), false)
-            .await?
-            .ok_or_else(|| StoreError::not_found("contact", email))
-    }
-
-    async fn list_contacts(
-        &self,
-        ws: &WorkspaceId,
-        filter: &ContactFilter,
-        page: &PageRequest,
-    ) -> Result<Page<ContactRecord>> {
-        let sql = format!(
-            "SELECT {CONTACT_COLS} FROM contacts c
-             WHERE c.workspace_id = $1 AND c.id > $2
-               AND ($3::text IS NULL OR c.status = $3)
-               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = $4 AND m.contact_id = c.id))
-             ORDER BY c.id LIMIT $5"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(ws.as_str())
-            .bind(page.after_id())
-            .bind(filter.status.map(|s| s.as_str()))
-            .bind(filter.list_id.as_ref().map(|l| l.as_str()))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(internal)?;
-        let contacts = rows.iter().map(contact_row).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_overfetch(contacts, page.limit, |c| {
-            c.id.as_str()
-        }))
-    }
-
     async fn update_contact(
         &self,
         ws: &WorkspaceId,
@@ -104,17 +63,6 @@ impl Store for PgStore {
         .await?;
         tx.commit().await.map_err(internal)?;
         Ok(updated)
-    }
-
-    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
-        let n = sqlx::query("DELETE FROM contacts WHERE workspace_id = $1 AND id = $2")
-            .bind(ws.as_str())
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(internal)?
-            .rows_affected();
-        super::touched(n, "contact", &id)
     }
 
     async fn add_membership(
@@ -152,59 +100,6 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await.map_err(internal)
-    }
-
-    async fn list_members(
-        &self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        page: &PageRequest,
-    ) -> Result<Page<Member>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        load_list(&mut c, ws, list).await?;
-        let sql = format!(
-            "SELECT {CONTACT_COLS}, m.status AS m_status, m.since FROM memberships m JOIN contacts c ON c.id = m.contact_id
-             WHERE m.list_id = $1 AND c.workspace_id = $2 AND m.contact_id > $3 ORDER BY m.contact_id LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(list.as_str())
-            .bind(ws.as_str())
-            .bind(page.after_id())
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(&mut *c)
-            .await
-            .map_err(internal)?;
-        let members = rows
-            .iter()
-            .map(|r| {
-                let status: String = r.try_get("m_status").map_err(internal)?;
-                Ok(Member {
-                    contact: contact_row(r)?,
-                    status: MembershipStatus::decode(&status)?,
-                    since: r.try_get("since").map_err(internal)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_overfetch(members, page.limit, |m| {
-            m.contact.id.as_str()
-        }))
-    }
-
-    async fn contact_lists(
-        &self,
-        ws: &WorkspaceId,
-        contact: &ContactId,
-    ) -> Result<Vec<Membership>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        contact_by_id(&mut c, ws, contact, false).await?;
-        sqlx::query("SELECT list_id, contact_id, status, since FROM memberships WHERE contact_id = $1 ORDER BY list_id")
-            .bind(contact.as_str())
-            .fetch_all(&mut *c)
-            .await
-            .map_err(internal)?
-            .iter()
-            .map(membership_row)
-            .collect()
     }
 
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {

@@ -25,13 +25,12 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::{
-    AdvanceOutcome, ClaimedRun, ContactFilter, ContactPatch, ContactRecord, ContactUpsert,
-    EntryOutcome, EntryRequest, EventIn, EventRecorded, Member, Membership, Result, RunAdvance,
-    RunFilter, RunRecord, StepRecord, Store, StoreError, StoreOptions, Upserted, now_millis,
+    AdvanceOutcome, ClaimedRun, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
+    EntryRequest, EventIn, EventRecorded, Membership, Result, RunAdvance, RunFilter, RunRecord,
+    StepRecord, Store, StoreError, StoreOptions, Upserted, now_millis,
 };
-use crate::domain::{ContactId, Email, ListId, Millis, Page, PageRequest, RunId, WorkspaceId};
+use crate::domain::{ContactId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId};
 use crate::store::logic;
-use queries as q;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Append only: never edit a migration that has shipped.
@@ -238,35 +237,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.readers
-            .read(move |c| q::contact_by_id(c, &ws, &id))
-            .await
-    }
-
-    async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord> {
-        let (ws, email) = (ws.clone(), email.clone());
-        self.readers
-            .read(move |c| {
-                q::contact_by_email(c, &ws, &email)?
-                    .ok_or_else(|| StoreError::not_found("contact", &email))
-            })
-            .await
-    }
-
-    async fn list_contacts(
-        &self,
-        ws: &WorkspaceId,
-        filter: &ContactFilter,
-        page: &PageRequest,
-    ) -> Result<Page<ContactRecord>> {
-        let (ws, filter, page) = (ws.clone(), filter.clone(), page.clone());
-        self.readers
-            .read(move |c| q::page_contacts(c, &ws, &filter, &page))
-            .await
-    }
-
     async fn update_contact(
         &self,
         ws: &WorkspaceId,
@@ -284,13 +254,6 @@ impl Store for SqliteStore {
                     now_millis(),
                 ))
             })
-            .await
-    }
-
-    async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| q::delete_contact(c, &ws, &id))
             .await
     }
 
@@ -331,29 +294,6 @@ impl Store for SqliteStore {
                     now_millis(),
                 ))
             })
-            .await
-    }
-
-    async fn list_members(
-        &self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        page: &PageRequest,
-    ) -> Result<Page<Member>> {
-        let (ws, list, page) = (ws.clone(), list.clone(), page.clone());
-        self.readers
-            .read(move |c| q::page_members(c, &ws, &list, &page))
-            .await
-    }
-
-    async fn contact_lists(
-        &self,
-        ws: &WorkspaceId,
-        contact: &ContactId,
-    ) -> Result<Vec<Membership>> {
-        let (ws, contact) = (ws.clone(), contact.clone());
-        self.readers
-            .read(move |c| q::contact_memberships(c, &ws, &contact))
             .await
     }
 

@@ -5,13 +5,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
 use super::{internal, is_unique_violation};
-use crate::domain::{
-    ContactId, Email, FieldDef, FieldName, ListId, Page, PageRequest, Phone, WorkspaceId,
-};
-use crate::store::{
-    ContactFilter, ContactRecord, ListRecord, Member, Membership, Result, StoreError, now_millis,
-    plan,
-};
+use crate::domain::{ContactId, Email, FieldDef, FieldName, ListId, Phone, WorkspaceId};
+use crate::store::{ContactRecord, Membership, Result, StoreError, now_millis, plan};
 
 // ---- workspaces and keys ----------------------------------------------------
 
@@ -80,33 +75,6 @@ pub fn list_fields_in(
         } else {
             Ok(None)
         }
-    })
-}
-
-pub fn load_list(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<ListRecord> {
-    let row = conn
-        .prepare_cached(
-            "SELECT l.id, l.name, l.created_at, l.updated_at,
-                    (SELECT COUNT(*) FROM memberships m WHERE m.list_id = l.id)
-             FROM lists l WHERE l.workspace_id = ?1 AND l.id = ?2",
-        )
-        .and_then(|mut s| s.query_row([ws.as_str(), id.as_str()], list_row).optional())
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("list", id))?;
-    Ok(ListRecord {
-        fields: list_fields(conn, id)?,
-        ..row
-    })
-}
-
-fn list_row(r: &Row) -> rusqlite::Result<ListRecord> {
-    Ok(ListRecord {
-        id: ListId::from_trusted(r.get(0)?),
-        name: r.get(1)?,
-        fields: vec![],
-        member_count: r.get(4)?,
-        created_at: r.get(2)?,
-        updated_at: r.get(3)?,
     })
 }
 
@@ -208,48 +176,6 @@ pub fn write_contact(conn: &Connection, ws: &WorkspaceId, c: &ContactRecord) -> 
     Ok(())
 }
 
-pub fn page_contacts(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    filter: &ContactFilter,
-    page: &PageRequest,
-) -> Result<Page<ContactRecord>> {
-    let sql = format!(
-        "SELECT {CONTACT_COLS} FROM contacts c
-         WHERE c.workspace_id = ?1 AND c.id > ?2
-           AND (?3 IS NULL OR c.status = ?3)
-           AND (?4 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = ?4 AND m.contact_id = c.id))
-         ORDER BY c.id LIMIT ?5"
-    );
-    let mut s = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows: Vec<ContactRecord> = s
-        .query_map(
-            params![
-                ws.as_str(),
-                page.after_id(),
-                filter.status.map(|s| s.as_str()),
-                filter.list_id.as_ref().map(|l| l.as_str()),
-                page.limit + 1
-            ],
-            contact_row,
-        )
-        .and_then(|r| r.collect())
-        .map_err(internal)?;
-    Ok(Page::from_overfetch(rows, page.limit, |c| c.id.as_str()))
-}
-
-pub fn delete_contact(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
-    let n = conn
-        .prepare_cached("DELETE FROM contacts WHERE workspace_id = ?1 AND id = ?2")
-        .and_then(|mut s| s.execute([ws.as_str(), id.as_str()]))
-        .map_err(internal)?;
-    if n == 0 {
-        Err(StoreError::not_found("contact", id))
-    } else {
-        Ok(())
-    }
-}
-
 // ---- memberships ------------------------------------------------------------------
 
 pub fn upsert_membership(
@@ -304,49 +230,4 @@ pub fn delete_membership(
     } else {
         Ok(())
     }
-}
-
-pub fn page_members(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    list: &ListId,
-    page: &PageRequest,
-) -> Result<Page<Member>> {
-    load_list(conn, ws, list)?;
-    let sql = format!(
-        "SELECT {CONTACT_COLS}, m.status, m.since FROM memberships m JOIN contacts c ON c.id = m.contact_id
-         WHERE m.list_id = ?1 AND c.workspace_id = ?2 AND m.contact_id > ?3 ORDER BY m.contact_id LIMIT ?4"
-    );
-    let mut s = conn.prepare_cached(&sql).map_err(internal)?;
-    let rows: Vec<Member> = s
-        .query_map(
-            params![list.as_str(), ws.as_str(), page.after_id(), page.limit + 1],
-            |r| {
-                Ok(Member {
-                    contact: contact_row(r)?,
-                    status: super::stored(r, 7)?,
-                    since: r.get(8)?,
-                })
-            },
-        )
-        .and_then(|r| r.collect())
-        .map_err(internal)?;
-    Ok(Page::from_overfetch(rows, page.limit, |m| {
-        m.contact.id.as_str()
-    }))
-}
-
-pub fn contact_memberships(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    contact: &ContactId,
-) -> Result<Vec<Membership>> {
-    contact_by_id(conn, ws, contact)?;
-    let mut s = conn
-        .prepare_cached("SELECT list_id, contact_id, status, since FROM memberships WHERE contact_id = ?1 ORDER BY list_id")
-        .map_err(internal)?;
-    let rows = s
-        .query_map([contact.as_str()], membership_row)
-        .map_err(internal)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(internal)
 }
