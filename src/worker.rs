@@ -277,7 +277,8 @@ impl<H: JobHandler> JobWorker<H> {
 #[async_trait]
 pub trait FinishThenClaim: Send + Sync {
     /// Runs `script` (one transaction) and claims behind it if this process
-    /// has room; the script's results.
+    /// has room and the store gains by it (`Store::claims_behind_finish`);
+    /// the script's results.
     async fn finish_then_claim(&self, script: Vec<Stmt>) -> Result<Vec<Done>, StoreError>;
 }
 
@@ -287,7 +288,8 @@ impl<H: JobHandler> FinishThenClaim for JobWorker<H> {
         // Only the room there is now: a finishing job never waits for a
         // place (the jobs finishing hold theirs until they return).
         let mut permits = None::<OwnedSemaphorePermit>;
-        while !self.draining.load(std::sync::atomic::Ordering::SeqCst)
+        while self.store.claims_behind_finish()
+            && !self.draining.load(std::sync::atomic::Ordering::SeqCst)
             && permits.as_ref().map_or(0, |p| p.num_permits()) < self.config.batch.max(1)
         {
             match self.room.clone().try_acquire_owned() {

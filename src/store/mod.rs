@@ -670,6 +670,15 @@ pub trait Store: Send + Sync + 'static {
     /// Runs shared statements (`store::sql`) in order in one transaction:
     /// all of them or none (a statement's `or_else` rolls it back).
     async fn run_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
+    /// Whether a worker should finish its jobs with its next claim behind
+    /// them ([`Store::run_sql_then_claim`]). SQLite: yes, the claim joins
+    /// the same group commit. PostgreSQL: no, a claim holds its kind's
+    /// advisory lock to the commit, so every record would queue behind
+    /// every claim (measured: 2,740-2,868 deliveries/s alone, 686-694
+    /// combined).
+    fn claims_behind_finish(&self) -> bool {
+        false
+    }
     /// Runs `script` as [`Store::run_sql`] does, then `claim` as
     /// [`Store::claim_jobs`] does, in the same transaction: a worker's
     /// finishing writes carry its next claim, so the key slots they free

@@ -219,6 +219,10 @@ impl Store for SqliteStore {
         self.readers.close();
     }
 
+    fn claims_behind_finish(&self) -> bool {
+        true
+    }
+
     fn key_cache(&self) -> &super::key_cache::KeyCache {
         &self.keys
     }
