@@ -168,3 +168,24 @@ fn contact(r: &[Val]) -> Result<ContactRecord> {
         updated_at: r.int(6)?,
     })
 }
+
+/// Contact `contact`'s membership of `list` (NotFound if there is none).
+pub fn membership(list: &ListId, contact: &ContactId) -> Stmt {
+    Stmt::new(
+        "SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = $1 AND contact_id = $2",
+        vec![list.as_str().into(), contact.as_str().into()],
+    )
+    .or_not_found("membership", format!("{list}/{contact}"))
+}
+
+/// Removes the membership; it changed a row iff there was one.
+pub fn remove_membership(ws: &WorkspaceId, list: &ListId, contact: &ContactId) -> Stmt {
+    Stmt::new(
+        "DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3",
+        vec![
+            ws.as_str().into(),
+            list.as_str().into(),
+            contact.as_str().into(),
+        ],
+    )
+}

@@ -70,6 +70,53 @@ pub fn decode(raw: &str) -> Result<EntryResult, StoreError> {
         .map_err(|e| StoreError::Internal(format!("stored idempotent answer: {e}")))
 }
 
+/// Reads the answer stored for idempotency key `key` in `scope`
+/// ([`stored_answer`] checks it against the request).
+pub fn answer_stmt(ws: &crate::domain::WorkspaceId, scope: &str, key: &str) -> super::sql::Stmt {
+    super::sql::Stmt::new(
+        "SELECT request_hash, response FROM idempotency_keys
+         WHERE workspace_id = $1 AND scope = $2 AND key = $3",
+        vec![ws.as_str().into(), scope.into(), key.into()],
+    )
+}
+
+/// The answer an [`answer_stmt`] found, if any; a Conflict if the key came
+/// with another request (`hash`).
+pub fn stored_answer(done: &super::sql::Done, hash: &[u8]) -> super::Result<Option<EntryResult>> {
+    use super::sql::RowExt;
+    let Some(r) = done.rows.first() else {
+        return Ok(None);
+    };
+    if r.bytes(0)? != hash {
+        return Err(key_reused());
+    }
+    decode(&r.text(1)?).map(Some)
+}
+
+/// Stores `answer` for idempotency key `key` in `scope`.
+pub fn store_answer_stmt(
+    ws: &crate::domain::WorkspaceId,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+    answer: &EntryResult,
+    now: crate::domain::Millis,
+) -> super::Result<super::sql::Stmt> {
+    let response = serde_json::to_value(answer).map_err(|e| StoreError::Internal(e.to_string()))?;
+    Ok(super::sql::Stmt::new(
+        "INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        vec![
+            ws.as_str().into(),
+            scope.into(),
+            key.into(),
+            hash.to_vec().into(),
+            super::sql::Arg::Json(Some(response)),
+            now.into(),
+        ],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

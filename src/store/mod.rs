@@ -609,7 +609,12 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         key: &str,
         hash: &[u8],
-    ) -> Result<Option<EntryResult>>;
+    ) -> Result<Option<EntryResult>> {
+        let done = self
+            .read_sql(vec![entry::answer_stmt(ws, scope, key)])
+            .await?;
+        entry::stored_answer(&done[0], hash)
+    }
 
     // ---- the engine ----------------------------------------------------------------
 

@@ -119,16 +119,6 @@ fn field_row(r: &PgRow) -> Result<FieldDef> {
     })
 }
 
-fn membership_row(r: &PgRow) -> Result<Membership> {
-    let _status: String = r.try_get("status").map_err(internal)?;
-    Ok(Membership {
-        list_id: ListId::from_trusted(r.try_get("list_id").map_err(internal)?),
-        contact_id: ContactId::from_trusted(r.try_get("contact_id").map_err(internal)?),
-        status: stored(r, "status")?,
-        since: r.try_get("since").map_err(internal)?,
-    })
-}
-
 // ---- queries usable inside or outside a transaction -------------------------------
 
 async fn contact_where(
@@ -289,6 +279,5 @@ async fn lock_email(c: &mut PgConnection, ws: &WorkspaceId, email: &Email) -> Re
 mod batch;
 mod engine;
 mod queue;
-mod runs;
 mod sql;
 mod store_impl;

@@ -88,14 +88,28 @@ pub(crate) trait Tx {
         contact: &ContactId,
     ) -> Result<bool>;
     /// The contact's membership of the list (NotFound if there is none).
-    async fn membership(&mut self, list: &ListId, contact: &ContactId) -> Result<Membership>;
+    async fn membership(&mut self, list: &ListId, contact: &ContactId) -> Result<Membership> {
+        let done = self
+            .exec(&crate::store::contacts::membership(list, contact))
+            .await?;
+        crate::store::contacts::memberships(&done)?
+            .pop()
+            .ok_or_else(|| StoreError::Internal("a membership read found no row".into()))
+    }
     /// Removes the contact from the list; true if it was in it.
     async fn remove_membership(
         &mut self,
         ws: &WorkspaceId,
         list: &ListId,
         contact: &ContactId,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let done = self
+            .exec(&crate::store::contacts::remove_membership(
+                ws, list, contact,
+            ))
+            .await?;
+        Ok(done.changed > 0)
+    }
     async fn flow(&mut self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
         crate::store::flows::one(&self.exec(&crate::store::flows::get(ws, id)).await?)
     }
@@ -134,7 +148,12 @@ pub(crate) trait Tx {
         scope: &str,
         key: &str,
         hash: &[u8],
-    ) -> Result<Option<EntryResult>>;
+    ) -> Result<Option<EntryResult>> {
+        let done = self
+            .exec(&super::entry::answer_stmt(ws, scope, key))
+            .await?;
+        super::entry::stored_answer(&done, hash)
+    }
     async fn store_answer(
         &mut self,
         ws: &WorkspaceId,
@@ -143,7 +162,10 @@ pub(crate) trait Tx {
         hash: &[u8],
         answer: &EntryResult,
         now: Millis,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let stmt = super::entry::store_answer_stmt(ws, scope, key, hash, answer, now)?;
+        self.exec(&stmt).await.map(drop)
+    }
     /// A flow's status and inbound token, share-locked where the database
     /// locks rows (a concurrent pause or delete waits for the entry, or the
     /// entry sees its result); NotFound if it is not in the workspace.

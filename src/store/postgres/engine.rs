@@ -192,42 +192,6 @@ impl logic::Tx for PgTx<'_> {
         .is_some())
     }
 
-    async fn membership(
-        &mut self,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<crate::store::Membership> {
-        let row = sqlx::query(
-            "SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = $1 AND contact_id = $2",
-        )
-        .bind(list.as_str())
-        .bind(contact.as_str())
-        .fetch_optional(&mut *self.c)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("membership", format!("{list}/{contact}")))?;
-        super::membership_row(&row)
-    }
-
-    async fn remove_membership(
-        &mut self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<bool> {
-        let n = sqlx::query(
-            "DELETE FROM memberships WHERE workspace_id = $1 AND list_id = $2 AND contact_id = $3",
-        )
-        .bind(ws.as_str())
-        .bind(list.as_str())
-        .bind(contact.as_str())
-        .execute(&mut *self.c)
-        .await
-        .map_err(internal)?
-        .rows_affected();
-        Ok(n > 0)
-    }
-
     async fn lock_email(&mut self, ws: &WorkspaceId, email: &crate::domain::Email) -> Result<()> {
         super::lock_email(self.c, ws, email).await
     }
@@ -257,38 +221,6 @@ impl logic::Tx for PgTx<'_> {
     ) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
             .bind(super::idempotency_lock_key(ws, scope, key))
-            .execute(&mut *self.c)
-            .await
-            .map_err(internal)?;
-        Ok(())
-    }
-
-    async fn idempotent_answer(
-        &mut self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-        hash: &[u8],
-    ) -> Result<Option<crate::store::EntryResult>> {
-        super::runs::answer(self.c, ws, scope, key, hash).await
-    }
-
-    async fn store_answer(
-        &mut self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-        hash: &[u8],
-        answer: &crate::store::EntryResult,
-        now: Millis,
-    ) -> Result<()> {
-        sqlx::query("INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(ws.as_str())
-            .bind(scope)
-            .bind(key)
-            .bind(hash)
-            .bind(serde_json::to_value(answer).map_err(|e| StoreError::Internal(e.to_string()))?)
-            .bind(now)
             .execute(&mut *self.c)
             .await
             .map_err(internal)?;

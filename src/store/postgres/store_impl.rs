@@ -111,17 +111,6 @@ impl Store for PgStore {
         }
     }
 
-    async fn idempotent_answer(
-        &self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-        hash: &[u8],
-    ) -> Result<Option<crate::store::EntryResult>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        runs::answer(&mut c, ws, scope, key, hash).await
-    }
-
     async fn claim_runs(
         &self,
         owner: &str,

@@ -150,27 +150,6 @@ impl logic::Tx for SqliteTx<'_> {
         q::upsert_membership(self.0, ws, list, contact)
     }
 
-    async fn membership(
-        &mut self,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<crate::store::Membership> {
-        q::membership(self.0, list, contact)
-    }
-
-    async fn remove_membership(
-        &mut self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<bool> {
-        match q::delete_membership(self.0, ws, list, contact) {
-            Ok(()) => Ok(true),
-            Err(StoreError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     async fn lock_email(&mut self, _ws: &WorkspaceId, _email: &crate::domain::Email) -> Result<()> {
         Ok(()) // the one writer serialises every write
     }
@@ -199,36 +178,6 @@ impl logic::Tx for SqliteTx<'_> {
         _key: &str,
     ) -> Result<()> {
         Ok(()) // the one writer serialises every write
-    }
-
-    async fn idempotent_answer(
-        &mut self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-        hash: &[u8],
-    ) -> Result<Option<crate::store::EntryResult>> {
-        super::runs::answer(self.0, ws, scope, key, hash)
-    }
-
-    async fn store_answer(
-        &mut self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-        hash: &[u8],
-        answer: &crate::store::EntryResult,
-        now: Millis,
-    ) -> Result<()> {
-        let response =
-            serde_json::to_string(answer).map_err(|e| StoreError::Internal(e.to_string()))?;
-        self.0
-            .prepare_cached(
-                "INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| s.execute(params![ws.as_str(), scope, key, hash, response, now]))
-            .map_err(internal)?;
-        Ok(())
     }
 
     async fn insert_event(

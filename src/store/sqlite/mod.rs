@@ -15,7 +15,6 @@ mod durable;
 mod engine;
 mod queries;
 mod readers;
-mod runs;
 mod sql;
 mod writer;
 
@@ -303,19 +302,8 @@ impl Store for SqliteStore {
 
     async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
         let ws = ws.clone();
-        self.writer.write(move |c| runs::enter(c, &ws, &req)).await
-    }
-
-    async fn idempotent_answer(
-        &self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-        hash: &[u8],
-    ) -> Result<Option<super::EntryResult>> {
-        let (ws, scope, key, hash) = (ws.clone(), scope.to_owned(), key.to_owned(), hash.to_vec());
-        self.readers
-            .read(move |c| runs::answer(c, &ws, &scope, &key, &hash))
+        self.writer
+            .write(move |c| logic::run_ready(logic::enter(&mut engine::SqliteTx(c), &ws, &req)))
             .await
     }
 

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{internal, is_unique_violation};
 use crate::domain::{ContactId, Email, FieldDef, FieldName, ListId, Phone, WorkspaceId};
-use crate::store::{ContactRecord, Membership, Result, StoreError, now_millis, plan};
+use crate::store::{ContactRecord, Result, StoreError, now_millis, plan};
 
 // ---- workspaces and keys ----------------------------------------------------
 
@@ -192,42 +192,4 @@ pub fn upsert_membership(
     .and_then(|mut s| s.execute(params![list.as_str(), contact.as_str(), ws.as_str(), now_millis()]))
     .map(|n| n > 0)
     .map_err(internal)
-}
-
-pub fn membership(conn: &Connection, list: &ListId, contact: &ContactId) -> Result<Membership> {
-    conn.prepare_cached("SELECT list_id, contact_id, status, since FROM memberships WHERE list_id = ?1 AND contact_id = ?2")
-        .and_then(|mut s| s.query_row([list.as_str(), contact.as_str()], membership_row).optional())
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("membership", format!("{list}/{contact}")))
-}
-
-fn membership_row(r: &Row) -> rusqlite::Result<Membership> {
-    Ok(Membership {
-        list_id: ListId::from_trusted(r.get(0)?),
-        contact_id: ContactId::from_trusted(r.get(1)?),
-        status: super::stored(r, 2)?,
-        since: r.get(3)?,
-    })
-}
-
-pub fn delete_membership(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    list: &ListId,
-    contact: &ContactId,
-) -> Result<()> {
-    let n = conn
-        .prepare_cached(
-            "DELETE FROM memberships WHERE workspace_id = ?1 AND list_id = ?2 AND contact_id = ?3",
-        )
-        .and_then(|mut s| s.execute([ws.as_str(), list.as_str(), contact.as_str()]))
-        .map_err(internal)?;
-    if n == 0 {
-        Err(StoreError::not_found(
-            "membership",
-            format!("{list}/{contact}"),
-        ))
-    } else {
-        Ok(())
-    }
 }
