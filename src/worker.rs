@@ -180,17 +180,13 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
     }
 
     async fn tick(&self) -> Result<usize, StoreError> {
-        let c = &self.config;
         // Room for at least one job (waiting here is waiting for a job in
         // progress to end), then for as many more as there is.
         let Ok(mut permits) = self.room.clone().acquire_owned().await else {
             return Ok(0);
         };
-        while permits.num_permits() < c.batch.max(1) {
-            match self.room.clone().try_acquire_owned() {
-                Ok(p) => permits.merge(p),
-                Err(_) => break,
-            }
+        if let Some(more) = self.room_now(self.config.batch.max(1) - 1) {
+            permits.merge(more);
         }
         let jobs = self.store.claim_jobs(self.claim(&permits)).await?;
         let claimed = jobs.len();
@@ -219,6 +215,16 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
 }
 
 impl<H: JobHandler> JobWorker<H> {
+    /// Places for up to `most` more jobs, as many as are free now (none:
+    /// `None`); never waits.
+    fn room_now(&self, most: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(self.room.available_permits().min(most)).ok()?;
+        if n == 0 {
+            return None;
+        }
+        self.room.clone().try_acquire_many_owned(n).ok()
+    }
+
     /// A claim of as many jobs as `permits` has places for, now.
     fn claim(&self, permits: &OwnedSemaphorePermit) -> JobClaim {
         let c = &self.config;
@@ -277,8 +283,8 @@ impl<H: JobHandler> JobWorker<H> {
 #[async_trait]
 pub trait FinishThenClaim: Send + Sync {
     /// Runs `script` (one transaction) and claims behind it if this process
-    /// has room and the store gains by it (`Store::claims_behind_finish`);
-    /// the script's results.
+    /// has room and the store claims behind finishes
+    /// (`Store::run_sql_then_claim`); the script's results.
     async fn finish_then_claim(&self, script: Vec<Stmt>) -> Result<Vec<Done>, StoreError>;
 }
 
@@ -287,20 +293,12 @@ impl<H: JobHandler> FinishThenClaim for JobWorker<H> {
     async fn finish_then_claim(&self, script: Vec<Stmt>) -> Result<Vec<Done>, StoreError> {
         // Only the room there is now: a finishing job never waits for a
         // place (the jobs finishing hold theirs until they return).
-        let mut permits = None::<OwnedSemaphorePermit>;
-        while self.store.claims_behind_finish()
-            && !self.draining.load(std::sync::atomic::Ordering::SeqCst)
-            && permits.as_ref().map_or(0, |p| p.num_permits()) < self.config.batch.max(1)
-        {
-            match self.room.clone().try_acquire_owned() {
-                Ok(p) => match &mut permits {
-                    Some(all) => all.merge(p),
-                    None => permits = Some(p),
-                },
-                Err(_) => break,
-            }
-        }
-        let Some(permits) = permits else {
+        let room = if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            None
+        } else {
+            self.room_now(self.config.batch.max(1))
+        };
+        let Some(permits) = room else {
             return self.store.run_sql(script).await;
         };
         let (done, jobs) = self

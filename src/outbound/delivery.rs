@@ -247,9 +247,9 @@ pub struct DeliveryHandler {
     records: Coalesce<AttemptWrite, bool>,
     /// Wakes the flow engine when an outcome resumed a run.
     pub engine_wake: Option<Arc<tokio::sync::Notify>>,
-    /// The worker running this handler, set once it exists: delivered
-    /// attempts are recorded with its next claim behind them.
-    pub claims: std::sync::OnceLock<std::sync::Weak<dyn FinishThenClaim>>,
+    /// The worker running this handler: delivered attempts are recorded
+    /// with its next claim behind them.
+    claims: std::sync::Weak<dyn FinishThenClaim>,
     /// Checked configurations by webhook, while its `updated_at` holds.
     configs: std::sync::Mutex<HashMap<WebhookId, (Millis, Arc<WebhookConfig>)>>,
 }
@@ -340,24 +340,7 @@ async fn record_all(
     h: &DeliveryHandler,
     writes: Vec<AttemptWrite>,
 ) -> Vec<Result<bool, StoreError>> {
-    let now = h.clock.now();
-    let held = match h.claims.get().and_then(std::sync::Weak::upgrade) {
-        Some(worker) => match record_delivered_script(&writes, &h.owner, now) {
-            Ok(script) => match worker.finish_then_claim(script).await {
-                Ok(done) => delivered_held(&writes, &done),
-                // Whatever failed (the claim, say) rolled the record back
-                // with it: record on its own rather than leave the
-                // deliveries to be sent again when their leases end.
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording deliveries with a claim failed; recording them alone");
-                    record_delivered(&*h.store, &writes, &h.owner, now).await
-                }
-            },
-            Err(e) => Err(e),
-        },
-        None => record_delivered(&*h.store, &writes, &h.owner, now).await,
-    };
-    match held {
+    match record_with_claim(h, &writes).await {
         Ok(held) => held.into_iter().map(Ok).collect(),
         Err(e) => writes
             .iter()
@@ -366,12 +349,27 @@ async fn record_all(
     }
 }
 
+/// [`record_all`]'s write: through the worker, which claims behind it,
+/// unless the worker is gone (shutting down).
+async fn record_with_claim(
+    h: &DeliveryHandler,
+    writes: &[AttemptWrite],
+) -> Result<Vec<bool>, StoreError> {
+    let now = h.clock.now();
+    let Some(worker) = h.claims.upgrade() else {
+        return record_delivered(&*h.store, writes, &h.owner, now).await;
+    };
+    let script = record_delivered_script(writes, &h.owner, now)?;
+    delivered_held(writes, &worker.finish_then_claim(script).await?)
+}
+
 impl DeliveryHandler {
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         outbound: Arc<Outbound>,
         owner: String,
+        claims: std::sync::Weak<dyn FinishThenClaim>,
     ) -> Self {
         Self {
             store,
@@ -381,7 +379,7 @@ impl DeliveryHandler {
             loads: Coalesce::default(),
             records: Coalesce::default(),
             engine_wake: None,
-            claims: std::sync::OnceLock::new(),
+            claims,
             configs: Default::default(),
         }
     }
@@ -748,25 +746,35 @@ pub async fn run(
 ) {
     let owner = format!("outbound-{}", uuid::Uuid::new_v4());
     let settings = outbound.settings.clone();
-    let mut handler = DeliveryHandler::new(store.clone(), clock.clone(), outbound, owner.clone());
-    handler.engine_wake = Some(engine_wake);
-    let handler = Arc::new(handler);
-    let worker = Arc::new(crate::worker::JobWorker::new(
-        store.clone(),
-        clock.clone(),
-        handler.clone(),
-        crate::worker::JobWorkerConfig {
-            kind: crate::store::outbound::DELIVERY_JOB.into(),
-            owner,
-            lease: settings.lease,
-            batch: 128,
-            per_key: Some(settings.per_endpoint),
-            max_in_flight: settings.max_in_flight,
+    // The worker and its handler point at each other: the handler records
+    // with the worker's next claim behind (a `Weak`, no cycle of owners).
+    let worker = Arc::new_cyclic(
+        |me: &std::sync::Weak<crate::worker::JobWorker<DeliveryHandler>>| {
+            let claims: std::sync::Weak<dyn FinishThenClaim> = me.clone();
+            let mut handler = DeliveryHandler::new(
+                store.clone(),
+                clock.clone(),
+                outbound,
+                owner.clone(),
+                claims,
+            );
+            handler.engine_wake = Some(engine_wake);
+            crate::worker::JobWorker::new(
+                store.clone(),
+                clock.clone(),
+                Arc::new(handler),
+                crate::worker::JobWorkerConfig {
+                    kind: crate::store::outbound::DELIVERY_JOB.into(),
+                    owner,
+                    lease: settings.lease,
+                    batch: 128,
+                    per_key: Some(settings.per_endpoint),
+                    max_in_flight: settings.max_in_flight,
+                },
+                wake.clone(),
+            )
         },
-        wake.clone(),
-    ));
-    let claims: std::sync::Weak<dyn FinishThenClaim> = Arc::downgrade(&worker) as _;
-    let _ = handler.claims.set(claims);
+    );
     let loops = crate::worker::Loops {
         // Two claim loops: a claim waits for its commit and fsync, and an
         // endpoint's place freed meanwhile stays empty until the next claim

@@ -675,24 +675,23 @@ pub trait Store: Send + Sync + 'static {
     /// Runs shared statements (`store::sql`) in order in one transaction:
     /// all of them or none (a statement's `or_else` rolls it back).
     async fn run_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
-    /// Whether a worker should finish its jobs with its next claim behind
-    /// them ([`Store::run_sql_then_claim`]). SQLite: yes, the claim joins
-    /// the same group commit. PostgreSQL: no, a claim holds its kind's
-    /// advisory lock to the commit, so every record would queue behind
-    /// every claim (measured: 2,740-2,868 deliveries/s alone, 686-694
-    /// combined).
-    fn claims_behind_finish(&self) -> bool {
-        false
-    }
-    /// Runs `script` as [`Store::run_sql`] does, then `claim` as
-    /// [`Store::claim_jobs`] does, in the same transaction: a worker's
-    /// finishing writes carry its next claim, so the key slots they free
-    /// are taken again with one durable commit instead of two.
+    /// Runs `script` as [`Store::run_sql`] does and, where the store gains
+    /// by it, `claim` as [`Store::claim_jobs`] does in the same transaction:
+    /// a worker's finishing writes carry its next claim, so the key slots
+    /// they free are taken again with one durable commit instead of two.
+    /// The claim never costs the script: one that fails is dropped (logged)
+    /// and the script commits. SQLite claims (the claim joins the same group
+    /// commit); PostgreSQL does not, the default here: its claim holds the
+    /// kind's advisory lock to the commit, so every record would queue
+    /// behind every claim (measured: 2,740-2,868 deliveries/s alone,
+    /// 686-694 combined).
     async fn run_sql_then_claim(
         &self,
         script: Vec<sql::Stmt>,
-        claim: queue::JobClaim,
-    ) -> Result<(Vec<sql::Done>, Vec<queue::Job>)>;
+        _claim: queue::JobClaim,
+    ) -> Result<(Vec<sql::Done>, Vec<queue::Job>)> {
+        Ok((self.run_sql(script).await?, Vec::new()))
+    }
     /// Runs read-only shared statements (a reader connection on SQLite).
     async fn read_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
     /// One version's document of a flow (runs follow the version they

@@ -359,8 +359,32 @@ impl hookflow::worker::JobHandler for Handler {
     }
 }
 
+/// A worker of kind `test` over [`Handler`]: batches of 8, one job per key
+/// at once, 8 in flight.
+fn test_worker(
+    store: std::sync::Arc<dyn hookflow::store::Store>,
+    owner: &str,
+    counting: &std::sync::Arc<Counting>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) -> hookflow::worker::JobWorker<Handler> {
+    hookflow::worker::JobWorker::new(
+        store,
+        std::sync::Arc::new(hookflow::flows::SystemClock),
+        std::sync::Arc::new(Handler(counting.clone())),
+        hookflow::worker::JobWorkerConfig {
+            kind: "test".into(),
+            owner: owner.into(),
+            lease: std::time::Duration::from_secs(30),
+            batch: 8,
+            per_key: Some(1),
+            max_in_flight: 8,
+        },
+        wake,
+    )
+}
+
 async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend) {
-    use hookflow::worker::{JobWorker, JobWorkerConfig, Loops};
+    use hookflow::worker::Loops;
     use std::sync::Arc;
     let Some(db) = test_db(b).await else { return };
     let (a, bb) = (open_store(&db).await, open_store(&db).await);
@@ -374,18 +398,10 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
     let mut running = Vec::new();
     for (name, store) in [("A", a.clone()), ("B", bb.clone())] {
         let wake = Arc::new(tokio::sync::Notify::new());
-        let worker = Arc::new(JobWorker::new(
+        let worker = Arc::new(test_worker(
             store,
-            Arc::new(hookflow::flows::SystemClock),
-            Arc::new(Handler(counting.clone())),
-            JobWorkerConfig {
-                kind: "test".into(),
-                owner: format!("worker-{name}"),
-                lease: std::time::Duration::from_secs(30),
-                batch: 8,
-                per_key: Some(1),
-                max_in_flight: 8,
-            },
+            &format!("worker-{name}"),
+            &counting,
             wake.clone(),
         ));
         let loops = Loops {
@@ -441,6 +457,39 @@ async fn two_job_workers_handle_each_job_once_and_keep_per_key_limits(b: Backend
     bb.close().await;
 }
 
+/// The statements that store a `flow.step` delivery (and its job) per
+/// `(id, webhook)`, at `T0`.
+fn deliveries<'a>(
+    ws: &hookflow::domain::WorkspaceId,
+    items: impl IntoIterator<
+        Item = (
+            &'a hookflow::domain::DeliveryId,
+            &'a hookflow::domain::WebhookId,
+        ),
+    >,
+) -> Vec<hookflow::store::sql::Stmt> {
+    use hookflow::store::outbound as out;
+    items
+        .into_iter()
+        .flat_map(|(id, webhook_id)| {
+            out::insert_delivery(
+                &out::NewDelivery {
+                    id: id.clone(),
+                    workspace_id: ws.clone(),
+                    webhook_id: webhook_id.clone(),
+                    event_type: "flow.step".into(),
+                    flow_id: None,
+                    run_id: None,
+                    contact_id: None,
+                    step: None,
+                    context: json!({}),
+                },
+                T0,
+            )
+        })
+        .collect()
+}
+
 /// `record_delivered` (many delivered attempts, set-based) writes only for
 /// the jobs whose lease the writer holds, as `record_attempt` does one by one;
 /// then the retention purge removes the attempts in bounded batches.
@@ -466,23 +515,7 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
     .await
     .unwrap();
     let ids: Vec<DeliveryId> = (0..11).map(|_| DeliveryId::generate()).collect();
-    let mut script = Vec::new();
-    for id in &ids {
-        script.extend(out::insert_delivery(
-            &out::NewDelivery {
-                id: id.clone(),
-                workspace_id: ws.id.clone(),
-                webhook_id: hook.id.clone(),
-                event_type: "flow.step".into(),
-                flow_id: None,
-                run_id: None,
-                contact_id: None,
-                step: None,
-                context: json!({}),
-            },
-            T0,
-        ));
-    }
+    let script = deliveries(&ws.id, ids.iter().map(|id| (id, &hook.id)));
     store.run_sql(script).await.unwrap();
     // Loads read the webhooks by the jobs' keys; a webhook missing from
     // the keys (none given, or a wrong one) is read after, not dropped.
@@ -605,23 +638,7 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
     .await
     .unwrap();
     let (kept, gone) = (DeliveryId::generate(), DeliveryId::generate());
-    let mut script = Vec::new();
-    for (id, webhook_id) in [(&kept, &hook.id), (&gone, &other.id)] {
-        script.extend(out::insert_delivery(
-            &out::NewDelivery {
-                id: id.clone(),
-                workspace_id: ws.id.clone(),
-                webhook_id: webhook_id.clone(),
-                event_type: "flow.step".into(),
-                flow_id: None,
-                run_id: None,
-                contact_id: None,
-                step: None,
-                context: json!({}),
-            },
-            T0,
-        ));
-    }
+    let script = deliveries(&ws.id, [(&kept, &hook.id), (&gone, &other.id)]);
     store.run_sql(script).await.unwrap();
     let mut c = claim("c", T0 + 4, 8, None);
     c.kind = out::DELIVERY_JOB.into();
@@ -648,9 +665,11 @@ async fn delivered_attempts_recorded_together_write_only_under_a_held_lease(b: B
     assert_eq!(attempts.len(), 1, "no second outcome");
 }
 
-/// `run_sql_then_claim`: the claim sees what the script freed (one commit
-/// for both), and a script that fails takes the claim down with it.
+/// `run_sql_then_claim`: on SQLite the claim sees what the script freed
+/// (one commit for both); PostgreSQL only runs the script. Either way a
+/// script that fails writes nothing and nothing is claimed behind it.
 async fn a_claim_behind_a_finish_takes_the_slot_it_freed_in_one_transaction(b: Backend) {
+    use hookflow::store::queue::finish_stmt;
     use hookflow::store::sql::Stmt;
     let Some(db) = test_db(b).await else { return };
     let s = open_store(&db).await;
@@ -663,12 +682,6 @@ async fn a_claim_behind_a_finish_takes_the_slot_it_freed_in_one_transaction(b: B
         .await
         .unwrap();
     assert_eq!(ids(&first), BTreeSet::from([all[0].clone()]));
-    let finish = |id: &JobId| {
-        Stmt::new(
-            "DELETE FROM jobs WHERE id = $1 AND lease_owner = $2 RETURNING id",
-            vec![id.as_str().into(), "A".into()],
-        )
-    };
     // The key's one slot is held: a claim alone takes nothing ...
     assert!(
         s.claim_jobs(claim("A", T0 + 11, 10, Some(1)))
@@ -678,90 +691,114 @@ async fn a_claim_behind_a_finish_takes_the_slot_it_freed_in_one_transaction(b: B
     );
     // ... and behind the finish that frees it, takes the next job.
     let (done, next) = s
-        .run_sql_then_claim(vec![finish(&all[0])], claim("A", T0 + 12, 10, Some(1)))
+        .run_sql_then_claim(
+            vec![finish_stmt(&all[0], "A", T0 + 12, &JobOutcome::Done)],
+            claim("A", T0 + 12, 10, Some(1)),
+        )
         .await
         .unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!(done[0].rows.len(), 1, "the finish deleted the first job");
-    assert_eq!(ids(&next), BTreeSet::from([all[1].clone()]));
-    // A script that fails rolls back its own writes and claims nothing.
+    assert_eq!(done[0].changed, 1, "the finish recorded the first job");
+    match b {
+        Backend::Sqlite => assert_eq!(ids(&next), BTreeSet::from([all[1].clone()])),
+        Backend::Postgres => {
+            assert!(next.is_empty(), "PostgreSQL claims nothing behind");
+            let taken = s
+                .claim_jobs(claim("A", T0 + 12, 10, Some(1)))
+                .await
+                .unwrap();
+            assert_eq!(ids(&taken), BTreeSet::from([all[1].clone()]));
+        }
+    }
+    // A script that fails rolls back its own writes and claims nothing,
+    // though the claim behind it would have room for the third job.
     let failing = Stmt::new("SELECT 1 WHERE 1 = 0", vec![]).or_not_found("job", "missing");
     let err = s
         .run_sql_then_claim(
-            vec![finish(&all[1]), failing],
-            claim("A", T0 + 13, 10, Some(1)),
+            vec![
+                finish_stmt(&all[1], "A", T0 + 13, &JobOutcome::Done),
+                failing,
+            ],
+            claim("A", T0 + 13, 10, Some(2)),
         )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
     let second = s.get_job(&all[1]).await.unwrap();
     assert_eq!(
-        second.status,
-        JobStatus::Queued,
+        (second.status, second.lease_owner.as_deref()),
+        (JobStatus::Queued, Some("A")),
         "the finish was rolled back"
     );
-    assert_eq!(second.lease_owner.as_deref(), Some("A"));
     let third = s.get_job(&all[2]).await.unwrap();
     assert_eq!(third.lease_owner, None, "nothing was claimed");
     s.close().await;
 }
 
-/// `JobWorker::finish_then_claim` hands what its claim takes to the handler,
-/// as the loops would, and claims nothing once the worker drains; on a store
-/// that does not claim behind finishes (PostgreSQL) it only finishes.
+/// `JobWorker::finish_then_claim`: the job a finish frees a slot for starts
+/// at once on SQLite (the claim rides on the finish), as the loops would
+/// start it; on PostgreSQL it waits for a loop. A drained worker claims
+/// nothing behind a finish.
 async fn a_worker_starts_what_it_claims_behind_a_finish_until_it_drains(b: Backend) {
-    use hookflow::worker::{FinishThenClaim, JobWorker, JobWorkerConfig, LeasedWork};
+    use hookflow::store::queue::finish_stmt;
+    use hookflow::worker::{FinishThenClaim, LeasedWork};
     use std::sync::Arc;
     let Some(db) = test_db(b).await else { return };
     let s = open_store(&db).await;
     let now = chrono::Utc::now().timestamp_millis();
     let counting = Arc::new(Counting::default());
-    let worker = JobWorker::new(
+    let worker = test_worker(
         s.clone(),
-        Arc::new(hookflow::flows::SystemClock),
-        Arc::new(Handler(counting.clone())),
-        JobWorkerConfig {
-            kind: "test".into(),
-            owner: "worker".into(),
-            lease: std::time::Duration::from_secs(30),
-            batch: 8,
-            per_key: Some(1),
-            max_in_flight: 8,
-        },
+        "worker",
+        &counting,
         Arc::new(tokio::sync::Notify::new()),
     );
     // Odd payloads: done on their first attempt.
-    let first = s.enqueue_jobs(vec![job("k", 1, now)]).await.unwrap();
-    let done = worker.finish_then_claim(Vec::new()).await.unwrap();
-    assert!(done.is_empty());
-    if !s.claims_behind_finish() {
-        // PostgreSQL finishes alone: nothing is claimed behind.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let rec = s.get_job(&first[0]).await.unwrap();
-        assert_eq!((rec.status, rec.lease_owner), (JobStatus::Queued, None));
-        assert!(counting.calls.lock().unwrap().is_empty());
-        s.close().await;
-        return;
+    let jobs = s
+        .enqueue_jobs(vec![job("k", 1, now), job("k", 3, now)])
+        .await
+        .unwrap();
+    let mut lease = claim("worker", now, 1, Some(1));
+    lease.lease_until = now + 30_000;
+    assert_eq!(
+        ids(&s.claim_jobs(lease).await.unwrap()),
+        BTreeSet::from([jobs[0].clone()])
+    );
+    let done = worker
+        .finish_then_claim(vec![finish_stmt(
+            &jobs[0],
+            "worker",
+            now + 2,
+            &JobOutcome::Done,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(done[0].changed, 1, "the finish was recorded");
+    tokio::time::timeout(std::time::Duration::from_secs(10), worker.drain())
+        .await
+        .expect("the jobs started behind the finish end");
+    let second = s.get_job(&jobs[1]).await.unwrap();
+    match b {
+        Backend::Sqlite => {
+            assert_eq!(second.status, JobStatus::Done, "claimed behind and handled");
+            assert_eq!(*counting.calls.lock().unwrap(), vec![(3, 1)]);
+        }
+        Backend::Postgres => {
+            assert_eq!(
+                (second.status, second.lease_owner),
+                (JobStatus::Queued, None)
+            );
+            assert!(counting.calls.lock().unwrap().is_empty());
+        }
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while s.get_job(&first[0]).await.unwrap().status != JobStatus::Done {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job claimed behind the finish never ran"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(*counting.calls.lock().unwrap(), vec![(1, 1)]);
-    worker.drain().await;
-    let later = s.enqueue_jobs(vec![job("k", 3, now)]).await.unwrap();
+    // Drained: a finish claims nothing behind it, whatever the store.
+    let later = s.enqueue_jobs(vec![job("other", 5, now)]).await.unwrap();
     worker.finish_then_claim(Vec::new()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let rec = s.get_job(&later[0]).await.unwrap();
     assert_eq!(
         (rec.status, rec.lease_owner),
         (JobStatus::Queued, None),
         "a drained worker claims nothing behind a finish"
     );
-    assert_eq!(counting.calls.lock().unwrap().len(), 1);
     s.close().await;
 }

@@ -164,18 +164,6 @@ impl Store for PgStore {
         Ok(done)
     }
 
-    async fn run_sql_then_claim(
-        &self,
-        script: Vec<crate::store::sql::Stmt>,
-        claim: crate::store::queue::JobClaim,
-    ) -> Result<(Vec<crate::store::sql::Done>, Vec<crate::store::queue::Job>)> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let done = super::sql::script(&mut tx, &script).await?;
-        let jobs = super::queue::claim(&mut tx, &claim).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok((done, jobs))
-    }
-
     async fn read_sql(
         &self,
         script: Vec<crate::store::sql::Stmt>,

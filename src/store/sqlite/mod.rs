@@ -218,10 +218,6 @@ impl Store for SqliteStore {
         self.readers.close();
     }
 
-    fn claims_behind_finish(&self) -> bool {
-        true
-    }
-
     fn key_cache(&self) -> &super::key_cache::KeyCache {
         &self.keys
     }
@@ -364,11 +360,23 @@ impl Store for SqliteStore {
         script: Vec<crate::store::sql::Stmt>,
         claim: crate::store::queue::JobClaim,
     ) -> Result<(Vec<crate::store::sql::Done>, Vec<crate::store::queue::Job>)> {
-        // Durable, as `claim_jobs` is.
+        // Durable, as `claim_jobs` is. The claim runs in its own savepoint:
+        // if it fails, it is undone alone and the script still commits.
         self.writer
             .write(move |c| {
                 let done = sql::script(c, &script)?;
-                let jobs = logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim))?;
+                c.execute_batch("SAVEPOINT claim").map_err(internal)?;
+                let claimed =
+                    logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim));
+                let jobs = match claimed {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a claim behind a finish failed; the finish stands");
+                        c.execute_batch("ROLLBACK TO claim").map_err(internal)?;
+                        Vec::new()
+                    }
+                };
+                c.execute_batch("RELEASE claim").map_err(internal)?;
                 Ok((done, jobs))
             })
             .await
