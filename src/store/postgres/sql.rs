@@ -13,9 +13,11 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
     for a in &stmt.args {
         q = match a {
             Arg::Int(v) => q.bind(*v),
-            Arg::Text(v) => q.bind(v.clone()),
-            Arg::Bytes(v) => q.bind(v.clone()),
-            Arg::Json(v) => q.bind(v.clone().map(sqlx::types::Json)),
+            // Borrowed, not cloned: an attempt's request and body are
+            // kilobytes (SQLite's executor borrows them too).
+            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Bytes(v) => q.bind(v.as_deref()),
+            Arg::Json(v) => q.bind(v.as_ref().map(sqlx::types::Json)),
         };
     }
     let upper = stmt
