@@ -115,9 +115,7 @@ pub fn contacts(done: &Done) -> Result<Vec<ContactRecord>> {
 
 /// The one contact a [`by_id`] or [`by_email`] found.
 pub fn one(done: &Done) -> Result<ContactRecord> {
-    contacts(done)?
-        .pop()
-        .ok_or_else(|| super::StoreError::Internal("a contact read found no row".into()))
+    contact(done.row("contact")?)
 }
 
 pub fn to_page(done: &Done, page: &PageRequest) -> Result<Page<ContactRecord>> {
@@ -144,17 +142,16 @@ pub fn members_page(done: &Done, page: &PageRequest) -> Result<Page<Member>> {
 }
 
 pub fn memberships(done: &Done) -> Result<Vec<Membership>> {
-    done.rows
-        .iter()
-        .map(|r| {
-            Ok(Membership {
-                list_id: ListId::from_trusted(r.text(0)?),
-                contact_id: ContactId::from_trusted(r.text(1)?),
-                status: MembershipStatus::decode(&r.text(2)?)?,
-                since: r.int(3)?,
-            })
-        })
-        .collect()
+    done.rows.iter().map(|r| membership_row(r)).collect()
+}
+
+pub fn membership_row(r: &[Val]) -> Result<Membership> {
+    Ok(Membership {
+        list_id: ListId::from_trusted(r.text(0)?),
+        contact_id: ContactId::from_trusted(r.text(1)?),
+        status: MembershipStatus::decode(&r.text(2)?)?,
+        since: r.int(3)?,
+    })
 }
 
 fn contact(r: &[Val]) -> Result<ContactRecord> {

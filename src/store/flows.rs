@@ -51,10 +51,7 @@ pub fn by_token(token: &str) -> Stmt {
 
 /// The one flow a [`by_token`] found, with its workspace.
 pub fn with_workspace(done: &Done) -> Result<(WorkspaceId, FlowRecord)> {
-    let r = done
-        .rows
-        .first()
-        .ok_or_else(|| StoreError::Internal("a flow read found no row".into()))?;
+    let r = done.row("flow")?;
     Ok((WorkspaceId::from_trusted(r.text(9)?), record(r)?))
 }
 
@@ -75,9 +72,7 @@ pub fn records(done: &Done) -> Result<Vec<FlowRecord>> {
 
 /// The one flow a [`get`] or [`by_name`] found (they fail when none).
 pub fn one(done: &Done) -> Result<FlowRecord> {
-    records(done)?
-        .pop()
-        .ok_or_else(|| StoreError::Internal("a flow read found no row".into()))
+    record(done.row("flow")?)
 }
 
 pub fn to_page(done: &Done, page: &PageRequest) -> Result<Page<FlowRecord>> {
@@ -138,7 +133,7 @@ pub fn create(ws: &WorkspaceId, name: &str, document: &Value, now: Millis) -> Re
                 secret.as_ref().map(SigningSecret::as_str).into(),
             ],
         )
-        .on_constraint(plan::flow_name_taken(name))
+        .on_unique(plan::flow_name_taken(name))
         .changes(Cached::Flows),
         insert_version(ws, &id, document, now),
         get(ws, &id),
@@ -173,7 +168,7 @@ pub fn update(
             ],
         )
         .or_not_found("flow", id)
-        .on_constraint(plan::flow_name_taken(name))
+        .on_unique(plan::flow_name_taken(name))
         .changes(Cached::Flows),
         insert_version(ws, id, document, now),
         get(ws, id),
@@ -197,39 +192,40 @@ fn insert_version(ws: &WorkspaceId, id: &FlowId, document: &Value, now: Millis) 
     )
 }
 
-/// Sets the status (and the inbound token if there is none); activating a
-/// flow whose document (`current`, read before) asks for signed calls gives
-/// it a secret if it has none. Then the flow as stored.
+/// Sets the status (and the inbound token if there is none). `signs` is
+/// the document, read before, when the flow is being activated: one that
+/// asks for signed calls gets a secret if it has none. Then the flow as
+/// stored.
 pub fn set_status(
-    current: &FlowRecord,
     ws: &WorkspaceId,
+    id: &FlowId,
     status: FlowStatus,
     token: Option<&str>,
+    signs: Option<&crate::domain::flow::FlowDoc>,
     now: Millis,
 ) -> FlowWrite {
-    let secret = if status == FlowStatus::Active {
-        secret_for(&current.document)
-    } else {
-        None
-    };
-    FlowWrite(vec![
-        Stmt::new(
-            "UPDATE flows SET status = $3, inbound_token = COALESCE(inbound_token, $4), updated_at = $5,
+    let secret = signs.and_then(secret_for);
+    FlowWrite(
+        vec![
+            Stmt::new(
+                "UPDATE flows SET status = $3, inbound_token = COALESCE(inbound_token, $4), updated_at = $5,
                inbound_secret = COALESCE(inbound_secret, $6)
              WHERE workspace_id = $1 AND id = $2",
-            vec![
-                ws.as_str().into(),
-                current.id.as_str().into(),
-                status.as_str().into(),
-                token.into(),
-                now.into(),
-                secret.as_ref().map(SigningSecret::as_str).into(),
-            ],
-        )
-        .or_not_found("flow", &current.id)
-        .changes(Cached::Flows),
-        get(ws, &current.id),
-    ], secret)
+                vec![
+                    ws.as_str().into(),
+                    id.as_str().into(),
+                    status.as_str().into(),
+                    token.into(),
+                    now.into(),
+                    secret.as_ref().map(SigningSecret::as_str).into(),
+                ],
+            )
+            .or_not_found("flow", id)
+            .changes(Cached::Flows),
+            get(ws, id),
+        ],
+        secret,
+    )
 }
 
 /// Replaces the inbound token, and the signing secret if the document
@@ -281,12 +277,15 @@ pub fn version(ws: &WorkspaceId, id: &FlowId, version: i64) -> Stmt {
 pub struct FlowWrite(pub Vec<Stmt>, pub Option<SigningSecret>);
 
 impl FlowWrite {
-    /// The flow as the script's last statement read it, marked with whether
-    /// the secret offered is the one now stored (then new: shown once).
-    pub fn flow(&self, done: &[Done]) -> Result<FlowRecord> {
+    /// Runs the write; the flow as its last statement read it, marked with
+    /// whether the secret offered is the one now stored (then new: shown
+    /// once).
+    pub async fn run(self, store: &(impl super::Store + ?Sized)) -> Result<FlowRecord> {
+        let FlowWrite(script, secret) = self;
+        let done = store.run_sql(script).await?;
         let read = done
             .last()
             .ok_or_else(|| StoreError::Internal("a flow write returned no read".into()))?;
-        after_write(read, self.1.as_ref())
+        after_write(read, secret.as_ref())
     }
 }

@@ -133,7 +133,7 @@ fn insert_field(list: &ListId, f: &FieldDef, position: Option<i64>) -> Stmt {
             position.into(),
         ],
     )
-    .on_constraint(plan::field_exists(f.name.as_str()))
+    .on_unique(plan::field_exists(f.name.as_str()))
     .changes(Cached::Lists)
 }
 
@@ -145,7 +145,7 @@ pub fn create(ws: &WorkspaceId, name: &str, fields: &[FieldDef], now: Millis) ->
             "INSERT INTO lists (id, workspace_id, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
             vec![id.as_str().into(), ws.as_str().into(), name.into(), now.into()],
         )
-        .on_constraint(plan::list_name_taken(name)),
+        .on_unique(plan::list_name_taken(name)),
     ];
     script.extend(
         fields
@@ -179,7 +179,7 @@ pub fn rename(ws: &WorkspaceId, id: &ListId, name: &str, now: Millis) -> Vec<Stm
             ],
         )
         .or_not_found("list", id)
-        .on_constraint(plan::list_name_taken(name)),
+        .on_unique(plan::list_name_taken(name)),
     ];
     script.extend(read(ws, id));
     script

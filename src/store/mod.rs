@@ -328,8 +328,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     async fn create_workspace(&self, name: &str) -> Result<Workspace> {
-        let (ws, stmt) = workspaces::insert_workspace(name, now_millis());
-        self.run_sql(vec![stmt]).await?;
+        let ws = workspaces::new_workspace(name, now_millis());
+        self.run_sql(vec![workspaces::insert_workspace(&ws)])
+            .await?;
         Ok(ws)
     }
     async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
@@ -340,9 +341,7 @@ pub trait Store: Send + Sync + 'static {
         let done = self
             .read_sql(vec![workspaces::workspace_by_name(name)])
             .await?;
-        workspaces::workspaces(&done[0])?
-            .pop()
-            .ok_or_else(|| workspaces::missing("workspace"))
+        workspaces::workspace(done[0].row("workspace")?)
     }
     /// Creates workspace `name` with `key` only if there is no workspace at
     /// all; `None` if there already was one. Atomic across processes.
@@ -351,22 +350,22 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         key: NewApiKey,
     ) -> Result<Option<(Workspace, ApiKeyRecord)>> {
-        let (ws, _) = workspaces::insert_workspace(name, now_millis());
+        let now = now_millis();
+        let ws = workspaces::new_workspace(name, now);
         let mut script: Vec<sql::Stmt> = self.exclusive("bootstrap").into_iter().collect();
         let first = script.len();
-        script.push(workspaces::insert_first_workspace(&ws));
         // One transaction: the key goes in only beside its new workspace
-        // (with a workspace there already, both statements find nothing).
-        let mut insert = workspaces::insert_key(&ws.id, &key, now_millis());
-        let mut read = workspaces::key_by_id(&key.id);
-        (insert.or_else, read.or_else) = (None, None);
-        script.extend([insert, read]);
+        // (with a workspace there already, all three find nothing).
+        script.extend([
+            workspaces::insert_first_workspace(&ws),
+            workspaces::insert_key(&ws.id, &key, now),
+            workspaces::key_by_id(&key.id),
+        ]);
         let done = self.run_sql(script).await?;
         if done[first].changed == 0 {
             return Ok(None);
         }
-        let key = workspaces::first_key(&done[first + 2])?
-            .ok_or_else(|| workspaces::missing("API key"))?;
+        let key = workspaces::key(done[first + 2].row("API key")?)?;
         Ok(Some((ws, key)))
     }
 
@@ -377,11 +376,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ApiKeyRecord> {
         let done = self
             .run_sql(vec![
-                workspaces::insert_key(workspace, &key, now_millis()),
+                workspaces::insert_key(workspace, &key, now_millis())
+                    .or_not_found("workspace", workspace),
                 workspaces::key_by_id(&key.id),
             ])
             .await?;
-        workspaces::first_key(&done[1])?.ok_or_else(|| workspaces::missing("API key"))
+        workspaces::key(done[1].row("API key")?)
     }
     async fn list_api_keys(&self, workspace: Option<&WorkspaceId>) -> Result<Vec<ApiKeyRecord>> {
         let done = self
@@ -397,7 +397,7 @@ pub trait Store: Send + Sync + 'static {
             ])
             .await;
         self.key_cache().evict(id);
-        workspaces::first_key(&done?[1])?.ok_or_else(|| workspaces::missing("API key"))
+        workspaces::key(done?[1].row("API key")?)
     }
     /// The key whose hash is `hash`, revoked or not.
     async fn api_key_by_hash(&self, hash: &[u8]) -> Result<Option<ApiKeyRecord>> {
@@ -406,7 +406,7 @@ pub trait Store: Send + Sync + 'static {
         }
         let ticket = self.key_cache().ticket();
         let done = self.read_sql(vec![workspaces::key_by_hash(hash)]).await?;
-        let rec = workspaces::first_key(&done[0])?;
+        let rec = workspaces::found_key(&done[0])?;
         if let Some(r) = &rec {
             self.key_cache().put(ticket, r);
         }
@@ -536,9 +536,9 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         document: Value,
     ) -> Result<FlowRecord> {
-        let write = flows::create(ws, name, &document, now_millis())?;
-        let done = self.run_sql(write.0.clone()).await?;
-        write.flow(&done)
+        flows::create(ws, name, &document, now_millis())?
+            .run(self)
+            .await
     }
     async fn get_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<FlowRecord> {
         flows::one(&self.read_sql(vec![flows::get(ws, id)]).await?[0])
@@ -557,9 +557,9 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         document: Value,
     ) -> Result<FlowRecord> {
-        let write = flows::update(ws, id, name, &document, now_millis())?;
-        let done = self.run_sql(write.0.clone()).await?;
-        write.flow(&done)
+        flows::update(ws, id, name, &document, now_millis())?
+            .run(self)
+            .await
     }
     /// Sets the status; `token` becomes the inbound token if the flow has none.
     /// Like saves (`create_flow`, `update_flow`), activation generates the
@@ -572,12 +572,16 @@ pub trait Store: Send + Sync + 'static {
         status: FlowStatus,
         token: Option<String>,
     ) -> Result<FlowRecord> {
-        // The document read first decides whether activation needs a
+        // Activation reads the document first to know whether it needs a
         // secret; a save in between stores its own secret if it signs.
-        let current = self.get_flow(ws, id).await?;
-        let write = flows::set_status(&current, ws, status, token.as_deref(), now_millis());
-        let done = self.run_sql(write.0.clone()).await?;
-        write.flow(&done)
+        let current = match status {
+            FlowStatus::Active => Some(self.get_flow(ws, id).await?),
+            _ => None,
+        };
+        let signs = current.as_ref().map(|f| &*f.document);
+        flows::set_status(ws, id, status, token.as_deref(), signs, now_millis())
+            .run(self)
+            .await
     }
     /// Replaces the inbound token (the old URL stops working at once), and
     /// the signing secret if the document asks for signed calls.
@@ -588,9 +592,9 @@ pub trait Store: Send + Sync + 'static {
         token: String,
     ) -> Result<FlowRecord> {
         let current = self.get_flow(ws, id).await?;
-        let write = flows::rotate_token(&current, ws, &token, now_millis());
-        let done = self.run_sql(write.0.clone()).await?;
-        write.flow(&done)
+        flows::rotate_token(&current, ws, &token, now_millis())
+            .run(self)
+            .await
     }
     async fn delete_flow(&self, ws: &WorkspaceId, id: &FlowId) -> Result<()> {
         self.run_sql(vec![flows::delete(ws, id)]).await.map(drop)
@@ -669,8 +673,7 @@ pub trait Store: Send + Sync + 'static {
     /// A job as stored.
     async fn get_job(&self, id: &crate::domain::JobId) -> Result<queue::JobRecord> {
         let done = self.read_sql(vec![queue::get_stmt(id)]).await?;
-        queue::job_record(done.first().and_then(|d| d.rows.first()).map(Vec::as_slice))
-            .ok_or_else(|| StoreError::not_found("job", id))?
+        queue::job_record(done[0].row("job")?)
     }
     /// Runs shared statements (`store::sql`) in order in one transaction:
     /// all of them or none (a statement's `or_else` rolls it back).
@@ -701,12 +704,7 @@ pub trait Store: Send + Sync + 'static {
         let done = self
             .read_sql(vec![flows::version(ws, flow, version)])
             .await?;
-        done[0]
-            .rows
-            .first()
-            .ok_or_else(|| StoreError::not_found("flow version", format!("{flow}@{version}")))?
-            .as_slice()
-            .json(0)
+        done[0].row("flow version")?.json(0)
     }
 
     async fn list_runs(

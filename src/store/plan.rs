@@ -92,23 +92,24 @@ pub fn email_required() -> StoreError {
     }
 }
 
-/// The conflict answered when a list field name is taken.
-pub fn field_exists(name: &str) -> StoreError {
-    StoreError::Conflict {
+/// The conflict answered when a list field name is taken (the unique
+/// `(list_id, name)`).
+pub fn field_exists(name: &str) -> super::sql::Taken {
+    super::sql::Taken {
         code: ErrorCode::FieldExists,
         message: format!("the list already has a field named `{name}`"),
     }
 }
 
-pub fn list_name_taken(name: &str) -> StoreError {
-    StoreError::Conflict {
+pub fn list_name_taken(name: &str) -> super::sql::Taken {
+    super::sql::Taken {
         code: ErrorCode::ListNameTaken,
         message: format!("a list named `{name}` already exists in this workspace"),
     }
 }
 
-pub fn flow_name_taken(name: &str) -> StoreError {
-    StoreError::Conflict {
+pub fn flow_name_taken(name: &str) -> super::sql::Taken {
+    super::sql::Taken {
         code: ErrorCode::FlowNameTaken,
         message: format!("a flow named `{name}` already exists in this workspace"),
     }
@@ -121,8 +122,8 @@ pub fn email_taken(email: &str) -> StoreError {
     }
 }
 
-pub fn workspace_name_taken(name: &str) -> StoreError {
-    StoreError::Conflict {
+pub fn workspace_name_taken(name: &str) -> super::sql::Taken {
+    super::sql::Taken {
         code: ErrorCode::WorkspaceNameTaken,
         message: format!("a workspace named `{name}` already exists"),
     }

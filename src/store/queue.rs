@@ -104,7 +104,7 @@ crate::stored_enum!(JobStatus, "job status", {
     Failed => "failed",
 });
 
-/// Most jobs per `INSERT` of [`enqueue_script`] (7 parameters each, far
+/// Most jobs per `INSERT` of [`enqueue_script`] (9 parameters each, far
 /// below either database's limit); chunks are powers of two.
 const ENQUEUE_CHUNK: usize = 256;
 
@@ -116,27 +116,18 @@ pub fn enqueue_script(jobs: &[NewJob], now: Millis) -> (Vec<JobId>, Vec<Stmt>) {
     let script = crate::store::sql::pow2_chunks(&numbered, ENQUEUE_CHUNK)
         .map(|chunk| {
             let mut rows = Vec::with_capacity(chunk.len());
-            let mut args = Vec::with_capacity(7 * chunk.len());
+            let mut args = Vec::with_capacity(9 * chunk.len());
             for (i, (j, id)) in chunk.iter().enumerate() {
-                let n = 7 * i;
-                rows.push(format!(
-                    "(${}, ${}, ${}, ${}, ${}, 'queued', ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 7,
-                    n + 7
-                ));
+                rows.push(format!("({})", crate::store::sql::params(1 + 9 * i, 9)));
                 args.extend([
                     id.as_str().into(),
                     j.kind.as_str().into(),
                     j.key.as_str().into(),
                     j.workspace_id.as_ref().map(WorkspaceId::as_str).into(),
                     Arg::Json(Some(j.payload.clone())),
+                    JobStatus::Queued.as_str().into(),
                     j.due_at.into(),
+                    now.into(),
                     now.into(),
                 ]);
             }
@@ -173,32 +164,29 @@ pub fn finish_stmt(id: &JobId, owner: &str, now: Millis, outcome: &JobOutcome) -
     )
 }
 
-/// Reads one job ([`job_record`] decodes it).
+/// Reads one job (NotFound if there is none; [`job_record`] decodes it).
 pub fn get_stmt(id: &JobId) -> Stmt {
     Stmt::new(
         "SELECT id, kind, key, status, attempts, due_at, last_error, lease_owner, finished_at
          FROM jobs WHERE id = $1",
         vec![id.as_str().into()],
     )
+    .or_not_found("job", id)
 }
 
-/// A [`get_stmt`] row as a record; `None` when there was no row.
-pub fn job_record(row: Option<&[Val]>) -> Option<crate::store::Result<JobRecord>> {
-    let r = row?;
-    let decode = || {
-        Ok(JobRecord {
-            id: JobId::from_trusted(r.text(0)?),
-            kind: r.text(1)?,
-            key: r.text(2)?,
-            status: JobStatus::decode(&r.text(3)?)?,
-            attempts: r.int(4)?,
-            due_at: r.int(5)?,
-            last_error: r.opt_text(6)?,
-            lease_owner: r.opt_text(7)?,
-            finished_at: r.opt_int(8)?,
-        })
-    };
-    Some(decode())
+/// A [`get_stmt`] row as a record.
+pub fn job_record(r: &[Val]) -> crate::store::Result<JobRecord> {
+    Ok(JobRecord {
+        id: JobId::from_trusted(r.text(0)?),
+        kind: r.text(1)?,
+        key: r.text(2)?,
+        status: JobStatus::decode(&r.text(3)?)?,
+        attempts: r.int(4)?,
+        due_at: r.int(5)?,
+        last_error: r.opt_text(6)?,
+        lease_owner: r.opt_text(7)?,
+        finished_at: r.opt_int(8)?,
+    })
 }
 
 /// The statuses and fields `finish_job` writes for an outcome: (status,

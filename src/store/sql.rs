@@ -93,11 +93,11 @@ pub struct Stmt {
     /// script with this error and rolls the transaction back.
     pub or_else: Option<NotFound>,
     /// When set, a unique constraint the statement breaks (a taken name)
-    /// ends the script with this error instead of a store failure.
-    pub on_constraint: Option<OnConstraint>,
+    /// ends the script with this conflict instead of a store failure.
+    pub on_unique: Option<Taken>,
     /// Rows an in-process cache holds (SQLite's writer caches whether a
-    /// workspace has contact-triggered flows): that executor drops the
-    /// cache in the same job as the write.
+    /// workspace has contact-triggered flows, and list fields): that
+    /// executor drops the cache in the same job as the write.
     pub changes: Option<Cached>,
 }
 
@@ -108,17 +108,21 @@ pub enum Cached {
     Lists,
 }
 
-/// The error a statement that breaks a constraint raises (see
-/// [`Stmt::on_constraint`]).
-#[derive(Clone, Debug)]
-pub enum OnConstraint {
-    Conflict {
-        code: crate::domain::ErrorCode,
-        message: String,
-    },
-    NotFound(NotFound),
-    /// Any other error given: a store failure with its message.
-    Failure(String),
+/// A unique value already taken: the conflict a statement answers with
+/// (see [`Stmt::on_unique`]; `store::plan` names them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub code: crate::domain::ErrorCode,
+    pub message: String,
+}
+
+impl Taken {
+    pub fn error(&self) -> StoreError {
+        StoreError::Conflict {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
 }
 
 /// The error a [`Stmt::or_else`] raises.
@@ -136,13 +140,24 @@ pub struct Done {
     pub changed: u64,
 }
 
+impl Done {
+    /// The first row of a read that must find one (its statement fails with
+    /// `or_not_found` otherwise, or it reads what the same script just
+    /// wrote): none is a store failure naming `what`.
+    pub fn row(&self, what: &str) -> Result<&[Val]> {
+        self.rows.first().map(Vec::as_slice).ok_or_else(|| {
+            StoreError::Internal(format!("{what}: a read that must find a row found none"))
+        })
+    }
+}
+
 impl Stmt {
     pub fn new(sql: impl Into<std::borrow::Cow<'static, str>>, args: Vec<Arg>) -> Self {
         Self {
             sql: sql.into(),
             args,
             or_else: None,
-            on_constraint: None,
+            on_unique: None,
             changes: None,
         }
     }
@@ -153,31 +168,11 @@ impl Stmt {
         self
     }
 
-    /// Answers `error` (a conflict, usually) when the statement breaks a
-    /// unique constraint; any other error stays a failure.
-    pub fn on_constraint(mut self, error: StoreError) -> Self {
-        self.on_constraint = match error {
-            StoreError::Conflict { code, message } => {
-                Some(OnConstraint::Conflict { code, message })
-            }
-            StoreError::NotFound { kind, id } => {
-                Some(OnConstraint::NotFound(NotFound { kind, id }))
-            }
-            other => Some(OnConstraint::Failure(other.to_string())),
-        };
+    /// Answers `taken` when the statement breaks a unique constraint; any
+    /// other error stays a store failure.
+    pub fn on_unique(mut self, taken: Taken) -> Self {
+        self.on_unique = Some(taken);
         self
-    }
-
-    /// The error for a broken constraint, if the statement names one.
-    pub fn constraint_error(&self) -> Option<StoreError> {
-        self.on_constraint.as_ref().map(|c| match c {
-            OnConstraint::Conflict { code, message } => StoreError::Conflict {
-                code: *code,
-                message: message.clone(),
-            },
-            OnConstraint::NotFound(nf) => StoreError::not_found(nf.kind, &nf.id),
-            OnConstraint::Failure(m) => StoreError::Internal(m.clone()),
-        })
     }
 
     /// Fails the script (rolled back) when the statement finds no row.
@@ -204,6 +199,9 @@ impl Stmt {
 /// (64, 16, 4, 1 for 85 at most 64), so that statements built per chunk
 /// come in a few texts only, and statement caches keep them.
 pub fn pow2_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    // At least one item a chunk, whatever `max` says: never an endless run
+    // of empty chunks.
+    let max = max.max(1);
     let mut rest = items;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -332,6 +330,7 @@ mod tests {
         assert_eq!(sizes(85, 64), [64, 16, 4, 1]);
         assert_eq!(sizes(200, 64), [64, 64, 64, 8]);
         assert_eq!(sizes(7, 4), [4, 2, 1]);
+        assert_eq!(sizes(3, 0), [1, 1, 1], "a zero most still makes progress");
     }
 
     #[test]

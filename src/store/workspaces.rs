@@ -2,23 +2,28 @@
 //! the `Store` trait's default methods run on either database.
 
 use super::sql::{Done, RowExt, Stmt, Val};
-use super::{ApiKeyRecord, NewApiKey, Result, StoreError, Workspace, plan};
+use super::{ApiKeyRecord, NewApiKey, Result, Workspace, plan};
 use crate::domain::{ApiKeyId, Millis, Scope, Stored, WorkspaceId};
 
-/// A new workspace and the statement that stores it (a taken name is a
-/// conflict).
-pub fn insert_workspace(name: &str, now: Millis) -> (Workspace, Stmt) {
-    let ws = Workspace {
+pub fn new_workspace(name: &str, now: Millis) -> Workspace {
+    Workspace {
         id: WorkspaceId::generate(),
         name: name.to_owned(),
         created_at: now,
-    };
-    let stmt = Stmt::new(
+    }
+}
+
+/// Stores `ws` (a taken name is a conflict).
+pub fn insert_workspace(ws: &Workspace) -> Stmt {
+    Stmt::new(
         "INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)",
-        vec![ws.id.as_str().into(), name.into(), now.into()],
+        vec![
+            ws.id.as_str().into(),
+            ws.name.as_str().into(),
+            ws.created_at.into(),
+        ],
     )
-    .on_constraint(plan::workspace_name_taken(name));
-    (ws, stmt)
+    .on_unique(plan::workspace_name_taken(&ws.name))
 }
 
 /// Stores `ws` only if there is no workspace yet (the first run's
@@ -51,20 +56,19 @@ pub fn workspace_by_name(name: &str) -> Stmt {
 }
 
 pub fn workspaces(done: &Done) -> Result<Vec<Workspace>> {
-    done.rows
-        .iter()
-        .map(|r| {
-            Ok(Workspace {
-                id: WorkspaceId::from_trusted(r.text(0)?),
-                name: r.text(1)?,
-                created_at: r.int(2)?,
-            })
-        })
-        .collect()
+    done.rows.iter().map(|r| workspace(r)).collect()
 }
 
-/// Stores a key of workspace `ws` (a workspace that does not exist is not
-/// found).
+pub fn workspace(r: &[Val]) -> Result<Workspace> {
+    Ok(Workspace {
+        id: WorkspaceId::from_trusted(r.text(0)?),
+        name: r.text(1)?,
+        created_at: r.int(2)?,
+    })
+}
+
+/// Stores a key of workspace `ws`, only if the workspace exists (then it
+/// changed a row).
 pub fn insert_key(ws: &WorkspaceId, key: &NewApiKey, now: Millis) -> Stmt {
     Stmt::new(
         "INSERT INTO api_keys (id, workspace_id, name, scope, prefix, hash, created_at)
@@ -79,7 +83,6 @@ pub fn insert_key(ws: &WorkspaceId, key: &NewApiKey, now: Millis) -> Stmt {
             now.into(),
         ],
     )
-    .or_not_found("workspace", ws)
 }
 
 /// The key columns read, with the workspace's name, then `$tail`.
@@ -93,8 +96,9 @@ macro_rules! key_select {
     };
 }
 
+/// Reads a key (after the script's own write of it: no row is a failure).
 pub fn key_by_id(id: &ApiKeyId) -> Stmt {
-    Stmt::new(key_select!(" WHERE k.id = $1"), vec![id.as_str().into()]).or_not_found("API key", id)
+    Stmt::new(key_select!(" WHERE k.id = $1"), vec![id.as_str().into()])
 }
 
 pub fn key_by_hash(hash: &[u8]) -> Stmt {
@@ -124,12 +128,12 @@ pub fn keys(done: &Done) -> Result<Vec<ApiKeyRecord>> {
     done.rows.iter().map(|r| key(r)).collect()
 }
 
-/// The first row of a key read, if any.
-pub fn first_key(done: &Done) -> Result<Option<ApiKeyRecord>> {
+/// The key a [`key_by_hash`] found, if any.
+pub fn found_key(done: &Done) -> Result<Option<ApiKeyRecord>> {
     done.rows.first().map(|r| key(r)).transpose()
 }
 
-fn key(r: &[Val]) -> Result<ApiKeyRecord> {
+pub fn key(r: &[Val]) -> Result<ApiKeyRecord> {
     Ok(ApiKeyRecord {
         id: ApiKeyId::from_trusted(r.text(0)?),
         workspace_id: WorkspaceId::from_trusted(r.text(1)?),
@@ -141,10 +145,4 @@ fn key(r: &[Val]) -> Result<ApiKeyRecord> {
         created_at: r.int(7)?,
         revoked_at: r.opt_int(8)?,
     })
-}
-
-/// A missing row where one must be: the store's state is not what it
-/// wrote.
-pub fn missing(what: &str) -> StoreError {
-    StoreError::Internal(format!("{what}: the row just written is missing"))
 }

@@ -92,9 +92,7 @@ pub(crate) trait Tx {
         let done = self
             .exec(&crate::store::contacts::membership(list, contact))
             .await?;
-        crate::store::contacts::memberships(&done)?
-            .pop()
-            .ok_or_else(|| StoreError::Internal("a membership read found no row".into()))
+        crate::store::contacts::membership_row(done.row("membership")?)
     }
     /// Removes the contact from the list; true if it was in it.
     async fn remove_membership(

@@ -26,14 +26,12 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
         .get(..6)
         .unwrap_or("")
         .to_ascii_uppercase();
-    // 23505: unique_violation.
-    let failed = |e: sqlx::Error| match stmt.constraint_error() {
-        Some(mapped)
+    let failed = |e: sqlx::Error| match &stmt.on_unique {
+        Some(taken)
             if e.as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "23505") =>
+                .is_some_and(|d| d.is_unique_violation()) =>
         {
-            mapped
+            taken.error()
         }
         _ => internal(e),
     };

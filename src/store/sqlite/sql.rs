@@ -33,8 +33,8 @@ pub fn exec(conn: &Connection, stmt: &Stmt) -> Result<Done> {
         None => {}
     }
     let args = stmt.args.iter().map(Bind);
-    let failed = |e: rusqlite::Error| match stmt.constraint_error() {
-        Some(mapped) if super::is_unique_violation(&e) => mapped,
+    let failed = |e: rusqlite::Error| match &stmt.on_unique {
+        Some(taken) if super::is_unique_violation(&e) => taken.error(),
         _ => internal(e),
     };
     let done = if s.column_count() == 0 {
