@@ -83,8 +83,11 @@ pub enum Val {
 
 pub type Row = Vec<Val>;
 
-/// One statement of a script.
-#[derive(Clone, Debug)]
+/// One statement of a script. Its `Debug` shows the SQL and the kinds of
+/// its arguments, never their values: arguments carry signing secrets and
+/// passwords (webhooks, flows), and a statement in an error or log line
+/// must not leak them.
+#[derive(Clone)]
 pub struct Stmt {
     /// Mostly a literal; built text for a list of values (`IN ($1, $2, …)`).
     pub sql: std::borrow::Cow<'static, str>,
@@ -148,6 +151,25 @@ impl Done {
         self.rows.first().map(Vec::as_slice).ok_or_else(|| {
             StoreError::Internal(format!("{what}: a read that must find a row found none"))
         })
+    }
+}
+
+impl std::fmt::Debug for Stmt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Int(_) => "int",
+                Arg::Text(_) => "text",
+                Arg::Bytes(_) => "bytes",
+                Arg::Json(_) => "json",
+            })
+            .collect();
+        f.debug_struct("Stmt")
+            .field("sql", &self.sql)
+            .field("args", &kinds)
+            .finish_non_exhaustive()
     }
 }
 
@@ -316,6 +338,21 @@ impl RowExt for [Val] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_statement_debug_print_shows_no_argument_value() {
+        let stmt = Stmt::new(
+            "UPDATE webhooks SET secret = $2 WHERE id = $1",
+            vec!["wh_1".into(), "whsec_c2VjcmV0".into(), 7.into()],
+        );
+        let shown = format!("{stmt:?}");
+        assert!(shown.contains("UPDATE webhooks"), "{shown}");
+        assert!(
+            !shown.contains("whsec_") && !shown.contains("wh_1"),
+            "{shown}"
+        );
+        assert!(shown.contains(r#"["text", "text", "int"]"#), "{shown}");
+    }
 
     #[test]
     fn chunks_are_powers_of_two_up_to_the_most_and_keep_every_item_in_order() {
