@@ -10,8 +10,9 @@ macro_rules! error_codes {
     ($($variant:ident => $text:literal,)*) => {
         /// A machine-readable error code (snake_case on the wire).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum ErrorCode {
-            $(#[serde(rename = $text)] $variant,)*
+            $($variant,)*
         }
 
         impl ErrorCode {
