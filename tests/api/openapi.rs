@@ -122,6 +122,32 @@ fn variant_types(schema: &serde_json::Value) -> BTreeSet<String> {
     out
 }
 
+/// The error codes the document lists are exactly the codes sent on the
+/// wire (a serde rename the schema generator did not see once listed the
+/// Rust variant names instead).
+#[test]
+fn the_documented_error_codes_are_the_wire_forms() {
+    let doc = serde_json::to_value(hookflow::api::openapi_document()).unwrap();
+    let listed: BTreeSet<String> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("ErrorCode is an enum of strings")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let sent: BTreeSet<String> = hookflow::domain::ErrorCode::ALL
+        .iter()
+        .map(|c| {
+            serde_json::to_value(c)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(listed, sent);
+    assert!(listed.contains("not_found"), "{listed:?}");
+}
+
 /// The flow document is described completely: the step and trigger types
 /// are read from the schema (generated from the code), and each is one the
 /// code accepts and docs/flows.md explains; no hand-typed list to forget.
