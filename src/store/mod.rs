@@ -16,7 +16,7 @@ pub mod flows;
 pub mod inbound_log;
 pub mod key_cache;
 pub mod lists;
-pub(crate) mod logic;
+pub mod logic;
 pub mod outbound;
 pub mod plan;
 pub mod postgres;
@@ -463,7 +463,19 @@ pub trait Store: Send + Sync + 'static {
         lists::last(&done)
     }
 
-    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted>;
+    /// Runs one write whose orchestration is `store::logic`'s in one
+    /// transaction, durable before it answers (the methods below are built
+    /// on it).
+    async fn logic_write(&self, op: logic::Op) -> Result<logic::OpDone>;
+
+    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
+        self.logic_write(logic::Op::Upsert(ws.clone(), input))
+            .await?
+            .take(|d| match d {
+                logic::OpDone::Upserted(u) => Some(u),
+                _ => None,
+            })
+    }
     async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
         contacts::one(&self.read_sql(vec![contacts::by_id(ws, id)]).await?[0])
     }
@@ -488,7 +500,14 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         id: &ContactId,
         patch: ContactPatch,
-    ) -> Result<ContactRecord>;
+    ) -> Result<ContactRecord> {
+        self.logic_write(logic::Op::Patch(ws.clone(), id.clone(), patch))
+            .await?
+            .take(|d| match d {
+                logic::OpDone::Contact(c) => Some(c),
+                _ => None,
+            })
+    }
     /// Deletes the contact and its memberships.
     async fn delete_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<()> {
         self.run_sql(vec![contacts::delete(ws, id)]).await.map(drop)
@@ -500,13 +519,25 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         list: &ListId,
         contact: &ContactId,
-    ) -> Result<Membership>;
+    ) -> Result<Membership> {
+        let op = logic::Op::AddMember(ws.clone(), list.clone(), contact.clone());
+        self.logic_write(op).await?.take(|d| match d {
+            logic::OpDone::Member(m) => Some(m),
+            _ => None,
+        })
+    }
     async fn remove_membership(
         &self,
         ws: &WorkspaceId,
         list: &ListId,
         contact: &ContactId,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let op = logic::Op::RemoveMember(ws.clone(), list.clone(), contact.clone());
+        self.logic_write(op).await?.take(|d| match d {
+            logic::OpDone::Removed => Some(()),
+            _ => None,
+        })
+    }
     async fn list_members(
         &self,
         ws: &WorkspaceId,
@@ -604,7 +635,14 @@ pub trait Store: Send + Sync + 'static {
         flows::with_workspace(&self.read_sql(vec![flows::by_token(token)]).await?[0])
     }
     /// Records a contact entering a flow, all or nothing (IN-6, FL-3, IN-7).
-    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome>;
+    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
+        self.logic_write(logic::Op::Enter(ws.clone(), req))
+            .await?
+            .take(|d| match d {
+                logic::OpDone::Entered(e) => Some(e),
+                _ => None,
+            })
+    }
     /// The stored answer for an idempotency key in `scope`, if any; a
     /// Conflict if the key came with another request (`hash`).
     async fn idempotent_answer(
@@ -712,11 +750,23 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         filter: &RunFilter,
         page: &PageRequest,
-    ) -> Result<Page<RunRecord>>;
+    ) -> Result<Page<RunRecord>> {
+        let done = self.read_sql(vec![run::page(ws, filter, page)]).await?;
+        run::to_page(&done[0], page)
+    }
     /// A run with its step history, oldest first.
-    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)>;
+    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)> {
+        run::with_history(&self.read_sql(run::get(ws, id).into()).await?)
+    }
     /// Ends an unfinished run as `cancelled`; a Conflict if it had ended.
-    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord>;
+    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
+        let done = self.run_sql(vec![run::cancel(ws, id, now)]).await?;
+        match run::cancelled(&done[0])? {
+            Some(cancelled) => Ok(cancelled),
+            // Not there (NotFound) or already ended.
+            None => Err(run::run_finished(&self.get_run(ws, id).await?.0)),
+        }
+    }
 
     /// Records events (IN-8), each on its own: creates the contact if new,
     /// starts runs of flows triggered by the event's name and resumes runs
@@ -727,7 +777,14 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceId,
         events: Vec<EventIn>,
         now: Millis,
-    ) -> Result<Vec<Result<EventRecorded>>>;
+    ) -> Result<Vec<Result<EventRecorded>>> {
+        self.logic_write(logic::Op::Events(ws.clone(), events, now))
+            .await?
+            .take(|d| match d {
+                logic::OpDone::Events(out) => Some(out),
+                _ => None,
+            })
+    }
     /// Most events one `record_events` call should carry, so that one bulk
     /// upload does not hold other writes up behind one long transaction
     /// (the store knows how long its transactions may be).

@@ -10,14 +10,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{
-    AdvanceOutcome, ClaimedRun, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
-    EntryRequest, EventIn, EventRecorded, Membership, Result, RunAdvance, RunFilter, RunRecord,
-    StepRecord, Store, StoreError, StoreOptions, Upserted, now_millis, plan,
+    AdvanceOutcome, ClaimedRun, ContactRecord, Result, RunAdvance, Store, StoreError, StoreOptions,
+    now_millis, plan,
 };
-use crate::domain::{
-    ContactId, Email, FieldDef, FieldName, ListId, Millis, Page, PageRequest, Phone, RunId,
-    WorkspaceId,
-};
+use crate::domain::{ContactId, Email, FieldDef, FieldName, ListId, Millis, Phone, WorkspaceId};
 
 pub struct PgStore {
     pool: PgPool,

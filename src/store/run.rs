@@ -259,3 +259,135 @@ impl<'a> RunMove<'a> {
         }
     }
 }
+
+// ---- SQL: reading and cancelling runs (written once, `store::sql`) ---------------
+
+use super::sql::{Done, RowExt, Stmt, Val};
+use crate::domain::{Page, PageRequest, Stored, WorkspaceId};
+
+/// The run columns read (0–12).
+macro_rules! run_cols {
+    () => {
+        "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at,
+         wait_event, created_at, updated_at, finished_at"
+    };
+}
+
+macro_rules! run_select {
+    ($tail:literal) => {
+        concat!("SELECT ", run_cols!(), " ", $tail)
+    };
+}
+
+/// A page of the workspace's runs. Only the filters given go into the SQL,
+/// so each can use its index (`$3 IS NULL OR col = $3` would defeat them).
+pub fn page(ws: &WorkspaceId, filter: &RunFilter, page: &PageRequest) -> Stmt {
+    let mut sql = run_select!("FROM runs WHERE workspace_id = $1 AND id > $2").to_owned();
+    let mut args = vec![ws.as_str().into(), page.after_id().into()];
+    for (col, val) in [
+        ("flow_id", filter.flow_id.as_ref().map(FlowId::as_str)),
+        (
+            "contact_id",
+            filter.contact_id.as_ref().map(ContactId::as_str),
+        ),
+        ("status", filter.status.map(|s| s.as_str())),
+    ] {
+        if let Some(v) = val {
+            args.push(v.into());
+            sql.push_str(&format!(" AND {col} = ${}", args.len()));
+        }
+    }
+    args.push(i64::from(page.limit + 1).into());
+    sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
+    Stmt::new(sql, args)
+}
+
+pub fn to_page(done: &Done, page: &PageRequest) -> super::Result<Page<RunRecord>> {
+    let runs = done
+        .rows
+        .iter()
+        .map(|r| run(r))
+        .collect::<super::Result<Vec<_>>>()?;
+    Ok(Page::from_overfetch(runs, page.limit, |r| r.id.as_str()))
+}
+
+/// A run of the workspace (NotFound if there is none), then its history.
+pub fn get(ws: &WorkspaceId, id: &RunId) -> [Stmt; 2] {
+    [
+        Stmt::new(
+            run_select!("FROM runs WHERE workspace_id = $1 AND id = $2"),
+            vec![ws.as_str().into(), id.as_str().into()],
+        )
+        .or_not_found("run", id),
+        Stmt::new(
+            "SELECT step, type, at, input, outcome, detail, error FROM run_steps
+             WHERE run_id = $1 ORDER BY seq",
+            vec![id.as_str().into()],
+        ),
+    ]
+}
+
+pub fn with_history(done: &[Done]) -> super::Result<(RunRecord, Vec<StepRecord>)> {
+    let history = done[1]
+        .rows
+        .iter()
+        .map(|r| {
+            Ok(StepRecord {
+                step: r.text(0)?,
+                kind: r.text(1)?,
+                at: r.int(2)?,
+                input: r.json(3)?,
+                outcome: crate::flows::records::StepOutcome::decode(&r.text(4)?)?,
+                detail: r.json(5)?,
+                error: r.opt_text(6)?,
+            })
+        })
+        .collect::<super::Result<_>>()?;
+    Ok((run(done[0].row("run")?)?, history))
+}
+
+/// Ends an unfinished run as `cancelled` and returns it; no row when the
+/// run is not there or has ended (the caller reads it to tell which).
+pub fn cancel(ws: &WorkspaceId, id: &RunId, now: Millis) -> Stmt {
+    Stmt::new(
+        concat!(
+            "UPDATE runs SET status = 'cancelled', end_reason = 'cancelled', finished_at = $3,
+               updated_at = $3, lease_owner = NULL, lease_until = NULL, resume_event = NULL
+             WHERE workspace_id = $1 AND id = $2 AND status IN ('active', 'waiting')
+             RETURNING ",
+            run_cols!()
+        ),
+        vec![ws.as_str().into(), id.as_str().into(), now.into()],
+    )
+}
+
+/// The cancelled run, if [`cancel`] changed one.
+pub fn cancelled(done: &Done) -> super::Result<Option<RunRecord>> {
+    done.rows.first().map(|r| run(r)).transpose()
+}
+
+fn run(r: &[Val]) -> super::Result<RunRecord> {
+    let status = RunStatus::decode(&r.text(4)?)?;
+    Ok(RunRecord {
+        id: RunId::from_trusted(r.text(0)?),
+        flow_id: FlowId::from_trusted(r.text(1)?),
+        flow_version: r.int(2)?,
+        contact_id: ContactId::from_trusted(r.text(3)?),
+        status,
+        step: r.opt_text(5)?,
+        end_reason: r
+            .opt_text(6)?
+            .map(|e| crate::flows::records::EndReason::decode(&e))
+            .transpose()?,
+        event_data: r.json(7)?,
+        due_at: if status.is_finished() {
+            None
+        } else {
+            r.opt_int(8)?
+        },
+        wait_event: r.opt_text(9)?,
+        created_at: r.int(10)?,
+        updated_at: r.int(11)?,
+        finished_at: r.opt_int(12)?,
+    })
+}

@@ -16,6 +16,8 @@ pub(crate) mod queue;
 
 use serde_json::{Value, json};
 
+use super::sql::Stmt;
+
 use super::entry::{self, EntryRefusal};
 use super::run::{
     AdvanceOutcome, ContactChange, Effect, EntryPlan, EventIn, EventRecorded, RunAdvance,
@@ -28,6 +30,78 @@ use crate::domain::flow::{FlowDoc, Trigger};
 use crate::domain::{
     ContactId, Email, EventId, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId,
 };
+
+/// A write whose orchestration is here: each store runs it in one
+/// transaction of its own ([`Store::logic_write`]), and the `Store` trait's
+/// methods for these writes are built on it.
+///
+/// [`Store::logic_write`]: super::Store::logic_write
+#[derive(Debug)]
+pub enum Op {
+    /// `POST /v1/contacts`.
+    Upsert(WorkspaceId, ContactUpsert),
+    /// An inbound call entering a flow.
+    Enter(WorkspaceId, EntryRequest),
+    /// `PATCH /v1/contacts/{id}`.
+    Patch(WorkspaceId, ContactId, ContactPatch),
+    AddMember(WorkspaceId, ListId, ContactId),
+    RemoveMember(WorkspaceId, ListId, ContactId),
+    /// Events at one time, each in a savepoint of its own.
+    Events(WorkspaceId, Vec<EventIn>, Millis),
+}
+
+/// What an [`Op`] did.
+#[derive(Debug)]
+pub enum OpDone {
+    Upserted(Upserted),
+    Entered(EntryOutcome),
+    Contact(ContactRecord),
+    Member(Membership),
+    Removed,
+    Events(Vec<Result<EventRecorded>>),
+}
+
+impl OpDone {
+    /// The answer `pick` finds; another kind of answer is a store failure.
+    pub fn take<T>(self, pick: impl FnOnce(Self) -> Option<T>) -> Result<T> {
+        pick(self).ok_or_else(|| StoreError::Internal("a write answered as another kind".into()))
+    }
+}
+
+/// Runs `op` in `tx` (the caller commits).
+pub(crate) async fn perform<T: Tx>(tx: &mut T, op: &Op, now: Millis) -> Result<OpDone> {
+    Ok(match op {
+        Op::Upsert(ws, input) => OpDone::Upserted(upsert_contact(tx, ws, input, now).await?),
+        Op::Enter(ws, req) => OpDone::Entered(enter(tx, ws, req).await?),
+        Op::Patch(ws, id, patch) => OpDone::Contact(patch_contact(tx, ws, id, patch, now).await?),
+        Op::AddMember(ws, list, contact) => {
+            OpDone::Member(add_member(tx, ws, list, contact, now).await?)
+        }
+        Op::RemoveMember(ws, list, contact) => {
+            remove_member(tx, ws, list, contact, now).await?;
+            OpDone::Removed
+        }
+        Op::Events(ws, events, at) => {
+            let mut out = Vec::with_capacity(events.len());
+            for ev in events {
+                // A bad event undoes only itself.
+                tx.exec(&Stmt::new("SAVEPOINT one_event", vec![])).await?;
+                let one = record_event(tx, ws, ev, *at).await;
+                if one.is_err() {
+                    tx.exec(&Stmt::new("ROLLBACK TO SAVEPOINT one_event", vec![]))
+                        .await?;
+                }
+                tx.exec(&Stmt::new("RELEASE SAVEPOINT one_event", vec![]))
+                    .await?;
+                match one {
+                    Err(e @ (StoreError::Internal(_) | StoreError::Busy(_))) => return Err(e),
+                    other => out.push(other),
+                }
+            }
+            OpDone::Events(out)
+        }
+    })
+}
 
 /// A run to insert.
 pub(crate) struct NewRun<'a> {

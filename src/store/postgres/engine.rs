@@ -6,45 +6,17 @@
 use crate::domain::Stored;
 use crate::store::logic;
 use serde_json::Value;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{
     CONTACT_COLS, batch, contact_by_id, contact_row, field_defs_for, internal, write_contact,
 };
 use crate::domain::{
-    ContactId, Email, EventId, FieldDef, FlowId, ListId, Millis, Page, PageRequest, RunId,
-    WorkspaceId,
+    ContactId, Email, EventId, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId,
 };
-use crate::store::run::run_finished;
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactRecord, EventIn, EventRecorded, Result, RunAdvance,
-    RunFilter, RunRecord, RunStatus, StepRecord, StoreError,
+    AdvanceOutcome, ClaimedRun, ContactRecord, EventIn, Result, RunAdvance, RunStatus, StoreError,
 };
-
-/// Opens a savepoint; [`savepoint_end`] releases it, or rolls it back when
-/// the work inside failed, so one item of a batch cannot spoil the others.
-pub async fn savepoint_begin(c: &mut PgConnection) -> Result<()> {
-    sqlx::query("SAVEPOINT engine_item")
-        .execute(&mut *c)
-        .await
-        .map_err(internal)?;
-    Ok(())
-}
-
-pub async fn savepoint_end(c: &mut PgConnection, ok: bool) -> Result<()> {
-    if !ok {
-        sqlx::query("ROLLBACK TO SAVEPOINT engine_item")
-            .execute(&mut *c)
-            .await
-            .map_err(internal)?;
-    }
-    sqlx::query("RELEASE SAVEPOINT engine_item")
-        .execute(&mut *c)
-        .await
-        .map_err(internal)?;
-    Ok(())
-}
 
 /// The statements `store::logic` needs, in the caller's transaction.
 pub(crate) struct PgTx<'c> {
@@ -697,148 +669,4 @@ impl Moves {
         .map_err(internal)?;
         Ok(())
     }
-}
-
-// ---- reading runs ------------------------------------------------------------------------
-
-const RUN_COLS: &str = "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at, wait_event, created_at, updated_at, finished_at";
-
-fn run_row(r: &PgRow) -> Result<RunRecord> {
-    let status: String = r.try_get("status").map_err(internal)?;
-    let status = RunStatus::decode(&status)?;
-    Ok(RunRecord {
-        id: RunId::from_trusted(r.try_get("id").map_err(internal)?),
-        flow_id: FlowId::from_trusted(r.try_get("flow_id").map_err(internal)?),
-        flow_version: i64::from(r.try_get::<i32, _>("flow_version").map_err(internal)?),
-        contact_id: ContactId::from_trusted(r.try_get("contact_id").map_err(internal)?),
-        status,
-        step: r.try_get("step").map_err(internal)?,
-        end_reason: r
-            .try_get::<Option<String>, _>("end_reason")
-            .map_err(internal)?
-            .map(|e| crate::flows::records::EndReason::decode(&e))
-            .transpose()?,
-        event_data: r.try_get("event_data").map_err(internal)?,
-        due_at: if status.is_finished() {
-            None
-        } else {
-            r.try_get("due_at").map_err(internal)?
-        },
-        wait_event: r.try_get("wait_event").map_err(internal)?,
-        created_at: r.try_get("created_at").map_err(internal)?,
-        updated_at: r.try_get("updated_at").map_err(internal)?,
-        finished_at: r.try_get("finished_at").map_err(internal)?,
-    })
-}
-
-pub async fn page_runs(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    filter: &RunFilter,
-    page: &PageRequest,
-) -> Result<Page<RunRecord>> {
-    // Only the filters given go into the SQL, so each can use its index.
-    let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE workspace_id = $1 AND id > $2");
-    let mut args: Vec<String> = vec![ws.to_string(), page.after_id().to_owned()];
-    for (col, val) in [
-        ("flow_id", filter.flow_id.as_ref().map(|f| f.to_string())),
-        (
-            "contact_id",
-            filter.contact_id.as_ref().map(|c| c.to_string()),
-        ),
-        ("status", filter.status.map(|s| s.as_str().to_owned())),
-    ] {
-        if let Some(v) = val {
-            args.push(v);
-            sql.push_str(&format!(" AND {col} = ${}", args.len()));
-        }
-    }
-    sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len() + 1));
-    let mut q = sqlx::query(&sql);
-    for a in &args {
-        q = q.bind(a);
-    }
-    let q = q.bind(i64::from(page.limit) + 1);
-    let rows = q.fetch_all(&mut *c).await.map_err(internal)?;
-    let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
-    Ok(Page::from_overfetch(runs, page.limit, |r| r.id.as_str()))
-}
-
-pub async fn get_run(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    id: &RunId,
-    lock: bool,
-) -> Result<RunRecord> {
-    let r = sqlx::query(&format!(
-        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = $1 AND id = $2{}",
-        if lock { " FOR UPDATE" } else { "" }
-    ))
-    .bind(ws.as_str())
-    .bind(id.as_str())
-    .fetch_optional(&mut *c)
-    .await
-    .map_err(internal)?
-    .ok_or_else(|| StoreError::not_found("run", id))?;
-    run_row(&r)
-}
-
-pub async fn history(c: &mut PgConnection, id: &RunId) -> Result<Vec<StepRecord>> {
-    let rows = sqlx::query(
-        "SELECT step, type, at, input, outcome, detail, error FROM run_steps WHERE run_id = $1 ORDER BY seq",
-    )
-    .bind(id.as_str())
-    .fetch_all(&mut *c)
-    .await
-    .map_err(internal)?;
-    rows.iter()
-        .map(|r| {
-            Ok(StepRecord {
-                step: r.try_get("step").map_err(internal)?,
-                kind: r.try_get("type").map_err(internal)?,
-                at: r.try_get("at").map_err(internal)?,
-                input: r.try_get("input").map_err(internal)?,
-                outcome: crate::flows::records::StepOutcome::decode(
-                    &r.try_get::<String, _>("outcome").map_err(internal)?,
-                )?,
-                detail: r.try_get("detail").map_err(internal)?,
-                error: r.try_get("error").map_err(internal)?,
-            })
-        })
-        .collect()
-}
-
-pub async fn cancel(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    id: &RunId,
-    now: Millis,
-) -> Result<RunRecord> {
-    let run = get_run(c, ws, id, true).await?;
-    if run.status.is_finished() {
-        return Err(run_finished(&run));
-    }
-    sqlx::query(
-        "UPDATE runs SET status = 'cancelled', end_reason = 'cancelled', finished_at = $3, updated_at = $3,
-           lease_owner = NULL, lease_until = NULL, resume_event = NULL
-         WHERE workspace_id = $1 AND id = $2",
-    )
-    .bind(ws.as_str())
-    .bind(id.as_str())
-    .bind(now)
-    .execute(&mut *c)
-    .await
-    .map_err(internal)?;
-    get_run(c, ws, id, false).await
-}
-
-// ---- events ------------------------------------------------------------------------------
-
-pub async fn record_event(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    ev: &EventIn,
-    now: Millis,
-) -> Result<EventRecorded> {
-    logic::record_event(&mut PgTx::new(c), ws, ev, now).await
 }

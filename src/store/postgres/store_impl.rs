@@ -37,78 +37,24 @@ impl Store for PgStore {
         ))
     }
 
-    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
-        match self.batcher.write(ws, Write::Upsert(input)).await? {
-            Written::Upserted(out) => Ok(out),
-            Written::Entered(_) => Err(StoreError::Internal(
-                "an upsert answered as an entry".into(),
-            )),
-        }
-    }
-
-    async fn update_contact(
-        &self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-        patch: ContactPatch,
-    ) -> Result<ContactRecord> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let updated = logic::patch_contact(
-            &mut engine::PgTx::new(&mut tx),
-            ws,
-            id,
-            &patch,
-            now_millis(),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(updated)
-    }
-
-    async fn add_membership(
-        &self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<Membership> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let m = logic::add_member(
-            &mut engine::PgTx::new(&mut tx),
-            ws,
-            list,
-            contact,
-            now_millis(),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(m)
-    }
-
-    async fn remove_membership(
-        &self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        logic::remove_member(
-            &mut engine::PgTx::new(&mut tx),
-            ws,
-            list,
-            contact,
-            now_millis(),
-        )
-        .await?;
-        tx.commit().await.map_err(internal)
-    }
-
-    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
-        match self.batcher.write(ws, Write::Enter(req)).await? {
-            Written::Entered(out) => Ok(out),
-            Written::Upserted(_) => Err(StoreError::Internal(
-                "an entry answered as an upsert".into(),
-            )),
-        }
+    async fn logic_write(&self, op: logic::Op) -> Result<logic::OpDone> {
+        // Upserts and entries go to the batching writer (several callers'
+        // in one transaction); the rest take a transaction each.
+        let (ws, write) = match op {
+            logic::Op::Upsert(ws, input) => (ws, Write::Upsert(input)),
+            logic::Op::Enter(ws, req) => (ws, Write::Enter(req)),
+            op => {
+                let mut tx = self.pool.begin().await.map_err(internal)?;
+                let done =
+                    logic::perform(&mut engine::PgTx::new(&mut tx), &op, now_millis()).await?;
+                tx.commit().await.map_err(internal)?;
+                return Ok(done);
+            }
+        };
+        Ok(match self.batcher.write(&ws, write).await? {
+            Written::Upserted(out) => logic::OpDone::Upserted(out),
+            Written::Entered(out) => logic::OpDone::Entered(out),
+        })
     }
 
     async fn claim_runs(
@@ -170,50 +116,5 @@ impl Store for PgStore {
     ) -> Result<Vec<crate::store::sql::Done>> {
         let mut c = self.pool.acquire().await.map_err(internal)?;
         super::sql::script(&mut c, &script).await
-    }
-
-    async fn list_runs(
-        &self,
-        ws: &WorkspaceId,
-        filter: &RunFilter,
-        page: &PageRequest,
-    ) -> Result<Page<RunRecord>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        engine::page_runs(&mut c, ws, filter, page).await
-    }
-
-    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        let run = engine::get_run(&mut c, ws, id, false).await?;
-        let history = engine::history(&mut c, id).await?;
-        Ok((run, history))
-    }
-
-    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let run = engine::cancel(&mut tx, ws, id, now).await?;
-        tx.commit().await.map_err(internal)?;
-        Ok(run)
-    }
-
-    async fn record_events(
-        &self,
-        ws: &WorkspaceId,
-        events: Vec<EventIn>,
-        now: Millis,
-    ) -> Result<Vec<Result<EventRecorded>>> {
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let mut out = Vec::with_capacity(events.len());
-        for ev in &events {
-            engine::savepoint_begin(&mut tx).await?;
-            let one = engine::record_event(&mut tx, ws, ev, now).await;
-            engine::savepoint_end(&mut tx, one.is_ok()).await?;
-            match one {
-                Err(e @ (StoreError::Internal(_) | StoreError::Busy(_))) => return Err(e),
-                other => out.push(other),
-            }
-        }
-        tx.commit().await.map_err(internal)?;
-        Ok(out)
     }
 }

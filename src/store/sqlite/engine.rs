@@ -5,16 +5,13 @@
 
 use crate::domain::Stored;
 use crate::store::logic;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::{internal, queries as q};
-use crate::domain::{
-    ContactId, EventId, FlowId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId,
-};
+use crate::domain::{ContactId, EventId, FlowId, ListId, Millis, RunId, WorkspaceId};
 use crate::store::{
-    AdvanceOutcome, ClaimedRun, EventIn, EventRecorded, Result, RunAdvance, RunFilter, RunRecord,
-    RunStatus, StepRecord, StoreError,
+    AdvanceOutcome, ClaimedRun, EventIn, Result, RunAdvance, RunStatus, StoreError,
 };
 
 fn json_text(v: &Value) -> Result<String> {
@@ -25,24 +22,6 @@ fn json_text(v: &Value) -> Result<String> {
 fn parse_json(raw: &str) -> Result<Value> {
     serde_json::from_str(raw)
         .map_err(|e| StoreError::Internal(format!("stored JSON does not parse: {e}")))
-}
-
-/// Runs `f` inside a nested savepoint: all of it or none of it.
-pub fn savepoint<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT engine_item")
-        .map_err(internal)?;
-    match f() {
-        Ok(v) => {
-            conn.execute_batch("RELEASE engine_item")
-                .map_err(internal)?;
-            Ok(v)
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK TO engine_item; RELEASE engine_item")
-                .map_err(internal)?;
-            Err(e)
-        }
-    }
 }
 
 /// The statements `store::logic` needs, on the writer's connection: every
@@ -523,138 +502,4 @@ fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
     })
     .map_err(internal)?;
     Ok(())
-}
-
-// ---- reading runs ------------------------------------------------------------------------
-
-const RUN_COLS: &str = "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at, wait_event, created_at, updated_at, finished_at";
-
-fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
-    let status: RunStatus = super::stored(r, 4)?;
-    Ok(RunRecord {
-        id: RunId::from_trusted(r.get(0)?),
-        flow_id: FlowId::from_trusted(r.get(1)?),
-        flow_version: r.get(2)?,
-        contact_id: ContactId::from_trusted(r.get(3)?),
-        status,
-        step: r.get(5)?,
-        end_reason: r
-            .get::<_, Option<String>>(6)?
-            .map(|e| {
-                crate::flows::records::EndReason::decode(&e).map_err(|err| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        6,
-                        rusqlite::types::Type::Text,
-                        Box::new(err),
-                    )
-                })
-            })
-            .transpose()?,
-        event_data: super::json(r, 7)?,
-        due_at: if status.is_finished() {
-            None
-        } else {
-            r.get(8)?
-        },
-        wait_event: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
-        finished_at: r.get(12)?,
-    })
-}
-
-pub fn page_runs(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    filter: &RunFilter,
-    page: &PageRequest,
-) -> Result<Page<RunRecord>> {
-    // Only the filters given go into the SQL, so each can use its index
-    // (`x IS NULL OR col = x` would defeat them).
-    let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE workspace_id = ?1 AND id > ?2");
-    let mut args: Vec<String> = vec![ws.to_string(), page.after_id().to_owned()];
-    for (col, val) in [
-        ("flow_id", filter.flow_id.as_ref().map(|f| f.to_string())),
-        (
-            "contact_id",
-            filter.contact_id.as_ref().map(|c| c.to_string()),
-        ),
-        ("status", filter.status.map(|s| s.as_str().to_owned())),
-    ] {
-        if let Some(v) = val {
-            args.push(v);
-            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
-        }
-    }
-    // The limit is a parameter too, so one prepared statement serves every
-    // page size.
-    args.push((page.limit + 1).to_string());
-    sql.push_str(&format!(
-        " ORDER BY id LIMIT CAST(?{} AS INTEGER)",
-        args.len()
-    ));
-    let rows: Vec<RunRecord> = conn
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_map(rusqlite::params_from_iter(args.iter()), run_row)
-                .and_then(|r| r.collect())
-        })
-        .map_err(internal)?;
-    Ok(Page::from_overfetch(rows, page.limit, |r| r.id.as_str()))
-}
-
-pub fn get_run(conn: &Connection, ws: &WorkspaceId, id: &RunId) -> Result<RunRecord> {
-    conn.prepare_cached(&format!(
-        "SELECT {RUN_COLS} FROM runs WHERE workspace_id = ?1 AND id = ?2"
-    ))
-    .and_then(|mut s| s.query_row([ws.as_str(), id.as_str()], run_row).optional())
-    .map_err(internal)?
-    .ok_or_else(|| StoreError::not_found("run", id))
-}
-
-pub fn history(conn: &Connection, id: &RunId) -> Result<Vec<StepRecord>> {
-    let mut s = conn
-        .prepare_cached("SELECT step, type, at, input, outcome, detail, error FROM run_steps WHERE run_id = ?1 ORDER BY seq")
-        .map_err(internal)?;
-    let rows = s
-        .query_map([id.as_str()], |r| {
-            Ok(StepRecord {
-                step: r.get(0)?,
-                kind: r.get(1)?,
-                at: r.get(2)?,
-                input: super::json(r, 3)?,
-                outcome: super::stored(r, 4)?,
-                detail: super::json(r, 5)?,
-                error: r.get(6)?,
-            })
-        })
-        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(internal)?;
-    Ok(rows)
-}
-
-pub fn cancel(conn: &Connection, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
-    let run = get_run(conn, ws, id)?;
-    if run.status.is_finished() {
-        return Err(crate::store::run::run_finished(&run));
-    }
-    conn.prepare_cached(
-        "UPDATE runs SET status = 'cancelled', end_reason = 'cancelled', finished_at = ?3, updated_at = ?3,
-           lease_owner = NULL, lease_until = NULL, resume_event = NULL
-         WHERE workspace_id = ?1 AND id = ?2",
-    )
-    .and_then(|mut s| s.execute(params![ws.as_str(), id.as_str(), now]))
-    .map_err(internal)?;
-    get_run(conn, ws, id)
-}
-
-// ---- events ------------------------------------------------------------------------------
-
-pub fn record_event(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    ev: &EventIn,
-    now: Millis,
-) -> Result<EventRecorded> {
-    logic::run_ready(logic::record_event(&mut SqliteTx(conn), ws, ev, now))
 }

@@ -24,11 +24,9 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::{
-    AdvanceOutcome, ClaimedRun, ContactPatch, ContactRecord, ContactUpsert, EntryOutcome,
-    EntryRequest, EventIn, EventRecorded, Membership, Result, RunAdvance, RunFilter, RunRecord,
-    StepRecord, Store, StoreError, StoreOptions, Upserted, now_millis,
+    AdvanceOutcome, ClaimedRun, Result, RunAdvance, Store, StoreError, StoreOptions, now_millis,
 };
-use crate::domain::{ContactId, ListId, Millis, Page, PageRequest, RunId, WorkspaceId};
+use crate::domain::Millis;
 use crate::store::logic;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -222,84 +220,11 @@ impl Store for SqliteStore {
         &self.keys
     }
 
-    async fn upsert_contact(&self, ws: &WorkspaceId, input: ContactUpsert) -> Result<Upserted> {
-        let ws = ws.clone();
+    async fn logic_write(&self, op: logic::Op) -> Result<logic::OpDone> {
         self.writer
             .write(move |c| {
-                logic::run_ready(logic::upsert_contact(
-                    &mut engine::SqliteTx(c),
-                    &ws,
-                    &input,
-                    now_millis(),
-                ))
+                logic::run_ready(logic::perform(&mut engine::SqliteTx(c), &op, now_millis()))
             })
-            .await
-    }
-
-    async fn update_contact(
-        &self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-        patch: ContactPatch,
-    ) -> Result<ContactRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| {
-                logic::run_ready(logic::patch_contact(
-                    &mut engine::SqliteTx(c),
-                    &ws,
-                    &id,
-                    &patch,
-                    now_millis(),
-                ))
-            })
-            .await
-    }
-
-    async fn add_membership(
-        &self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<Membership> {
-        let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
-        self.writer
-            .write(move |c| {
-                logic::run_ready(logic::add_member(
-                    &mut engine::SqliteTx(c),
-                    &ws,
-                    &list,
-                    &contact,
-                    now_millis(),
-                ))
-            })
-            .await
-    }
-
-    async fn remove_membership(
-        &self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<()> {
-        let (ws, list, contact) = (ws.clone(), list.clone(), contact.clone());
-        self.writer
-            .write(move |c| {
-                logic::run_ready(logic::remove_member(
-                    &mut engine::SqliteTx(c),
-                    &ws,
-                    &list,
-                    &contact,
-                    now_millis(),
-                ))
-            })
-            .await
-    }
-
-    async fn enter_flow(&self, ws: &WorkspaceId, req: EntryRequest) -> Result<EntryOutcome> {
-        let ws = ws.clone();
-        self.writer
-            .write(move |c| logic::run_ready(logic::enter(&mut engine::SqliteTx(c), &ws, &req)))
             .await
     }
 
@@ -387,53 +312,5 @@ impl Store for SqliteStore {
         script: Vec<crate::store::sql::Stmt>,
     ) -> Result<Vec<crate::store::sql::Done>> {
         self.readers.read(move |c| sql::script(c, &script)).await
-    }
-
-    async fn list_runs(
-        &self,
-        ws: &WorkspaceId,
-        filter: &RunFilter,
-        page: &PageRequest,
-    ) -> Result<Page<RunRecord>> {
-        let (ws, filter, page) = (ws.clone(), filter.clone(), page.clone());
-        self.readers
-            .read(move |c| engine::page_runs(c, &ws, &filter, &page))
-            .await
-    }
-
-    async fn get_run(&self, ws: &WorkspaceId, id: &RunId) -> Result<(RunRecord, Vec<StepRecord>)> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.readers
-            .read(move |c| Ok((engine::get_run(c, &ws, &id)?, engine::history(c, &id)?)))
-            .await
-    }
-
-    async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
-        let (ws, id) = (ws.clone(), id.clone());
-        self.writer
-            .write(move |c| engine::cancel(c, &ws, &id, now))
-            .await
-    }
-
-    async fn record_events(
-        &self,
-        ws: &WorkspaceId,
-        events: Vec<EventIn>,
-        now: Millis,
-    ) -> Result<Vec<Result<EventRecorded>>> {
-        let ws = ws.clone();
-        self.writer
-            .write(move |c| {
-                let mut out = Vec::with_capacity(events.len());
-                for ev in &events {
-                    let one = engine::savepoint(c, || engine::record_event(c, &ws, ev, now));
-                    match one {
-                        Err(e @ (StoreError::Internal(_) | StoreError::Busy(_))) => return Err(e),
-                        other => out.push(other),
-                    }
-                }
-                Ok(out)
-            })
-            .await
     }
 }
