@@ -186,3 +186,91 @@ pub fn remove_membership(ws: &WorkspaceId, list: &ListId, contact: &ContactId) -
         ],
     )
 }
+
+// ---- the engine's contact statements (`logic::Tx`'s defaults) ----------------------
+
+/// The contact by id, row-locked when `lock` (NotFound if absent).
+pub fn for_update(ws: &WorkspaceId, id: &ContactId, lock: bool) -> Stmt {
+    Stmt::new(
+        crate::with_lock!(
+            lock,
+            contact_select!(
+                "",
+                "FROM contacts c WHERE c.workspace_id = $1 AND c.id = $2"
+            ),
+            " FOR UPDATE"
+        ),
+        vec![ws.as_str().into(), id.as_str().into()],
+    )
+    .or_not_found("contact", id)
+}
+
+/// The contact with this email, if any, row-locked when `lock`.
+pub fn by_email_for_update(ws: &WorkspaceId, email: &Email, lock: bool) -> Stmt {
+    Stmt::new(
+        crate::with_lock!(
+            lock,
+            contact_select!(
+                "",
+                "FROM contacts c WHERE c.workspace_id = $1 AND c.email = $2"
+            ),
+            " FOR UPDATE"
+        ),
+        vec![ws.as_str().into(), email.as_str().into()],
+    )
+}
+
+pub fn maybe_one(done: &Done) -> Result<Option<ContactRecord>> {
+    done.rows.first().map(|r| contact(r)).transpose()
+}
+
+/// Inserts the contact or overwrites it (a taken email is a Conflict).
+pub fn write(ws: &WorkspaceId, c: &ContactRecord) -> Stmt {
+    Stmt::new(
+        "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO UPDATE SET email = excluded.email, phone = excluded.phone,
+           status = excluded.status, fields = excluded.fields, updated_at = excluded.updated_at",
+        vec![
+            c.id.as_str().into(),
+            ws.as_str().into(),
+            c.email.as_str().into(),
+            c.phone.as_ref().map(Phone::as_str).into(),
+            c.status.as_str().into(),
+            super::sql::Arg::Json(Some(Value::Object(c.fields.clone()))),
+            c.created_at.into(),
+            c.updated_at.into(),
+        ],
+    )
+    .on_unique(super::plan::email_taken(c.email.as_str()))
+}
+
+/// Subscribes the contact to the list; it changed a row iff the contact
+/// was not subscribed.
+pub fn subscribe(ws: &WorkspaceId, list: &ListId, contact: &ContactId, now: i64) -> Stmt {
+    Stmt::new(
+        "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since)
+         VALUES ($1, $2, $3, 'subscribed', $4)
+         ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
+           since = excluded.since WHERE memberships.status <> 'subscribed'",
+        vec![
+            list.as_str().into(),
+            contact.as_str().into(),
+            ws.as_str().into(),
+            now.into(),
+        ],
+    )
+}
+
+/// The list if it is in the workspace, share-locked when `lock` (so it is
+/// not deleted under the write that uses it).
+pub fn lock_list(ws: &WorkspaceId, list: &ListId, lock: bool) -> Stmt {
+    Stmt::new(
+        crate::with_lock!(
+            lock,
+            "SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2",
+            " FOR SHARE"
+        ),
+        vec![ws.as_str().into(), list.as_str().into()],
+    )
+}

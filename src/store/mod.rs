@@ -681,7 +681,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<AdvanceOutcome>>;
     /// When the next unfinished run of an active flow is due (for the
     /// engine's sleep), if any.
-    async fn next_due(&self) -> Result<Option<Millis>>;
+    async fn next_due(&self) -> Result<Option<Millis>> {
+        use sql::RowExt;
+        let done = self.read_sql(vec![run::next_due()]).await?;
+        done[0].rows.first().map(|r| r.int(0)).transpose()
+    }
 
     // ---- the leased job queue (see `queue`) --------------------------------------
 

@@ -115,8 +115,8 @@ pub fn flow_name_taken(name: &str) -> super::sql::Taken {
     }
 }
 
-pub fn email_taken(email: &str) -> StoreError {
-    StoreError::Conflict {
+pub fn email_taken(email: &str) -> super::sql::Taken {
+    super::sql::Taken {
         code: ErrorCode::EmailTaken,
         message: format!("another contact already has the email `{email}`"),
     }

@@ -38,11 +38,6 @@ fn internal(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn constraint(e: &sqlx::Error) -> Option<String> {
-    e.as_database_error()
-        .and_then(|d| d.constraint().map(str::to_owned))
-}
-
 impl PgStore {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         let opts: PgConnectOptions = url.parse().map_err(internal)?;
@@ -117,55 +112,6 @@ fn field_row(r: &PgRow) -> Result<FieldDef> {
 
 // ---- queries usable inside or outside a transaction -------------------------------
 
-async fn contact_where(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    col: &str,
-    val: &str,
-    lock: bool,
-) -> Result<Option<ContactRecord>> {
-    let sql = format!(
-        "SELECT {CONTACT_COLS} FROM contacts c WHERE c.workspace_id = $1 AND c.{col} = $2{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    sqlx::query(&sql)
-        .bind(ws.as_str())
-        .bind(val)
-        .fetch_optional(&mut *c)
-        .await
-        .map_err(internal)?
-        .as_ref()
-        .map(contact_row)
-        .transpose()
-}
-
-async fn contact_by_id(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    id: &ContactId,
-    lock: bool,
-) -> Result<ContactRecord> {
-    contact_where(c, ws, "id", id.as_str(), lock)
-        .await?
-        .ok_or_else(|| StoreError::not_found("contact", id))
-}
-
-/// Takes a shared lock on the list (so it cannot be deleted or its fields
-/// changed until the transaction ends); false if it is not in the workspace.
-/// Every write that depends on a list locks it this way, list before
-/// contact, so concurrent writes cannot deadlock.
-async fn share_list(c: &mut PgConnection, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
-    Ok(
-        sqlx::query("SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2 FOR SHARE")
-            .bind(ws.as_str())
-            .bind(list.as_str())
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(internal)?
-            .is_some(),
-    )
-}
-
 async fn field_defs_for(
     c: &mut PgConnection,
     ws: &WorkspaceId,
@@ -221,33 +167,6 @@ async fn field_defs_for(
         }
     }
     Ok(defs)
-}
-
-async fn write_contact(c: &mut PgConnection, ws: &WorkspaceId, ct: &ContactRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, phone = EXCLUDED.phone,
-           status = EXCLUDED.status, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at",
-    )
-    .bind(ct.id.as_str())
-    .bind(ws.as_str())
-    .bind(ct.email.as_str())
-    .bind(ct.phone.as_ref().map(Phone::as_str))
-    .bind(ct.status.as_str())
-    .bind(Value::Object(ct.fields.clone()))
-    .bind(ct.created_at)
-    .bind(ct.updated_at)
-    .execute(&mut *c)
-    .await
-    .map_err(|e| {
-        if constraint(&e).as_deref() == Some("contacts_email_unique") {
-            plan::email_taken(ct.email.as_str())
-        } else {
-            internal(e)
-        }
-    })?;
-    Ok(())
 }
 
 /// The advisory-lock key that serialises upserts of one email (the single

@@ -391,3 +391,122 @@ fn run(r: &[Val]) -> super::Result<RunRecord> {
         finished_at: r.opt_int(12)?,
     })
 }
+
+// ---- the engine's run and event statements (`logic::Tx`'s defaults) ----------------
+
+/// How many runs the contact has in the flow, and how many unfinished.
+pub fn counts(flow: &FlowId, contact: &ContactId) -> Stmt {
+    Stmt::new(
+        "SELECT COUNT(*), COUNT(CASE WHEN status = 'active' OR status = 'waiting' THEN 1 END)
+         FROM runs WHERE flow_id = $1 AND contact_id = $2",
+        vec![flow.as_str().into(), contact.as_str().into()],
+    )
+}
+
+/// Inserts a run due now; it changes no row when an unfinished run of the
+/// contact in the flow is there (the partial unique index decides).
+/// `has_exits` is 0/1 as the shared dialect's booleans; `<> 0` makes it
+/// PostgreSQL's `boolean` column type and stays 0/1 on SQLite.
+pub fn insert(run: &super::logic::NewRun<'_>) -> Stmt {
+    Stmt::new(
+        "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step,
+           due_at, event_data, event_bytes, has_exits, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10 <> 0, $7, $7)
+         ON CONFLICT (flow_id, contact_id) WHERE status = 'active' OR status = 'waiting' DO NOTHING",
+        vec![
+            run.id.as_str().into(),
+            run.ws.as_str().into(),
+            run.flow.as_str().into(),
+            run.version.into(),
+            run.contact.as_str().into(),
+            run.plan.first_step.as_str().into(),
+            run.now.into(),
+            super::sql::Arg::JsonText(Some(run.event_data.to_owned())),
+            (run.event_data.len() as i64).into(),
+            run.plan.has_exits.into(),
+        ],
+    )
+}
+
+/// Active flows of the workspace whose trigger is `kind` with `key`, with
+/// their current version's document.
+pub fn triggered(ws: &WorkspaceId, kind: &str, key: &str) -> Stmt {
+    Stmt::new(
+        "SELECT f.id, f.current_version, v.document FROM flows f
+         JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version
+         WHERE f.workspace_id = $1 AND f.status = 'active' AND f.trigger_type = $2
+           AND f.trigger_key = $3",
+        vec![ws.as_str().into(), kind.into(), key.into()],
+    )
+}
+
+pub fn triggered_flows(done: &Done) -> super::Result<Vec<(FlowId, i64, FlowDoc)>> {
+    done.rows
+        .iter()
+        .map(|r| Ok((FlowId::from_trusted(r.text(0)?), r.int(1)?, r.json(2)?)))
+        .collect()
+}
+
+/// A flow's status and inbound token, share-locked when `lock`.
+pub fn flow_for_entry(ws: &WorkspaceId, flow: &FlowId, lock: bool) -> Stmt {
+    Stmt::new(
+        crate::with_lock!(
+            lock,
+            "SELECT status, inbound_token FROM flows WHERE workspace_id = $1 AND id = $2",
+            " FOR SHARE"
+        ),
+        vec![ws.as_str().into(), flow.as_str().into()],
+    )
+    .or_not_found("flow", flow)
+}
+
+pub fn insert_event(
+    id: &crate::domain::EventId,
+    ws: &WorkspaceId,
+    contact: &ContactId,
+    ev: &EventIn,
+    now: Millis,
+) -> Stmt {
+    Stmt::new(
+        "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        vec![
+            id.as_str().into(),
+            ws.as_str().into(),
+            contact.as_str().into(),
+            ev.name.as_str().into(),
+            super::sql::Arg::Json(Some(ev.properties.clone())),
+            ev.occurred_at.into(),
+            now.into(),
+        ],
+    )
+}
+
+/// Hands an event to the contact's runs waiting for its name (and not
+/// already holding one): they are due now. The contact was found in its
+/// workspace, so its runs are too; naming the workspace here would lead
+/// SQLite to the (workspace, status) index, a scan of every waiting run.
+pub fn resume_waiting(contact: &ContactId, name: &str, payload: &Value, now: Millis) -> Stmt {
+    Stmt::new(
+        "UPDATE runs SET resume_event = $3, due_at = $4
+         WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
+        vec![
+            contact.as_str().into(),
+            name.into(),
+            super::sql::Arg::Json(Some(payload.clone())),
+            now.into(),
+        ],
+    )
+}
+
+/// When the next run of an active flow is due (the engine sleeps until
+/// then). `ORDER BY … LIMIT 1`, not `MIN()`: PostgreSQL then walks the due
+/// index and stops at the first run of an active flow.
+pub fn next_due() -> Stmt {
+    Stmt::new(
+        "SELECT r.due_at FROM runs r JOIN flows f ON f.id = r.flow_id
+         WHERE (r.status = 'active' OR r.status = 'waiting') AND f.status = 'active'
+         ORDER BY r.due_at LIMIT 1",
+        vec![],
+    )
+}

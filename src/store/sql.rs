@@ -24,6 +24,8 @@ pub enum Arg {
     Bytes(Option<Vec<u8>>),
     /// A JSON value: text on SQLite, `jsonb` on PostgreSQL.
     Json(Option<serde_json::Value>),
+    /// A JSON value already serialised (valid JSON text): bound as it is.
+    JsonText(Option<String>),
 }
 
 impl From<i64> for Arg {
@@ -163,7 +165,7 @@ impl std::fmt::Debug for Stmt {
                 Arg::Int(_) => "int",
                 Arg::Text(_) => "text",
                 Arg::Bytes(_) => "bytes",
-                Arg::Json(_) => "json",
+                Arg::Json(_) | Arg::JsonText(_) => "json",
             })
             .collect();
         f.debug_struct("Stmt")
@@ -238,6 +240,16 @@ pub fn pow2_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
         rest = tail;
         Some(chunk)
     })
+}
+
+/// `$sql`, and `$lock` after it when `$locks`: the row lock a statement
+/// takes on a database that locks rows (PostgreSQL; SQLite's one writer
+/// holds every row already). Both texts are literals.
+#[macro_export]
+macro_rules! with_lock {
+    ($locks:expr, $sql:expr, $lock:literal) => {
+        if $locks { concat!($sql, $lock) } else { $sql }
+    };
 }
 
 /// `$from, $from+1, …` for `n` values: the inside of `IN (…)`.

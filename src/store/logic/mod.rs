@@ -17,6 +17,7 @@ pub(crate) mod queue;
 use serde_json::{Value, json};
 
 use super::sql::Stmt;
+use super::{contacts, run};
 
 use super::entry::{self, EntryRefusal};
 use super::run::{
@@ -104,7 +105,7 @@ pub(crate) async fn perform<T: Tx>(tx: &mut T, op: &Op, now: Millis) -> Result<O
 }
 
 /// A run to insert.
-pub(crate) struct NewRun<'a> {
+pub struct NewRun<'a> {
     pub id: &'a RunId,
     pub ws: &'a WorkspaceId,
     pub flow: &'a FlowId,
@@ -118,13 +119,23 @@ pub(crate) struct NewRun<'a> {
 
 /// The statements of one transaction that the orchestration needs.
 pub(crate) trait Tx {
+    /// Whether reads "for update" take row locks (PostgreSQL). SQLite's
+    /// one writer holds every row already.
+    const ROW_LOCKS: bool;
     /// Runs a shared statement (`store::sql`) in this transaction.
     async fn exec(&mut self, stmt: &super::sql::Stmt) -> Result<super::sql::Done>;
     /// Whether the contact has any run of the flow, and an unfinished one.
-    async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)>;
+    async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
+        use super::sql::RowExt;
+        let done = self.exec(&run::counts(flow, contact)).await?;
+        let row = done.row("run counts")?;
+        Ok((row.int(0)? > 0, row.int(1)? > 0))
+    }
     /// Inserts a run due now; false when an unfinished run of the contact
     /// in the flow got there first (the unique index decides).
-    async fn insert_run(&mut self, run: &NewRun<'_>) -> Result<bool>;
+    async fn insert_run(&mut self, new: &NewRun<'_>) -> Result<bool> {
+        Ok(self.exec(&run::insert(new)).await?.changed == 1)
+    }
     /// Wakes the contact's waiting runs that have exit conditions (due now)
     /// and, when `ask`, says whether the workspace has an active flow with a
     /// contact trigger (`list_added`, `field_changed`).
@@ -142,25 +153,38 @@ pub(crate) trait Tx {
         ws: &WorkspaceId,
         kind: &str,
         key: &str,
-    ) -> Result<Vec<(FlowId, i64, FlowDoc)>>;
+    ) -> Result<Vec<(FlowId, i64, FlowDoc)>> {
+        run::triggered_flows(&self.exec(&run::triggered(ws, kind, key)).await?)
+    }
     /// The contact, locked for the rest of the transaction where the
     /// database locks rows (NotFound if it is not in the workspace).
     async fn contact_for_update(
         &mut self,
         ws: &WorkspaceId,
         id: &ContactId,
-    ) -> Result<ContactRecord>;
-    async fn write_contact(&mut self, ws: &WorkspaceId, contact: &ContactRecord) -> Result<()>;
+    ) -> Result<ContactRecord> {
+        let stmt = contacts::for_update(ws, id, Self::ROW_LOCKS);
+        contacts::one(&self.exec(&stmt).await?)
+    }
+    async fn write_contact(&mut self, ws: &WorkspaceId, contact: &ContactRecord) -> Result<()> {
+        self.exec(&contacts::write(ws, contact)).await.map(drop)
+    }
     /// Whether the list is in the workspace; share-locked where the database
     /// locks rows, so it is not deleted under the write that uses it.
-    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool>;
+    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
+        let stmt = contacts::lock_list(ws, list, Self::ROW_LOCKS);
+        Ok(!self.exec(&stmt).await?.rows.is_empty())
+    }
     /// Adds the contact to the list (subscribed); true if it was not in it.
     async fn add_membership(
         &mut self,
         ws: &WorkspaceId,
         list: &ListId,
         contact: &ContactId,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let stmt = contacts::subscribe(ws, list, contact, super::now_millis());
+        Ok(self.exec(&stmt).await?.changed > 0)
+    }
     /// The contact's membership of the list (NotFound if there is none).
     async fn membership(&mut self, list: &ListId, contact: &ContactId) -> Result<Membership> {
         let done = self
@@ -195,7 +219,10 @@ pub(crate) trait Tx {
         &mut self,
         ws: &WorkspaceId,
         email: &Email,
-    ) -> Result<Option<ContactRecord>>;
+    ) -> Result<Option<ContactRecord>> {
+        let stmt = contacts::by_email_for_update(ws, email, Self::ROW_LOCKS);
+        contacts::maybe_one(&self.exec(&stmt).await?)
+    }
     /// The field definitions of the contact's lists (if it exists) and of
     /// `lists`.
     async fn field_defs(
@@ -245,7 +272,17 @@ pub(crate) trait Tx {
         &mut self,
         ws: &WorkspaceId,
         flow: &FlowId,
-    ) -> Result<(FlowStatus, Option<String>)>;
+    ) -> Result<(FlowStatus, Option<String>)> {
+        use super::sql::RowExt;
+        use crate::domain::Stored;
+        // Only the status: loading (and parsing) the document here cost
+        // more than the rest of the entry on SQLite's one writer thread.
+        let done = self
+            .exec(&run::flow_for_entry(ws, flow, Self::ROW_LOCKS))
+            .await?;
+        let row = done.row("flow")?;
+        Ok((FlowStatus::decode(&row.text(0)?)?, row.opt_text(1)?))
+    }
     async fn insert_event(
         &mut self,
         id: &EventId,
@@ -253,7 +290,10 @@ pub(crate) trait Tx {
         contact: &ContactId,
         ev: &EventIn,
         now: Millis,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let stmt = run::insert_event(id, ws, contact, ev, now);
+        self.exec(&stmt).await.map(drop)
+    }
     /// Hands the event to the contact's runs waiting for its name (and not
     /// already holding one): they are due now. How many.
     async fn resume_waiting(
@@ -262,7 +302,10 @@ pub(crate) trait Tx {
         name: &str,
         payload: &Value,
         now: Millis,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        let stmt = run::resume_waiting(contact, name, payload, now);
+        Ok(self.exec(&stmt).await?.changed)
+    }
 
     /// What a store prepares of each advance before its transaction (SQLite:
     /// the history's JSON text, serialised off the writer thread).

@@ -8,15 +8,9 @@ use crate::store::logic;
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use super::{
-    CONTACT_COLS, batch, contact_by_id, contact_row, field_defs_for, internal, write_contact,
-};
-use crate::domain::{
-    ContactId, Email, EventId, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId,
-};
-use crate::store::{
-    AdvanceOutcome, ClaimedRun, ContactRecord, EventIn, Result, RunAdvance, RunStatus, StoreError,
-};
+use super::{CONTACT_COLS, batch, contact_row, field_defs_for, internal};
+use crate::domain::{ContactId, Email, FieldDef, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::store::{AdvanceOutcome, ClaimedRun, ContactRecord, Result, RunAdvance, RunStatus};
 
 /// The statements `store::logic` needs, in the caller's transaction.
 pub(crate) struct PgTx<'c> {
@@ -39,49 +33,10 @@ impl<'c> PgTx<'c> {
 }
 
 impl logic::Tx for PgTx<'_> {
+    const ROW_LOCKS: bool = true;
+
     async fn exec(&mut self, stmt: &crate::store::sql::Stmt) -> Result<crate::store::sql::Done> {
         super::sql::exec(self.c, stmt).await
-    }
-
-    async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) > 0 AS any_run, COALESCE(BOOL_OR(status IN ('active', 'waiting')), false) AS active_run
-             FROM runs WHERE flow_id = $1 AND contact_id = $2",
-        )
-        .bind(flow.as_str())
-        .bind(contact.as_str())
-        .fetch_one(&mut *self.c)
-        .await
-        .map_err(internal)?;
-        Ok((
-            row.try_get("any_run").map_err(internal)?,
-            row.try_get("active_run").map_err(internal)?,
-        ))
-    }
-
-    async fn insert_run(&mut self, run: &logic::NewRun<'_>) -> Result<bool> {
-        // The event data is sent as text (cast by the server): the same
-        // bytes sqlx would send, and their length is the run's `event_bytes`.
-        let inserted = sqlx::query(
-            "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8::text::jsonb, $10, $9, $7, $7)
-             ON CONFLICT (flow_id, contact_id) WHERE status IN ('active', 'waiting') DO NOTHING",
-        )
-        .bind(run.id.as_str())
-        .bind(run.ws.as_str())
-        .bind(run.flow.as_str())
-        .bind(run.version as i32)
-        .bind(run.contact.as_str())
-        .bind(&run.plan.first_step)
-        .bind(run.now)
-        .bind(run.event_data)
-        .bind(run.plan.has_exits)
-        .bind(run.event_data.len() as i64)
-        .execute(&mut *self.c)
-        .await
-        .map_err(internal)?
-        .rows_affected();
-        Ok(inserted == 1)
     }
 
     async fn wake_exits_and_find_triggers(
@@ -111,69 +66,8 @@ impl logic::Tx for PgTx<'_> {
         .map_err(internal)
     }
 
-    async fn triggered_flows(
-        &mut self,
-        ws: &WorkspaceId,
-        kind: &str,
-        key: &str,
-    ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
-        triggered_flows(self.c, ws, kind, key).await
-    }
-
-    async fn contact_for_update(
-        &mut self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-    ) -> Result<crate::store::ContactRecord> {
-        contact_by_id(self.c, ws, id, true).await
-    }
-
-    async fn write_contact(
-        &mut self,
-        ws: &WorkspaceId,
-        contact: &crate::store::ContactRecord,
-    ) -> Result<()> {
-        write_contact(self.c, ws, contact).await
-    }
-
-    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
-        super::share_list(self.c, ws, list).await
-    }
-
-    async fn add_membership(
-        &mut self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<bool> {
-        // Only whether it was new: no second read of the row (the API's
-        // `upsert_membership` returns the membership itself).
-        Ok(sqlx::query(
-            "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES ($1, $2, $3, 'subscribed', $4)
-             ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
-               since = EXCLUDED.since WHERE memberships.status <> 'subscribed'
-             RETURNING 1",
-        )
-        .bind(list.as_str())
-        .bind(contact.as_str())
-        .bind(ws.as_str())
-        .bind(crate::store::now_millis())
-        .fetch_optional(&mut *self.c)
-        .await
-        .map_err(internal)?
-        .is_some())
-    }
-
     async fn lock_email(&mut self, ws: &WorkspaceId, email: &crate::domain::Email) -> Result<()> {
         super::lock_email(self.c, ws, email).await
-    }
-
-    async fn contact_by_email(
-        &mut self,
-        ws: &WorkspaceId,
-        email: &crate::domain::Email,
-    ) -> Result<Option<crate::store::ContactRecord>> {
-        super::contact_where(self.c, ws, "email", email.as_str(), true).await
     }
 
     async fn field_defs(
@@ -197,52 +91,6 @@ impl logic::Tx for PgTx<'_> {
             .await
             .map_err(internal)?;
         Ok(())
-    }
-
-    async fn insert_event(
-        &mut self,
-        id: &EventId,
-        ws: &WorkspaceId,
-        contact: &ContactId,
-        ev: &EventIn,
-        now: Millis,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id.as_str())
-        .bind(ws.as_str())
-        .bind(contact.as_str())
-        .bind(&ev.name)
-        .bind(&ev.properties)
-        .bind(ev.occurred_at)
-        .bind(now)
-        .execute(&mut *self.c)
-        .await
-        .map_err(internal)?;
-        Ok(())
-    }
-
-    async fn resume_waiting(
-        &mut self,
-        contact: &ContactId,
-        name: &str,
-        payload: &Value,
-        now: Millis,
-    ) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE runs SET resume_event = $3, due_at = $4
-             WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
-        )
-        .bind(contact.as_str())
-        .bind(name)
-        .bind(payload)
-        .bind(now)
-        .execute(&mut *self.c)
-        .await
-        .map_err(internal)?
-        .rows_affected())
     }
 
     type Prepared = ();
@@ -357,55 +205,6 @@ impl logic::Tx for PgTx<'_> {
     async fn insert_runs(&mut self, runs: &[logic::NewRun<'_>]) -> Result<Vec<bool>> {
         batch::insert_runs(self.c, runs).await
     }
-
-    async fn flow_for_entry(
-        &mut self,
-        ws: &WorkspaceId,
-        flow: &FlowId,
-    ) -> Result<(crate::store::FlowStatus, Option<String>)> {
-        let found = sqlx::query(
-            "SELECT status, inbound_token FROM flows WHERE workspace_id = $1 AND id = $2 FOR SHARE",
-        )
-        .bind(ws.as_str())
-        .bind(flow.as_str())
-        .fetch_optional(&mut *self.c)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("flow", flow))?;
-        Ok((
-            super::stored(&found, "status")?,
-            found.try_get("inbound_token").map_err(internal)?,
-        ))
-    }
-}
-
-async fn triggered_flows(
-    c: &mut PgConnection,
-    ws: &WorkspaceId,
-    kind: &str,
-    key: &str,
-) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
-    let rows = sqlx::query(
-        "SELECT f.id, f.current_version, v.document FROM flows f
-         JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version
-         WHERE f.workspace_id = $1 AND f.status = 'active' AND f.trigger_type = $2 AND f.trigger_key = $3",
-    )
-    .bind(ws.as_str())
-    .bind(kind)
-    .bind(key)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(internal)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                FlowId::from_trusted(r.try_get("id").map_err(internal)?),
-                i64::from(r.try_get::<i32, _>("current_version").map_err(internal)?),
-                serde_json::from_value(r.try_get("document").map_err(internal)?)
-                    .map_err(|e| StoreError::Internal(format!("flow_versions.document: {e}")))?,
-            ))
-        })
-        .collect()
 }
 
 // ---- claiming and completing ----------------------------------------------------------
@@ -509,20 +308,6 @@ pub async fn claim(
         });
     }
     Ok(out)
-}
-
-pub async fn next_due(c: &mut PgConnection) -> Result<Option<Millis>> {
-    // ORDER BY … LIMIT 1 rather than MIN(): PostgreSQL then walks the due
-    // index and stops at the first run of an active flow.
-    let due: Option<Option<Millis>> = sqlx::query_scalar(
-        "SELECT r.due_at FROM runs r JOIN flows f ON f.id = r.flow_id
-         WHERE r.status IN ('active', 'waiting') AND f.status = 'active'
-         ORDER BY r.due_at LIMIT 1",
-    )
-    .fetch_optional(&mut *c)
-    .await
-    .map_err(internal)?;
-    Ok(due.flatten())
 }
 
 /// Stores a batch of advances in the caller's transaction

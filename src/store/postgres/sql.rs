@@ -12,6 +12,14 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
     let mut q = sqlx::query(&stmt.sql);
     for a in &stmt.args {
         q = match a {
+            // Sent as the text it is (`jsonb` on the wire, not re-serialised).
+            Arg::JsonText(v) => q.bind(
+                v.as_deref()
+                    .map(serde_json::from_str::<&serde_json::value::RawValue>)
+                    .transpose()
+                    .map_err(|e| StoreError::Internal(format!("JSON text argument: {e}")))?
+                    .map(sqlx::types::Json),
+            ),
             Arg::Int(v) => q.bind(*v),
             // Borrowed, not cloned: an attempt's request and body are
             // kilobytes (SQLite's executor borrows them too).

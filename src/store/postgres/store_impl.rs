@@ -85,11 +85,6 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn next_due(&self) -> Result<Option<Millis>> {
-        let mut c = self.pool.acquire().await.map_err(internal)?;
-        engine::next_due(&mut c).await
-    }
-
     async fn claim_jobs(
         &self,
         claim: crate::store::queue::JobClaim,

@@ -5,14 +5,12 @@
 
 use crate::domain::Stored;
 use crate::store::logic;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde_json::Value;
 
 use super::{internal, queries as q};
-use crate::domain::{ContactId, EventId, FlowId, ListId, Millis, RunId, WorkspaceId};
-use crate::store::{
-    AdvanceOutcome, ClaimedRun, EventIn, Result, RunAdvance, RunStatus, StoreError,
-};
+use crate::domain::{ContactId, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::store::{AdvanceOutcome, ClaimedRun, Result, RunAdvance, RunStatus, StoreError};
 
 fn json_text(v: &Value) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
@@ -29,41 +27,10 @@ fn parse_json(raw: &str) -> Result<Value> {
 pub(crate) struct SqliteTx<'c>(pub &'c Connection);
 
 impl logic::Tx for SqliteTx<'_> {
+    const ROW_LOCKS: bool = false;
+
     async fn exec(&mut self, stmt: &crate::store::sql::Stmt) -> Result<crate::store::sql::Done> {
         super::sql::exec(self.0, stmt)
-    }
-
-    async fn run_counts(&mut self, flow: &FlowId, contact: &ContactId) -> Result<(bool, bool)> {
-        self.0
-            .prepare_cached(
-                "SELECT COUNT(*) > 0, COALESCE(SUM(status = 'active' OR status = 'waiting'), 0) > 0
-                 FROM runs WHERE flow_id = ?1 AND contact_id = ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row([flow.as_str(), contact.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-            })
-            .map_err(internal)
-    }
-
-    async fn insert_run(&mut self, run: &logic::NewRun<'_>) -> Result<bool> {
-        let inserted = self
-            .0
-            .prepare_cached(
-                "INSERT INTO runs (id, workspace_id, flow_id, flow_version, contact_id, status, step, due_at, event_data, event_bytes, has_exits, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?7, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![run.id.as_str(), run.ws.as_str(), run.flow.as_str(), run.version,
-                    run.contact.as_str(), run.plan.first_step, run.now, run.event_data,
-                    run.event_data.len() as i64, run.plan.has_exits])
-            });
-        match inserted {
-            Ok(_) => Ok(true),
-            Err(e) if super::is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(internal(e)),
-        }
     }
 
     async fn wake_exits_and_find_triggers(
@@ -86,59 +53,8 @@ impl logic::Tx for SqliteTx<'_> {
         }
     }
 
-    async fn triggered_flows(
-        &mut self,
-        ws: &WorkspaceId,
-        kind: &str,
-        key: &str,
-    ) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
-        triggered_flows(self.0, ws, kind, key)
-    }
-
-    async fn contact_for_update(
-        &mut self,
-        ws: &WorkspaceId,
-        id: &ContactId,
-    ) -> Result<crate::store::ContactRecord> {
-        // The writer holds the only write transaction: reading is locking.
-        q::contact_by_id(self.0, ws, id)
-    }
-
-    async fn write_contact(
-        &mut self,
-        ws: &WorkspaceId,
-        contact: &crate::store::ContactRecord,
-    ) -> Result<()> {
-        q::write_contact(self.0, ws, contact)
-    }
-
-    async fn lock_list(&mut self, ws: &WorkspaceId, list: &ListId) -> Result<bool> {
-        match q::list_exists(self.0, ws, list) {
-            Ok(()) => Ok(true),
-            Err(StoreError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn add_membership(
-        &mut self,
-        ws: &WorkspaceId,
-        list: &ListId,
-        contact: &ContactId,
-    ) -> Result<bool> {
-        q::upsert_membership(self.0, ws, list, contact)
-    }
-
     async fn lock_email(&mut self, _ws: &WorkspaceId, _email: &crate::domain::Email) -> Result<()> {
         Ok(()) // the one writer serialises every write
-    }
-
-    async fn contact_by_email(
-        &mut self,
-        ws: &WorkspaceId,
-        email: &crate::domain::Email,
-    ) -> Result<Option<crate::store::ContactRecord>> {
-        q::contact_by_email(self.0, ws, email)
     }
 
     async fn field_defs(
@@ -157,50 +73,6 @@ impl logic::Tx for SqliteTx<'_> {
         _key: &str,
     ) -> Result<()> {
         Ok(()) // the one writer serialises every write
-    }
-
-    async fn insert_event(
-        &mut self,
-        id: &EventId,
-        ws: &WorkspaceId,
-        contact: &ContactId,
-        ev: &EventIn,
-        now: Millis,
-    ) -> Result<()> {
-        let props = json_text(&ev.properties)?;
-        self.0
-            .prepare_cached(
-                "INSERT INTO events (id, workspace_id, contact_id, name, properties, occurred_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![id.as_str(), ws.as_str(), contact.as_str(), ev.name, props,
-                    ev.occurred_at, now])
-            })
-            .map_err(internal)?;
-        Ok(())
-    }
-
-    async fn resume_waiting(
-        &mut self,
-        contact: &ContactId,
-        name: &str,
-        payload: &Value,
-        now: Millis,
-    ) -> Result<u64> {
-        let resume = json_text(payload)?;
-        // The contact was found in this workspace, so its runs are too;
-        // naming the workspace here would lead SQLite to the (workspace,
-        // status) index, a scan of every waiting run.
-        let n = self
-            .0
-            .prepare_cached(
-                "UPDATE runs SET resume_event = ?3, due_at = ?4
-                 WHERE contact_id = ?1 AND status = 'waiting' AND wait_event = ?2 AND resume_event IS NULL",
-            )
-            .and_then(|mut s| s.execute(params![contact.as_str(), name, resume, now]))
-            .map_err(internal)?;
-        Ok(n as u64)
     }
 
     type Prepared = Vec<(String, String)>;
@@ -242,55 +114,6 @@ impl logic::Tx for SqliteTx<'_> {
     async fn flush(&mut self) -> Result<()> {
         Ok(())
     }
-
-    async fn flow_for_entry(
-        &mut self,
-        ws: &WorkspaceId,
-        flow: &FlowId,
-    ) -> Result<(crate::store::FlowStatus, Option<String>)> {
-        // Only the status: loading (and parsing) the document here cost more
-        // than the rest of the entry on the single writer thread.
-        self.0
-            .prepare_cached(
-                "SELECT status, inbound_token FROM flows WHERE workspace_id = ?1 AND id = ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row([ws.as_str(), flow.as_str()], |r| {
-                    Ok((super::stored(r, 0)?, r.get(1)?))
-                })
-                .optional()
-            })
-            .map_err(internal)?
-            .ok_or_else(|| StoreError::not_found("flow", flow))
-    }
-}
-
-/// Active flows of the workspace whose trigger is `kind` with `key`, with
-/// their current version's document.
-fn triggered_flows(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    kind: &str,
-    key: &str,
-) -> Result<Vec<(FlowId, i64, crate::domain::flow::FlowDoc)>> {
-    let mut s = conn
-        .prepare_cached(
-            "SELECT f.id, f.current_version, v.document FROM flows f
-             JOIN flow_versions v ON v.flow_id = f.id AND v.version = f.current_version
-             WHERE f.workspace_id = ?1 AND f.status = 'active' AND f.trigger_type = ?2 AND f.trigger_key = ?3",
-        )
-        .map_err(internal)?;
-    let rows = s
-        .query_map([ws.as_str(), kind, key], |r| {
-            Ok((
-                FlowId::from_trusted(r.get(0)?),
-                r.get(1)?,
-                super::json(r, 2)?,
-            ))
-        })
-        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(internal)?;
-    Ok(rows)
 }
 
 /// Whether any active flow of the workspace has a contact trigger; saves
@@ -410,15 +233,6 @@ fn contact_lists(conn: &Connection, contact: &ContactId) -> Result<Vec<ListId>> 
         .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(internal)?;
     Ok(rows)
-}
-
-pub fn next_due(conn: &Connection) -> Result<Option<Millis>> {
-    conn.prepare_cached(
-        "SELECT MIN(r.due_at) FROM runs r JOIN flows f ON f.id = r.flow_id
-         WHERE (r.status = 'active' OR r.status = 'waiting') AND f.status = 'active'",
-    )
-    .and_then(|mut s| s.query_row([], |r| r.get(0)))
-    .map_err(internal)
 }
 
 /// An advance with its history's `(input, detail)` JSON text.

@@ -258,10 +258,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn next_due(&self) -> Result<Option<Millis>> {
-        self.readers.read(engine::next_due).await
-    }
-
     async fn claim_jobs(
         &self,
         claim: crate::store::queue::JobClaim,

@@ -1,12 +1,12 @@
 //! Synchronous SQL for SQLite, run either on the writer thread (inside the
 //! group transaction) or on a reader connection.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row};
 use serde_json::{Map, Value};
 
-use super::{internal, is_unique_violation};
+use super::internal;
 use crate::domain::{ContactId, Email, FieldDef, FieldName, ListId, Phone, WorkspaceId};
-use crate::store::{ContactRecord, Result, StoreError, now_millis, plan};
+use crate::store::{ContactRecord, Result, StoreError, plan};
 
 // ---- workspaces and keys ----------------------------------------------------
 
@@ -49,15 +49,6 @@ pub fn list_fields(conn: &Connection, list: &ListId) -> Result<Vec<FieldDef>> {
     Ok(rows.into_iter().map(|(_, f)| f).collect())
 }
 
-/// NotFound unless the list is in the workspace. Cheap: unlike
-/// [`load_list`] it does not count members (a scan of the list).
-pub fn list_exists(conn: &Connection, ws: &WorkspaceId, id: &ListId) -> Result<()> {
-    match list_fields_in(conn, ws, id)? {
-        Some(_) => Ok(()),
-        None => Err(StoreError::not_found("list", id)),
-    }
-}
-
 /// The fields of a list of the workspace, `None` if it has no such list
 /// (cached on the writer: see `cache.rs`).
 pub fn list_fields_in(
@@ -92,21 +83,6 @@ fn contact_row(r: &Row) -> rusqlite::Result<ContactRecord> {
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
     })
-}
-
-pub fn contact_by_email(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    email: &Email,
-) -> Result<Option<ContactRecord>> {
-    let sql =
-        format!("SELECT {CONTACT_COLS} FROM contacts c WHERE c.workspace_id = ?1 AND c.email = ?2");
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_row([ws.as_str(), email.as_str()], contact_row)
-                .optional()
-        })
-        .map_err(internal)
 }
 
 pub fn contact_by_id(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
@@ -151,45 +127,4 @@ pub fn field_defs_for(
     Ok(defs)
 }
 
-pub fn write_contact(conn: &Connection, ws: &WorkspaceId, c: &ContactRecord) -> Result<()> {
-    let fields =
-        serde_json::to_string(&c.fields).map_err(|e| StoreError::Internal(e.to_string()))?;
-    conn.prepare_cached(
-        "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (id) DO UPDATE SET email = excluded.email, phone = excluded.phone,
-           status = excluded.status, fields = excluded.fields, updated_at = excluded.updated_at",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            c.id.as_str(),
-            ws.as_str(),
-            c.email.as_str(),
-            c.phone.as_ref().map(Phone::as_str),
-            c.status.as_str(),
-            fields,
-            c.created_at,
-            c.updated_at
-        ])
-    })
-    .map_err(|e| if is_unique_violation(&e) { plan::email_taken(c.email.as_str()) } else { internal(e) })?;
-    Ok(())
-}
-
 // ---- memberships ------------------------------------------------------------------
-
-pub fn upsert_membership(
-    conn: &Connection,
-    ws: &WorkspaceId,
-    list: &ListId,
-    contact: &ContactId,
-) -> Result<bool> {
-    conn.prepare_cached(
-        "INSERT INTO memberships (list_id, contact_id, workspace_id, status, since) VALUES (?1, ?2, ?3, 'subscribed', ?4)
-         ON CONFLICT (list_id, contact_id) DO UPDATE SET status = 'subscribed',
-           since = excluded.since WHERE memberships.status <> 'subscribed'",
-    )
-    .and_then(|mut s| s.execute(params![list.as_str(), contact.as_str(), ws.as_str(), now_millis()]))
-    .map(|n| n > 0)
-    .map_err(internal)
-}

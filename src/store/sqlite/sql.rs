@@ -84,6 +84,10 @@ impl rusqlite::ToSql for Bind<'_> {
             Arg::Bytes(v) => {
                 ToSqlOutput::Borrowed(v.as_deref().map_or(ValueRef::Null, ValueRef::Blob))
             }
+            Arg::JsonText(v) => ToSqlOutput::Borrowed(
+                v.as_deref()
+                    .map_or(ValueRef::Null, |t| ValueRef::Text(t.as_bytes())),
+            ),
             Arg::Json(v) => ToSqlOutput::Owned(
                 v.as_ref()
                     .map_or(Value::Null, |j| Value::Text(j.to_string())),
