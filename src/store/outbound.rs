@@ -54,41 +54,10 @@ pub struct WebhookRecord {
 
 macro_rules! webhook_cols {
     ($p:literal) => {
-        concat!(
-            $p,
-            "id, ",
-            $p,
-            "workspace_id, ",
-            $p,
-            "name, ",
-            $p,
-            "spec, ",
-            $p,
-            "secret, ",
-            $p,
-            "old_secret, ",
-            $p,
-            "old_secret_until, ",
-            $p,
-            "enabled, ",
-            $p,
-            "disabled_reason, ",
-            $p,
-            "verification_key, ",
-            $p,
-            "verified, ",
-            $p,
-            "next_allowed_at, ",
-            $p,
-            "failing_since, ",
-            $p,
-            "created_at, ",
-            $p,
-            "updated_at, ",
-            $p,
-            "event_types, ",
-            $p,
-            "inline"
+        crate::prefixed!($p;
+            "id", "workspace_id", "name", "spec", "secret", "old_secret", "old_secret_until",
+            "enabled", "disabled_reason", "verification_key", "verified", "next_allowed_at",
+            "failing_since", "created_at", "updated_at", "event_types", "inline"
         )
     };
 }
@@ -612,39 +581,10 @@ pub struct DeliveryRecord {
 
 macro_rules! delivery_cols {
     ($p:literal) => {
-        concat!(
-            $p,
-            "id, ",
-            $p,
-            "workspace_id, ",
-            $p,
-            "webhook_id, ",
-            $p,
-            "event_type, ",
-            $p,
-            "flow_id, ",
-            $p,
-            "flow_name, ",
-            $p,
-            "run_id, ",
-            $p,
-            "contact_id, ",
-            $p,
-            "step, ",
-            $p,
-            "context, ",
-            $p,
-            "status, ",
-            $p,
-            "attempts, ",
-            $p,
-            "next_attempt_at, ",
-            $p,
-            "last_error, ",
-            $p,
-            "created_at, ",
-            $p,
-            "updated_at"
+        crate::prefixed!($p;
+            "id", "workspace_id", "webhook_id", "event_type", "flow_id", "flow_name", "run_id",
+            "contact_id", "step", "context", "status", "attempts", "next_attempt_at",
+            "last_error", "created_at", "updated_at"
         )
     };
 }

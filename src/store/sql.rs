@@ -252,6 +252,15 @@ macro_rules! with_lock {
     };
 }
 
+/// `p.a, p.b, …`: names joined by `, `, each after the prefix `$p` (a
+/// table alias and its dot, or nothing).
+#[macro_export]
+macro_rules! prefixed {
+    ($p:literal; $first:literal $(, $rest:literal)* $(,)?) => {
+        concat!($p, $first $(, ", ", $p, $rest)*)
+    };
+}
+
 /// `$from, $from+1, …` for `n` values: the inside of `IN (…)`.
 pub fn params(from: usize, n: usize) -> String {
     (from..from + n)
