@@ -18,7 +18,109 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{FieldDef, ListId};
+use super::{FieldDef, FlowId, ListId, WebhookId};
+
+/// A setting of a flow document that parses into a `T` (an id, a
+/// duration): read as its text and parsed as the document is deserialised,
+/// written back as the same text. A value that does not parse keeps its
+/// error, so that [`validate`] reports it beside every other problem of the
+/// document, naming its step and setting (a JSON shape error would stop at
+/// the first); everything after validation reads [`Setting::get`].
+#[derive(Clone, Debug)]
+pub struct Setting<T> {
+    text: String,
+    parsed: Result<T, String>,
+}
+
+/// What a [`Setting`] parses into.
+pub trait SettingValue: Sized {
+    /// The value, or a message naming what `raw` should have been.
+    fn parse_setting(raw: &str) -> Result<Self, String>;
+    /// The text a value is written as.
+    fn setting_text(&self) -> String;
+}
+
+impl SettingValue for Duration {
+    fn parse_setting(raw: &str) -> Result<Self, String> {
+        parse_duration(raw)
+    }
+    fn setting_text(&self) -> String {
+        format!("{}s", self.as_secs())
+    }
+}
+
+macro_rules! id_setting {
+    ($($ty:ident),*) => {$(
+        impl SettingValue for super::$ty {
+            fn parse_setting(raw: &str) -> Result<Self, String> {
+                super::$ty::parse(raw).map_err(|e| e.to_string())
+            }
+            fn setting_text(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+id_setting!(ListId, FlowId, WebhookId);
+
+impl<T: SettingValue> Setting<T> {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let parsed = T::parse_setting(&text);
+        Self { text, parsed }
+    }
+
+    /// The parsed value; a document that passed [`validate`] has one.
+    pub fn get(&self) -> Result<&T, String> {
+        self.parsed.as_ref().map_err(Clone::clone)
+    }
+
+    /// The setting as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T: SettingValue> From<T> for Setting<T> {
+    fn from(value: T) -> Self {
+        Self {
+            text: value.setting_text(),
+            parsed: Ok(value),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Setting<T> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T> std::fmt::Display for Setting<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Two settings are equal when they are written alike.
+impl<T> PartialEq for Setting<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl<T> Serialize for Setting<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de, T: SettingValue> Deserialize<'de> for Setting<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
+}
 
 /// Mapping targets that are the contact's own values rather than list
 /// fields: a body path mapped onto one of these sets the contact's email or
@@ -32,7 +134,8 @@ pub enum Trigger {
     /// A call to the flow's own inbound URL; the contact is put into `list_id`
     /// and body values at `mapping`'s JSON paths go to the named list fields.
     Inbound {
-        list_id: String,
+        #[schema(value_type = String)]
+        list_id: Setting<ListId>,
         #[serde(default)]
         mapping: BTreeMap<String, String>,
         /// `standard_webhooks`: calls are authenticated by a Standard Webhooks
@@ -52,7 +155,10 @@ pub enum Trigger {
     /// An event of this name (events API).
     Event { name: String },
     /// The contact is added to a list (by API, a flow or an inbound call).
-    ListAdded { list_id: String },
+    ListAdded {
+        #[schema(value_type = String)]
+        list_id: Setting<ListId>,
+    },
     /// A contact field changes value (optionally: to this value).
     FieldChanged {
         field: String,
@@ -125,18 +231,22 @@ pub enum StepKind {
         no: String,
     },
     AddToList {
-        list_id: String,
+        #[schema(value_type = String)]
+        list_id: Setting<ListId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     RemoveFromList {
-        list_id: String,
+        #[schema(value_type = String)]
+        list_id: Setting<ListId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
     MoveToList {
-        from_list_id: String,
-        to_list_id: String,
+        #[schema(value_type = String)]
+        from_list_id: Setting<ListId>,
+        #[schema(value_type = String)]
+        to_list_id: Setting<ListId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
@@ -153,7 +263,8 @@ pub enum StepKind {
         next: Option<String>,
     },
     StartFlow {
-        flow_id: String,
+        #[schema(value_type = String)]
+        flow_id: Setting<FlowId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
@@ -164,7 +275,8 @@ pub enum StepKind {
         /// A webhook of `/v1/webhooks`; beside `webhook`, the one a save
         /// made for this step's inline configuration.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        webhook_id: Option<String>,
+        #[schema(value_type = Option<String>)]
+        webhook_id: Option<Setting<WebhookId>>,
         /// An inline webhook: the fields of `POST /v1/webhooks` (`name`
         /// optional), kept with their secrets in a webhook marked `inline`
         /// and shown here masked.
@@ -184,7 +296,8 @@ pub enum StepKind {
         /// The longest wait for the outcome (a duration, default `3d`); then
         /// `on_failure`, with outcome `timeout`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        timeout: Option<String>,
+        #[schema(value_type = Option<String>)]
+        timeout: Option<Setting<Duration>>,
         /// A path in the JSON answer → a contact field, set on success.
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         response_mapping: std::collections::BTreeMap<String, String>,
@@ -198,7 +311,8 @@ pub enum StepKind {
 #[serde(deny_unknown_fields)]
 pub struct Wait {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub duration: Option<Setting<Duration>>,
     /// An RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
@@ -211,7 +325,8 @@ pub struct Wait {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub timeout: Option<Setting<Duration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_event: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,8 +391,8 @@ impl Wait {
         };
         let mut form = None;
         if let Some(d) = &self.duration {
-            match parse_duration(d) {
-                Ok(d) => form = Some(WaitFor::Duration(d)),
+            match d.get() {
+                Ok(d) => form = Some(WaitFor::Duration(*d)),
                 Err(m) => problems.push(("duration", m)),
             }
         }
@@ -299,8 +414,8 @@ impl Wait {
         if self.event.is_some() {
             match &self.timeout {
                 None => problems.push(("timeout", "waiting for an event needs a `timeout`".into())),
-                Some(t) => match parse_duration(t) {
-                    Ok(timeout) => form = Some(WaitFor::Event { timeout }),
+                Some(t) => match t.get() {
+                    Ok(timeout) => form = Some(WaitFor::Event { timeout: *timeout }),
                     Err(m) => problems.push(("timeout", m)),
                 },
             }
@@ -609,12 +724,20 @@ impl Validator<'_> {
     }
 
     /// Checks that `raw` is a list of the workspace; remembers its fields.
-    fn list(&mut self, step: Option<&str>, setting: &str, raw: &str) -> Option<Vec<FieldDef>> {
-        let Ok(id) = ListId::parse(raw) else {
-            self.err(step, setting, format!("`{raw}` is not a list id"));
-            return None;
+    fn list(
+        &mut self,
+        step: Option<&str>,
+        setting: &str,
+        raw: &Setting<ListId>,
+    ) -> Option<Vec<FieldDef>> {
+        let id = match raw.get() {
+            Ok(id) => id,
+            Err(e) => {
+                self.err(step, setting, e);
+                return None;
+            }
         };
-        match self.catalog.list_fields(&id) {
+        match self.catalog.list_fields(id) {
             Some(fields) => {
                 for f in &fields {
                     self.known_fields
@@ -830,8 +953,8 @@ impl Validator<'_> {
             StepKind::Goal { name, .. } if name.trim().is_empty() => {
                 self.err(id, "name", "a goal needs a name");
             }
-            StepKind::StartFlow { flow_id, .. } if !flow_id.starts_with("fl_") => {
-                self.err(id, "flow_id", format!("`{flow_id}` is not a flow id"));
+            StepKind::StartFlow { flow_id, .. } if flow_id.get().is_err() => {
+                self.err(id, "flow_id", flow_id.get().unwrap_err());
             }
             StepKind::SendWebhook {
                 webhook_id,
@@ -845,8 +968,8 @@ impl Validator<'_> {
             } => {
                 match (webhook_id, webhook) {
                     (Some(w), _) => {
-                        if let Err(e) = crate::domain::WebhookId::parse(w) {
-                            self.err(id, "webhook_id", e.to_string());
+                        if let Err(e) = w.get() {
+                            self.err(id, "webhook_id", e);
                         }
                     }
                     (None, None) => self.err(
@@ -872,7 +995,7 @@ impl Validator<'_> {
                         );
                     }
                     if let Some(t) = timeout
-                        && let Err(e) = parse_duration(t)
+                        && let Err(e) = t.get()
                     {
                         self.err(id, "timeout", e);
                     }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::domain::flow::{FlowDoc, SignatureScheme, Trigger};
 use crate::domain::jsonpath::JsonPath;
-use crate::domain::{Email, ListId, Phone, WorkspaceId};
+use crate::domain::{Email, Phone, WorkspaceId};
 use crate::store::{ContactUpsert, EntryRequest, FlowRecord, FlowStatus, Store, StoreError};
 
 /// Why a body cannot enter its flow.
@@ -177,8 +177,10 @@ pub fn entry_request(
             origin.push((format!("fields.{target}"), path.clone()));
         }
     }
-    let list = ListId::parse(list_id)
-        .map_err(|e| InboundError::Internal(format!("a stored trigger list id: {e}")))?;
+    let list = list_id
+        .get()
+        .map_err(|e| InboundError::Internal(format!("a stored trigger list id: {e}")))?
+        .clone();
     let req = EntryRequest {
         flow_id: flow.id.clone(),
         flow_version: flow.version,
@@ -265,7 +267,7 @@ mod tests {
     }
 
     fn stripe_flow() -> Value {
-        json!({"name": "F", "trigger": {"type": "inbound", "list_id": ListId::generate().to_string(),
+        json!({"name": "F", "trigger": {"type": "inbound", "list_id": crate::domain::ListId::generate().to_string(),
                "mapping": {"data.object.customer_email": "email", "data.object.phone": "phone",
                            "data.object.plan": "plan"}},
                "steps": [{"id": "first", "type": "exit"}], "repeat": true})

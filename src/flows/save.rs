@@ -75,9 +75,9 @@ async fn check_targets(
             webhook: None,
             ..
         } = &s.kind
-            && let Ok(id) = crate::domain::WebhookId::parse(webhook_id)
+            && let Ok(id) = webhook_id.get()
         {
-            match crate::store::outbound::get_webhook(store, ws, &id).await {
+            match crate::store::outbound::get_webhook(store, ws, id).await {
                 Ok(_) => {}
                 Err(StoreError::NotFound { .. }) => errors.push(FlowError {
                     step: Some(s.id.clone()),
@@ -90,10 +90,10 @@ async fn check_targets(
         let StepKind::StartFlow { flow_id, .. } = &s.kind else {
             continue;
         };
-        let Ok(id) = crate::domain::FlowId::parse(flow_id) else {
+        let Ok(id) = flow_id.get() else {
             continue;
         };
-        let problem = match store.get_flow(ws, &id).await {
+        let problem = match store.get_flow(ws, id).await {
             Ok(f) if matches!(f.document.trigger, Trigger::Flow) => None,
             Ok(f) => Some(format!(
                 "flow `{flow_id}` is not started by other flows (its trigger is `{}`, not `flow`)",
@@ -113,8 +113,9 @@ async fn check_targets(
     Ok(errors)
 }
 
-fn named_lists(doc: &FlowDoc) -> Vec<&str> {
-    let mut ids: Vec<&str> = Vec::new();
+/// The lists the document names (those that are ids at all).
+fn named_lists(doc: &FlowDoc) -> Vec<&ListId> {
+    let mut ids: Vec<&crate::domain::flow::Setting<ListId>> = Vec::new();
     if let Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } = &doc.trigger {
         ids.push(list_id);
     }
@@ -134,7 +135,7 @@ fn named_lists(doc: &FlowDoc) -> Vec<&str> {
             _ => {}
         }
     }
-    ids
+    ids.into_iter().filter_map(|l| l.get().ok()).collect()
 }
 
 /// A step's inline webhook, checked, to keep before the flow is saved.
@@ -202,13 +203,13 @@ fn inline_name(step: &str) -> String {
 }
 
 /// The inline webhook that step `step` of `previous` has.
-fn previous_inline<'a>(previous: Option<&'a FlowDoc>, step: &str) -> Option<&'a str> {
+fn previous_inline<'a>(previous: Option<&'a FlowDoc>, step: &str) -> Option<&'a WebhookId> {
     previous?.steps.iter().find_map(|s| match &s.kind {
         StepKind::SendWebhook {
             webhook_id: Some(id),
             webhook: Some(_),
             ..
-        } if s.id == step => Some(id.as_str()),
+        } if s.id == step => id.get().ok(),
         _ => None,
     })
 }
@@ -253,9 +254,10 @@ async fn check_inline(
             *previous = Some(replaces.document(store, ws).await?);
         }
         let given = webhook_id
-            .as_deref()
+            .as_ref()
+            .and_then(|w| w.get().ok())
             .or_else(|| previous_inline(previous.as_ref().and_then(|p| p.as_deref()), &s.id));
-        if let Some(id) = given.and_then(|w| WebhookId::parse(w).ok()) {
+        if let Some(id) = given.cloned() {
             match crate::store::outbound::get_webhook(store, ws, &id).await {
                 Ok(w) if w.inline => {
                     config::unmask(&mut spec, &w.spec);
@@ -400,7 +402,7 @@ impl Checked {
                 ..
             } = &mut doc.steps[h.step].kind
             {
-                *webhook_id = Some(id.to_string());
+                *webhook_id = Some(id.clone().into());
                 *webhook = config::mask(&h.spec).as_object().cloned();
             }
         }
@@ -427,14 +429,13 @@ pub async fn check(
         return Err(SaveError::Nul(path));
     }
     let mut lists = HashMap::new();
-    for raw in named_lists(doc) {
-        let Ok(id) = ListId::parse(raw) else { continue };
-        if lists.contains_key(&id) {
+    for id in named_lists(doc) {
+        if lists.contains_key(id) {
             continue;
         }
-        match store.get_list(ws, &id).await {
+        match store.get_list(ws, id).await {
             Ok(l) => {
-                lists.insert(id, l.fields);
+                lists.insert(id.clone(), l.fields);
             }
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),

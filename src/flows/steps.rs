@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::records::{Effect, EndReason, RunStatus, StepOutcome};
 use crate::domain::condition::{Subject, matches};
 use crate::domain::flow::{StepKind, Wait, WaitFor, parse_duration};
-use crate::domain::{DeliveryId, FlowId, ListId, Millis, WebhookId};
+use crate::domain::{DeliveryId, ListId, Millis};
 use crate::store::ContactRecord;
 
 /// How a waiting run was woken, given to the wait step it waits in.
@@ -126,11 +126,11 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
             }
         }
         StepKind::AddToList { list_id, next: n } => {
-            ctx.add_list(&list(list_id)?);
+            ctx.add_list(list_id.get()?);
             next(n)
         }
         StepKind::RemoveFromList { list_id, next: n } => {
-            ctx.remove_list(&list(list_id)?);
+            ctx.remove_list(list_id.get()?);
             next(n)
         }
         StepKind::MoveToList {
@@ -138,8 +138,8 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
             to_list_id,
             next: n,
         } => {
-            ctx.remove_list(&list(from_list_id)?);
-            ctx.add_list(&list(to_list_id)?);
+            ctx.remove_list(from_list_id.get()?);
+            ctx.add_list(to_list_id.get()?);
             next(n)
         }
         StepKind::UpdateField {
@@ -178,9 +178,8 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
             }
         }
         StepKind::StartFlow { flow_id, next: n } => {
-            let id = FlowId::parse(flow_id).map_err(|e| e.to_string())?;
             ctx.effects.push(Effect::StartFlow {
-                flow: id,
+                flow: flow_id.get()?.clone(),
                 event_data: ctx.event_data.clone(),
             });
             next(n)
@@ -205,11 +204,10 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
                 ));
             }
             let webhook = webhook_id
-                .as_deref()
-                .ok_or("the step names no webhook")
-                .and_then(|w| {
-                    WebhookId::parse(w).map_err(|_| "the step's webhook id is not valid")
-                })?;
+                .as_ref()
+                .ok_or("the step names no webhook")?
+                .get()?
+                .clone();
             let delivery = DeliveryId::generate();
             ctx.detail =
                 json!({ "webhook_id": webhook.as_str(), "delivery_id": delivery.as_str() });
@@ -230,7 +228,10 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
                 }),
             });
             if *wait_for_result {
-                let wait = parse_duration(timeout.as_deref().unwrap_or(RESULT_TIMEOUT))?;
+                let wait = match timeout {
+                    Some(t) => *t.get()?,
+                    None => parse_duration(RESULT_TIMEOUT)?,
+                };
                 let until = ctx.now.saturating_add(millis(wait));
                 if let Value::Object(d) = &mut ctx.detail {
                     d.insert(
@@ -322,10 +323,6 @@ fn webhook_result(
             StepOutcome::No
         },
     }
-}
-
-fn list(raw: &str) -> Result<ListId, String> {
-    ListId::parse(raw).map_err(|e| e.to_string())
 }
 
 fn wait(w: &Wait, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome, String> {

@@ -453,3 +453,68 @@ fn a_wait_parses_to_one_typed_form_or_every_problem() {
     assert_eq!(settings(json!({"until": "tomorrow"})), ["until"]);
     assert_eq!(settings(json!({"time_of_day": "25:00"})), ["time_of_day"]);
 }
+
+#[test]
+fn a_setting_parses_as_the_document_is_read_and_is_written_back_as_given() {
+    let step: Step = serde_json::from_value(json!({
+        "id": "w", "type": "send_webhook", "webhook_id": "wh_01J00000000000000000000000",
+        "wait_for_result": true, "on_success": "a", "on_failure": "b", "timeout": "1h30m"
+    }))
+    .unwrap();
+    let StepKind::SendWebhook {
+        webhook_id: Some(id),
+        timeout: Some(t),
+        ..
+    } = &step.kind
+    else {
+        panic!("{step:?}")
+    };
+    // Ids are lower case once parsed; the setting keeps what was written.
+    assert_eq!(id.get().unwrap().as_str(), "wh_01j00000000000000000000000");
+    assert_eq!(id.as_str(), "wh_01J00000000000000000000000");
+    assert_eq!(*t.get().unwrap(), Duration::from_secs(5400));
+    // The text as given, not a normal form of the value.
+    assert_eq!(serde_json::to_value(&step).unwrap()["timeout"], "1h30m");
+}
+
+#[test]
+fn a_setting_that_does_not_parse_is_read_and_reported_by_validate_with_the_rest() {
+    let doc: FlowDoc = serde_json::from_value(json!({
+        "name": "F",
+        "trigger": {"type": "list_added", "list_id": "nope"},
+        "steps": [
+            {"id": "go", "type": "start_flow", "flow_id": "ls_01J00000000000000000000000"},
+            {"id": "w", "type": "wait", "duration": "soon"}
+        ]
+    }))
+    .expect("a bad id or duration is not a shape error");
+    let named: Vec<(Option<String>, String)> = validate(&doc, &TestCatalog::new())
+        .into_iter()
+        .map(|e| (e.step, e.setting))
+        .collect();
+    for want in [
+        (None, "trigger.list_id"),
+        (Some("go"), "flow_id"),
+        (Some("w"), "duration"),
+    ] {
+        assert!(
+            named.contains(&(want.0.map(str::to_owned), want.1.to_owned())),
+            "{want:?} missing from {named:?}"
+        );
+    }
+    let Trigger::ListAdded { list_id } = &doc.trigger else {
+        panic!()
+    };
+    assert!(list_id.get().unwrap_err().contains("nope"));
+}
+
+proptest! {
+    #[test]
+    fn any_setting_text_round_trips_unchanged(text in ".{0,40}") {
+        let s: Setting<Duration> = serde_json::from_value(json!(text.clone())).unwrap();
+        prop_assert_eq!(serde_json::to_value(&s).unwrap(), json!(text.clone()));
+        let id: Setting<ListId> = serde_json::from_value(json!(text.clone())).unwrap();
+        prop_assert_eq!(id.as_str(), text.as_str());
+        prop_assert_eq!(id.get().is_ok(), ListId::parse(&text).is_ok());
+    }
+}
