@@ -225,7 +225,7 @@ impl crate::worker::LeasedWork for Engine {
     }
 
     async fn next_due(&self) -> crate::store::Result<Option<Millis>> {
-        self.store.next_due().await
+        self.store.next_due(self.clock.now()).await
     }
 
     fn now(&self) -> Millis {
@@ -259,5 +259,6 @@ fn broken(run: ClaimedRun, now: Millis, error: String) -> RunAdvance {
         },
         event_data: None,
         consumed_event: false,
+        claimed_due: run.claimed_due,
     }
 }

@@ -43,6 +43,7 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
         wait_until,
         resume_event,
         step_count,
+        claimed_due,
         mut contact,
         mut lists,
         ..
@@ -222,6 +223,7 @@ pub fn advance(doc: &FlowDoc, run: ClaimedRun, now: Millis) -> RunAdvance {
         end,
         event_data: (event_data != original_data).then_some(event_data),
         consumed_event,
+        claimed_due,
     }
 }
 

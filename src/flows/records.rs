@@ -68,6 +68,9 @@ pub struct ClaimedRun {
     pub resume_event: Option<Value>,
     /// How many history rows the run has (the next one's sequence number).
     pub step_count: i64,
+    /// The run's `due_at` when it was claimed (a claim leaves it as it is):
+    /// a wake-up during the lease changes it, and the completion sees that.
+    pub claimed_due: Millis,
     pub contact: ContactRecord,
     pub lists: Vec<ListId>,
 }
@@ -138,6 +141,9 @@ pub struct RunAdvance {
     pub end: RunEnd,
     /// The run's event data when a resuming event changed it.
     pub event_data: Option<Value>,
+    /// [`ClaimedRun::claimed_due`]: the completion compares it with the
+    /// run's `due_at` to learn of a wake-up during the lease.
+    pub claimed_due: Millis,
     /// True when the run's `resume_event` was consumed.
     pub consumed_event: bool,
 }

@@ -681,9 +681,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<AdvanceOutcome>>;
     /// When the next unfinished run of an active flow is due (for the
     /// engine's sleep), if any.
-    async fn next_due(&self) -> Result<Option<Millis>> {
+    async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
         use sql::RowExt;
-        let done = self.read_sql(vec![run::next_due()]).await?;
+        let done = self.read_sql(vec![run::next_due(now)]).await?;
         done[0].rows.first().map(|r| r.int(0)).transpose()
     }
 

@@ -500,13 +500,16 @@ pub fn resume_waiting(contact: &ContactId, name: &str, payload: &Value, now: Mil
 }
 
 /// When the next run of an active flow is due (the engine sleeps until
-/// then). `ORDER BY … LIMIT 1`, not `MIN()`: PostgreSQL then walks the due
-/// index and stops at the first run of an active flow.
-pub fn next_due() -> Stmt {
+/// then), leaving out runs leased at `now` (a claim leaves their `due_at`
+/// as it was; the poll interval finds them again when a lease of a process
+/// that died ends). `ORDER BY … LIMIT 1`, not `MIN()`: PostgreSQL then
+/// walks the due index and stops at the first run of an active flow.
+pub fn next_due(now: Millis) -> Stmt {
     Stmt::new(
         "SELECT r.due_at FROM runs r JOIN flows f ON f.id = r.flow_id
          WHERE (r.status = 'active' OR r.status = 'waiting') AND f.status = 'active'
+           AND (r.lease_until IS NULL OR r.lease_until < $1)
          ORDER BY r.due_at LIMIT 1",
-        vec![],
+        vec![now.into()],
     )
 }

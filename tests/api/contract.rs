@@ -1025,6 +1025,7 @@ async fn claims_are_leased_and_completion_checks_the_lease(b: Backend) {
         },
         event_data: None,
         consumed_event: false,
+        claimed_due: run.claimed_due,
     };
     let late = s
         .complete_runs("engine-a", now + 12_000, vec![finish(&a[0])])
@@ -1179,6 +1180,7 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
         },
         event_data: None,
         consumed_event: false,
+        claimed_due: run.claimed_due,
     };
     let now = chrono::Utc::now().timestamp_millis() + 1_000;
     let claimed = s
@@ -1370,6 +1372,7 @@ async fn one_completion_applies_each_runs_effects_in_order(b: Backend) {
         },
         event_data: None,
         consumed_event: false,
+        claimed_due: run.claimed_due,
     };
     let age = |v: serde_json::Value| Effect::SetField {
         name: "age".into(),

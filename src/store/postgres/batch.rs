@@ -435,15 +435,24 @@ pub(super) async fn wake_exits_each(
 ) -> Result<Vec<bool>> {
     // A data-modifying CTE runs to completion whether or not the
     // statement reads it: the wake-ups, and which workspaces have
-    // contact triggers, in one round trip.
+    // contact triggers, in one round trip. The runs are found by a probe
+    // per contact (LATERAL, fenced by OFFSET 0): with no statistics yet,
+    // `contact_id = ANY($1) AND status = 'waiting'` was planned as a
+    // BitmapAnd with the whole of `runs_due` (its predicate is implied),
+    // 125k entries and 4–13 ms a call in a 30k-call run; the probes take
+    // 0.3 ms. A leased run is woken too, as on SQLite (see
+    // `sqlite::engine`'s `wake_exits_and_find_triggers`).
     let contacts: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     let mut ws: Vec<&str> = rows.iter().filter(|r| r.2).map(|r| r.0.as_str()).collect();
     ws.sort_unstable();
     ws.dedup();
     let with_triggers: Vec<String> = sqlx::query_scalar(
         "WITH woken AS (
-               UPDATE runs SET due_at = $2
-               WHERE contact_id = ANY($1) AND status = 'waiting' AND has_exits AND due_at > $2
+               UPDATE runs SET due_at = CASE WHEN due_at = $2 THEN $2 + 1 ELSE $2 END
+               WHERE id IN (
+                 SELECT r.id FROM UNNEST($1::text[]) AS k(id) CROSS JOIN LATERAL (
+                   SELECT id FROM runs WHERE contact_id = k.id AND status = 'waiting'
+                     AND has_exits AND (due_at > $2 OR lease_until > $2) OFFSET 0) r)
                RETURNING 1)
              SELECT w FROM UNNEST($3::text[]) AS w WHERE EXISTS (
                SELECT 1 FROM flows WHERE workspace_id = w AND status = 'active'

@@ -46,24 +46,10 @@ impl logic::Tx for PgTx<'_> {
         now: Millis,
         ask: bool,
     ) -> Result<bool> {
-        // One round trip for both: every contact write needs the wake-up,
-        // most need the answer.
-        sqlx::query_scalar(
-            "WITH woken AS (
-               UPDATE runs SET due_at = $2
-               WHERE contact_id = $1 AND status = 'waiting' AND has_exits AND due_at > $2
-               RETURNING 1)
-             SELECT $4 AND EXISTS (
-               SELECT 1 FROM flows WHERE workspace_id = $3 AND status = 'active'
-               AND trigger_type IN ('list_added', 'field_changed'))",
-        )
-        .bind(contact.as_str())
-        .bind(now)
-        .bind(ws.as_str())
-        .bind(ask)
-        .fetch_one(&mut *self.c)
-        .await
-        .map_err(internal)
+        // The batch statement for one contact: one round trip for both,
+        // and its plan (see `batch::wake_exits_each`).
+        let woke = batch::wake_exits_each(self.c, &[(ws, contact, ask)], now).await?;
+        Ok(woke.first().copied().unwrap_or(false))
     }
 
     async fn lock_email(&mut self, ws: &WorkspaceId, email: &crate::domain::Email) -> Result<()> {
@@ -209,6 +195,10 @@ impl logic::Tx for PgTx<'_> {
 
 // ---- claiming and completing ----------------------------------------------------------
 
+// A claim sets only the lease (see `sqlite::engine::CLAIM`): no indexed
+// column changes, so the update is HOT where the page has room (migration
+// 0011 leaves a quarter of each `runs` page free for it).
+
 pub async fn claim(
     c: &mut PgConnection,
     owner: &str,
@@ -227,9 +217,10 @@ pub async fn claim(
              SELECT id, SUM(event_bytes) OVER (ORDER BY due_at, id ROWS UNBOUNDED PRECEDING) - event_bytes AS before
              FROM candidates) sized
            WHERE before < $5)
-         UPDATE runs SET lease_owner = $1, lease_until = $2, due_at = $2 FROM due WHERE runs.id = due.id
+         UPDATE runs SET lease_owner = $1, lease_until = $2 FROM due WHERE runs.id = due.id
          RETURNING runs.id, runs.workspace_id, runs.flow_id, runs.flow_version, runs.status, runs.step,
-           runs.event_data, runs.wait_until, runs.resume_event, runs.step_count, runs.contact_id",
+           runs.event_data, runs.wait_until, runs.resume_event, runs.step_count, runs.contact_id,
+           runs.due_at",
     )
     .bind(owner)
     .bind(lease_until)
@@ -302,6 +293,7 @@ pub async fn claim(
             wait_until: r.try_get("wait_until").map_err(internal)?,
             resume_event: r.try_get("resume_event").map_err(internal)?,
             step_count: r.try_get("step_count").map_err(internal)?,
+            claimed_due: r.try_get("due_at").map_err(internal)?,
             // Two runs of one contact can be in one batch: each gets the lists.
             lists: lists.get(&contact_id).cloned().unwrap_or_default(),
             contact,
@@ -380,8 +372,9 @@ impl History {
 
 /// The run moves of a batch, as columns for one `UPDATE … FROM UNNEST`:
 /// each run goes to where its advance stopped and its lease is released.
-/// A wait keeps a wake-up that came during the lease (`due_at` set before
-/// `lease_until`) or an event that arrived for the step it waits at.
+/// A wait keeps a wake-up that came during the lease (`due_at` no longer
+/// the value the claim returned) or an event that arrived for the step it
+/// waits at.
 #[derive(Default)]
 struct Moves {
     id: Vec<String>,
@@ -395,6 +388,7 @@ struct Moves {
     step_count: Vec<i64>,
     consumed: Vec<bool>,
     event_data: Vec<Option<Value>>,
+    claimed_due: Vec<Millis>,
     /// The completion's time (one per batch).
     now: Millis,
 }
@@ -413,6 +407,7 @@ impl Moves {
         self.step_count.push(m.step_count);
         self.consumed.push(adv.consumed_event);
         self.event_data.push(adv.event_data.clone());
+        self.claimed_due.push(adv.claimed_due);
         self.now = now;
     }
 
@@ -423,7 +418,7 @@ impl Moves {
         sqlx::query(
             "UPDATE runs r SET status = k.status, step = COALESCE(k.step, r.step),
                due_at = CASE WHEN k.status = 'waiting' AND ((NOT k.consumed AND r.resume_event IS NOT NULL AND k.step = r.step)
-                                                            OR r.due_at < r.lease_until) THEN $12 ELSE k.due_at END,
+                                                            OR r.due_at <> k.claimed_due) THEN $12 ELSE k.due_at END,
                wait_until = k.wait_until, wait_event = k.wait_event, end_reason = k.reason,
                finished_at = k.finished_at, step_count = k.step_count,
                resume_event = CASE WHEN k.consumed OR k.status <> 'waiting' OR k.step IS DISTINCT FROM r.step
@@ -431,9 +426,10 @@ impl Moves {
                event_data = COALESCE(k.event_data, r.event_data), lease_owner = NULL, lease_until = NULL,
                updated_at = $12
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[], $10::bool[], $11::jsonb[])
+                         $7::text[], $8::bigint[], $9::bigint[], $10::bool[], $11::jsonb[],
+                         $13::bigint[])
                   AS k(id, status, step, due_at, wait_until, wait_event, reason, finished_at,
-                       step_count, consumed, event_data)
+                       step_count, consumed, event_data, claimed_due)
              WHERE r.id = k.id",
         )
         .bind(&self.id)
@@ -448,6 +444,7 @@ impl Moves {
         .bind(&self.consumed)
         .bind(&self.event_data)
         .bind(self.now)
+        .bind(&self.claimed_due)
         .persistent(false) // planned for its rows, as the batch writer's statements
         .execute(&mut *c)
         .await

@@ -40,9 +40,15 @@ impl logic::Tx for SqliteTx<'_> {
         now: Millis,
         ask: bool,
     ) -> Result<bool> {
+        // Waiting runs with exit conditions are due now. A leased one (its
+        // `due_at` at or before its claim) is woken too: the change of
+        // `due_at` is what its completion sees (`?2 + 1` when it is `?2`
+        // already, so that it changes).
         self.0
             .prepare_cached(
-                "UPDATE runs SET due_at = ?2 WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1 AND due_at > ?2",
+                "UPDATE runs SET due_at = CASE WHEN due_at = ?2 THEN ?2 + 1 ELSE ?2 END
+                 WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1
+                   AND (due_at > ?2 OR lease_until > ?2)",
             )
             .and_then(|mut s| s.execute(params![contact.as_str(), now]))
             .map_err(internal)?;
@@ -131,13 +137,15 @@ fn has_contact_triggers(conn: &Connection, ws: &WorkspaceId) -> Result<bool> {
 
 // ---- claiming and completing ----------------------------------------------------------
 
-/// A claimed run's `due_at` becomes its lease's end: that is when it is
-/// due again if this process dies, the engine's sleep does not spin on runs
-/// it holds, and a wake-up during the lease (`due_at = now`, an exit check or
-/// an event) is seen by the completion (`due_at < lease_until`).
+/// A claim sets only the lease: `due_at` stays as it was, so on
+/// PostgreSQL the claim is a HOT update (no index entry written), and a
+/// wake-up during the lease (an exit check or an event, which change
+/// `due_at`) is seen by the completion comparing `due_at` with the value
+/// the claim returned (`ClaimedRun::claimed_due`). A leased run is not due
+/// (`next_due` and the claim skip it) until its lease ends.
 /// The oldest `?4` due runs, cut where their event data passes `?5` bytes
 /// (the first run is always taken, whatever its size).
-const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2, due_at = ?2 WHERE id IN (
+const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2 WHERE id IN (
     SELECT id FROM (
       SELECT id, SUM(event_bytes) OVER (ORDER BY due_at, id ROWS UNBOUNDED PRECEDING) - event_bytes AS before
       FROM (SELECT r.id, r.due_at, r.event_bytes FROM runs r JOIN flows f ON f.id = r.flow_id
@@ -146,7 +154,7 @@ const CLAIM: &str = "UPDATE runs SET lease_owner = ?1, lease_until = ?2, due_at 
             ORDER BY r.due_at LIMIT ?4))
     WHERE before < ?5)
   RETURNING id, workspace_id, flow_id, flow_version, status, step, event_data, wait_until,
-    resume_event, step_count, contact_id";
+    resume_event, step_count, contact_id, due_at";
 
 pub fn claim(
     conn: &Connection,
@@ -167,6 +175,7 @@ pub fn claim(
         Option<String>,
         i64,
         String,
+        i64,
     );
     let raw: Vec<Raw> = conn
         .prepare_cached(CLAIM)
@@ -192,6 +201,7 @@ pub fn claim(
                         r.get(8)?,
                         r.get(9)?,
                         r.get(10)?,
+                        r.get(11)?,
                     ))
                 },
             )
@@ -199,7 +209,8 @@ pub fn claim(
         })
         .map_err(internal)?;
     let mut out = Vec::with_capacity(raw.len());
-    for (id, ws, flow, version, status, step, data, wait_until, resume, count, contact) in raw {
+    for (id, ws, flow, version, status, step, data, wait_until, resume, count, contact, due) in raw
+    {
         let ws = WorkspaceId::from_trusted(ws);
         let contact_id = ContactId::from_trusted(contact);
         let contact = q::contact_by_id(conn, &ws, &contact_id)?;
@@ -215,6 +226,7 @@ pub fn claim(
             wait_until,
             resume_event: resume.as_deref().map(parse_json).transpose()?,
             step_count: count,
+            claimed_due: due,
             contact,
             lists,
         });
@@ -304,7 +316,7 @@ fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
     conn.prepare_cached(
         "UPDATE runs SET status = ?2, step = COALESCE(?3, step),
            due_at = CASE WHEN ?2 = 'waiting' AND ((?10 = 0 AND resume_event IS NOT NULL AND ?3 = step)
-                                                  OR due_at < lease_until) THEN ?11 ELSE ?4 END,
+                                                  OR due_at <> ?13) THEN ?11 ELSE ?4 END,
            wait_until = ?5, wait_event = ?6, end_reason = ?7, finished_at = ?8, step_count = ?9,
            resume_event = CASE WHEN ?10 = 1 OR ?2 <> 'waiting' OR ?3 IS NOT step THEN NULL ELSE resume_event END,
            event_data = COALESCE(?12, event_data), lease_owner = NULL, lease_until = NULL, updated_at = ?11
@@ -312,7 +324,8 @@ fn move_run(conn: &Connection, adv: &RunAdvance, now: Millis) -> Result<()> {
     )
     .and_then(|mut s| {
         s.execute(params![adv.run_id.as_str(), m.status.as_str(), m.step, m.due_at, m.wait_until,
-            m.wait_event, m.reason.map(|r| r.as_str()), m.finished_at, m.step_count, adv.consumed_event, now, data])
+            m.wait_event, m.reason.map(|r| r.as_str()), m.finished_at, m.step_count, adv.consumed_event, now, data,
+            adv.claimed_due])
     })
     .map_err(internal)?;
     Ok(())
