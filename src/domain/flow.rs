@@ -518,7 +518,11 @@ impl FlowDoc {
     /// event name or field name; `""` for the others.
     pub fn trigger_key(&self) -> &str {
         match &self.trigger {
-            Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } => list_id,
+            // The id as lookups spell it (ids parse case-blind and are
+            // kept lower case), not as the document wrote it.
+            Trigger::Inbound { list_id, .. } | Trigger::ListAdded { list_id } => {
+                list_id.get().map_or(list_id.as_str(), |id| id.as_str())
+            }
             Trigger::Event { name } => name,
             Trigger::FieldChanged { field, .. } => field,
             Trigger::Flow => "",

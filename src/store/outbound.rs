@@ -1071,8 +1071,11 @@ pub async fn record_attempt(
     script.extend(w.also);
     if let Some((run, event, payload)) = w.resume {
         script.push(Stmt::new(
-            "UPDATE runs SET resume_event = $3, due_at = $4
-             WHERE id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
+            concat!(
+                "UPDATE runs SET resume_event = $3, due_at = ",
+                crate::woken_due!("$4"),
+                " WHERE id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL"
+            ),
             vec![
                 run.into(),
                 event.into(),

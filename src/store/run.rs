@@ -488,8 +488,12 @@ pub fn insert_event(
 /// SQLite to the (workspace, status) index, a scan of every waiting run.
 pub fn resume_waiting(contact: &ContactId, name: &str, payload: &Value, now: Millis) -> Stmt {
     Stmt::new(
-        "UPDATE runs SET resume_event = $3, due_at = $4
-         WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL",
+        concat!(
+            "UPDATE runs SET resume_event = $3, due_at = ",
+            crate::woken_due!("$4"),
+            " WHERE contact_id = $1 AND status = 'waiting' AND wait_event = $2
+               AND resume_event IS NULL"
+        ),
         vec![
             contact.as_str().into(),
             name.into(),
@@ -508,7 +512,7 @@ pub fn next_due(now: Millis) -> Stmt {
     Stmt::new(
         "SELECT r.due_at FROM runs r JOIN flows f ON f.id = r.flow_id
          WHERE (r.status = 'active' OR r.status = 'waiting') AND f.status = 'active'
-           AND (r.lease_until IS NULL OR r.lease_until < $1)
+           AND (r.lease_until IS NULL OR r.lease_until < $1) AND r.due_at IS NOT NULL
          ORDER BY r.due_at LIMIT 1",
         vec![now.into()],
     )

@@ -252,6 +252,31 @@ macro_rules! with_lock {
     };
 }
 
+/// The `due_at` a wake-up gives a run (an exit check, an event, a webhook's
+/// result), `$now` being the parameter holding the time: now, for a run
+/// nobody holds; for a leased run, one millisecond before the least of its
+/// `due_at` and now. A claim leaves `due_at` as it was and returns it
+/// (`ClaimedRun::claimed_due`), and the completion keeps a run due when
+/// `due_at` differs from it: moving a leased run's `due_at` only downwards
+/// means no second wake-up can put it back where the claim saw it.
+#[macro_export]
+macro_rules! woken_due {
+    ($now:literal) => {
+        concat!(
+            "CASE WHEN lease_until > ",
+            $now,
+            " THEN (CASE WHEN due_at < ",
+            $now,
+            " THEN due_at ELSE ",
+            $now,
+            " END) - 1",
+            " ELSE ",
+            $now,
+            " END"
+        )
+    };
+}
+
 /// `p.a, p.b, …`: names joined by `, `, each after the prefix `$p` (a
 /// table alias and its dot, or nothing).
 #[macro_export]
@@ -359,6 +384,37 @@ impl RowExt for [Val] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wake_ups_during_a_lease_never_bring_due_at_back_to_the_claimed_value() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE runs (due_at INTEGER, lease_until INTEGER)")
+            .unwrap();
+        // Claimed when due at 100, leased until 5000.
+        c.execute("INSERT INTO runs VALUES (100, 5000)", []).unwrap();
+        let wake = format!("UPDATE runs SET due_at = {}", crate::woken_due!("?1"));
+        let due = |c: &rusqlite::Connection| -> i64 {
+            c.query_row("SELECT due_at FROM runs", [], |r| r.get(0))
+                .unwrap()
+        };
+        let mut last = 100;
+        // Several in the claim's millisecond, later, and earlier.
+        for now in [100, 100, 100, 150, 99, 4999] {
+            c.execute(&wake, [now]).unwrap();
+            let d = due(&c);
+            assert!(d < last, "{now}: due_at {d} must fall below {last}");
+            last = d;
+        }
+        // A run nobody holds (or whose lease ended) is due now.
+        c.execute("UPDATE runs SET due_at = 9000, lease_until = NULL", [])
+            .unwrap();
+        c.execute(&wake, [300]).unwrap();
+        assert_eq!(due(&c), 300);
+        c.execute("UPDATE runs SET due_at = 9000, lease_until = 200", [])
+            .unwrap();
+        c.execute(&wake, [300]).unwrap();
+        assert_eq!(due(&c), 300);
+    }
 
     #[test]
     fn a_statement_debug_print_shows_no_argument_value() {

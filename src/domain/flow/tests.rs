@@ -518,3 +518,16 @@ proptest! {
         prop_assert_eq!(id.get().is_ok(), ListId::parse(&text).is_ok());
     }
 }
+
+#[test]
+fn a_list_triggers_key_is_the_id_as_lookups_spell_it() {
+    let id = ListId::generate();
+    let doc: FlowDoc = serde_json::from_value(json!({
+        "name": "F",
+        "trigger": {"type": "list_added", "list_id": id.as_str().to_uppercase()
+            .replacen("LS_", "ls_", 1)},
+        "steps": [{"id": "x", "type": "exit"}]
+    }))
+    .unwrap();
+    assert_eq!(doc.trigger_key(), id.as_str());
+}

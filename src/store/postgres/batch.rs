@@ -440,24 +440,27 @@ pub(super) async fn wake_exits_each(
     // `contact_id = ANY($1) AND status = 'waiting'` was planned as a
     // BitmapAnd with the whole of `runs_due` (its predicate is implied),
     // 125k entries and 4–13 ms a call in a 30k-call run; the probes take
-    // 0.3 ms. A leased run is woken too, as on SQLite (see
-    // `sqlite::engine`'s `wake_exits_and_find_triggers`).
+    // 0.3 ms. A leased run is woken too (`woken_due!`). The status is
+    // tested again outside the probe: a row updated after waiting for a
+    // lock is re-checked only against the outer WHERE.
     let contacts: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     let mut ws: Vec<&str> = rows.iter().filter(|r| r.2).map(|r| r.0.as_str()).collect();
     ws.sort_unstable();
     ws.dedup();
-    let with_triggers: Vec<String> = sqlx::query_scalar(
+    let with_triggers: Vec<String> = sqlx::query_scalar(concat!(
         "WITH woken AS (
-               UPDATE runs SET due_at = CASE WHEN due_at = $2 THEN $2 + 1 ELSE $2 END
-               WHERE id IN (
+               UPDATE runs SET due_at = ",
+        crate::woken_due!("$2"),
+        " WHERE id IN (
                  SELECT r.id FROM UNNEST($1::text[]) AS k(id) CROSS JOIN LATERAL (
                    SELECT id FROM runs WHERE contact_id = k.id AND status = 'waiting'
                      AND has_exits AND (due_at > $2 OR lease_until > $2) OFFSET 0) r)
+                 AND status = 'waiting' AND has_exits
                RETURNING 1)
              SELECT w FROM UNNEST($3::text[]) AS w WHERE EXISTS (
                SELECT 1 FROM flows WHERE workspace_id = w AND status = 'active'
-               AND trigger_type IN ('list_added', 'field_changed'))",
-    )
+               AND trigger_type IN ('list_added', 'field_changed'))"
+    ))
     .bind(&contacts)
     .bind(now)
     .bind(&ws)

@@ -208,9 +208,10 @@ pub async fn claim(
 ) -> Result<Vec<ClaimedRun>> {
     let rows = sqlx::query(
         "WITH candidates AS (
-           SELECT r.id, r.due_at, r.event_bytes FROM runs r JOIN flows f ON f.id = r.flow_id
+           SELECT r.id, r.due_at, r.event_bytes FROM runs r
            WHERE r.status IN ('active', 'waiting') AND r.due_at <= $3
-             AND (r.lease_until IS NULL OR r.lease_until < $3) AND f.status = 'active'
+             AND (r.lease_until IS NULL OR r.lease_until < $3)
+             AND (SELECT f.status FROM flows f WHERE f.id = r.flow_id) = 'active'
            ORDER BY r.due_at LIMIT $4 FOR UPDATE OF r SKIP LOCKED),
          due AS (
            SELECT id FROM (

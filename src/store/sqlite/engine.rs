@@ -40,16 +40,16 @@ impl logic::Tx for SqliteTx<'_> {
         now: Millis,
         ask: bool,
     ) -> Result<bool> {
-        // Waiting runs with exit conditions are due now. A leased one (its
-        // `due_at` at or before its claim) is woken too: the change of
-        // `due_at` is what its completion sees (`?2 + 1` when it is `?2`
-        // already, so that it changes).
+        // Waiting runs with exit conditions are due now. A leased one is
+        // woken too: the change of its `due_at` is what its completion sees
+        // (`woken_due!`).
         self.0
-            .prepare_cached(
-                "UPDATE runs SET due_at = CASE WHEN due_at = ?2 THEN ?2 + 1 ELSE ?2 END
-                 WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1
-                   AND (due_at > ?2 OR lease_until > ?2)",
-            )
+            .prepare_cached(concat!(
+                "UPDATE runs SET due_at = ",
+                crate::woken_due!("?2"),
+                " WHERE contact_id = ?1 AND status = 'waiting' AND has_exits = 1
+                   AND (due_at > ?2 OR lease_until > ?2)"
+            ))
             .and_then(|mut s| s.execute(params![contact.as_str(), now]))
             .map_err(internal)?;
         if ask {

@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0008_jobs.sql"),
     include_str!("../../../migrations/sqlite/0009_webhooks.sql"),
     include_str!("../../../migrations/sqlite/0010_inline_webhooks.sql"),
+    include_str!("../../../migrations/sqlite/0011_trigger_key_case.sql"),
 ];
 
 pub struct SqliteStore {
