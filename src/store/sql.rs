@@ -391,7 +391,8 @@ mod tests {
         c.execute_batch("CREATE TABLE runs (due_at INTEGER, lease_until INTEGER)")
             .unwrap();
         // Claimed when due at 100, leased until 5000.
-        c.execute("INSERT INTO runs VALUES (100, 5000)", []).unwrap();
+        c.execute("INSERT INTO runs VALUES (100, 5000)", [])
+            .unwrap();
         let wake = format!("UPDATE runs SET due_at = {}", crate::woken_due!("?1"));
         let due = |c: &rusqlite::Connection| -> i64 {
             c.query_row("SELECT due_at FROM runs", [], |r| r.get(0))
