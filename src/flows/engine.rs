@@ -225,7 +225,11 @@ impl crate::worker::LeasedWork for Engine {
     }
 
     async fn next_due(&self) -> crate::store::Result<Option<Millis>> {
-        self.store.next_due(self.clock.now()).await
+        // Nothing later than one poll interval is needed: the loop never
+        // sleeps longer.
+        let now = self.clock.now();
+        let poll = i64::try_from(self.config.poll.as_millis()).unwrap_or(i64::MAX);
+        self.store.next_due(now, now.saturating_add(poll)).await
     }
 
     fn now(&self) -> Millis {

@@ -679,11 +679,11 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         advances: Vec<RunAdvance>,
     ) -> Result<Vec<AdvanceOutcome>>;
-    /// When the next unfinished run of an active flow is due (for the
-    /// engine's sleep), if any.
-    async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
+    /// When the next unfinished run of an active flow not leased at `now`
+    /// is due (for the engine's sleep), if it is due by `until`.
+    async fn next_due(&self, now: Millis, until: Millis) -> Result<Option<Millis>> {
         use sql::RowExt;
-        let done = self.read_sql(vec![run::next_due(now)]).await?;
+        let done = self.read_sql(vec![run::next_due(now, until)]).await?;
         done[0].rows.first().map(|r| r.int(0)).transpose()
     }
 

@@ -503,17 +503,24 @@ pub fn resume_waiting(contact: &ContactId, name: &str, payload: &Value, now: Mil
     )
 }
 
-/// When the next run of an active flow is due (the engine sleeps until
-/// then), leaving out runs leased at `now` (a claim leaves their `due_at`
-/// as it was; the poll interval finds them again when a lease of a process
-/// that died ends). `ORDER BY … LIMIT 1`, not `MIN()`: PostgreSQL then
-/// walks the due index and stops at the first run of an active flow.
-pub fn next_due(now: Millis) -> Stmt {
+/// When the next run of an active flow is due, if it is due by `until`
+/// (the engine sleeps until then, and never longer than its poll interval,
+/// so a later time need not be found), leaving out runs leased at `now` (a
+/// claim leaves their `due_at` as it was; the poll interval finds them
+/// again when a lease of a process that died ends). Written as the claim
+/// is, so that PostgreSQL walks `runs_due` from its low end and stops at
+/// the first run of an active flow: joined to `flows`, and with no upper
+/// bound on `due_at`, a planner without statistics read every unfinished
+/// run of the flow (1,900 rows, 6.5 ms), or ANDed three bitmaps (23 ms).
+/// The status is tested in both spellings: `IN` for PostgreSQL's plans,
+/// `OR` for SQLite's partial index.
+pub fn next_due(now: Millis, until: Millis) -> Stmt {
     Stmt::new(
-        "SELECT r.due_at FROM runs r JOIN flows f ON f.id = r.flow_id
-         WHERE (r.status = 'active' OR r.status = 'waiting') AND f.status = 'active'
-           AND (r.lease_until IS NULL OR r.lease_until < $1) AND r.due_at IS NOT NULL
+        "SELECT r.due_at FROM runs r
+         WHERE r.status IN ('active', 'waiting') AND (r.status = 'active' OR r.status = 'waiting')
+           AND r.due_at <= $2 AND (r.lease_until IS NULL OR r.lease_until < $1)
+           AND (SELECT f.status FROM flows f WHERE f.id = r.flow_id) = 'active'
          ORDER BY r.due_at LIMIT 1",
-        vec![now.into()],
+        vec![now.into(), until.into()],
     )
 }
