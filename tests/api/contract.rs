@@ -1188,6 +1188,9 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2, "both runs of the contact are due");
+    // A claim leaves due_at as it was, but a leased run is not due: an
+    // idle engine must not wake up for runs it holds.
+    assert_eq!(s.next_due(now, now + day).await.unwrap(), None);
     for c in &claimed {
         assert_eq!(
             c.lists,
@@ -1198,6 +1201,10 @@ async fn a_wake_up_during_a_lease_is_not_lost(b: Backend) {
     let advances = claimed.iter().map(|c| wait(c, now + day)).collect();
     let done = s.complete_runs("e", now, advances).await.unwrap();
     assert_eq!(done, vec![AdvanceOutcome::Applied, AdvanceOutcome::Applied]);
+    // Released and waiting: due at the wait's end, found only by a look
+    // that reaches that far.
+    assert_eq!(s.next_due(now, now + day).await.unwrap(), Some(now + day));
+    assert_eq!(s.next_due(now, now + day - 1).await.unwrap(), None);
 
     // A contact change wakes the waiting runs (they have exit conditions).
     let ct = claimed[0].contact.id.clone();
