@@ -36,16 +36,11 @@ pub struct Setting<T> {
 pub trait SettingValue: Sized {
     /// The value, or a message naming what `raw` should have been.
     fn parse_setting(raw: &str) -> Result<Self, String>;
-    /// The text a value is written as.
-    fn setting_text(&self) -> String;
 }
 
 impl SettingValue for Duration {
     fn parse_setting(raw: &str) -> Result<Self, String> {
         parse_duration(raw)
-    }
-    fn setting_text(&self) -> String {
-        format!("{}s", self.as_secs())
     }
 }
 
@@ -54,9 +49,6 @@ macro_rules! id_setting {
         impl SettingValue for super::$ty {
             fn parse_setting(raw: &str) -> Result<Self, String> {
                 super::$ty::parse(raw).map_err(|e| e.to_string())
-            }
-            fn setting_text(&self) -> String {
-                self.to_string()
             }
         }
     )*};
@@ -81,19 +73,13 @@ impl<T: SettingValue> Setting<T> {
     }
 }
 
-impl<T: SettingValue> From<T> for Setting<T> {
+/// A value written as its `Display` form (the ids).
+impl<T: SettingValue + std::fmt::Display> From<T> for Setting<T> {
     fn from(value: T) -> Self {
         Self {
-            text: value.setting_text(),
+            text: value.to_string(),
             parsed: Ok(value),
         }
-    }
-}
-
-impl<T> std::ops::Deref for Setting<T> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.text
     }
 }
 

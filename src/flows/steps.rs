@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::records::{Effect, EndReason, RunStatus, StepOutcome};
 use crate::domain::condition::{Subject, matches};
-use crate::domain::flow::{StepKind, Wait, WaitFor, parse_duration};
+use crate::domain::flow::{StepKind, Wait, WaitFor};
 use crate::domain::{DeliveryId, ListId, Millis};
 use crate::store::ContactRecord;
 
@@ -230,7 +230,7 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
             if *wait_for_result {
                 let wait = match timeout {
                     Some(t) => *t.get()?,
-                    None => parse_duration(RESULT_TIMEOUT)?,
+                    None => RESULT_TIMEOUT,
                 };
                 let until = ctx.now.saturating_add(millis(wait));
                 if let Value::Object(d) = &mut ctx.detail {
@@ -255,8 +255,8 @@ pub fn execute(kind: &StepKind, wake: Wake, ctx: &mut StepCtx) -> Result<Outcome
     })
 }
 
-/// How long a `send_webhook` step waits for its result by default.
-pub const RESULT_TIMEOUT: &str = "3d";
+/// How long a `send_webhook` step waits for its result by default (`3d`).
+pub const RESULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3 * 86_400);
 
 /// The event a run waiting for its delivery's outcome waits for (no event
 /// name a user can send has a `:`).
@@ -470,6 +470,14 @@ mod tests {
 
     fn ms(s: &str) -> Millis {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn the_default_result_timeout_is_the_documented_3d() {
+        assert_eq!(
+            Ok(RESULT_TIMEOUT),
+            crate::domain::flow::parse_duration("3d")
+        );
     }
 
     #[test]
