@@ -440,9 +440,11 @@ pub(super) async fn wake_exits_each(
     // `contact_id = ANY($1) AND status = 'waiting'` was planned as a
     // BitmapAnd with the whole of `runs_due` (its predicate is implied),
     // 125k entries and 4–13 ms a call in a 30k-call run; the probes take
-    // 0.3 ms. A leased run is woken too (`woken_due!`). The status is
-    // tested again outside the probe: a row updated after waiting for a
-    // lock is re-checked only against the outer WHERE.
+    // 0.3 ms. A leased run is woken too (`woken_due!`). What depends on
+    // the row's state is tested outside the probe: a row updated after
+    // waiting for a lock (a claim not yet committed when the probe read)
+    // is re-checked only against the outer WHERE, so the lease the claim
+    // wrote is seen and the run is woken.
     let contacts: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     let mut ws: Vec<&str> = rows.iter().filter(|r| r.2).map(|r| r.0.as_str()).collect();
     ws.sort_unstable();
@@ -454,8 +456,8 @@ pub(super) async fn wake_exits_each(
         " WHERE id IN (
                  SELECT r.id FROM UNNEST($1::text[]) AS k(id) CROSS JOIN LATERAL (
                    SELECT id FROM runs WHERE contact_id = k.id AND status = 'waiting'
-                     AND has_exits AND (due_at > $2 OR lease_until > $2) OFFSET 0) r)
-                 AND status = 'waiting' AND has_exits
+                     AND has_exits OFFSET 0) r)
+                 AND status = 'waiting' AND has_exits AND (due_at > $2 OR lease_until > $2)
                RETURNING 1)
              SELECT w FROM UNNEST($3::text[]) AS w WHERE EXISTS (
                SELECT 1 FROM flows WHERE workspace_id = w AND status = 'active'
