@@ -23,26 +23,37 @@ macro_rules! contact_select {
     };
 }
 
-pub fn by_id(ws: &WorkspaceId, id: &ContactId) -> Stmt {
+/// The contact by id (NotFound if absent), row-locked when `lock` (the
+/// engine's reads for update on PostgreSQL: `logic::Tx::ROW_LOCKS`).
+pub fn by_id(ws: &WorkspaceId, id: &ContactId, lock: bool) -> Stmt {
     Stmt::new(
-        contact_select!(
-            "",
-            "FROM contacts c WHERE c.workspace_id = $1 AND c.id = $2"
+        crate::with_lock!(
+            lock,
+            contact_select!(
+                "",
+                "FROM contacts c WHERE c.workspace_id = $1 AND c.id = $2"
+            ),
+            " FOR UPDATE"
         ),
         vec![ws.as_str().into(), id.as_str().into()],
     )
     .or_not_found("contact", id)
 }
 
-pub fn by_email(ws: &WorkspaceId, email: &Email) -> Stmt {
+/// The contact with this email, if any (no row otherwise), row-locked
+/// when `lock`.
+pub fn by_email(ws: &WorkspaceId, email: &Email, lock: bool) -> Stmt {
     Stmt::new(
-        contact_select!(
-            "",
-            "FROM contacts c WHERE c.workspace_id = $1 AND c.email = $2"
+        crate::with_lock!(
+            lock,
+            contact_select!(
+                "",
+                "FROM contacts c WHERE c.workspace_id = $1 AND c.email = $2"
+            ),
+            " FOR UPDATE"
         ),
         vec![ws.as_str().into(), email.as_str().into()],
     )
-    .or_not_found("contact", email)
 }
 
 pub fn page(ws: &WorkspaceId, filter: &ContactFilter, page: &PageRequest) -> Stmt {
@@ -76,11 +87,7 @@ pub fn delete(ws: &WorkspaceId, id: &ContactId) -> Stmt {
 /// A page of list `list`'s members (NotFound if `ws` has no such list).
 pub fn members(ws: &WorkspaceId, list: &ListId, page: &PageRequest) -> [Stmt; 2] {
     [
-        Stmt::new(
-            "SELECT 1 FROM lists WHERE workspace_id = $1 AND id = $2",
-            vec![ws.as_str().into(), list.as_str().into()],
-        )
-        .or_not_found("list", list),
+        lock_list(ws, list, false).or_not_found("list", list),
         Stmt::new(
             contact_select!(
                 ", m.status, m.since",
@@ -101,7 +108,11 @@ pub fn members(ws: &WorkspaceId, list: &ListId, page: &PageRequest) -> [Stmt; 2]
 /// The lists contact `id` is in (NotFound if `ws` has no such contact).
 pub fn lists_of(ws: &WorkspaceId, id: &ContactId) -> [Stmt; 2] {
     [
-        by_id(ws, id),
+        Stmt::new(
+            "SELECT 1 FROM contacts WHERE workspace_id = $1 AND id = $2",
+            vec![ws.as_str().into(), id.as_str().into()],
+        )
+        .or_not_found("contact", id),
         Stmt::new(
             "SELECT list_id, contact_id, status, since FROM memberships WHERE contact_id = $1 ORDER BY list_id",
             vec![id.as_str().into()],
@@ -109,11 +120,11 @@ pub fn lists_of(ws: &WorkspaceId, id: &ContactId) -> [Stmt; 2] {
     ]
 }
 
-pub fn contacts(done: &Done) -> Result<Vec<ContactRecord>> {
+fn contacts(done: &Done) -> Result<Vec<ContactRecord>> {
     done.rows.iter().map(|r| contact(r)).collect()
 }
 
-/// The one contact a [`by_id`] or [`by_email`] found.
+/// The one contact a [`by_id`] found.
 pub fn one(done: &Done) -> Result<ContactRecord> {
     contact(done.row("contact")?)
 }
@@ -131,7 +142,7 @@ pub fn members_page(done: &Done, page: &PageRequest) -> Result<Page<Member>> {
         .map(|r| {
             Ok(Member {
                 contact: contact(r)?,
-                status: MembershipStatus::decode(&r.text(7)?)?,
+                status: MembershipStatus::decode(r.str_at(7)?)?,
                 since: r.int(8)?,
             })
         })
@@ -149,7 +160,7 @@ pub fn membership_row(r: &[Val]) -> Result<Membership> {
     Ok(Membership {
         list_id: ListId::from_trusted(r.text(0)?),
         contact_id: ContactId::from_trusted(r.text(1)?),
-        status: MembershipStatus::decode(&r.text(2)?)?,
+        status: MembershipStatus::decode(r.str_at(2)?)?,
         since: r.int(3)?,
     })
 }
@@ -159,7 +170,7 @@ fn contact(r: &[Val]) -> Result<ContactRecord> {
         id: ContactId::from_trusted(r.text(0)?),
         email: Email::from_trusted(r.text(1)?),
         phone: r.opt_text(2)?.map(Phone::from_trusted),
-        status: ContactStatus::decode(&r.text(3)?)?,
+        status: ContactStatus::decode(r.str_at(3)?)?,
         fields: r.json::<Map<String, Value>>(4)?,
         created_at: r.int(5)?,
         updated_at: r.int(6)?,
@@ -189,44 +200,14 @@ pub fn remove_membership(ws: &WorkspaceId, list: &ListId, contact: &ContactId) -
 
 // ---- the engine's contact statements (`logic::Tx`'s defaults) ----------------------
 
-/// The contact by id, row-locked when `lock` (NotFound if absent).
-pub fn for_update(ws: &WorkspaceId, id: &ContactId, lock: bool) -> Stmt {
-    Stmt::new(
-        crate::with_lock!(
-            lock,
-            contact_select!(
-                "",
-                "FROM contacts c WHERE c.workspace_id = $1 AND c.id = $2"
-            ),
-            " FOR UPDATE"
-        ),
-        vec![ws.as_str().into(), id.as_str().into()],
-    )
-    .or_not_found("contact", id)
-}
-
-/// The contact with this email, if any, row-locked when `lock`.
-pub fn by_email_for_update(ws: &WorkspaceId, email: &Email, lock: bool) -> Stmt {
-    Stmt::new(
-        crate::with_lock!(
-            lock,
-            contact_select!(
-                "",
-                "FROM contacts c WHERE c.workspace_id = $1 AND c.email = $2"
-            ),
-            " FOR UPDATE"
-        ),
-        vec![ws.as_str().into(), email.as_str().into()],
-    )
-}
-
+/// The contact a [`by_email`] found, if any.
 pub fn maybe_one(done: &Done) -> Result<Option<ContactRecord>> {
     done.rows.first().map(|r| contact(r)).transpose()
 }
 
 /// Inserts the contact or overwrites it (a taken email is a Conflict).
-pub fn write(ws: &WorkspaceId, c: &ContactRecord) -> Stmt {
-    Stmt::new(
+pub fn write(ws: &WorkspaceId, c: &ContactRecord) -> Result<Stmt> {
+    Ok(Stmt::new(
         "INSERT INTO contacts (id, workspace_id, email, phone, status, fields, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (id) DO UPDATE SET email = excluded.email, phone = excluded.phone,
@@ -237,12 +218,12 @@ pub fn write(ws: &WorkspaceId, c: &ContactRecord) -> Stmt {
             c.email.as_str().into(),
             c.phone.as_ref().map(Phone::as_str).into(),
             c.status.as_str().into(),
-            super::sql::Arg::Json(Some(Value::Object(c.fields.clone()))),
+            super::sql::Arg::json(&c.fields)?,
             c.created_at.into(),
             c.updated_at.into(),
         ],
     )
-    .on_unique(super::plan::email_taken(c.email.as_str()))
+    .on_unique(super::plan::email_taken(c.email.as_str())))
 }
 
 /// Subscribes the contact to the list; it changed a row iff the contact

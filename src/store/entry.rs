@@ -90,7 +90,7 @@ pub fn stored_answer(done: &super::sql::Done, hash: &[u8]) -> super::Result<Opti
     if r.bytes(0)? != hash {
         return Err(key_reused());
     }
-    decode(&r.text(1)?).map(Some)
+    decode(r.str_at(1)?).map(Some)
 }
 
 /// Stores `answer` for idempotency key `key` in `scope`.
@@ -102,7 +102,6 @@ pub fn store_answer_stmt(
     answer: &EntryResult,
     now: crate::domain::Millis,
 ) -> super::Result<super::sql::Stmt> {
-    let response = serde_json::to_value(answer).map_err(|e| StoreError::Internal(e.to_string()))?;
     Ok(super::sql::Stmt::new(
         "INSERT INTO idempotency_keys (workspace_id, scope, key, request_hash, response, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -111,7 +110,7 @@ pub fn store_answer_stmt(
             scope.into(),
             key.into(),
             hash.to_vec().into(),
-            super::sql::Arg::Json(Some(response)),
+            super::sql::Arg::json(answer)?,
             now.into(),
         ],
     ))

@@ -85,7 +85,7 @@ fn record(r: &[Val]) -> Result<FlowRecord> {
     Ok(FlowRecord {
         id: FlowId::from_trusted(r.text(0)?),
         name: r.text(1)?,
-        status: FlowStatus::decode(&r.text(2)?)?,
+        status: FlowStatus::decode(r.str_at(2)?)?,
         version: r.int(3)?,
         document: std::sync::Arc::new(r.json(4)?),
         inbound_token: r.opt_text(5)?,
@@ -186,7 +186,7 @@ fn insert_version(ws: &WorkspaceId, id: &FlowId, document: &Value, now: Millis) 
         vec![
             ws.as_str().into(),
             id.as_str().into(),
-            super::sql::Arg::Json(Some(document.clone())),
+            super::sql::Arg::Json(Some(document.to_string())),
             now.into(),
         ],
     )

@@ -114,7 +114,7 @@ fn field(r: &[Val]) -> Result<FieldDef> {
         name: FieldName::parse(&r.text(1)?).map_err(|e| {
             StoreError::Internal(format!("a stored field name does not parse: {e}"))
         })?,
-        kind: FieldType::decode(&r.text(2)?)?,
+        kind: FieldType::decode(r.str_at(2)?)?,
         options: r.json(3)?,
     })
 }
@@ -129,7 +129,7 @@ fn insert_field(list: &ListId, f: &FieldDef, position: Option<i64>) -> Stmt {
             list.as_str().into(),
             f.name.as_str().into(),
             f.kind.as_str().into(),
-            Arg::Json(Some(serde_json::json!(f.options))),
+            Arg::Json(Some(serde_json::json!(f.options).to_string())),
             position.into(),
         ],
     )

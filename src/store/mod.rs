@@ -477,10 +477,11 @@ pub trait Store: Send + Sync + 'static {
             })
     }
     async fn get_contact(&self, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
-        contacts::one(&self.read_sql(vec![contacts::by_id(ws, id)]).await?[0])
+        contacts::one(&self.read_sql(vec![contacts::by_id(ws, id, false)]).await?[0])
     }
     async fn contact_by_email(&self, ws: &WorkspaceId, email: &Email) -> Result<ContactRecord> {
-        contacts::one(&self.read_sql(vec![contacts::by_email(ws, email)]).await?[0])
+        let stmt = contacts::by_email(ws, email, false).or_not_found("contact", email);
+        contacts::one(&self.read_sql(vec![stmt]).await?[0])
     }
     async fn list_contacts(
         &self,
@@ -718,7 +719,9 @@ pub trait Store: Send + Sync + 'static {
         queue::job_record(done[0].row("job")?)
     }
     /// Runs shared statements (`store::sql`) in order in one transaction:
-    /// all of them or none (a statement's `or_else` rolls it back).
+    /// all of them or none (a statement's `or_else` rolls it back). The
+    /// answer has one `Done` per statement, in order, or is an error: the
+    /// callers index it by position.
     async fn run_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
     /// Runs `script` as [`Store::run_sql`] does and, where the store gains
     /// by it, `claim` as [`Store::claim_jobs`] does in the same transaction:
@@ -737,7 +740,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<sql::Done>, Vec<queue::Job>)> {
         Ok((self.run_sql(script).await?, Vec::new()))
     }
-    /// Runs read-only shared statements (a reader connection on SQLite).
+    /// Runs read-only shared statements (a reader connection on SQLite);
+    /// one `Done` per statement, as [`Store::run_sql`].
     async fn read_sql(&self, script: Vec<sql::Stmt>) -> Result<Vec<sql::Done>>;
     /// One version's document of a flow (runs follow the version they
     /// started on).
@@ -764,12 +768,7 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Ends an unfinished run as `cancelled`; a Conflict if it had ended.
     async fn cancel_run(&self, ws: &WorkspaceId, id: &RunId, now: Millis) -> Result<RunRecord> {
-        let done = self.run_sql(vec![run::cancel(ws, id, now)]).await?;
-        match run::cancelled(&done[0])? {
-            Some(cancelled) => Ok(cancelled),
-            // Not there (NotFound) or already ended.
-            None => Err(run::run_finished(&self.get_run(ws, id).await?.0)),
-        }
+        run::cancelled(&self.run_sql(run::cancel(ws, id, now).into()).await?)
     }
 
     /// Records events (IN-8), each on its own: creates the contact if new,

@@ -601,7 +601,7 @@ fn delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
         contact_id: r.opt_text(7)?,
         step: r.opt_text(8)?,
         context: r.json(9)?,
-        status: DeliveryStatus::decode(&r.text(10)?)?,
+        status: DeliveryStatus::decode(r.str_at(10)?)?,
         attempts: r.int(11)?,
         next_attempt_at: r.opt_int(12)?,
         last_error: r.opt_text(13)?,
@@ -613,7 +613,7 @@ fn delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
 /// A delivery as shown: its columns, then its seen status.
 fn seen_delivery(r: &[crate::store::sql::Val]) -> Result<DeliveryRecord> {
     let mut d = delivery(r)?;
-    d.status = DeliveryStatus::decode(&r.text(16)?)?;
+    d.status = DeliveryStatus::decode(r.str_at(16)?)?;
     Ok(d)
 }
 
@@ -1079,7 +1079,7 @@ pub async fn record_attempt(
             vec![
                 run.into(),
                 event.into(),
-                Arg::Json(Some(payload)),
+                Arg::Json(Some(payload.to_string())),
                 now.into(),
             ],
         ));

@@ -85,12 +85,6 @@ pub struct EventRecorded {
     pub runs_resumed: u64,
 }
 
-/// The trigger columns of a flow, derived from its document: type and key
-/// (list id, event name or field name).
-pub fn trigger_index(doc: &FlowDoc) -> (&'static str, &str) {
-    (doc.trigger_type(), doc.trigger_key())
-}
-
 /// A flow document handed to the store for saving, parsed (it was
 /// validated by `flows::save`; a caller that skipped that learns here).
 pub fn parse_doc(document: &Value) -> super::Result<FlowDoc> {
@@ -265,17 +259,14 @@ impl<'a> RunMove<'a> {
 use super::sql::{Done, RowExt, Stmt, Val};
 use crate::domain::{Page, PageRequest, Stored, WorkspaceId};
 
-/// The run columns read (0–12).
-macro_rules! run_cols {
-    () => {
-        "id, flow_id, flow_version, contact_id, status, step, end_reason, event_data, due_at,
-         wait_event, created_at, updated_at, finished_at"
-    };
-}
-
+/// The run columns read (0–12), then `$tail`.
 macro_rules! run_select {
     ($tail:literal) => {
-        concat!("SELECT ", run_cols!(), " ", $tail)
+        concat!(
+            "SELECT id, flow_id, flow_version, contact_id, status, step, end_reason, event_data,
+               due_at, wait_event, created_at, updated_at, finished_at ",
+            $tail
+        )
     };
 }
 
@@ -311,14 +302,19 @@ pub fn to_page(done: &Done, page: &PageRequest) -> super::Result<Page<RunRecord>
     Ok(Page::from_overfetch(runs, page.limit, |r| r.id.as_str()))
 }
 
+/// A run of the workspace (NotFound if there is none).
+fn by_id(ws: &WorkspaceId, id: &RunId) -> Stmt {
+    Stmt::new(
+        run_select!("FROM runs WHERE workspace_id = $1 AND id = $2"),
+        vec![ws.as_str().into(), id.as_str().into()],
+    )
+    .or_not_found("run", id)
+}
+
 /// A run of the workspace (NotFound if there is none), then its history.
 pub fn get(ws: &WorkspaceId, id: &RunId) -> [Stmt; 2] {
     [
-        Stmt::new(
-            run_select!("FROM runs WHERE workspace_id = $1 AND id = $2"),
-            vec![ws.as_str().into(), id.as_str().into()],
-        )
-        .or_not_found("run", id),
+        by_id(ws, id),
         Stmt::new(
             "SELECT step, type, at, input, outcome, detail, error FROM run_steps
              WHERE run_id = $1 ORDER BY seq",
@@ -337,7 +333,7 @@ pub fn with_history(done: &[Done]) -> super::Result<(RunRecord, Vec<StepRecord>)
                 kind: r.text(1)?,
                 at: r.int(2)?,
                 input: r.json(3)?,
-                outcome: crate::flows::records::StepOutcome::decode(&r.text(4)?)?,
+                outcome: crate::flows::records::StepOutcome::decode(r.str_at(4)?)?,
                 detail: r.json(5)?,
                 error: r.opt_text(6)?,
             })
@@ -346,28 +342,31 @@ pub fn with_history(done: &[Done]) -> super::Result<(RunRecord, Vec<StepRecord>)
     Ok((run(done[0].row("run")?)?, history))
 }
 
-/// Ends an unfinished run as `cancelled` and returns it; no row when the
-/// run is not there or has ended (the caller reads it to tell which).
-pub fn cancel(ws: &WorkspaceId, id: &RunId, now: Millis) -> Stmt {
-    Stmt::new(
-        concat!(
+/// Ends an unfinished run as `cancelled`, then reads the run (NotFound if
+/// there is none): one transaction; [`cancelled`] reads the answer.
+pub fn cancel(ws: &WorkspaceId, id: &RunId, now: Millis) -> [Stmt; 2] {
+    [
+        Stmt::new(
             "UPDATE runs SET status = 'cancelled', end_reason = 'cancelled', finished_at = $3,
                updated_at = $3, lease_owner = NULL, lease_until = NULL, resume_event = NULL
-             WHERE workspace_id = $1 AND id = $2 AND status IN ('active', 'waiting')
-             RETURNING ",
-            run_cols!()
+             WHERE workspace_id = $1 AND id = $2 AND status IN ('active', 'waiting')",
+            vec![ws.as_str().into(), id.as_str().into(), now.into()],
         ),
-        vec![ws.as_str().into(), id.as_str().into(), now.into()],
-    )
+        by_id(ws, id),
+    ]
 }
 
-/// The cancelled run, if [`cancel`] changed one.
-pub fn cancelled(done: &Done) -> super::Result<Option<RunRecord>> {
-    done.rows.first().map(|r| run(r)).transpose()
+/// The run [`cancel`] cancelled, or a Conflict if it had already ended.
+pub fn cancelled(done: &[Done]) -> super::Result<RunRecord> {
+    let run = run(done[1].row("run")?)?;
+    if done[0].changed == 0 {
+        return Err(run_finished(&run));
+    }
+    Ok(run)
 }
 
 fn run(r: &[Val]) -> super::Result<RunRecord> {
-    let status = RunStatus::decode(&r.text(4)?)?;
+    let status = RunStatus::decode(r.str_at(4)?)?;
     Ok(RunRecord {
         id: RunId::from_trusted(r.text(0)?),
         flow_id: FlowId::from_trusted(r.text(1)?),
@@ -421,7 +420,7 @@ pub fn insert(run: &super::logic::NewRun<'_>) -> Stmt {
             run.contact.as_str().into(),
             run.plan.first_step.as_str().into(),
             run.now.into(),
-            super::sql::Arg::JsonText(Some(run.event_data.to_owned())),
+            super::sql::Arg::Json(Some(run.event_data.to_owned())),
             (run.event_data.len() as i64).into(),
             run.plan.has_exits.into(),
         ],
@@ -475,7 +474,7 @@ pub fn insert_event(
             ws.as_str().into(),
             contact.as_str().into(),
             ev.name.as_str().into(),
-            super::sql::Arg::Json(Some(ev.properties.clone())),
+            super::sql::Arg::Json(Some(ev.properties.to_string())),
             ev.occurred_at.into(),
             now.into(),
         ],
@@ -497,7 +496,7 @@ pub fn resume_waiting(contact: &ContactId, name: &str, payload: &Value, now: Mil
         vec![
             contact.as_str().into(),
             name.into(),
-            super::sql::Arg::Json(Some(payload.clone())),
+            super::sql::Arg::Json(Some(payload.to_string())),
             now.into(),
         ],
     )

@@ -16,16 +16,40 @@
 use super::{Result, StoreError};
 
 /// A typed argument; `None` is SQL NULL of that type (PostgreSQL needs the
-/// type even for a NULL).
-#[derive(Clone, Debug, PartialEq)]
+/// type even for a NULL). Its `Debug` shows the kind only: arguments carry
+/// signing secrets and passwords.
+#[derive(Clone, PartialEq)]
 pub enum Arg {
     Int(Option<i64>),
     Text(Option<String>),
     Bytes(Option<Vec<u8>>),
-    /// A JSON value: text on SQLite, `jsonb` on PostgreSQL.
-    Json(Option<serde_json::Value>),
-    /// A JSON value already serialised (valid JSON text): bound as it is.
-    JsonText(Option<String>),
+    /// JSON text, serialised once by the caller ([`Arg::json`], or a
+    /// `Value`'s `to_string`): text on SQLite, `jsonb` on PostgreSQL.
+    Json(Option<String>),
+}
+
+impl Arg {
+    /// `value` as a JSON argument.
+    pub fn json(value: &impl serde::Serialize) -> Result<Self> {
+        serde_json::to_string(value)
+            .map(|t| Arg::Json(Some(t)))
+            .map_err(|e| StoreError::Internal(format!("a JSON argument: {e}")))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Arg::Int(_) => "int",
+            Arg::Text(_) => "text",
+            Arg::Bytes(_) => "bytes",
+            Arg::Json(_) => "json",
+        }
+    }
+}
+
+impl std::fmt::Debug for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.kind())
+    }
 }
 
 impl From<i64> for Arg {
@@ -158,19 +182,9 @@ impl Done {
 
 impl std::fmt::Debug for Stmt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds: Vec<&str> = self
-            .args
-            .iter()
-            .map(|a| match a {
-                Arg::Int(_) => "int",
-                Arg::Text(_) => "text",
-                Arg::Bytes(_) => "bytes",
-                Arg::Json(_) | Arg::JsonText(_) => "json",
-            })
-            .collect();
         f.debug_struct("Stmt")
             .field("sql", &self.sql)
-            .field("args", &kinds)
+            .field("args", &self.args)
             .finish_non_exhaustive()
     }
 }
@@ -316,6 +330,8 @@ pub fn sqlite_text(sql: &str) -> String {
 /// where a value is required is an error naming the column, never a
 /// default.
 pub trait RowExt {
+    /// A text column, borrowed (for parsing without a copy).
+    fn str_at(&self, i: usize) -> Result<&str>;
     fn int(&self, i: usize) -> Result<i64>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>>;
     fn text(&self, i: usize) -> Result<String>;
@@ -327,8 +343,7 @@ pub trait RowExt {
     }
     /// A JSON text column, parsed.
     fn json<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<T> {
-        let raw = self.text(i)?;
-        serde_json::from_str(&raw).map_err(|e| {
+        serde_json::from_str(self.str_at(i)?).map_err(|e| {
             StoreError::Internal(format!("column {i} holds JSON that does not parse: {e}"))
         })
     }
@@ -339,6 +354,13 @@ fn wrong(i: usize, want: &str, got: &Val) -> StoreError {
 }
 
 impl RowExt for [Val] {
+    fn str_at(&self, i: usize) -> Result<&str> {
+        match self.get(i) {
+            Some(Val::Text(v)) => Ok(v),
+            Some(v) => Err(wrong(i, "text", v)),
+            None => Err(wrong(i, "text", &Val::Null)),
+        }
+    }
     fn int(&self, i: usize) -> Result<i64> {
         match self.get(i) {
             Some(Val::Int(v)) => Ok(*v),
@@ -353,11 +375,7 @@ impl RowExt for [Val] {
         }
     }
     fn text(&self, i: usize) -> Result<String> {
-        match self.get(i) {
-            Some(Val::Text(v)) => Ok(v.clone()),
-            Some(v) => Err(wrong(i, "text", v)),
-            None => Err(wrong(i, "text", &Val::Null)),
-        }
+        self.str_at(i).map(str::to_owned)
     }
     fn opt_text(&self, i: usize) -> Result<Option<String>> {
         match self.get(i) {
@@ -415,6 +433,14 @@ mod tests {
             .unwrap();
         c.execute(&wake, [300]).unwrap();
         assert_eq!(due(&c), 300);
+    }
+
+    #[test]
+    fn an_argument_debug_print_shows_its_kind_only() {
+        let shown = format!("{:?}", Arg::from("whsec_c2VjcmV0"));
+        assert_eq!(shown, r#""text""#);
+        let json = Arg::json(&serde_json::json!({"password": "hunter2"})).unwrap();
+        assert_eq!(format!("{json:?}"), r#""json""#);
     }
 
     #[test]

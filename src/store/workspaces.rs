@@ -139,7 +139,7 @@ pub fn key(r: &[Val]) -> Result<ApiKeyRecord> {
         workspace_id: WorkspaceId::from_trusted(r.text(1)?),
         workspace_name: r.text(2)?,
         name: r.opt_text(3)?,
-        scope: Scope::decode(&r.text(4)?)?,
+        scope: Scope::decode(r.str_at(4)?)?,
         prefix: r.text(5)?,
         hash: r.bytes(6)?,
         created_at: r.int(7)?,

@@ -163,11 +163,11 @@ pub(crate) trait Tx {
         ws: &WorkspaceId,
         id: &ContactId,
     ) -> Result<ContactRecord> {
-        let stmt = contacts::for_update(ws, id, Self::ROW_LOCKS);
+        let stmt = contacts::by_id(ws, id, Self::ROW_LOCKS);
         contacts::one(&self.exec(&stmt).await?)
     }
     async fn write_contact(&mut self, ws: &WorkspaceId, contact: &ContactRecord) -> Result<()> {
-        self.exec(&contacts::write(ws, contact)).await.map(drop)
+        self.exec(&contacts::write(ws, contact)?).await.map(drop)
     }
     /// Whether the list is in the workspace; share-locked where the database
     /// locks rows, so it is not deleted under the write that uses it.
@@ -220,7 +220,7 @@ pub(crate) trait Tx {
         ws: &WorkspaceId,
         email: &Email,
     ) -> Result<Option<ContactRecord>> {
-        let stmt = contacts::by_email_for_update(ws, email, Self::ROW_LOCKS);
+        let stmt = contacts::by_email(ws, email, Self::ROW_LOCKS);
         contacts::maybe_one(&self.exec(&stmt).await?)
     }
     /// The field definitions of the contact's lists (if it exists) and of
@@ -281,7 +281,7 @@ pub(crate) trait Tx {
             .exec(&run::flow_for_entry(ws, flow, Self::ROW_LOCKS))
             .await?;
         let row = done.row("flow")?;
-        Ok((FlowStatus::decode(&row.text(0)?)?, row.opt_text(1)?))
+        Ok((FlowStatus::decode(row.str_at(0)?)?, row.opt_text(1)?))
     }
     async fn insert_event(
         &mut self,

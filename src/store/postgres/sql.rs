@@ -13,7 +13,7 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
     for a in &stmt.args {
         q = match a {
             // Sent as the text it is (`jsonb` on the wire, not re-serialised).
-            Arg::JsonText(v) => q.bind(
+            Arg::Json(v) => q.bind(
                 v.as_deref()
                     .map(serde_json::from_str::<&serde_json::value::RawValue>)
                     .transpose()
@@ -25,15 +25,13 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
             // kilobytes (SQLite's executor borrows them too).
             Arg::Text(v) => q.bind(v.as_deref()),
             Arg::Bytes(v) => q.bind(v.as_deref()),
-            Arg::Json(v) => q.bind(v.as_ref().map(sqlx::types::Json)),
         };
     }
-    let upper = stmt
-        .sql
-        .trim_start()
-        .get(..6)
-        .unwrap_or("")
-        .to_ascii_uppercase();
+    let head = stmt.sql.trim_start();
+    let starts = |word: &str| {
+        head.get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+    };
     let failed = |e: sqlx::Error| match &stmt.on_unique {
         Some(taken)
             if e.as_database_error()
@@ -43,10 +41,7 @@ pub async fn exec(c: &mut PgConnection, stmt: &Stmt) -> Result<Done> {
         }
         _ => internal(e),
     };
-    let done = if upper.starts_with("SELECT")
-        || upper.starts_with("WITH")
-        || stmt.sql.contains("RETURNING")
-    {
+    let done = if starts("SELECT") || starts("WITH") || stmt.sql.contains("RETURNING") {
         let rows = q.fetch_all(&mut *c).await.map_err(failed)?;
         let rows = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
         let changed = rows.len() as u64;
@@ -81,9 +76,11 @@ fn decode(r: &PgRow) -> Result<Vec<Val>> {
                 "BYTEA" => r
                     .try_get::<Option<Vec<u8>>, _>(i)
                     .map(|v| v.map(Val::Bytes)),
+                // As the text it is: `RowExt::json` parses it once, into
+                // the type the caller wants.
                 "JSON" | "JSONB" => r
-                    .try_get::<Option<serde_json::Value>, _>(i)
-                    .map(|v| v.map(|v| Val::Text(v.to_string()))),
+                    .try_get::<Option<sqlx::types::Json<Box<serde_json::value::RawValue>>>, _>(i)
+                    .map(|v| v.map(|v| Val::Text(v.0.get().to_owned()))),
                 "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => {
                     r.try_get::<Option<String>, _>(i).map(|v| v.map(Val::Text))
                 }

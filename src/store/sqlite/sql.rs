@@ -77,20 +77,12 @@ impl rusqlite::ToSql for Bind<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self.0 {
             Arg::Int(v) => ToSqlOutput::Owned(v.map_or(Value::Null, Value::Integer)),
-            Arg::Text(v) => ToSqlOutput::Borrowed(
-                v.as_deref()
-                    .map_or(ValueRef::Null, |t| ValueRef::Text(t.as_bytes())),
-            ),
             Arg::Bytes(v) => {
                 ToSqlOutput::Borrowed(v.as_deref().map_or(ValueRef::Null, ValueRef::Blob))
             }
-            Arg::JsonText(v) => ToSqlOutput::Borrowed(
+            Arg::Text(v) | Arg::Json(v) => ToSqlOutput::Borrowed(
                 v.as_deref()
                     .map_or(ValueRef::Null, |t| ValueRef::Text(t.as_bytes())),
-            ),
-            Arg::Json(v) => ToSqlOutput::Owned(
-                v.as_ref()
-                    .map_or(Value::Null, |j| Value::Text(j.to_string())),
             ),
         })
     }
