@@ -216,13 +216,20 @@ impl<H: JobHandler> LeasedWork for JobWorker<H> {
 
 impl<H: JobHandler> JobWorker<H> {
     /// Places for up to `most` more jobs, as many as are free now (none:
-    /// `None`); never waits.
+    /// `None`); never waits. One at a time: a bulk take of the count just
+    /// read would get nothing if another loop took one place in between.
     fn room_now(&self, most: usize) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(self.room.available_permits().min(most)).ok()?;
-        if n == 0 {
-            return None;
+        let mut room: Option<OwnedSemaphorePermit> = None;
+        while room.as_ref().map_or(0, OwnedSemaphorePermit::num_permits) < most {
+            let Ok(one) = self.room.clone().try_acquire_owned() else {
+                break;
+            };
+            match &mut room {
+                Some(all) => all.merge(one),
+                None => room = Some(one),
+            }
         }
-        self.room.clone().try_acquire_many_owned(n).ok()
+        room
     }
 
     /// A claim of as many jobs as `permits` has places for, now.
