@@ -186,6 +186,21 @@ pub fn membership(list: &ListId, contact: &ContactId) -> Stmt {
     .or_not_found("membership", format!("{list}/{contact}"))
 }
 
+/// The lists the contact is subscribed to (what a claimed run sees).
+pub fn subscribed(contact: &ContactId) -> Stmt {
+    Stmt::new(
+        "SELECT list_id FROM memberships WHERE contact_id = $1 AND status = 'subscribed'",
+        vec![contact.as_str().into()],
+    )
+}
+
+pub fn list_ids(done: &Done) -> Result<Vec<ListId>> {
+    done.rows
+        .iter()
+        .map(|r| Ok(ListId::from_trusted(r.text(0)?)))
+        .collect()
+}
+
 /// Removes the membership; it changed a row iff there was one.
 pub fn remove_membership(ws: &WorkspaceId, list: &ListId, contact: &ContactId) -> Stmt {
     Stmt::new(

@@ -347,6 +347,8 @@ pub trait RowExt {
             StoreError::Internal(format!("column {i} holds JSON that does not parse: {e}"))
         })
     }
+    /// A JSON text column or NULL, parsed.
+    fn opt_json<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<Option<T>>;
 }
 
 fn wrong(i: usize, want: &str, got: &Val) -> StoreError {
@@ -354,6 +356,12 @@ fn wrong(i: usize, want: &str, got: &Val) -> StoreError {
 }
 
 impl RowExt for [Val] {
+    fn opt_json<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<Option<T>> {
+        match self.get(i) {
+            Some(Val::Null) => Ok(None),
+            _ => self.json(i).map(Some),
+        }
+    }
     fn str_at(&self, i: usize) -> Result<&str> {
         match self.get(i) {
             Some(Val::Text(v)) => Ok(v),

@@ -69,11 +69,30 @@ impl OpDone {
     }
 }
 
+/// Opens a savepoint inside `tx`; [`end_savepoint`] closes it.
+pub(crate) async fn savepoint<T: Tx>(tx: &mut T) -> Result<()> {
+    tx.exec(&Stmt::new("SAVEPOINT item", vec![]))
+        .await
+        .map(drop)
+}
+
+/// Closes the savepoint [`savepoint`] opened, keeping what was done inside
+/// it or, when `keep` is false, undoing it alone.
+pub(crate) async fn end_savepoint<T: Tx>(tx: &mut T, keep: bool) -> Result<()> {
+    if !keep {
+        tx.exec(&Stmt::new("ROLLBACK TO SAVEPOINT item", vec![]))
+            .await?;
+    }
+    tx.exec(&Stmt::new("RELEASE SAVEPOINT item", vec![]))
+        .await
+        .map(drop)
+}
+
 /// Runs `op` in `tx` (the caller commits).
 pub(crate) async fn perform<T: Tx>(tx: &mut T, op: &Op, now: Millis) -> Result<OpDone> {
     Ok(match op {
         Op::Upsert(ws, input) => OpDone::Upserted(upsert_contact(tx, ws, input, now).await?),
-        Op::Enter(ws, req) => OpDone::Entered(enter(tx, ws, req).await?),
+        Op::Enter(ws, req) => OpDone::Entered(enter(tx, ws, req, now).await?),
         Op::Patch(ws, id, patch) => OpDone::Contact(patch_contact(tx, ws, id, patch, now).await?),
         Op::AddMember(ws, list, contact) => {
             OpDone::Member(add_member(tx, ws, list, contact, now).await?)
@@ -86,14 +105,9 @@ pub(crate) async fn perform<T: Tx>(tx: &mut T, op: &Op, now: Millis) -> Result<O
             let mut out = Vec::with_capacity(events.len());
             for ev in events {
                 // A bad event undoes only itself.
-                tx.exec(&Stmt::new("SAVEPOINT one_event", vec![])).await?;
+                savepoint(tx).await?;
                 let one = record_event(tx, ws, ev, *at).await;
-                if one.is_err() {
-                    tx.exec(&Stmt::new("ROLLBACK TO SAVEPOINT one_event", vec![]))
-                        .await?;
-                }
-                tx.exec(&Stmt::new("RELEASE SAVEPOINT one_event", vec![]))
-                    .await?;
+                end_savepoint(tx, one.is_ok()).await?;
                 match one {
                     Err(e @ (StoreError::Internal(_) | StoreError::Busy(_))) => return Err(e),
                     other => out.push(other),
@@ -181,8 +195,9 @@ pub(crate) trait Tx {
         ws: &WorkspaceId,
         list: &ListId,
         contact: &ContactId,
+        now: Millis,
     ) -> Result<bool> {
-        let stmt = contacts::subscribe(ws, list, contact, super::now_millis());
+        let stmt = contacts::subscribe(ws, list, contact, now);
         Ok(self.exec(&stmt).await?.changed > 0)
     }
     /// The contact's membership of the list (NotFound if there is none).
@@ -212,7 +227,9 @@ pub(crate) trait Tx {
     /// Serialises upserts of one email until the transaction ends, across
     /// processes (PostgreSQL: an advisory lock; SQLite's one writer already
     /// does).
-    async fn lock_email(&mut self, ws: &WorkspaceId, email: &Email) -> Result<()>;
+    async fn lock_email(&mut self, _ws: &WorkspaceId, _email: &Email) -> Result<()> {
+        Ok(()) // a single writer (SQLite) serialises every write already
+    }
     /// The contact with this email, locked for the transaction where the
     /// database locks rows.
     async fn contact_by_email(
@@ -235,10 +252,12 @@ pub(crate) trait Tx {
     /// ends (the second waits and replays); SQLite's writer already does.
     async fn lock_idempotency_key(
         &mut self,
-        ws: &WorkspaceId,
-        scope: &str,
-        key: &str,
-    ) -> Result<()>;
+        _ws: &WorkspaceId,
+        _scope: &str,
+        _key: &str,
+    ) -> Result<()> {
+        Ok(()) // a single writer (SQLite) serialises every write already
+    }
     /// The stored answer to `key` in `scope`; a Conflict if it came with
     /// another request.
     async fn idempotent_answer(
@@ -312,7 +331,9 @@ pub(crate) trait Tx {
     type Prepared;
     /// Locks the contacts (sorted ids) whose runs have effects, before any
     /// run: the lock order of every other write (a contact, then its runs).
-    async fn lock_contacts(&mut self, ids: &[&str]) -> Result<()>;
+    async fn lock_contacts(&mut self, _ids: &[&str]) -> Result<()> {
+        Ok(()) // a single writer (SQLite) serialises every write already
+    }
     /// Which of the runs (sorted ids) `owner` still holds at `now`, locked
     /// for the transaction where the database locks rows.
     async fn held_leases(
@@ -327,7 +348,9 @@ pub(crate) trait Tx {
     /// or buffers the move for `flush`.
     async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()>;
     /// Writes the buffered history rows and moves.
-    async fn flush(&mut self) -> Result<()>;
+    async fn flush(&mut self) -> Result<()> {
+        Ok(()) // nothing buffered unless a store buffers (PostgreSQL)
+    }
 
     // The same statements for many rows at once, used by batches (`batch`
     // and `complete_batch`). By default one row at a time; PostgreSQL
@@ -400,11 +423,11 @@ pub(crate) trait Tx {
     async fn add_memberships(
         &mut self,
         rows: &[(&WorkspaceId, &ListId, &ContactId)],
-        _now: Millis,
+        now: Millis,
     ) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(rows.len());
         for (ws, list, contact) in rows {
-            out.push(self.add_membership(ws, list, contact).await?);
+            out.push(self.add_membership(ws, list, contact, now).await?);
         }
         Ok(out)
     }
@@ -924,7 +947,7 @@ pub(crate) async fn upsert_contact_from<T: Tx>(
         .await?;
     }
     for list in &input.lists {
-        if tx.add_membership(ws, list, &out.contact.id).await? {
+        if tx.add_membership(ws, list, &out.contact.id, now).await? {
             change.added_lists.push(list.clone());
         }
     }
@@ -975,7 +998,7 @@ pub(crate) async fn add_member<T: Tx>(
         return Err(StoreError::not_found("list", list));
     }
     tx.contact_for_update(ws, contact).await?;
-    if tx.add_membership(ws, list, contact).await? {
+    if tx.add_membership(ws, list, contact, now).await? {
         let change = ContactChange {
             added_lists: vec![list.clone()],
             ..Default::default()
@@ -1019,6 +1042,7 @@ pub(crate) async fn enter<T: Tx>(
     tx: &mut T,
     ws: &WorkspaceId,
     req: &EntryRequest,
+    now: Millis,
 ) -> Result<EntryOutcome> {
     let scope = req.flow_id.as_str();
     if let Some((key, hash)) = &req.idempotency {
@@ -1032,7 +1056,6 @@ pub(crate) async fn enter<T: Tx>(
     }
     let (status, token) = tx.flow_for_entry(ws, &req.flow_id).await?;
     entry::check_flow(status, token.as_deref(), req)?;
-    let now = super::now_millis();
     let up = upsert_contact_from(tx, ws, &req.contact, Some(&req.flow_id), now).await?;
     let plan = EntryPlan {
         first_step: req.first_step.clone(),

@@ -176,12 +176,12 @@ async fn attempt(
 async fn alone(pool: &PgPool, ws: &WorkspaceId, write: &Write) -> Result<Written> {
     let mut tx = pool.begin().await.map_err(internal)?;
     let mut ptx = PgTx::new(&mut tx);
+    let now = crate::store::now_millis();
     let out = match write {
         Write::Upsert(input) => {
-            let now = crate::store::now_millis();
             Written::Upserted(logic::upsert_contact(&mut ptx, ws, input, now).await?)
         }
-        Write::Enter(req) => Written::Entered(logic::enter(&mut ptx, ws, req).await?),
+        Write::Enter(req) => Written::Entered(logic::enter(&mut ptx, ws, req, now).await?),
     };
     tx.commit().await.map_err(internal)?;
     Ok(out)

@@ -10,16 +10,12 @@ use serde_json::Value;
 
 use super::{internal, queries as q};
 use crate::domain::{ContactId, FlowId, ListId, Millis, RunId, WorkspaceId};
+use crate::store::contacts;
+use crate::store::sql::Stmt;
 use crate::store::{AdvanceOutcome, ClaimedRun, Result, RunAdvance, RunStatus, StoreError};
 
 fn json_text(v: &Value) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Internal(e.to_string()))
-}
-
-/// Stored JSON text read back outside a row closure; see `super::json`.
-fn parse_json(raw: &str) -> Result<Value> {
-    serde_json::from_str(raw)
-        .map_err(|e| StoreError::Internal(format!("stored JSON does not parse: {e}")))
 }
 
 /// The statements `store::logic` needs, on the writer's connection: every
@@ -59,10 +55,6 @@ impl logic::Tx for SqliteTx<'_> {
         }
     }
 
-    async fn lock_email(&mut self, _ws: &WorkspaceId, _email: &crate::domain::Email) -> Result<()> {
-        Ok(()) // the one writer serialises every write
-    }
-
     async fn field_defs(
         &mut self,
         ws: &WorkspaceId,
@@ -72,20 +64,7 @@ impl logic::Tx for SqliteTx<'_> {
         q::field_defs_for(self.0, ws, contact, lists)
     }
 
-    async fn lock_idempotency_key(
-        &mut self,
-        _ws: &WorkspaceId,
-        _scope: &str,
-        _key: &str,
-    ) -> Result<()> {
-        Ok(()) // the one writer serialises every write
-    }
-
     type Prepared = Vec<(String, String)>;
-
-    async fn lock_contacts(&mut self, _ids: &[&str]) -> Result<()> {
-        Ok(()) // the one writer serialises every write
-    }
 
     async fn held_leases(
         &mut self,
@@ -115,10 +94,6 @@ impl logic::Tx for SqliteTx<'_> {
 
     async fn move_run(&mut self, adv: &RunAdvance, now: Millis) -> Result<()> {
         move_run(self.0, adv, now)
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -163,88 +138,42 @@ pub fn claim(
     lease_until: Millis,
     limit: crate::store::ClaimLimit,
 ) -> Result<Vec<ClaimedRun>> {
-    type Raw = (
-        String,
-        String,
-        String,
-        i64,
-        String,
-        Option<String>,
-        String,
-        Option<i64>,
-        Option<String>,
-        i64,
-        String,
-        i64,
+    use crate::store::sql::RowExt;
+    let claim = Stmt::new(
+        CLAIM,
+        vec![
+            owner.into(),
+            lease_until.into(),
+            now.into(),
+            (limit.runs as i64).into(),
+            limit.event_bytes_i64().into(),
+        ],
     );
-    let raw: Vec<Raw> = conn
-        .prepare_cached(CLAIM)
-        .and_then(|mut s| {
-            s.query_map(
-                params![
-                    owner,
-                    lease_until,
-                    now,
-                    limit.runs as i64,
-                    limit.event_bytes_i64()
-                ],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                        r.get(10)?,
-                        r.get(11)?,
-                    ))
-                },
-            )
-            .and_then(|rows| rows.collect())
-        })
-        .map_err(internal)?;
-    let mut out = Vec::with_capacity(raw.len());
-    for (id, ws, flow, version, status, step, data, wait_until, resume, count, contact, due) in raw
-    {
-        let ws = WorkspaceId::from_trusted(ws);
-        let contact_id = ContactId::from_trusted(contact);
-        let contact = q::contact_by_id(conn, &ws, &contact_id)?;
-        let lists = contact_lists(conn, &contact_id)?;
+    let mut out = Vec::new();
+    for r in super::sql::exec(conn, &claim)?.rows {
+        let ws = WorkspaceId::from_trusted(r.text(1)?);
+        let contact_id = ContactId::from_trusted(r.text(10)?);
+        let by_id = contacts::by_id(&ws, &contact_id, false);
+        let contact = contacts::one(&super::sql::exec(conn, &by_id)?)?;
+        let lists =
+            contacts::list_ids(&super::sql::exec(conn, &contacts::subscribed(&contact_id))?)?;
         out.push(ClaimedRun {
-            id: RunId::from_trusted(id),
+            id: RunId::from_trusted(r.text(0)?),
             workspace_id: ws,
-            flow_id: FlowId::from_trusted(flow),
-            flow_version: version,
-            status: RunStatus::decode(&status)?,
-            step,
-            event_data: parse_json(&data)?,
-            wait_until,
-            resume_event: resume.as_deref().map(parse_json).transpose()?,
-            step_count: count,
-            claimed_due: due,
+            flow_id: FlowId::from_trusted(r.text(2)?),
+            flow_version: r.int(3)?,
+            status: RunStatus::decode(r.str_at(4)?)?,
+            step: r.opt_text(5)?,
+            event_data: r.json(6)?,
+            wait_until: r.opt_int(7)?,
+            resume_event: r.opt_json(8)?,
+            step_count: r.int(9)?,
+            claimed_due: r.int(11)?,
             contact,
             lists,
         });
     }
     Ok(out)
-}
-
-fn contact_lists(conn: &Connection, contact: &ContactId) -> Result<Vec<ListId>> {
-    let mut s = conn
-        .prepare_cached(
-            "SELECT list_id FROM memberships WHERE contact_id = ?1 AND status = 'subscribed'",
-        )
-        .map_err(internal)?;
-    let rows = s
-        .query_map([contact.as_str()], |r| Ok(ListId::from_trusted(r.get(0)?)))
-        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(internal)?;
-    Ok(rows)
 }
 
 /// An advance with its history's `(input, detail)` JSON text.

@@ -287,18 +287,17 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 let done = sql::script(c, &script)?;
-                c.execute_batch("SAVEPOINT claim").map_err(internal)?;
-                let claimed =
-                    logic::run_ready(logic::queue::claim(&mut engine::SqliteTx(c), &claim));
-                let jobs = match claimed {
-                    Ok(jobs) => jobs,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a claim behind a finish failed; the finish stands");
-                        c.execute_batch("ROLLBACK TO claim").map_err(internal)?;
-                        Vec::new()
-                    }
-                };
-                c.execute_batch("RELEASE claim").map_err(internal)?;
+                let tx = &mut engine::SqliteTx(c);
+                let claimed = logic::run_ready(async {
+                    logic::savepoint(tx).await?;
+                    let claimed = logic::queue::claim(tx, &claim).await;
+                    logic::end_savepoint(tx, claimed.is_ok()).await?;
+                    Ok(claimed)
+                })?;
+                let jobs = claimed.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "a claim behind a finish failed; the finish stands");
+                    Vec::new()
+                });
                 Ok((done, jobs))
             })
             .await

@@ -1,14 +1,11 @@
 //! Synchronous SQL for SQLite, run either on the writer thread (inside the
 //! group transaction) or on a reader connection.
 
-use rusqlite::{Connection, OptionalExtension, Row};
-use serde_json::{Map, Value};
+use rusqlite::{Connection, Row};
 
 use super::internal;
-use crate::domain::{ContactId, Email, FieldDef, FieldName, ListId, Phone, WorkspaceId};
-use crate::store::{ContactRecord, Result, StoreError, plan};
-
-// ---- workspaces and keys ----------------------------------------------------
+use crate::domain::{ContactId, FieldDef, FieldName, ListId, WorkspaceId};
+use crate::store::{Result, plan};
 
 // ---- lists --------------------------------------------------------------------
 
@@ -67,34 +64,6 @@ pub fn list_fields_in(
             Ok(None)
         }
     })
-}
-
-// ---- contacts -------------------------------------------------------------------
-
-const CONTACT_COLS: &str = "c.id, c.email, c.phone, c.status, c.fields, c.created_at, c.updated_at";
-
-fn contact_row(r: &Row) -> rusqlite::Result<ContactRecord> {
-    Ok(ContactRecord {
-        id: ContactId::from_trusted(r.get(0)?),
-        email: Email::from_trusted(r.get(1)?),
-        phone: r.get::<_, Option<String>>(2)?.map(Phone::from_trusted),
-        status: super::stored(r, 3)?,
-        fields: super::json::<Map<String, Value>>(r, 4)?,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-    })
-}
-
-pub fn contact_by_id(conn: &Connection, ws: &WorkspaceId, id: &ContactId) -> Result<ContactRecord> {
-    let sql =
-        format!("SELECT {CONTACT_COLS} FROM contacts c WHERE c.workspace_id = ?1 AND c.id = ?2");
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_row([ws.as_str(), id.as_str()], contact_row)
-                .optional()
-        })
-        .map_err(internal)?
-        .ok_or_else(|| StoreError::not_found("contact", id))
 }
 
 /// Field definitions of the contact's lists plus `extra` lists, checking
