@@ -66,7 +66,7 @@ pub fn page(ws: &WorkspaceId, page: &PageRequest) -> Stmt {
     )
 }
 
-pub fn records(done: &Done) -> Result<Vec<FlowRecord>> {
+fn records(done: &Done) -> Result<Vec<FlowRecord>> {
     done.rows.iter().map(|r| record(r)).collect()
 }
 

@@ -64,7 +64,7 @@ pub fn page(ws: &WorkspaceId, page: &PageRequest) -> [Stmt; 2] {
 
 /// The lists `lists` (a [`read`] or [`page`]'s first result) with the fields
 /// `fields` (its second) read for them.
-pub fn records(lists: &Done, fields: &Done) -> Result<Vec<ListRecord>> {
+fn records(lists: &Done, fields: &Done) -> Result<Vec<ListRecord>> {
     let mut out: Vec<ListRecord> = lists
         .rows
         .iter()

@@ -88,7 +88,7 @@ pub struct EventRecorded {
 /// A flow document handed to the store for saving, parsed (it was
 /// validated by `flows::save`; a caller that skipped that learns here).
 pub fn parse_doc(document: &Value) -> super::Result<FlowDoc> {
-    serde_json::from_value(document.clone()).map_err(|e| super::StoreError::Invalid {
+    serde::Deserialize::deserialize(document).map_err(|e| super::StoreError::Invalid {
         code: ErrorCode::InvalidFlow,
         field: ".".into(),
         message: format!("the flow document does not parse: {e}"),

@@ -37,7 +37,9 @@ use crate::domain::{
 /// methods for these writes are built on it.
 ///
 /// [`Store::logic_write`]: super::Store::logic_write
-#[derive(Debug)]
+///
+/// No `Debug`: an entry carries its flow's inbound token and the caller's
+/// body, which must not reach a log.
 pub enum Op {
     /// `POST /v1/contacts`.
     Upsert(WorkspaceId, ContactUpsert),
