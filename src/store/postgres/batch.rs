@@ -187,11 +187,12 @@ async fn alone(pool: &PgPool, ws: &WorkspaceId, write: &Write) -> Result<Written
     Ok(out)
 }
 
-// Every statement here is planned for its arguments (`persistent(false)`):
-// a plan cached while a table was small (a seq scan of `contacts`) stayed
-// in use as it grew, and upserts slowed from 5,600/s to 2,700/s over 60,000
-// rows. Planning once per batch costs little; each statement serves many
-// callers.
+// Every statement here is prepared once per connection, and PostgreSQL
+// may keep one generic plan for it: our connections have sequential and
+// bitmap scans off (`PgStore::connect`), so that plan walks the indexes
+// whatever size the tables had when it was made. (With them on, a plan
+// made while `contacts` was small seq-scanned it for good: upserts slowed
+// from 5,600/s to 2,700/s over 60,000 rows.)
 pub(super) async fn lock_emails(
     c: &mut PgConnection,
     keys: &[(&WorkspaceId, &Email)],
@@ -203,7 +204,6 @@ pub(super) async fn lock_emails(
         "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k",
     )
     .bind(&keys)
-    .persistent(false)
     .execute(&mut *c)
     .await
     .map_err(internal)?;
@@ -241,7 +241,6 @@ async fn contacts_where(
     ))
     .bind(&ws)
     .bind(&vals)
-    .persistent(false)
     .fetch_all(&mut *c)
     .await
     .map_err(internal)?;
@@ -272,7 +271,6 @@ pub(super) async fn field_defs_each(
         )
         .bind(&ws)
         .bind(&ids)
-        .persistent(false)
         .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
@@ -309,7 +307,6 @@ pub(super) async fn field_defs_each(
                JOIN list_fields f ON f.list_id = m.list_id",
         )
         .bind(&contacts)
-        .persistent(false)
         .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
@@ -371,7 +368,6 @@ pub(super) async fn write_contacts(
         .bind(&fields)
         .bind(&created)
         .bind(&updated)
-        .persistent(false)
         .execute(&mut *c)
         .await
         .map_err(internal)?;
@@ -411,7 +407,6 @@ pub(super) async fn add_memberships(
         .bind(&contacts)
         .bind(&ws)
         .bind(now)
-        .persistent(false)
         .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
@@ -466,7 +461,6 @@ pub(super) async fn wake_exits_each(
     .bind(&contacts)
     .bind(now)
     .bind(&ws)
-    .persistent(false)
     .fetch_all(&mut *c)
     .await
     .map_err(internal)?;
@@ -491,7 +485,6 @@ pub(super) async fn run_counts_each(
     )
     .bind(&flows)
     .bind(&contacts)
-    .persistent(false)
     .fetch_all(&mut *c)
     .await
     .map_err(internal)?;
@@ -536,7 +529,6 @@ pub(super) async fn insert_runs(c: &mut PgConnection, runs: &[NewRun<'_>]) -> Re
         .bind(&bytes)
         .bind(&exits)
         .bind(&now)
-        .persistent(false)
         .fetch_all(&mut *c)
         .await
         .map_err(internal)?;
@@ -557,7 +549,6 @@ pub(super) async fn lock_lists(
     )
     .bind(&ws)
     .bind(&ids)
-    .persistent(false)
     .fetch_all(&mut *c)
     .await
     .map_err(internal)?;
