@@ -186,7 +186,7 @@ fn insert_version(ws: &WorkspaceId, id: &FlowId, document: &Value, now: Millis) 
         vec![
             ws.as_str().into(),
             id.as_str().into(),
-            super::sql::Arg::Json(Some(document.to_string())),
+            document.into(),
             now.into(),
         ],
     )

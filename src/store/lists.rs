@@ -129,7 +129,7 @@ fn insert_field(list: &ListId, f: &FieldDef, position: Option<i64>) -> Stmt {
             list.as_str().into(),
             f.name.as_str().into(),
             f.kind.as_str().into(),
-            Arg::Json(Some(serde_json::json!(f.options).to_string())),
+            Arg::from(&serde_json::json!(f.options)),
             position.into(),
         ],
     )

@@ -1076,12 +1076,7 @@ pub async fn record_attempt(
                 crate::woken_due!("$4"),
                 " WHERE id = $1 AND status = 'waiting' AND wait_event = $2 AND resume_event IS NULL"
             ),
-            vec![
-                run.into(),
-                event.into(),
-                Arg::Json(Some(payload.to_string())),
-                now.into(),
-            ],
+            vec![run.into(), event.into(), Arg::from(&payload), now.into()],
         ));
     }
     match store.run_sql(script).await {

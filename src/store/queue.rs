@@ -124,7 +124,7 @@ pub fn enqueue_script(jobs: &[NewJob], now: Millis) -> (Vec<JobId>, Vec<Stmt>) {
                     j.kind.as_str().into(),
                     j.key.as_str().into(),
                     j.workspace_id.as_ref().map(WorkspaceId::as_str).into(),
-                    Arg::Json(Some(j.payload.to_string())),
+                    Arg::from(&j.payload),
                     JobStatus::Queued.as_str().into(),
                     j.due_at.into(),
                     now.into(),

@@ -474,7 +474,7 @@ pub fn insert_event(
             ws.as_str().into(),
             contact.as_str().into(),
             ev.name.as_str().into(),
-            super::sql::Arg::Json(Some(ev.properties.to_string())),
+            (&ev.properties).into(),
             ev.occurred_at.into(),
             now.into(),
         ],
@@ -496,7 +496,7 @@ pub fn resume_waiting(contact: &ContactId, name: &str, payload: &Value, now: Mil
         vec![
             contact.as_str().into(),
             name.into(),
-            super::sql::Arg::Json(Some(payload.to_string())),
+            payload.into(),
             now.into(),
         ],
     )

@@ -23,8 +23,9 @@ pub enum Arg {
     Int(Option<i64>),
     Text(Option<String>),
     Bytes(Option<Vec<u8>>),
-    /// JSON text, serialised once by the caller ([`Arg::json`], or a
-    /// `Value`'s `to_string`): text on SQLite, `jsonb` on PostgreSQL.
+    /// JSON text, serialised once by the caller ([`Arg::json`], or
+    /// `Arg::from(&value)` for a `Value`): text on SQLite, `jsonb` on
+    /// PostgreSQL.
     Json(Option<String>),
 }
 
@@ -49,6 +50,13 @@ impl Arg {
 impl std::fmt::Debug for Arg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", self.kind())
+    }
+}
+
+/// A JSON value, serialised here (a `Value` always serialises).
+impl From<&serde_json::Value> for Arg {
+    fn from(v: &serde_json::Value) -> Self {
+        Arg::Json(Some(v.to_string()))
     }
 }
 
